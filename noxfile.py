@@ -1,0 +1,48 @@
+"""Developer sessions: `nox -s tests`, `lint`, `typecheck`, `bench_toy`.
+
+CPU installs use constraints/cpu.txt so torch resolves to the CPU build.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+CPU = ("-c", "constraints/cpu.txt")
+EXAMPLE_PLUGIN = "plugins/specbench-adaptive-k"
+
+
+def install_project(session: nox.Session, extras: str = "dev") -> None:
+    session.install(*CPU, "-e", f".[{extras}]")
+    session.install(*CPU, "-e", EXAMPLE_PLUGIN)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default test run: toy models and tiny random models, no downloads."""
+    install_project(session)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) on the package and the example plugin."""
+    install_project(session)
+    session.run("mypy", "specbench", f"{EXAMPLE_PLUGIN}/src")
+
+
+@nox.session(name="bench-toy")
+def bench_toy(session: nox.Session) -> None:
+    """Measured vs predicted speedup on the toy pair; prints one table."""
+    install_project(session)
+    session.run("python", "benchmarks/toy.py", *session.posargs)

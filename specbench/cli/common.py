@@ -1,0 +1,31 @@
+"""Console handles and the one way commands report failure."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from specbench.errors import SpecbenchError
+
+# Piped output is not wrapped at 80 columns: logs and tables stay one line per row.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+EXIT_FAILURE = 1
+EXIT_INVALID_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    """Print ``error: message`` (one line per problem) on stderr and exit with ``code``."""
+    for line in message.splitlines() or [""]:
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def fail_with(error: SpecbenchError, code: int = EXIT_INVALID_INPUT) -> NoReturn:
+    fail(str(error), code)

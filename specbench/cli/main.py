@@ -1,0 +1,24 @@
+"""The root ``specbench`` app; each command lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from specbench.cli import methods_cmd, presets_cmd, report_cmd, run_cmd, validate_cmd
+
+app = typer.Typer(
+    name="specbench",
+    help="Benchmark speculative decoding: speed, acceptance, exactness and quality, side by side.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("run")(run_cmd.run)
+app.command("validate")(validate_cmd.validate)
+app.command("methods")(methods_cmd.methods)
+app.add_typer(presets_cmd.app, name="presets")
+app.command("report")(report_cmd.report)
+
+
+def main() -> None:
+    app()

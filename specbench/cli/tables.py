@@ -1,0 +1,67 @@
+"""rich tables built from progress snapshots and summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.table import Table
+
+from specbench.progress import MethodProgress
+from specbench.records import SummaryRecord
+
+
+def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> Table:
+    """The live table: one row per method."""
+    table = Table(title=title, title_justify="left", expand=False)
+    table.add_column("method", style="bold")
+    table.add_column("progress", justify="right")
+    table.add_column("tok/s", justify="right")
+    table.add_column("speedup", justify="right")
+    table.add_column("acceptance", justify="right")
+    table.add_column("tokens/step", justify="right")
+    for row in rows:
+        s = row.summary
+        table.add_row(
+            row.label,
+            f"{row.done}/{row.total}",
+            fmt(s.tokens_per_sec_median if s else None, ".1f"),
+            fmt(s.speedup if s else None, ".2f", "x"),
+            fmt(s.acceptance_rate if s else None, ".3f"),
+            fmt(s.avg_tokens_per_step if s else None, ".2f"),
+        )
+    return table
+
+
+def summary_table(summaries: Sequence[SummaryRecord], title: str | None = None) -> Table:
+    """The final table of a run or a report: medians with their spread."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("method", style="bold")
+    table.add_column("exact")
+    table.add_column("n", justify="right")
+    table.add_column("tok/s median (p25-p75)", justify="right")
+    table.add_column("speedup", justify="right")
+    table.add_column("acceptance (expected)", justify="right")
+    table.add_column("tokens/step", justify="right")
+    table.add_column("target calls/token", justify="right")
+    for s in summaries:
+        spread = (
+            f"{s.tokens_per_sec_median:.1f} ({s.tokens_per_sec_p25:.1f}-{s.tokens_per_sec_p75:.1f})"
+        )
+        acceptance = fmt(s.acceptance_rate, ".3f")
+        if s.expected_acceptance_rate is not None:
+            acceptance += f" ({s.expected_acceptance_rate:.3f})"
+        table.add_row(
+            s.method,
+            "yes" if s.exact else "lossy",
+            str(s.samples),
+            spread,
+            fmt(s.speedup, ".2f", "x"),
+            acceptance,
+            fmt(s.avg_tokens_per_step, ".2f"),
+            fmt(s.target_calls_per_token, ".3f"),
+        )
+    return table

@@ -1,0 +1,43 @@
+"""``specbench validate``: check presets without running them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from specbench.cli.common import EXIT_INVALID_INPUT, console, err_console
+from specbench.errors import SpecbenchError
+from specbench.plugins import discover_methods
+from specbench.presets import available_presets, load_preset
+
+
+def validate(
+    presets: list[str] = typer.Argument(
+        None, help="Preset files or names; default: every preset found."
+    ),
+) -> None:
+    """Check presets: schema, method parameters, references and what each method needs."""
+    registry = discover_methods()
+    targets = presets or [str(path) for path in available_presets().values()]
+    if not targets:
+        err_console.print("error: no presets found. Fix: pass preset files to validate")
+        raise typer.Exit(EXIT_INVALID_INPUT)
+    invalid = 0
+    for target in targets:
+        try:
+            resolved = load_preset(target, registry)
+        except SpecbenchError as error:
+            invalid += 1
+            for line in str(error).splitlines():
+                err_console.print(
+                    f"[bold red]invalid:[/] {escape(line)}", highlight=False, soft_wrap=True
+                )
+            continue
+        labels = ", ".join(m.label for m in resolved.methods)
+        console.print(
+            f"[green]ok[/] {escape(str(Path(resolved.source)))} ({labels})", highlight=False
+        )
+    if invalid:
+        raise typer.Exit(EXIT_INVALID_INPUT)

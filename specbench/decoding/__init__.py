@@ -1,0 +1,1 @@
+"""Decoding building blocks: logits processing, drafters, verifiers and the shared loop."""

@@ -1,0 +1,86 @@
+"""Plain data passed between the runner, methods, drafters and verifiers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from specbench.decoding.sampling import SamplingParams
+
+StopReason = Literal["eos", "length"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: a tokenized prompt, how much to generate and how to sample.
+
+    ``seed`` determines every random draw of the generation; the runner gives every method
+    the same seed for the same prompt and run.
+    """
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams
+    seed: int
+    stop_token_ids: frozenset[int] = frozenset()
+
+    def generator(self, device: torch.device, stream: int = 0) -> torch.Generator:
+        """A generator on ``device`` for one random stream (0: target side, 1: draft side)."""
+        return torch.Generator(device=device).manual_seed(self.seed * 2 + stream)
+
+
+@dataclass
+class DecodeStats:
+    """Counters a method fills while it decodes; the runner turns them into a record.
+
+    A *step* is one verification: one target call that scores the drafts (and, at the same
+    time, gives the next token). ``position_verified[i]`` counts how often a draft token at
+    position ``i`` of a step reached the verifier (earlier positions all accepted), and
+    ``position_accepted[i]`` how often it was accepted. ``expected_accepted`` sums the
+    verifier's acceptance probabilities over verified positions. ``extra`` holds
+    method-specific numbers (tree size, judge accept rate, ...), summarised by their mean.
+    """
+
+    steps: int = 0
+    target_calls: int = 0
+    draft_calls: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    rejections: int = 0
+    position_verified: list[int] = field(default_factory=list)
+    position_accepted: list[int] = field(default_factory=list)
+    expected_accepted: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def record_step(
+        self, proposed: int, accepted: int, expected: Sequence[float] | None = None
+    ) -> None:
+        """Count one verification of ``proposed`` drafts of which ``accepted`` were kept."""
+        self.steps += 1
+        self.proposed += proposed
+        self.accepted += accepted
+        if accepted < proposed:
+            self.rejections += 1
+        verified = min(accepted + 1, proposed)
+        if len(self.position_verified) < proposed:
+            grow = proposed - len(self.position_verified)
+            self.position_verified.extend([0] * grow)
+            self.position_accepted.extend([0] * grow)
+        for i in range(verified):
+            self.position_verified[i] += 1
+        for i in range(accepted):
+            self.position_accepted[i] += 1
+        if expected is not None:
+            self.expected_accepted += float(sum(expected[:verified]))
+
+
+@dataclass
+class GenerationResult:
+    """The new tokens of one generation (prompt excluded), why it stopped, and its stats."""
+
+    tokens: list[int]
+    stop_reason: StopReason
+    stats: DecodeStats

@@ -1,0 +1,1 @@
+"""specbench's built-in decoding methods, registered through the ``specbench.methods`` group."""

@@ -1,0 +1,23 @@
+"""Autoregressive decoding: one target call per token, the reference every speedup divides by."""
+
+from __future__ import annotations
+
+from specbench.decoding.drafters import NoDrafter
+from specbench.decoding.loop import speculative_generate
+from specbench.decoding.verify import RejectionVerifier
+from specbench.plugins import DecodingMethod, GenerationRequest, GenerationResult, ModelRole
+
+
+class BaselineMethod(DecodingMethod):
+    """Plain autoregressive decoding with the target's KV cache.
+
+    It is the shared loop with a drafter that proposes nothing, so each step samples one
+    token from the target through the same logits processing every other method uses.
+    """
+
+    name = "baseline"
+    description = "Autoregressive decoding with the target alone (the speedup reference)."
+    needs = frozenset({ModelRole.TARGET})
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        return speculative_generate(request, self.models.target, NoDrafter(), RejectionVerifier())

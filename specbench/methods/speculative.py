@@ -1,0 +1,43 @@
+"""Speculative decoding with a draft model (Leviathan et al., 2023; Chen et al., 2023)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from specbench.decoding.drafters import ModelDrafter
+from specbench.decoding.loop import speculative_generate
+from specbench.decoding.verify import RejectionVerifier
+from specbench.plugins import (
+    DecodingMethod,
+    GenerationRequest,
+    GenerationResult,
+    MethodModels,
+    MethodParams,
+    ModelRole,
+)
+
+
+class SpeculativeParams(MethodParams):
+    k: int = Field(4, ge=1, le=64, description="Draft tokens proposed per target call.")
+
+
+class SpeculativeMethod(DecodingMethod):
+    """Draft ``k`` tokens with the draft model, verify them in one target call.
+
+    Exact speculative sampling at any temperature, top-k and top-p (draft and target go
+    through the same logits processing); at temperature 0 it is greedy speculative decoding
+    and its output equals greedy decoding token for token.
+    """
+
+    name = "speculative"
+    description = "Draft model + modified rejection sampling (exact; greedy at temperature 0)."
+    needs = frozenset({ModelRole.TARGET, ModelRole.DRAFT})
+    Params = SpeculativeParams
+
+    def __init__(self, params: SpeculativeParams, models: MethodModels) -> None:
+        super().__init__(params, models)
+        self.drafter = ModelDrafter(models.require_draft(), k=params.k)
+        self.verifier = RejectionVerifier()
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        return speculative_generate(request, self.models.target, self.drafter, self.verifier)

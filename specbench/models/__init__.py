@@ -1,0 +1,1 @@
+"""Model backends behind one session interface (see :mod:`specbench.models.base`)."""

@@ -1,0 +1,130 @@
+"""Analytic toy language models whose next-token distributions are known exactly.
+
+A toy model is an order-``n`` Markov chain over a small vocabulary: a seeded random table of
+logits indexed by the last ``n`` tokens. A draft is the same table plus seeded noise scaled by
+``distance``, so ``distance = 0`` is a perfect draft and larger values drift away from the
+target. Both are instant on a CPU, and :meth:`ToyLanguageModel.next_logits` gives the exact
+distribution any test wants to compare samples against. An optional simulated cost per forward
+call and per token makes wall-clock speedups behave like those of real models.
+"""
+
+from __future__ import annotations
+
+import string
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from specbench.models.base import LanguageModel, Session
+
+EOS_ID = 0
+UNK_ID = 1
+_ALPHABET = string.ascii_lowercase + " .,!?'\n" + string.digits + string.ascii_uppercase
+_MAX_TABLE_ROWS = 1 << 20
+
+
+class ToyTokenizer:
+    """Character-level tokenizer: id 0 is end-of-sequence, id 1 unknown, then characters."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        chars = _ALPHABET[: max(0, vocab_size - 2)]
+        self._to_id = {c: i + 2 for i, c in enumerate(chars)}
+        self._to_char = {i + 2: c for i, c in enumerate(chars)}
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return frozenset({EOS_ID})
+
+    def encode(self, text: str) -> list[int]:
+        return [self._to_id.get(c, UNK_ID) for c in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        special = {EOS_ID: "", UNK_ID: "\N{REPLACEMENT CHARACTER}"}
+        return "".join(special.get(i) or self._to_char.get(i, f"<{i}>") for i in ids)
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Everything that determines a toy model; equal configs give identical models."""
+
+    vocab_size: int = 48
+    order: int = 1
+    seed: int = 0
+    sharpness: float = 2.0
+    distance: float = 0.0
+    noise_seed: int = 1
+    eos_bias: float | None = None
+    forward_ms: float = 0.0
+    token_ms: float = 0.0
+
+
+class ToyLanguageModel(LanguageModel):
+    """An order-``n`` Markov chain with a seeded logits table (see module docstring)."""
+
+    def __init__(self, config: ToyConfig, name: str = "toy") -> None:
+        super().__init__()
+        rows = config.vocab_size**config.order
+        if rows > _MAX_TABLE_ROWS:
+            raise ValueError(
+                f"toy table of vocab_size**order = {rows} rows is too large; "
+                "lower vocab_size or order"
+            )
+        self.config = config
+        self.name = name
+        self.vocab_size = config.vocab_size
+        self.tokenizer = ToyTokenizer(config.vocab_size)
+        self.device = torch.device("cpu")
+        table = config.sharpness * torch.randn(
+            rows, config.vocab_size, generator=torch.Generator().manual_seed(config.seed)
+        )
+        if config.distance:
+            noise = torch.randn(
+                rows, config.vocab_size, generator=torch.Generator().manual_seed(config.noise_seed)
+            )
+            table += config.distance * noise
+        if config.eos_bias is None:
+            table[:, EOS_ID] = float("-inf")
+        else:
+            table[:, EOS_ID] += config.eos_bias
+        self.table = table
+
+    def context_index(self, tokens: Sequence[int], end: int | None = None) -> int:
+        """Row of the logits table used after ``tokens[:end]`` (short prefixes pad with EOS)."""
+        end = len(tokens) if end is None else end
+        index = 0
+        for offset in range(1, self.config.order + 1):
+            token = tokens[end - offset] if offset <= end else EOS_ID
+            index = index * self.vocab_size + token
+        return index
+
+    def next_logits(self, prefix: Sequence[int]) -> torch.Tensor:
+        """Exact next-token logits after ``prefix``."""
+        return self.table[self.context_index(prefix)]
+
+    def new_session(self) -> Session:
+        return ToySession(self)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "backend": "toy", **asdict(self.config)}
+
+
+class ToySession(Session):
+    model: ToyLanguageModel
+
+    def _append(self, tokens: list[int]) -> torch.Tensor:
+        model = self.model
+        full = self.cached + tokens
+        base = len(self.cached)
+        rows = [model.context_index(full, base + i + 1) for i in range(len(tokens))]
+        cost_ms = model.config.forward_ms + model.config.token_ms * len(tokens)
+        if cost_ms > 0:
+            time.sleep(cost_ms / 1000)
+        return model.table[rows]
+
+    def _truncate(self, length: int) -> None:
+        # Nothing is cached beyond the token list the base class keeps.
+        pass

@@ -1,0 +1,226 @@
+"""The decoding-method plugin interface, and how methods are discovered.
+
+Writing a method
+================
+A method is a subclass of :class:`DecodingMethod`:
+
+* ``name``: what presets and the CLI call it (the entry point's name must match it).
+* ``description``: one line for ``specbench methods``.
+* ``needs``: the models it needs, e.g. ``{ModelRole.TARGET, ModelRole.DRAFT}``.
+* ``Params``: a pydantic model (subclass :class:`MethodParams`) of its parameters. Presets
+  are validated against it, so a typo or a bad value is reported with the preset's file
+  and field path before anything loads.
+* ``exact``: whether its output follows the target's distribution (greedy: equals greedy
+  decoding); lossy methods set it to ``False`` and the report says so.
+* ``generate(request)``: decode one prompt and return the new tokens, why it stopped and
+  its :class:`DecodeStats`.
+
+The runner builds one instance per preset method after the models load, so an instance may
+keep state across prompts (compiled graphs, a trained judge). Most methods need no loop of
+their own: compose a drafter (``specbench.decoding.drafters``) and a verifier
+(``specbench.decoding.verify``) and call
+:func:`specbench.decoding.loop.speculative_generate`.
+
+Registering it
+==============
+In the plugin package's ``pyproject.toml``::
+
+    [project.entry-points."specbench.methods"]
+    my-method = "my_package.module:MyMethod"
+
+specbench's own methods register through the same group. ``specbench methods`` lists what
+is installed; a plugin that fails to import is listed with its error and the rest still load.
+``plugins/specbench-adaptive-k`` is a complete example to copy.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib.metadata import EntryPoint, entry_points
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
+from specbench.errors import PluginError
+from specbench.models.base import LanguageModel
+
+ENTRY_POINT_GROUP = "specbench.methods"
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BrokenPlugin",
+    "DecodeStats",
+    "DecodingMethod",
+    "GenerationRequest",
+    "GenerationResult",
+    "MethodInfo",
+    "MethodModels",
+    "MethodParams",
+    "MethodRegistry",
+    "ModelRole",
+    "discover_methods",
+]
+
+
+class ModelRole(str, Enum):
+    """A model a method can ask for."""
+
+    TARGET = "target"
+    DRAFT = "draft"
+
+
+class MethodParams(BaseModel):
+    """Base for a method's parameters: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class MethodModels:
+    """The loaded models a method works with."""
+
+    target: LanguageModel
+    draft: LanguageModel | None = None
+
+    def require_draft(self) -> LanguageModel:
+        if self.draft is None:
+            raise PluginError(
+                "this method needs a draft model and none was loaded",
+                "add a [models.draft] table to the preset",
+            )
+        return self.draft
+
+
+class DecodingMethod(ABC):
+    """A decoding method; see the module docstring for the plugin guide."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    needs: ClassVar[frozenset[ModelRole]] = frozenset({ModelRole.TARGET})
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    exact: ClassVar[bool] = True
+
+    def __init__(self, params: MethodParams, models: MethodModels) -> None:
+        self.params = params
+        self.models = models
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Decode ``request`` and return the new tokens with their statistics."""
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """An installed method and the distribution that provides it."""
+
+    name: str
+    cls: type[DecodingMethod]
+    package: str
+    version: str
+    entry_point: str
+
+    @property
+    def needs(self) -> frozenset[ModelRole]:
+        return self.cls.needs
+
+    @property
+    def needs_text(self) -> str:
+        """``"target"`` or ``"target+draft"``."""
+        return "+".join(role.value for role in ModelRole if role in self.cls.needs)
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """An entry point that could not be loaded, with the reason."""
+
+    name: str
+    package: str
+    version: str
+    entry_point: str
+    error: str
+
+
+@dataclass
+class MethodRegistry:
+    """Every method found in the ``specbench.methods`` entry-point group."""
+
+    methods: dict[str, MethodInfo] = field(default_factory=dict)
+    broken: list[BrokenPlugin] = field(default_factory=list)
+
+    def get(self, name: str) -> MethodInfo:
+        """The method called ``name``, or a :class:`PluginError` that says what exists."""
+        if name in self.methods:
+            return self.methods[name]
+        for plugin in self.broken:
+            if plugin.name == name:
+                raise PluginError(
+                    f"method '{name}' from {plugin.package} {plugin.version} failed to load: "
+                    f"{plugin.error}",
+                    f"reinstall or fix {plugin.package}; `specbench methods` shows the error",
+                )
+        installed = ", ".join(sorted(self.methods)) or "none"
+        raise PluginError(
+            f"no method named '{name}' is installed (installed: {installed})",
+            "check the spelling, or pip install the plugin that provides it",
+        )
+
+
+def discover_methods(*, refresh: bool = False) -> MethodRegistry:
+    """Load every method registered under ``specbench.methods``.
+
+    Results are cached; ``refresh=True`` reads the entry points again (after an install).
+    """
+    if refresh:
+        _discover.cache_clear()
+    return _discover()
+
+
+@functools.cache
+def _discover() -> MethodRegistry:
+    registry = MethodRegistry()
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        package, version = _distribution_of(entry)
+        try:
+            cls = _load_method_class(entry)
+            if entry.name in registry.methods:
+                other = registry.methods[entry.name].package
+                raise PluginError(f"the name '{entry.name}' is already provided by {other}")
+        except Exception as error:  # a broken plugin must not take the others down
+            registry.broken.append(
+                BrokenPlugin(
+                    name=entry.name,
+                    package=package,
+                    version=version,
+                    entry_point=entry.value,
+                    error=f"{type(error).__name__}: {error}",
+                )
+            )
+            continue
+        registry.methods[entry.name] = MethodInfo(
+            name=entry.name, cls=cls, package=package, version=version, entry_point=entry.value
+        )
+    return registry
+
+
+def _load_method_class(entry: EntryPoint) -> type[DecodingMethod]:
+    loaded = entry.load()
+    if not (isinstance(loaded, type) and issubclass(loaded, DecodingMethod)):
+        raise TypeError(f"{entry.value} is not a DecodingMethod subclass")
+    if loaded.name != entry.name:
+        raise TypeError(
+            f"{entry.value} calls itself '{loaded.name}' but is registered as '{entry.name}'"
+        )
+    if not issubclass(loaded.Params, MethodParams):
+        raise TypeError(f"{entry.value}.Params does not subclass specbench MethodParams")
+    return loaded
+
+
+def _distribution_of(entry: EntryPoint) -> tuple[str, str]:
+    dist = entry.dist
+    if dist is None:
+        return "unknown", "unknown"
+    return dist.metadata["Name"] or dist.name, dist.version

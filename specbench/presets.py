@@ -1,0 +1,555 @@
+"""Presets: the pydantic schema of a benchmark, loading TOML files, overrides and validation.
+
+A preset names the models, the methods (each with parameters checked by the method's own
+``Params`` model), the prompt set, sampling, how many runs and where the output goes.
+Validation reports every problem at once, each with the file, the field path and a fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from specbench.errors import PluginError, SpecbenchError
+from specbench.models.specs import ModelsSpec
+from specbench.plugins import MethodInfo, MethodParams, MethodRegistry, ModelRole
+from specbench.prompts import PromptSetSpec
+
+PRESET_PATH_ENV = "SPECBENCH_PRESET_PATH"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MethodEntry(_Section):
+    """One method to run: an installed method's name, its parameters, an optional label."""
+
+    name: str
+    label: str | None = Field(
+        None, description="Unique name in results; needed when a method appears twice."
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class SamplingSpec(_Section):
+    temperature: float = Field(0.0, ge=0, description="0 means greedy.")
+    top_k: int | None = Field(None, ge=1)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class RunsSpec(_Section):
+    count: int = Field(1, ge=1, description="Timed runs per prompt and method.")
+    warmup: int = Field(1, ge=0, description="Untimed generations per method before timing.")
+    baseline: str = Field("baseline", description="Label of the method speedups divide by.")
+
+
+class OutputSpec(_Section):
+    path: str = Field(
+        "results/{preset}-{timestamp}.jsonl",
+        description="JSONL file; {preset} and {timestamp} are filled in.",
+    )
+    save_text: bool = True
+    save_tokens: bool = False
+
+
+class Preset(_Section):
+    """A whole benchmark, as written in a preset file."""
+
+    name: str = ""
+    description: str = ""
+    models: ModelsSpec
+    methods: list[MethodEntry] | None = Field(
+        None, description='A list of [[methods]] tables, or "all" for every installed method.'
+    )
+    prompts: PromptSetSpec
+    sampling: SamplingSpec = SamplingSpec()
+    runs: RunsSpec = RunsSpec()
+    output: OutputSpec = OutputSpec()
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _all_methods(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value != "all":
+                raise ValueError('write methods = "all" or a list of [[methods]] tables')
+            return None
+        return value
+
+
+@dataclass(frozen=True)
+class PresetIssue:
+    """One problem in a preset: where (a field path) and what to do."""
+
+    path: str
+    message: str
+    hint: str
+
+    def render(self, source: str) -> str:
+        where = f"{source}: {self.path}" if self.path else source
+        return f"{where}: {self.message}. Fix: {self.hint}"
+
+
+class PresetError(SpecbenchError):
+    """A preset that does not validate; carries every issue found."""
+
+    def __init__(self, source: str, issues: Sequence[PresetIssue]) -> None:
+        self.source = source
+        self.issues = list(issues)
+        super().__init__("\n".join(issue.render(source) for issue in self.issues))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class ResolvedMethod:
+    """A preset method bound to its installed implementation and validated parameters."""
+
+    label: str
+    info: MethodInfo
+    params: MethodParams
+
+
+@dataclass(frozen=True)
+class ResolvedPreset:
+    """A validated preset, ready for the runner."""
+
+    preset: Preset
+    methods: list[ResolvedMethod]
+    source: str
+    base_dir: Path
+    hash: str
+
+    @property
+    def name(self) -> str:
+        return self.preset.name
+
+    def effective(self) -> dict[str, Any]:
+        """The preset as it will run: overrides applied, "all" expanded, defaults filled."""
+        return _effective(self.preset, self.methods)
+
+
+def _effective(preset: Preset, methods: Sequence[ResolvedMethod]) -> dict[str, Any]:
+    data = preset.model_dump(mode="json")
+    data["methods"] = [
+        {"name": m.info.name, "label": m.label, "params": m.params.model_dump(mode="json")}
+        for m in methods
+    ]
+    return data
+
+
+# ----------------------------------------------------------------------------- finding files
+
+
+def builtin_preset_dir() -> Path:
+    """Presets shipped with specbench: inside the wheel, or ``presets/`` of a source tree."""
+    packaged = Path(__file__).parent / "_presets"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "presets"
+
+
+def preset_dirs() -> list[Path]:
+    """Where preset names are looked up, first match wins."""
+    dirs = [Path.cwd() / "presets"]
+    dirs += [Path(p) for p in os.environ.get(PRESET_PATH_ENV, "").split(os.pathsep) if p]
+    dirs.append(builtin_preset_dir())
+    unique: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [u.resolve() for u in unique]:
+            unique.append(d)
+    return unique
+
+
+def available_presets() -> dict[str, Path]:
+    """Every preset name that can be run, with the file it comes from."""
+    found: dict[str, Path] = {}
+    for directory in preset_dirs():
+        for path in sorted(directory.glob("*.toml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def find_preset(name_or_path: str) -> Path:
+    """A preset file from a path or a preset name."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or os.sep in name_or_path:
+        if candidate.is_file():
+            return candidate
+        raise SpecbenchError(
+            f"preset file {name_or_path} does not exist", "check the path, or give a preset name"
+        )
+    presets = available_presets()
+    if name_or_path in presets:
+        return presets[name_or_path]
+    names = ", ".join(sorted(presets)) or "none found"
+    raise SpecbenchError(
+        f"no preset named '{name_or_path}' (available: {names})",
+        "run `specbench presets` to list them, or pass the path of a .toml file",
+    )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_preset_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML preset; syntax errors become a one-line :class:`PresetError`."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise PresetError(
+            str(path), [PresetIssue("", f"not valid TOML ({error})", "fix the syntax there")]
+        ) from error
+    except OSError as error:
+        raise SpecbenchError(f"cannot read {path}: {error.strerror}", "check the path") from error
+
+
+def parse_override(assignment: str) -> tuple[str, Any]:
+    """``"sampling.temperature=0.7"`` to ``("sampling.temperature", 0.7)``.
+
+    The value is read as a TOML value when it parses as one (numbers, booleans, arrays,
+    quoted strings) and as a bare string otherwise.
+    """
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise SpecbenchError(
+            f"--set {assignment!r} is not KEY=VALUE", "write e.g. --set sampling.temperature=0.7"
+        )
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip(), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """A copy of ``raw`` with dotted keys set (``methods.0.params.k`` indexes lists)."""
+    data: dict[str, Any] = copy.deepcopy(raw)
+    for dotted, value in overrides:
+        node: Any = data
+        parts = dotted.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                index = _list_index(part, dotted)
+                if index >= len(node):
+                    raise SpecbenchError(
+                        f"--set {dotted}: {'.'.join(parts[:depth]) or 'the list'} has only "
+                        f"{len(node)} entries",
+                        "index from 0",
+                    )
+                node = node[index]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise SpecbenchError(
+                    f"--set {dotted}: {'.'.join(parts[:depth])} is a value, not a table",
+                    "set the value itself, e.g. --set sampling.temperature=0.7",
+                )
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_list_index(last, dotted)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise SpecbenchError(
+                f"--set {dotted}: {'.'.join(parts[:-1])} is a value, not a table",
+                "set the value itself",
+            )
+    return data
+
+
+def _list_index(part: str, dotted: str) -> int:
+    if not part.isdigit():
+        raise SpecbenchError(f"--set {dotted}: '{part}' indexes a list", "use a number, e.g. 0")
+    return int(part)
+
+
+def load_preset(
+    name_or_path: str,
+    registry: MethodRegistry,
+    overrides: Iterable[tuple[str, Any]] = (),
+) -> ResolvedPreset:
+    """Find, read, override and validate a preset."""
+    path = find_preset(name_or_path)
+    raw = apply_overrides(read_preset_file(path), overrides)
+    raw.setdefault("name", path.stem)
+    return validate_preset(raw, source=str(path), registry=registry, base_dir=path.parent)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_preset(
+    raw: Mapping[str, Any], source: str, registry: MethodRegistry, base_dir: Path
+) -> ResolvedPreset:
+    """Check schema, references and method needs; raise :class:`PresetError` with every issue.
+
+    Methods are checked even when another section fails the schema, so one pass of
+    ``specbench validate`` lists every problem of the file.
+    """
+    issues: list[PresetIssue] = []
+    preset: Preset | None = None
+    try:
+        preset = Preset.model_validate(raw)
+    except ValidationError as error:
+        # Methods are reported by _resolve_methods, which also checks their parameters.
+        issues += [i for i in _issues_from(error, raw) if _section(i.path) != "methods"]
+    methods = _resolve_methods(raw, registry, issues)
+    if preset is not None:
+        issues += _check_references(preset, methods, base_dir)
+    if issues or preset is None:
+        raise PresetError(source, issues)
+    return ResolvedPreset(
+        preset=preset,
+        methods=methods,
+        source=source,
+        base_dir=base_dir,
+        hash=_preset_hash(_effective(preset, methods)),
+    )
+
+
+_METHOD_LIST = TypeAdapter(list[MethodEntry])
+
+
+def _resolve_methods(
+    raw: Mapping[str, Any], registry: MethodRegistry, issues: list[PresetIssue]
+) -> list[ResolvedMethod]:
+    """Bind each method entry to an installed method and validate its parameters."""
+    raw_models = raw.get("models")
+    has_draft = isinstance(raw_models, dict) and raw_models.get("draft") is not None
+    have = {ModelRole.TARGET} | ({ModelRole.DRAFT} if has_draft else set())
+    raw_methods = raw.get("methods", "all")
+    if isinstance(raw_methods, str) and raw_methods != "all":
+        issues.append(
+            PresetIssue(
+                "methods", f"unknown value {raw_methods!r}", 'write "all" or [[methods]] tables'
+            )
+        )
+        return []
+    if raw_methods == "all":  # every installed method the models can serve
+        baseline = raw.get("runs", {}).get("baseline", "baseline")
+        usable = [info for info in registry.methods.values() if info.needs <= have]
+        # The baseline first: it is what every other row is compared with.
+        usable.sort(key=lambda info: info.name != baseline)
+        return [ResolvedMethod(label=i.name, info=i, params=i.cls.Params()) for i in usable]
+    try:
+        entries = _METHOD_LIST.validate_python(raw_methods)
+    except ValidationError as error:
+        issues += _issues_from(error, raw_methods, prefix="methods", root=MethodEntry)
+        return []
+    resolved: list[ResolvedMethod] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"methods[{i}]"
+        try:
+            info = registry.get(entry.name)
+        except PluginError as error:
+            issues.append(PresetIssue(f"{where}.name", error.message, error.hint or ""))
+            continue
+        if entry.key in seen:
+            issues.append(
+                PresetIssue(
+                    f"{where}.label",
+                    f"'{entry.key}' is used by an earlier method",
+                    'give each entry of the same method its own label = "..."',
+                )
+            )
+        seen.add(entry.key)
+        missing = sorted(role.value for role in info.needs - have)
+        if missing:
+            issues.append(
+                PresetIssue(
+                    where,
+                    f"method '{entry.name}' needs a {' and '.join(missing)} model "
+                    "and the preset has none",
+                    f"add a [models.{missing[0]}] table",
+                )
+            )
+        try:
+            params = info.cls.Params.model_validate(entry.params)
+        except ValidationError as error:
+            issues += _issues_from(
+                error, entry.params, prefix=f"{where}.params", root=info.cls.Params
+            )
+            continue
+        resolved.append(ResolvedMethod(label=entry.key, info=info, params=params))
+    return resolved
+
+
+def _check_references(
+    preset: Preset, methods: list[ResolvedMethod], base_dir: Path
+) -> list[PresetIssue]:
+    issues: list[PresetIssue] = []
+    labels = [m.label for m in methods]
+    if "baseline" in preset.runs.model_fields_set and preset.runs.baseline not in labels:
+        issues.append(
+            PresetIssue(
+                "runs.baseline",
+                f"'{preset.runs.baseline}' is not one of the methods ({', '.join(labels)})",
+                "name the label of a method in this preset",
+            )
+        )
+    issues += [
+        PresetIssue(f"prompts.{field}", message, hint)
+        for field, message, hint in preset.prompts.check(base_dir)
+    ]
+    return issues
+
+
+def _preset_hash(effective: dict[str, Any]) -> str:
+    """Hash of what determines the results (the output section does not)."""
+    relevant = {k: v for k, v in effective.items() if k != "output"}
+    blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def select_methods(resolved: ResolvedPreset, labels: Sequence[str]) -> ResolvedPreset:
+    """Keep only the methods with these labels (``--methods``)."""
+    known = [m.label for m in resolved.methods]
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise SpecbenchError(
+            f"--methods names {', '.join(unknown)}, not in preset '{resolved.name}' "
+            f"(it has: {', '.join(known)})",
+            "use labels from the preset",
+        )
+    methods = [m for m in resolved.methods if m.label in labels]
+    return replace(
+        resolved, methods=methods, hash=_preset_hash(_effective(resolved.preset, methods))
+    )
+
+
+# ----------------------------------------------------------------------------- error text
+
+_HINTS = {
+    "missing": "add this field",
+    "extra_forbidden": "remove it or correct its spelling",
+    "literal_error": "use one of the values named",
+    "union_tag_invalid": "use one of the values named",
+    "union_tag_not_found": "add the field that names the kind of entry",
+    "greater_than": "use a larger value",
+    "greater_than_equal": "use a larger value",
+    "less_than": "use a smaller value",
+    "less_than_equal": "use a smaller value",
+    "int_parsing": "write a whole number without quotes",
+    "int_type": "write a whole number without quotes",
+    "int_from_float": "write a whole number",
+    "float_parsing": "write a number without quotes",
+    "float_type": "write a number without quotes",
+    "bool_parsing": "write true or false",
+    "bool_type": "write true or false",
+    "string_type": 'write a quoted string, e.g. "text"',
+    "list_type": "write a list, e.g. [1, 2]",
+    "dict_type": "write a table",
+    "model_type": "write a table",
+    "value_error": "see the message",
+}
+
+
+def _issues_from(
+    error: ValidationError, raw: Any, prefix: str = "", root: type[BaseModel] | None = None
+) -> list[PresetIssue]:
+    """Issues from a pydantic error on ``raw``, validated by the model ``root`` (Preset)."""
+    issues = []
+    for item in error.errors():
+        path = _display_path(item["loc"], raw)
+        if prefix:
+            path = prefix + ("" if path.startswith("[") or not path else ".") + path
+        message = item["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        hint = _HINTS.get(item["type"], "compare with `specbench presets show quickstart`")
+        if item["type"] == "union_tag_not_found":
+            field = str(item.get("ctx", {}).get("discriminator", "")).strip("'")
+            hint = (
+                f"add {field} = ... naming the kind (compare `specbench presets show quickstart`)"
+            )
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(item["loc"][:-1], raw, root or Preset)
+            if allowed:
+                hint += f" (allowed here: {', '.join(allowed)})"
+        issues.append(PresetIssue(path, message, hint))
+    return issues
+
+
+def _section(path: str) -> str:
+    return path.split("[", 1)[0].split(".", 1)[0]
+
+
+def _display_path(loc: Sequence[int | str], raw: Any) -> str:
+    """``("methods", 1, "params", "k")`` to ``methods[1].params.k``, dropping union tags.
+
+    pydantic puts the tag of a discriminated union in the location (``models.target.toy``);
+    a tag is recognisable as a location step that is not a key of the raw table but one of
+    its values.
+    """
+    text = ""
+    node = raw
+    for step in loc:
+        if isinstance(step, int):
+            text += f"[{step}]"
+            node = node[step] if isinstance(node, list) and step < len(node) else None
+            continue
+        if isinstance(node, dict) and step not in node and step in node.values():
+            continue
+        text += f".{step}" if text else step
+        node = node.get(step) if isinstance(node, dict) else None
+    return text
+
+
+def _allowed_keys(loc: Sequence[int | str], raw: Any, root: type[BaseModel]) -> list[str]:
+    """Field names of the model at ``loc`` (best effort, for the extra-field hint)."""
+    model: Any = root
+    node = raw
+    for step in loc:
+        if isinstance(step, int):
+            node = node[step] if isinstance(node, list) and step < len(node) else None
+            continue
+        if isinstance(node, dict) and step not in node and step in node.values():
+            continue
+        node = node.get(step) if isinstance(node, dict) else None
+        model = _field_model(model, step, node)
+        if model is None:
+            return []
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _field_model(model: Any, field: str, value: Any) -> Any:
+    """The pydantic model behind ``model.field``, choosing a union member by its tag."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    info = model.model_fields.get(field)
+    if info is None:
+        return None
+    for candidate in _model_types(info.annotation):
+        if not isinstance(value, dict) or all(
+            value.get(name) in get_args(f.annotation)
+            for name, f in candidate.model_fields.items()
+            if get_origin(f.annotation) is Literal
+        ):
+            return candidate
+    return None
+
+
+def _model_types(annotation: Any) -> list[type[BaseModel]]:
+    """pydantic models inside an annotation (through Optional, unions, lists, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _model_types(arg)]

@@ -1,0 +1,195 @@
+"""The JSONL record schema (the one place it is defined), and reading and writing it.
+
+A results file holds, in order of writing:
+
+* ``record: "run"``: one header per session that wrote to the file (a resumed run adds one),
+  with the effective preset, its hash, versions, device and seed.
+* ``record: "sample"``: one per method x prompt x run, appended and flushed as it finishes.
+* ``record: "summary"``: one per method once every sample of the run is in.
+
+Every line is a complete JSON object, written with one ``write`` call and flushed, so an
+interrupted run leaves a valid file; a reader ignores a torn last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from specbench.errors import SpecbenchError
+
+SCHEMA_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+
+
+class RunHeader(_Record):
+    """Written when a session starts writing to a results file."""
+
+    record: Literal["run"] = "run"
+    session: int = Field(description="1 for the first session, 2 after one resume, ...")
+    started_at: str
+    preset_name: str
+    preset_source: str
+    preset_hash: str
+    preset: dict[str, Any]
+    seed: int
+    environment: dict[str, Any]
+    models: dict[str, Any]
+
+
+class SampleRecord(_Record):
+    """One generation: one method on one prompt, one run."""
+
+    record: Literal["sample"] = "sample"
+    method: str = Field(description="The method's label in the preset (its name by default).")
+    method_name: str
+    exact: bool
+    prompt_id: str
+    prompt_index: int
+    category: str | None = None
+    run: int
+    seed: int
+    prompt_tokens: int
+    new_tokens: int
+    stop_reason: str
+    wall_s: float
+    tokens_per_sec: float
+    steps: int
+    target_calls: int
+    draft_calls: int
+    proposed: int
+    accepted: int
+    rejections: int
+    verified: int = Field(description="Draft tokens the verifier examined (up to a rejection).")
+    acceptance_rate: float | None = Field(
+        description="accepted / verified: the per-token acceptance probability (alpha)."
+    )
+    proposal_acceptance: float | None = Field(
+        description="accepted / proposed: the share of drafted tokens that were kept."
+    )
+    expected_acceptance_rate: float | None = Field(
+        description="Mean acceptance probability over verified draft positions (theory)."
+    )
+    avg_tokens_per_step: float = Field(
+        description="new_tokens / target_calls: counts the bonus or correction token."
+    )
+    accepted_per_step: float = Field(description="accepted / steps: drafts only, no bonus.")
+    target_calls_per_token: float
+    position_verified: list[int]
+    position_accepted: list[int]
+    stats: dict[str, float] = Field(default_factory=dict)
+    text: str | None = None
+    tokens: list[int] | None = None
+
+
+class SummaryRecord(_Record):
+    """Aggregate of one method's samples; ``speedup`` divides by the baseline's."""
+
+    record: Literal["summary"] = "summary"
+    method: str
+    method_name: str
+    exact: bool
+    samples: int
+    new_tokens: int
+    tokens_per_sec_median: float
+    tokens_per_sec_p25: float
+    tokens_per_sec_p75: float
+    tokens_per_sec_min: float
+    tokens_per_sec_max: float
+    wall_s_median: float
+    wall_s_total: float
+    acceptance_rate: float | None
+    proposal_acceptance: float | None
+    expected_acceptance_rate: float | None
+    avg_tokens_per_step: float
+    accepted_per_step: float
+    target_calls_per_token: float
+    position_acceptance: list[float | None]
+    speedup: float | None = Field(
+        description="Median tokens/s over the baseline's median tokens/s, same run."
+    )
+    baseline: str | None
+    stats: dict[str, float] = Field(default_factory=dict)
+
+
+Record = Annotated[RunHeader | SampleRecord | SummaryRecord, Field(discriminator="record")]
+_RECORD = TypeAdapter(Record)
+
+
+class RecordWriter:
+    """Appends records to a JSONL file, one flushed line each."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_torn_tail(path)
+        self.path = path
+        self._handle: IO[str] = path.open("a", encoding="utf-8")
+
+    def write(self, record: RunHeader | SampleRecord | SummaryRecord) -> None:
+        self._handle.write(record.model_dump_json() + "\n")
+        # Flushed per record so a crash or Ctrl-C keeps every finished sample.
+        self._handle.flush()
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_records(path: Path) -> list[RunHeader | SampleRecord | SummaryRecord]:
+    """Every record in a results file; a torn final line is skipped, other damage is an error."""
+    return list(iter_records(path))
+
+
+def iter_records(path: Path) -> Iterator[RunHeader | SampleRecord | SummaryRecord]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except OSError as error:
+        raise SpecbenchError(f"cannot read {path}: {error.strerror}", "check the path") from error
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        torn = number == len(lines) and not line.endswith("\n")
+        try:
+            yield _RECORD.validate_python(json.loads(line))
+        except (json.JSONDecodeError, ValidationError) as error:
+            if torn:
+                return
+            raise SpecbenchError(
+                f"{path}:{number} is not a specbench record ({_first_line(error)})",
+                "was this file written by specbench? remove the line or use another file",
+            ) from error
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an unterminated last line (a write cut short by a crash) before appending."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    with path.open("r+b") as handle:
+        handle.truncate(keep)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0]

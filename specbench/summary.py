@@ -1,0 +1,128 @@
+"""Metrics: one generation's numbers, and a method's summary over its samples.
+
+Conventions (also in the README):
+
+* ``acceptance_rate`` = accepted / verified draft tokens: the per-token acceptance
+  probability alpha of Leviathan et al. Positions after a rejection are never verified and do
+  not count. ``proposal_acceptance`` = accepted / proposed counts them.
+* ``avg_tokens_per_step`` = new tokens / target calls, so it counts the bonus (or correction)
+  token every step yields: 1.0 for the baseline. ``accepted_per_step`` excludes it.
+* ``speedup`` = the method's median tokens/s over the baseline's median tokens/s, both from
+  the same results file.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from specbench.decoding.types import GenerationResult
+from specbench.records import SampleRecord, SummaryRecord
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def generation_metrics(result: GenerationResult, wall_s: float) -> dict[str, Any]:
+    """The metric fields of a sample record for one generation timed at ``wall_s``."""
+    stats = result.stats
+    new_tokens = len(result.tokens)
+    verified = sum(stats.position_verified)
+    return {
+        "new_tokens": new_tokens,
+        "stop_reason": result.stop_reason,
+        "wall_s": wall_s,
+        "tokens_per_sec": new_tokens / wall_s if wall_s > 0 else 0.0,
+        "steps": stats.steps,
+        "target_calls": stats.target_calls,
+        "draft_calls": stats.draft_calls,
+        "proposed": stats.proposed,
+        "accepted": stats.accepted,
+        "rejections": stats.rejections,
+        "verified": verified,
+        "acceptance_rate": ratio(stats.accepted, verified),
+        "proposal_acceptance": ratio(stats.accepted, stats.proposed),
+        "expected_acceptance_rate": ratio(stats.expected_accepted, verified),
+        "avg_tokens_per_step": ratio(new_tokens, stats.target_calls) or 0.0,
+        "accepted_per_step": ratio(stats.accepted, stats.steps) or 0.0,
+        "target_calls_per_token": ratio(stats.target_calls, new_tokens) or 0.0,
+        "position_verified": list(stats.position_verified),
+        "position_accepted": list(stats.position_accepted),
+        "stats": dict(stats.extra),
+    }
+
+
+def summarize(
+    samples: Iterable[SampleRecord], baseline: str | None, run_id: str
+) -> list[SummaryRecord]:
+    """One summary per method label, in the order methods first appear."""
+    groups: dict[str, list[SampleRecord]] = defaultdict(list)
+    for sample in samples:
+        groups[sample.method].append(sample)
+    medians = {label: _median_tps(group) for label, group in groups.items()}
+    base = medians.get(baseline) if baseline else None
+    return [
+        _summarize_group(label, group, baseline if base else None, base, run_id)
+        for label, group in groups.items()
+    ]
+
+
+def _median_tps(group: Sequence[SampleRecord]) -> float:
+    return float(np.median([s.tokens_per_sec for s in group]))
+
+
+def _summarize_group(
+    label: str,
+    group: Sequence[SampleRecord],
+    baseline: str | None,
+    baseline_tps: float | None,
+    run_id: str,
+) -> SummaryRecord:
+    tps = np.array([s.tokens_per_sec for s in group])
+    walls = np.array([s.wall_s for s in group])
+    total = {
+        field: sum(getattr(s, field) for s in group)
+        for field in ("new_tokens", "target_calls", "steps", "proposed", "accepted", "verified")
+    }
+    expected = sum((s.expected_acceptance_rate or 0.0) * s.verified for s in group)
+    width = max((len(s.position_verified) for s in group), default=0)
+    verified_at = [sum(_at(s.position_verified, i) for s in group) for i in range(width)]
+    accepted_at = [sum(_at(s.position_accepted, i) for s in group) for i in range(width)]
+    stats: dict[str, list[float]] = defaultdict(list)
+    for s in group:
+        for key, value in s.stats.items():
+            stats[key].append(value)
+    median_tps = float(np.median(tps))
+    return SummaryRecord(
+        run_id=run_id,
+        method=label,
+        method_name=group[0].method_name,
+        exact=group[0].exact,
+        samples=len(group),
+        new_tokens=total["new_tokens"],
+        tokens_per_sec_median=median_tps,
+        tokens_per_sec_p25=float(np.percentile(tps, 25)),
+        tokens_per_sec_p75=float(np.percentile(tps, 75)),
+        tokens_per_sec_min=float(tps.min()),
+        tokens_per_sec_max=float(tps.max()),
+        wall_s_median=float(np.median(walls)),
+        wall_s_total=float(walls.sum()),
+        acceptance_rate=ratio(total["accepted"], total["verified"]),
+        proposal_acceptance=ratio(total["accepted"], total["proposed"]),
+        expected_acceptance_rate=ratio(expected, total["verified"]),
+        avg_tokens_per_step=ratio(total["new_tokens"], total["target_calls"]) or 0.0,
+        accepted_per_step=ratio(total["accepted"], total["steps"]) or 0.0,
+        target_calls_per_token=ratio(total["target_calls"], total["new_tokens"]) or 0.0,
+        position_acceptance=[ratio(a, v) for a, v in zip(accepted_at, verified_at, strict=True)],
+        speedup=median_tps / baseline_tps if baseline_tps else None,
+        baseline=baseline,
+        stats={key: float(np.mean(values)) for key, values in stats.items()},
+    )
+
+
+def _at(values: Sequence[int], index: int) -> int:
+    return values[index] if index < len(values) else 0
