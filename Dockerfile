@@ -7,6 +7,6 @@ WORKDIR /specbench
 COPY . .
 # torch from the CPU wheel index: the default index would pull several GB of CUDA wheels.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
- && pip install --no-cache-dir -c constraints/cpu.txt -e ".[dev]" -e plugins/specbench-adaptive-k
+ && pip install --no-cache-dir -c constraints/cpu.txt -e ".[dev,hf,quant,report]" -e plugins/specbench-adaptive-k
 
 CMD ["pytest"]

@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests`, `lint`, `typecheck`, `bench_toy`.
+"""Developer sessions: `nox -s tests`, `slow`, `lint`, `typecheck`, `bench-toy`.
 
 CPU installs use constraints/cpu.txt so torch resolves to the CPU build.
 """
@@ -14,7 +14,7 @@ CPU = ("-c", "constraints/cpu.txt")
 EXAMPLE_PLUGIN = "plugins/specbench-adaptive-k"
 
 
-def install_project(session: nox.Session, extras: str = "dev") -> None:
+def install_project(session: nox.Session, extras: str = "dev,hf,quant,report") -> None:
     session.install(*CPU, "-e", f".[{extras}]")
     session.install(*CPU, "-e", EXAMPLE_PLUGIN)
 
@@ -24,6 +24,13 @@ def tests(session: nox.Session) -> None:
     """The default test run: toy models and tiny random models, no downloads."""
     install_project(session)
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """Real weights from the catalogue (SmolLM2, the Qwen2.5-Coder pair); fetched once."""
+    install_project(session)
+    session.run("pytest", "-m", "slow", *session.posargs)
 
 
 @nox.session

@@ -1,13 +1,22 @@
 """Prompt sets: where a preset's prompts come from, and loading them.
 
 Every source yields :class:`Prompt` objects with a stable ``id`` (used to resume runs and to
-pair methods prompt by prompt), one or more turns and an optional category.
+pair methods prompt by prompt), one or more user turns, an optional category and, where the
+set has answers, a ``reference`` for scoring.
+
+Sources: ``inline`` (in the preset), ``jsonl`` (``prompt`` or ``turns`` per line), the
+built-in sets ``mt-bench``, ``spec-bench``, ``gsm8k`` and ``humaneval`` (shipped in the
+package; see ``specbench/data/prompts/SOURCES.md``), and ``dataset`` (a local json, jsonl,
+parquet or csv file read with the ``datasets`` library).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,14 +24,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from specbench.errors import SpecbenchError
 
+DATA_DIR = Path(__file__).parent / "data" / "prompts"
+
 
 @dataclass(frozen=True)
 class Prompt:
-    """One benchmark prompt. ``turns[0]`` is the first user message."""
+    """One benchmark prompt. ``turns`` are the user messages, in order."""
 
     id: str
     turns: tuple[str, ...]
     category: str | None = None
+    reference: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -34,24 +46,47 @@ class _PromptSetBase(BaseModel):
 
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     categories: list[str] | None = Field(None, description="Keep only these categories.")
+    per_category: int | None = Field(None, ge=1, description="At most N prompts per category.")
+    max_turns: int | None = Field(None, ge=1, description="Use only the first N turns.")
+    template: str | None = Field(
+        None, description="Wraps the first turn; {prompt} stands for it, e.g. 'Q: {prompt}\\nA:'."
+    )
+    chat_template: bool = Field(True, description="Use the tokenizer's chat template if any.")
+    system_prompt: str | None = None
 
     def check(self, base_dir: Path) -> list[tuple[str, str, str]]:
         """Problems that need the file system: ``(field, message, hint)`` triples."""
+        if self.template is not None and "{prompt}" not in self.template:
+            return [("template", "the template has no {prompt} placeholder", "add {prompt}")]
         return []
 
     def load(self, base_dir: Path) -> list[Prompt]:
-        """The prompts, filtered by category and cut to ``limit``."""
+        """The prompts, filtered and cut as the preset says."""
         prompts = self._read(base_dir)
         if self.categories is not None:
             wanted = set(self.categories)
             prompts = [p for p in prompts if p.category in wanted]
+        if self.per_category is not None:
+            seen: Counter[str | None] = Counter()
+            kept = []
+            for prompt in prompts:
+                seen[prompt.category] += 1
+                if seen[prompt.category] <= self.per_category:
+                    kept.append(prompt)
+            prompts = kept
         if self.limit is not None:
             prompts = prompts[: self.limit]
         if not prompts:
             raise SpecbenchError(
                 "the prompt set is empty after filtering", "check prompts.categories and limit"
             )
-        return prompts
+        return [self._shape(p) for p in prompts]
+
+    def _shape(self, prompt: Prompt) -> Prompt:
+        turns = prompt.turns[: self.max_turns] if self.max_turns else prompt.turns
+        if self.template is not None:
+            turns = (self.template.replace("{prompt}", turns[0]), *turns[1:])
+        return Prompt(prompt.id, turns, prompt.category, prompt.reference)
 
     def _read(self, base_dir: Path) -> list[Prompt]:
         raise NotImplementedError
@@ -61,12 +96,13 @@ class InlinePrompt(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str | None = None
-    prompt: str
+    prompt: str | None = None
+    turns: list[str] | None = None
     category: str | None = None
 
 
 class InlinePromptSet(_PromptSetBase):
-    """Prompts written in the preset itself."""
+    """Prompts written in the preset itself (strings, or tables with id/prompt/turns)."""
 
     source: Literal["inline"] = "inline"
     prompts: list[str | InlinePrompt] = Field(min_length=1)
@@ -74,69 +110,169 @@ class InlinePromptSet(_PromptSetBase):
     def _read(self, base_dir: Path) -> list[Prompt]:
         out = []
         for i, item in enumerate(self.prompts):
-            if isinstance(item, str):
-                out.append(Prompt(id=f"p{i}", turns=(item,)))
-            else:
-                out.append(
-                    Prompt(id=item.id or f"p{i}", turns=(item.prompt,), category=item.category)
-                )
+            row = {"prompt": item} if isinstance(item, str) else item.model_dump(exclude_none=True)
+            out.append(prompt_from_row(row, f"prompts[{i}]", default_id=f"p{i}"))
         return out
 
 
 class JsonlPromptSet(_PromptSetBase):
     """A JSONL file with ``prompt`` (a string) or ``turns`` (a list) per line.
 
-    Optional per line: ``id`` (or ``question_id``) and ``category``. A relative ``path`` is
-    looked up next to the preset file first, then in the working directory.
+    Optional per line: ``id`` (or ``question_id``, ``task_id``) and ``category``. A relative
+    ``path`` is looked up next to the preset file first, then in the working directory.
     """
 
     source: Literal["jsonl"] = "jsonl"
     path: str
 
-    def resolve(self, base_dir: Path) -> Path | None:
-        for candidate in (base_dir / self.path, Path(self.path)):
-            if candidate.is_file():
-                return candidate
-        return None
-
     def check(self, base_dir: Path) -> list[tuple[str, str, str]]:
-        if self.resolve(base_dir) is None:
-            return [
-                (
-                    "path",
-                    f"file {self.path} not found (looked in {base_dir} and the working directory)",
-                    "correct the path",
-                )
-            ]
-        return []
+        return super().check(base_dir) + _check_path(self.path, base_dir)
 
     def _read(self, base_dir: Path) -> list[Prompt]:
-        path = self.resolve(base_dir)
-        if path is None:
-            raise SpecbenchError(f"prompt file {self.path} not found", "correct prompts.path")
-        return read_prompt_jsonl(path)
+        path = _resolve_path(self.path, base_dir)
+        return [
+            prompt_from_row(row, where, default_id=str(i))
+            for i, (row, where) in enumerate(_jsonl_rows(path))
+        ]
 
 
-def read_prompt_jsonl(path: Path) -> list[Prompt]:
-    """Prompts from a JSONL file (see :class:`JsonlPromptSet` for the fields)."""
-    prompts = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise SpecbenchError(
-                    f"{path}:{number}: not valid JSON ({error.msg})", "fix or remove that line"
-                ) from error
-            prompts.append(_prompt_from_row(row, f"{path}:{number}", default_id=str(number - 1)))
-    return prompts
+BuiltinName = Literal["mt-bench", "spec-bench", "gsm8k", "humaneval"]
 
 
-def _prompt_from_row(row: Any, where: str, default_id: str) -> Prompt:
+class BuiltinPromptSet(_PromptSetBase):
+    """A prompt set shipped with specbench.
+
+    ``mt-bench``: 80 two-turn questions in 8 categories. ``spec-bench``: the 480 Spec-Bench
+    questions (MT-Bench plus translation, summarization, qa, math_reasoning, rag).
+    ``gsm8k``: grade-school maths (``split`` train or test; the reference is the final
+    number). ``humaneval``: 164 Python functions to complete (the reference holds the tests).
+    """
+
+    source: BuiltinName
+    split: Literal["train", "test"] = Field("test", description="gsm8k only.")
+
+    def check(self, base_dir: Path) -> list[tuple[str, str, str]]:
+        issues = super().check(base_dir)
+        if self.split == "train" and self.source != "gsm8k":
+            issues.append(("split", f"{self.source} has only one split", "remove split"))
+        return issues
+
+    def _read(self, base_dir: Path) -> list[Prompt]:
+        if self.source == "gsm8k":
+            return [
+                Prompt(
+                    id=f"gsm8k-{self.split}-{i}",
+                    turns=(row["question"],),
+                    category="gsm8k",
+                    reference={
+                        "answer": gsm8k_final_answer(row["answer"]),
+                        "solution": row["answer"],
+                    },
+                )
+                for i, (row, _) in enumerate(_jsonl_rows(DATA_DIR / f"gsm8k_{self.split}.jsonl"))
+            ]
+        if self.source == "humaneval":
+            return [
+                Prompt(
+                    id=row["task_id"],
+                    turns=(row["prompt"],),
+                    category="humaneval",
+                    reference={k: row[k] for k in ("prompt", "test", "entry_point")},
+                )
+                for row, _ in _jsonl_rows(DATA_DIR / "humaneval.jsonl")
+            ]
+        file = {"mt-bench": "mt_bench_question.jsonl", "spec-bench": "spec_bench_question.jsonl"}
+        return [
+            prompt_from_row(row, where, default_id=str(i))
+            for i, (row, where) in enumerate(_jsonl_rows(DATA_DIR / file[self.source]))
+        ]
+
+
+class DatasetPromptSet(_PromptSetBase):
+    """A local file read with the ``datasets`` library (json/jsonl, parquet, csv).
+
+    Field names say where the prompt (or the list of turns), id and category are.
+    """
+
+    source: Literal["dataset"] = "dataset"
+    path: str
+    format: Literal["json", "parquet", "csv"] | None = Field(
+        None, description="Default: from the file extension."
+    )
+    split: str = "train"
+    prompt_field: str = "prompt"
+    turns_field: str | None = None
+    id_field: str | None = "id"
+    category_field: str | None = "category"
+
+    def check(self, base_dir: Path) -> list[tuple[str, str, str]]:
+        issues = super().check(base_dir) + _check_path(self.path, base_dir)
+        if not issues and self._format(Path(self.path)) is None:
+            issues.append(("format", f"cannot tell the format of {self.path}", "set format"))
+        return issues
+
+    def _format(self, path: Path) -> str | None:
+        if self.format:
+            return self.format
+        return {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(
+            path.suffix.lower()
+        )
+
+    def _read(self, base_dir: Path) -> list[Prompt]:
+        try:
+            import datasets
+        except ImportError as error:
+            raise SpecbenchError(
+                "prompt source 'dataset' needs the datasets library", "pip install 'specbench[hf]'"
+            ) from error
+        path = _resolve_path(self.path, base_dir)
+        data = datasets.load_dataset(self._format(path), data_files=str(path), split=self.split)
+        out = []
+        for i, row in enumerate(data):
+            mapped = {"prompt": row.get(self.prompt_field)}
+            if self.turns_field:
+                mapped = {"turns": row.get(self.turns_field)}
+            if self.id_field and row.get(self.id_field) is not None:
+                mapped["id"] = row[self.id_field]
+            if self.category_field and row.get(self.category_field) is not None:
+                mapped["category"] = row[self.category_field]
+            out.append(prompt_from_row(mapped, f"{path} row {i}", default_id=str(i)))
+        return out
+
+
+PromptSetSpec = Annotated[
+    InlinePromptSet | JsonlPromptSet | BuiltinPromptSet | DatasetPromptSet,
+    Field(discriminator="source"),
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def gsm8k_final_answer(text: str) -> str | None:
+    """The number after ``####`` in a GSM8K solution, normalised (``1,000`` -> ``1000``)."""
+    match = re.search(r"####\s*(.+)$", text.strip())
+    if not match:
+        return None
+    return normalize_number(match.group(1))
+
+
+def normalize_number(text: str) -> str | None:
+    """A number as a canonical string: commas, dollar signs and trailing ``.0`` removed."""
+    cleaned = text.replace(",", "").replace("$", "").strip()
+    match = re.search(r"-?\d+(?:\.\d+)?", cleaned)
+    if not match:
+        return None
+    value = match.group(0)
+    if "." in value:
+        value = value.rstrip("0").rstrip(".")
+    return value
+
+
+def prompt_from_row(row: Any, where: str, default_id: str) -> Prompt:
+    """A :class:`Prompt` from a mapping with ``prompt`` or ``turns``, ``id``, ``category``."""
     if not isinstance(row, dict):
-        raise SpecbenchError(f"{where}: a line must be a JSON object", 'write {"prompt": ...}')
+        raise SpecbenchError(f"{where}: a prompt must be an object", 'write {"prompt": ...}')
     if isinstance(row.get("turns"), list) and row["turns"]:
         turns = tuple(str(t) for t in row["turns"])
     elif isinstance(row.get("prompt"), str):
@@ -145,9 +281,46 @@ def _prompt_from_row(row: Any, where: str, default_id: str) -> Prompt:
         raise SpecbenchError(
             f"{where}: no 'prompt' string or 'turns' list", "add one of the two fields"
         )
-    raw_id = row.get("id", row.get("question_id", default_id))
+    raw_id = next((row[k] for k in ("id", "question_id", "task_id") if k in row), default_id)
     category = row.get("category")
-    return Prompt(id=str(raw_id), turns=turns, category=None if category is None else str(category))
+    reference = {"reference": row["reference"]} if "reference" in row else {}
+    return Prompt(
+        id=str(raw_id),
+        turns=turns,
+        category=None if category is None else str(category),
+        reference=reference,
+    )
 
 
-PromptSetSpec = Annotated[InlinePromptSet | JsonlPromptSet, Field(discriminator="source")]
+def _jsonl_rows(path: Path) -> Iterator[tuple[Any, str]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line), f"{path}:{number}"
+            except json.JSONDecodeError as error:
+                raise SpecbenchError(
+                    f"{path}:{number}: not valid JSON ({error.msg})", "fix or remove that line"
+                ) from error
+
+
+def _resolve_path(path: str, base_dir: Path) -> Path:
+    for candidate in (base_dir / path, Path(path)):
+        if candidate.is_file():
+            return candidate
+    raise SpecbenchError(f"prompt file {path} not found", "correct prompts.path")
+
+
+def _check_path(path: str, base_dir: Path) -> list[tuple[str, str, str]]:
+    try:
+        _resolve_path(path, base_dir)
+    except SpecbenchError:
+        return [
+            (
+                "path",
+                f"file {path} not found (looked in {base_dir} and the working directory)",
+                "correct the path",
+            )
+        ]
+    return []

@@ -60,7 +60,9 @@ class SampleRecord(_Record):
     category: str | None = None
     run: int
     seed: int
-    prompt_tokens: int
+    prompt_tokens: int = Field(description="Prompt tokens over all turns.")
+    turns: int = 1
+    turn_new_tokens: list[int] = Field(default_factory=list)
     new_tokens: int
     stop_reason: str
     wall_s: float
@@ -89,7 +91,12 @@ class SampleRecord(_Record):
     position_verified: list[int]
     position_accepted: list[int]
     stats: dict[str, float] = Field(default_factory=dict)
+    output_sha: str = Field("", description="Fingerprint of the generated tokens.")
+    matches_baseline: bool | None = Field(
+        None, description="Greedy runs: output identical to the baseline's, token for token."
+    )
     text: str | None = None
+    turn_texts: list[str] | None = None
     tokens: list[int] | None = None
 
 
@@ -116,6 +123,9 @@ class SummaryRecord(_Record):
     accepted_per_step: float
     target_calls_per_token: float
     position_acceptance: list[float | None]
+    greedy_match_rate: float | None = Field(
+        None, description="Greedy runs: share of samples identical to the baseline's output."
+    )
     speedup: float | None = Field(
         description="Median tokens/s over the baseline's median tokens/s, same run."
     )

@@ -2,6 +2,8 @@
 
 Summaries are recomputed from sample records rather than read from summary records, so a
 report of an interrupted run (which has no summaries yet) is still complete for what ran.
+The category table follows Spec-Bench: its eight MT-Bench categories count as one column,
+``mt_bench``, next to translation, summarization, qa, math_reasoning and rag.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from pathlib import Path
 from specbench.errors import SpecbenchError
 from specbench.records import RunHeader, SampleRecord, SummaryRecord, read_records
 from specbench.summary import summarize
+
+MT_BENCH_CATEGORIES = (
+    "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
+)  # fmt: skip
+SPEC_BENCH_COLUMNS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
+OVERALL = "overall"
 
 
 @dataclass
@@ -28,6 +36,11 @@ class ResultsFile:
     def label(self) -> str:
         return f"{self.header.preset_name} ({self.path.name})"
 
+    @property
+    def baseline(self) -> str | None:
+        value = self.header.preset.get("runs", {}).get("baseline")
+        return str(value) if value is not None else None
+
 
 def load_results(path: Path) -> ResultsFile:
     """Read a results file and summarise its samples against its baseline."""
@@ -36,14 +49,48 @@ def load_results(path: Path) -> ResultsFile:
     if not headers:
         raise SpecbenchError(f"{path} has no run header", "pass a file written by specbench run")
     samples = [r for r in records if isinstance(r, SampleRecord)]
-    baseline = headers[0].preset.get("runs", {}).get("baseline")
-    return ResultsFile(
-        path=path,
-        header=headers[0],
-        samples=samples,
-        summaries=summarize(samples, baseline, headers[0].run_id),
-    )
+    if not samples:
+        raise SpecbenchError(f"{path} holds no samples yet", "run or resume it first")
+    result = ResultsFile(path=path, header=headers[0], samples=samples, summaries=[])
+    result.summaries = summarize(samples, result.baseline, headers[0].run_id)
+    return result
 
 
 def load_many(paths: Sequence[Path]) -> list[ResultsFile]:
     return [load_results(path) for path in paths]
+
+
+@dataclass
+class CategoryTable:
+    """Per method and category: speedup and mean tokens per target call (Spec-Bench style)."""
+
+    columns: list[str]
+    rows: dict[str, dict[str, SummaryRecord]]
+
+
+def report_category(category: str | None, spec_bench: bool) -> str:
+    """The column a sample's category falls in."""
+    if category is None:
+        return "uncategorised"
+    if spec_bench and category in MT_BENCH_CATEGORIES:
+        return "mt_bench"
+    return category
+
+
+def category_table(result: ResultsFile) -> CategoryTable | None:
+    """Methods x categories, or ``None`` when the samples carry no categories."""
+    categories = {s.category for s in result.samples}
+    if categories <= {None}:
+        return None
+    spec_bench = bool(categories & set(SPEC_BENCH_COLUMNS[1:]))
+    groups: dict[str, list[SampleRecord]] = {}
+    for sample in result.samples:
+        groups.setdefault(report_category(sample.category, spec_bench), []).append(sample)
+    known = [c for c in SPEC_BENCH_COLUMNS if c in groups]
+    columns = known + sorted(c for c in groups if c not in known) + [OVERALL]
+    groups[OVERALL] = result.samples
+    rows: dict[str, dict[str, SummaryRecord]] = {}
+    for column in columns:
+        for summary in summarize(groups[column], result.baseline, result.header.run_id):
+            rows.setdefault(summary.method, {})[column] = summary
+    return CategoryTable(columns=columns, rows=rows)

@@ -1,26 +1,31 @@
 """Run a validated preset: load models once, warm up, time every method on every prompt.
 
-Prompts run in the outer loop and methods in the inner one, so slow drift of the machine
-(thermals, other load) affects every method alike. Each sample is written and flushed as it
-finishes; summaries are written once all samples are in. ``resume`` continues a results file
-and skips every (method, prompt, run) it already holds.
+Prompts run in the outer loop and methods in the inner one (the baseline first), so slow
+drift of the machine (thermals, other load) affects every method alike. Each sample is
+written and flushed as it finishes; summaries are written once all samples are in.
+``resume`` continues a results file and skips every (method, prompt, run) it already holds.
+
+A multi-turn prompt (MT-Bench) is one sample: each turn is generated in turn, the next one
+seeing the model's earlier answers, and the sample adds up time, tokens and statistics.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from specbench.conversation import PromptEncoder
 from specbench.decoding.sampling import SamplingParams
-from specbench.decoding.types import GenerationRequest
+from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
 from specbench.environment import collect_environment
 from specbench.errors import SpecbenchError
 from specbench.models.loading import load_models
-from specbench.plugins import DecodingMethod, MethodModels
+from specbench.plugins import DecodingMethod, MethodModels, MethodParams
 from specbench.presets import Preset, ResolvedPreset
 from specbench.progress import MethodProgress, Phase, Progress, ProgressCallback
 from specbench.prompts import Prompt
@@ -59,7 +64,6 @@ class RunAborted(Exception):
 class _Task:
     prompt_index: int
     prompt: Prompt
-    prompt_ids: list[int]
     run: int
     label: str
 
@@ -71,6 +75,11 @@ class _Task:
 def sample_seed(base_seed: int, prompt_index: int, run: int) -> int:
     """The seed of one (prompt, run): the same for every method, independent of order."""
     return base_seed * 1_000_003 + prompt_index * 1_009 + run
+
+
+def output_sha(tokens: Sequence[int]) -> str:
+    """A short fingerprint of generated tokens, to compare outputs without storing them."""
+    return hashlib.sha1(",".join(map(str, tokens)).encode()).hexdigest()[:16]
 
 
 def resolve_output(resolved: ResolvedPreset, output: Path | None, resume: bool) -> Path:
@@ -99,97 +108,77 @@ def run_preset(
     """Run every method of ``resolved`` and write records to the results file."""
     path = resolve_output(resolved, output, resume)
     previous = _previous_records(path, resolved, resume)
-    done = {(s.method, s.prompt_id, s.run) for s in previous if isinstance(s, SampleRecord)}
+    previous_samples = [r for r in previous if isinstance(r, SampleRecord)]
     headers = [r for r in previous if isinstance(r, RunHeader)]
     run_id = headers[0].run_id if headers else uuid.uuid4().hex[:12]
     report = on_progress or (lambda progress: None)
-
     preset = resolved.preset
+
     report(Progress("loading", "loading models", path))
     models = load_models(preset.models, lambda message: report(Progress("loading", message, path)))
     prompts = preset.prompts.load(resolved.base_dir)
-    tokenizer = models.target.tokenizer
-    encoded = [tokenizer.encode(p.text) for p in prompts]
-    for prompt, ids in zip(prompts, encoded, strict=True):
-        if not ids:
-            raise SpecbenchError(f"prompt {prompt.id} encodes to no tokens", "remove or fix it")
+    baseline = preset.runs.baseline
+    labels = sorted((m.label for m in resolved.methods), key=lambda label: label != baseline)
     methods = {
         m.label: _instantiate(m.label, m.info.cls, m.params, models) for m in resolved.methods
     }
-    labels = list(methods)
     tasks = [
-        _Task(i, prompt, ids, run, label)
-        for i, (prompt, ids) in enumerate(zip(prompts, encoded, strict=True))
+        _Task(i, prompt, run, label)
+        for i, prompt in enumerate(prompts)
         for run in range(preset.runs.count)
         for label in labels
     ]
+    done = {(s.method, s.prompt_id, s.run) for s in previous_samples}
     todo = [t for t in tasks if t.key not in done]
-    previous_samples = [r for r in previous if isinstance(r, SampleRecord)]
-    has_summaries = any(isinstance(r, SummaryRecord) for r in previous)
-    if not todo and has_summaries:
-        summaries = [r for r in previous if isinstance(r, SummaryRecord)]
+    if not todo and any(isinstance(r, SummaryRecord) for r in previous):
         report(Progress("done", "nothing left to run", path))
+        summaries = [r for r in previous if isinstance(r, SummaryRecord)]
         return RunOutcome(path, summaries, written=0, skipped=len(tasks))
 
-    sampling = SamplingParams(
-        temperature=preset.sampling.temperature,
-        top_k=preset.sampling.top_k,
-        top_p=preset.sampling.top_p,
-    )
-    stop_ids = frozenset(tokenizer.eos_token_ids)
-    tracker = _Tracker(labels, tasks, previous_samples, preset.runs.baseline, run_id, path)
+    context = _Context(preset, models, run_id, previous_samples)
+    tracker = _Tracker(labels, tasks, previous_samples, baseline, run_id, path)
     written = 0
     where = "starting"
     with RecordWriter(path) as writer:
-        writer.write(
-            RunHeader(
-                run_id=run_id,
-                session=len(headers) + 1,
-                started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                preset_name=resolved.name,
-                preset_source=resolved.source,
-                preset_hash=resolved.hash,
-                preset=resolved.effective(),
-                seed=preset.sampling.seed,
-                environment=collect_environment(),
-                models={
-                    "target": models.target.describe(),
-                    **({"draft": models.draft.describe()} if models.draft else {}),
-                },
-            )
-        )
+        writer.write(_header(resolved, models, run_id, session=len(headers) + 1))
         try:
             pending = {t.label for t in todo}
-            for label in labels:
-                if label not in pending:
-                    continue
+            for label in (label for label in labels if label in pending):
                 for w in range(preset.runs.warmup):
                     where = f"warm-up of {label}"
                     report(tracker.snapshot("warmup", f"warming up {label} ({w + 1})"))
-                    methods[label].generate(
-                        GenerationRequest(
-                            prompt_ids=tasks[0].prompt_ids,
-                            max_new_tokens=preset.sampling.max_new_tokens,
-                            sampling=sampling,
-                            seed=sample_seed(preset.sampling.seed, -1, w),
-                            stop_token_ids=stop_ids,
-                        )
-                    )
+                    context.warm_up(methods[label], prompts[0], w)
             for task in todo:
                 where = f"{task.label} on prompt {task.prompt.id} (run {task.run})"
-                record = _time_one(
-                    task, methods[task.label], models, sampling, stop_ids, preset, run_id
-                )
+                record = context.time_sample(task, methods[task.label], baseline)
                 writer.write(record)
                 written += 1
                 report(tracker.add(record))
-            summaries = summarize(tracker.samples, preset.runs.baseline, run_id)
+            summaries = summarize(tracker.samples, baseline, run_id)
             for summary in summaries:
                 writer.write(summary)
         except (Exception, KeyboardInterrupt) as error:
             raise RunAborted(error, path, written, where) from error
     report(tracker.snapshot("done", "finished"))
     return RunOutcome(path, summaries, written=written, skipped=len(tasks) - len(todo))
+
+
+def _header(resolved: ResolvedPreset, models: MethodModels, run_id: str, session: int) -> RunHeader:
+    described = {"target": models.target.describe()}
+    if models.draft is not None:
+        described["draft"] = models.draft.describe()
+    return RunHeader(
+        run_id=run_id,
+        session=session,
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        preset_name=resolved.name,
+        preset_source=resolved.source,
+        preset_hash=resolved.hash,
+        preset=resolved.effective(),
+        seed=resolved.preset.sampling.seed,
+        environment=collect_environment(),
+        models=described,
+    )
 
 
 def _previous_records(
@@ -214,10 +203,10 @@ def _previous_records(
 
 
 def _instantiate(
-    label: str, cls: type[DecodingMethod], params: object, models: MethodModels
+    label: str, cls: type[DecodingMethod], params: MethodParams, models: MethodModels
 ) -> DecodingMethod:
     try:
-        return cls(params, models)  # type: ignore[arg-type]
+        return cls(params, models)
     except SpecbenchError:
         raise
     except Exception as error:
@@ -227,50 +216,109 @@ def _instantiate(
         ) from error
 
 
-def _time_one(
-    task: _Task,
-    method: DecodingMethod,
-    models: MethodModels,
-    sampling: SamplingParams,
-    stop_ids: frozenset[int],
-    preset: Preset,
-    run_id: str,
-) -> SampleRecord:
-    seed = sample_seed(preset.sampling.seed, task.prompt_index, task.run)
-    request = GenerationRequest(
-        prompt_ids=task.prompt_ids,
-        max_new_tokens=preset.sampling.max_new_tokens,
-        sampling=sampling,
-        seed=seed,
-        stop_token_ids=stop_ids,
-    )
-    _synchronize(models)
-    start = time.perf_counter()
-    result = method.generate(request)
-    _synchronize(models)
-    wall = time.perf_counter() - start
-    tokenizer = models.target.tokenizer
-    return SampleRecord(
-        run_id=run_id,
-        method=task.label,
-        method_name=method.name,
-        exact=method.exact,
-        prompt_id=task.prompt.id,
-        prompt_index=task.prompt_index,
-        category=task.prompt.category,
-        run=task.run,
-        seed=seed,
-        prompt_tokens=len(task.prompt_ids),
-        text=tokenizer.decode(result.tokens) if preset.output.save_text else None,
-        tokens=list(result.tokens) if preset.output.save_tokens else None,
-        **generation_metrics(result, wall),
-    )
+@dataclass
+class _Context:
+    """What every timed generation of a run shares."""
+
+    preset: Preset
+    models: MethodModels
+    run_id: str
+    previous: Sequence[SampleRecord]
+    baseline_outputs: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        sampling = self.preset.sampling
+        self.sampling = SamplingParams(
+            temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p
+        )
+        tokenizer = self.models.target.tokenizer
+        self.stop_ids = frozenset(tokenizer.eos_token_ids)
+        prompts = self.preset.prompts
+        self.encoder = PromptEncoder(tokenizer, prompts.chat_template, prompts.system_prompt)
+        baseline = self.preset.runs.baseline
+        for s in self.previous:
+            if s.method == baseline:
+                self.baseline_outputs[(s.prompt_id, s.run)] = s.output_sha
+
+    def request(self, prompt_ids: list[int], seed: int) -> GenerationRequest:
+        if not prompt_ids:
+            raise SpecbenchError("a prompt encodes to no tokens", "remove or fix that prompt")
+        return GenerationRequest(
+            prompt_ids=prompt_ids,
+            max_new_tokens=self.preset.sampling.max_new_tokens,
+            sampling=self.sampling,
+            seed=seed,
+            stop_token_ids=self.stop_ids,
+        )
+
+    def warm_up(self, method: DecodingMethod, prompt: Prompt, index: int) -> None:
+        ids = self.encoder.encode([], prompt.turns[0])
+        method.generate(self.request(ids, sample_seed(self.preset.sampling.seed, -1, index)))
+
+    def time_sample(self, task: _Task, method: DecodingMethod, baseline: str) -> SampleRecord:
+        seed = sample_seed(self.preset.sampling.seed, task.prompt_index, task.run)
+        tokenizer = self.models.target.tokenizer
+        history: list[tuple[str, str]] = []
+        results: list[GenerationResult] = []
+        prompt_tokens = 0
+        wall = 0.0
+        for turn, user in enumerate(task.prompt.turns):
+            ids = self.encoder.encode(history, user)
+            prompt_tokens += len(ids)
+            request = self.request(ids, seed + 7919 * turn)
+            self._synchronize()
+            start = time.perf_counter()
+            result = method.generate(request)
+            self._synchronize()
+            wall += time.perf_counter() - start
+            results.append(result)
+            history.append((user, tokenizer.decode(result.tokens)))
+        merged = _merge(results)
+        sha = output_sha(merged.tokens)
+        key = (task.prompt.id, task.run)
+        if task.label == baseline:
+            self.baseline_outputs[key] = sha
+        matches = None
+        if self.sampling.greedy and task.label != baseline and key in self.baseline_outputs:
+            matches = self.baseline_outputs[key] == sha
+        output = self.preset.output
+        texts = [answer for _, answer in history]
+        return SampleRecord(
+            run_id=self.run_id,
+            method=task.label,
+            method_name=method.name,
+            exact=method.exact,
+            prompt_id=task.prompt.id,
+            prompt_index=task.prompt_index,
+            category=task.prompt.category,
+            run=task.run,
+            seed=seed,
+            prompt_tokens=prompt_tokens,
+            turns=len(results),
+            turn_new_tokens=[len(r.tokens) for r in results],
+            output_sha=sha,
+            matches_baseline=matches,
+            text="\n\n".join(texts) if output.save_text else None,
+            turn_texts=texts if output.save_text and len(texts) > 1 else None,
+            tokens=list(merged.tokens) if output.save_tokens else None,
+            **generation_metrics(merged, wall),
+        )
+
+    def _synchronize(self) -> None:
+        self.models.target.synchronize()
+        if self.models.draft is not None:
+            self.models.draft.synchronize()
 
 
-def _synchronize(models: MethodModels) -> None:
-    models.target.synchronize()
-    if models.draft is not None:
-        models.draft.synchronize()
+def _merge(results: Sequence[GenerationResult]) -> GenerationResult:
+    """One result for a multi-turn sample: tokens concatenated, statistics added up."""
+    if len(results) == 1:
+        return results[0]
+    stats = DecodeStats()
+    for result in results:
+        stats.merge(result.stats)
+    tokens = [token for result in results for token in result.tokens]
+    return GenerationResult(tokens=tokens, stop_reason=results[-1].stop_reason, stats=stats)
 
 
 class _Tracker:

@@ -97,6 +97,7 @@ def _summarize_group(
         for key, value in s.stats.items():
             stats[key].append(value)
     median_tps = float(np.median(tps))
+    compared = [s.matches_baseline for s in group if s.matches_baseline is not None]
     return SummaryRecord(
         run_id=run_id,
         method=label,
@@ -118,6 +119,7 @@ def _summarize_group(
         accepted_per_step=ratio(total["accepted"], total["steps"]) or 0.0,
         target_calls_per_token=ratio(total["target_calls"], total["new_tokens"]) or 0.0,
         position_acceptance=[ratio(a, v) for a, v in zip(accepted_at, verified_at, strict=True)],
+        greedy_match_rate=ratio(sum(compared), len(compared)),
         speedup=median_tps / baseline_tps if baseline_tps else None,
         baseline=baseline,
         stats={key: float(np.mean(values)) for key, values in stats.items()},

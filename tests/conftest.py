@@ -13,3 +13,23 @@ def _fresh_registry() -> Iterator[None]:
     discover_methods(refresh=True)
     yield
     discover_methods(refresh=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Tiny random Llama and Qwen2 target/draft pairs sharing one tokenizer, saved as folders."""
+    pytest.importorskip("transformers")
+    from hf_fixtures import build_model, build_tokenizer, perturbed_copy, save
+
+    root = tmp_path_factory.mktemp("tiny-hf")
+    tokenizer = build_tokenizer()
+    folders: dict = {"tokenizer": tokenizer, "root": root}
+    for arch in ("llama", "qwen2"):
+        target = build_model(arch, len(tokenizer), seed=0)
+        draft = perturbed_copy(target, scale=0.3)
+        folders[arch] = {
+            "target": save(target, tokenizer, root / f"{arch}-target"),
+            "draft": save(draft, tokenizer, root / f"{arch}-draft"),
+            "target_model": target,
+        }
+    return folders

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from specbench.cli import methods_cmd, presets_cmd, report_cmd, run_cmd, validate_cmd
+from specbench.cli import (
+    methods_cmd,
+    models_cmd,
+    presets_cmd,
+    report_cmd,
+    run_cmd,
+    validate_cmd,
+)
 
 app = typer.Typer(
     name="specbench",
@@ -17,6 +24,7 @@ app.command("run")(run_cmd.run)
 app.command("validate")(validate_cmd.validate)
 app.command("methods")(methods_cmd.methods)
 app.add_typer(presets_cmd.app, name="presets")
+app.add_typer(models_cmd.app, name="models")
 app.command("report")(report_cmd.report)
 
 

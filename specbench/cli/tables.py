@@ -47,6 +47,9 @@ def summary_table(summaries: Sequence[SummaryRecord], title: str | None = None) 
     table.add_column("acceptance (expected)", justify="right")
     table.add_column("tokens/step", justify="right")
     table.add_column("target calls/token", justify="right")
+    show_match = any(s.greedy_match_rate is not None for s in summaries)
+    if show_match:
+        table.add_column("= baseline", justify="right")
     for s in summaries:
         spread = (
             f"{s.tokens_per_sec_median:.1f} ({s.tokens_per_sec_p25:.1f}-{s.tokens_per_sec_p75:.1f})"
@@ -54,7 +57,7 @@ def summary_table(summaries: Sequence[SummaryRecord], title: str | None = None) 
         acceptance = fmt(s.acceptance_rate, ".3f")
         if s.expected_acceptance_rate is not None:
             acceptance += f" ({s.expected_acceptance_rate:.3f})"
-        table.add_row(
+        cells = [
             s.method,
             "yes" if s.exact else "lossy",
             str(s.samples),
@@ -63,5 +66,10 @@ def summary_table(summaries: Sequence[SummaryRecord], title: str | None = None) 
             acceptance,
             fmt(s.avg_tokens_per_step, ".2f"),
             fmt(s.target_calls_per_token, ".3f"),
-        )
+        ]
+        if show_match:
+            cells.append(
+                fmt(None if s.greedy_match_rate is None else 100 * s.greedy_match_rate, ".0f", "%")
+            )
+        table.add_row(*cells)
     return table

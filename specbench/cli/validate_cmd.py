@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import typer
@@ -9,6 +10,7 @@ from rich.markup import escape
 
 from specbench.cli.common import EXIT_INVALID_INPUT, console, err_console
 from specbench.errors import SpecbenchError
+from specbench.models.loading import check_models
 from specbench.plugins import discover_methods
 from specbench.presets import available_presets, load_preset
 
@@ -18,7 +20,7 @@ def validate(
         None, help="Preset files or names; default: every preset found."
     ),
 ) -> None:
-    """Check presets: schema, method parameters, references and what each method needs."""
+    """Check presets: schema, method parameters, references, method needs and tokenizers."""
     registry = discover_methods()
     targets = presets or [str(path) for path in available_presets().values()]
     if not targets:
@@ -30,14 +32,25 @@ def validate(
             resolved = load_preset(target, registry)
         except SpecbenchError as error:
             invalid += 1
-            for line in str(error).splitlines():
-                err_console.print(
-                    f"[bold red]invalid:[/] {escape(line)}", highlight=False, soft_wrap=True
-                )
+            _print_invalid(str(error).splitlines())
+            continue
+        issues, notes = check_models(resolved.preset.models)
+        if issues:
+            invalid += 1
+            _print_invalid(
+                f"{resolved.source}: {f}: {message}. Fix: {hint}" for f, message, hint in issues
+            )
             continue
         labels = ", ".join(m.label for m in resolved.methods)
         console.print(
             f"[green]ok[/] {escape(str(Path(resolved.source)))} ({labels})", highlight=False
         )
+        for note in notes:
+            console.print(f"   [yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     if invalid:
         raise typer.Exit(EXIT_INVALID_INPUT)
+
+
+def _print_invalid(lines: Iterable[str]) -> None:
+    for line in lines:
+        err_console.print(f"[bold red]invalid:[/] {escape(line)}", highlight=False, soft_wrap=True)

@@ -76,6 +76,30 @@ class DecodeStats:
         if expected is not None:
             self.expected_accepted += float(sum(expected[:verified]))
 
+    def merge(self, other: DecodeStats) -> None:
+        """Add ``other``'s counts to these (turns of one conversation, say).
+
+        ``extra`` values are averaged, weighted by steps, as they are per-step quantities.
+        """
+        steps_before = self.steps
+        for name in ("steps", "target_calls", "draft_calls", "proposed", "accepted", "rejections"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.expected_accepted += other.expected_accepted
+        for mine, theirs in (
+            (self.position_verified, other.position_verified),
+            (self.position_accepted, other.position_accepted),
+        ):
+            mine.extend([0] * (len(theirs) - len(mine)))
+            for i, count in enumerate(theirs):
+                mine[i] += count
+        for key, value in other.extra.items():
+            weight_before = steps_before if key in self.extra else 0
+            total = weight_before + other.steps
+            mine_value = self.extra.get(key, 0.0)
+            self.extra[key] = (
+                (mine_value * weight_before + value * other.steps) / total if total else value
+            )
+
 
 @dataclass
 class GenerationResult:

@@ -21,11 +21,30 @@ class Tokenizer(Protocol):
     """The little a method or the runner needs from a tokenizer."""
 
     @property
-    def eos_token_ids(self) -> frozenset[int]: ...
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end a generation."""
+        ...
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str) -> list[int]:
+        """Plain text to ids (with the special tokens the tokenizer adds by default)."""
+        ...
 
-    def decode(self, ids: Sequence[int]) -> str: ...
+    def decode(self, ids: Sequence[int]) -> str:
+        """Ids to text, special tokens skipped."""
+        ...
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int] | None:
+        """Ids of ``messages`` through the chat template, ready for the assistant's turn;
+        ``None`` when the tokenizer has no chat template."""
+        ...
+
+    def get_vocab(self) -> dict[str, int]:
+        """Token to id, for compatibility checks between a target and a draft."""
+        ...
+
+    def special_tokens(self) -> dict[str, str | None]:
+        """Role (bos, eos, pad, unk) to token text."""
+        ...
 
 
 @dataclass
@@ -58,6 +77,11 @@ class LanguageModel(ABC):
     @abstractmethod
     def new_session(self) -> Session:
         """A fresh, empty cache for one sequence."""
+
+    def restrict_vocab(self, size: int) -> None:
+        """Return logits for the first ``size`` ids only (the vocabulary shared with a draft)."""
+        if size != self.vocab_size:
+            raise ValueError(f"{self.name} cannot restrict its vocabulary to {size}")
 
     def synchronize(self) -> None:
         """Wait for queued device work, so wall-clock timings are honest."""
@@ -95,16 +119,18 @@ class Session(ABC):
             self._truncate(keep)
             del self.cached[keep:]
         new = list(tokens[keep:])
-        logits = self._append(new)
+        logits = self._append(new, len(tokens) - start)
         self.cached.extend(new)
         counters = self.model.counters
         counters.forward_calls += 1
         counters.tokens_processed += len(new)
-        return logits[start - keep :]
+        return logits
 
     @abstractmethod
-    def _append(self, tokens: list[int]) -> torch.Tensor:
-        """Process ``tokens`` after the cache and return logits, shape ``[len(tokens), V]``."""
+    def _append(self, tokens: list[int], n_logits: int) -> torch.Tensor:
+        """Process ``tokens`` after the cache; return the logits of the last ``n_logits``
+        positions, shape ``[n_logits, vocab_size]`` (float32). Skipping the others matters:
+        the output projection of a long prompt is a large share of a prefill."""
 
     @abstractmethod
     def _truncate(self, length: int) -> None:

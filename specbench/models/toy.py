@@ -46,6 +46,17 @@ class ToyTokenizer:
         special = {EOS_ID: "", UNK_ID: "\N{REPLACEMENT CHARACTER}"}
         return "".join(special.get(i) or self._to_char.get(i, f"<{i}>") for i in ids)
 
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int] | None:
+        return None  # toy models have no chat template
+
+    def get_vocab(self) -> dict[str, int]:
+        vocab = {"<eos>": EOS_ID, "<unk>": UNK_ID, **self._to_id}
+        vocab.update({f"<{i}>": i for i in range(len(vocab), self.vocab_size)})
+        return vocab
+
+    def special_tokens(self) -> dict[str, str | None]:
+        return {"eos": "<eos>", "unk": "<unk>"}
+
 
 @dataclass(frozen=True)
 class ToyConfig:
@@ -115,11 +126,11 @@ class ToyLanguageModel(LanguageModel):
 class ToySession(Session):
     model: ToyLanguageModel
 
-    def _append(self, tokens: list[int]) -> torch.Tensor:
+    def _append(self, tokens: list[int], n_logits: int) -> torch.Tensor:
         model = self.model
         full = self.cached + tokens
-        base = len(self.cached)
-        rows = [model.context_index(full, base + i + 1) for i in range(len(tokens))]
+        end = len(full)
+        rows = [model.context_index(full, end - n_logits + i + 1) for i in range(n_logits)]
         cost_ms = model.config.forward_ms + model.config.token_ms * len(tokens)
         if cost_ms > 0:
             time.sleep(cost_ms / 1000)

@@ -1,0 +1,42 @@
+"""Turning a prompt's turns (and earlier answers) into the token ids a model sees."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from specbench.models.base import Tokenizer
+
+
+@dataclass(frozen=True)
+class PromptEncoder:
+    """Encodes a conversation: through the chat template when asked and available.
+
+    Without a chat template the conversation is plain text, turns separated by blank lines,
+    and the model continues it.
+    """
+
+    tokenizer: Tokenizer
+    chat_template: bool = True
+    system_prompt: str | None = None
+
+    def encode(self, history: Sequence[tuple[str, str]], user: str) -> list[int]:
+        """Ids for the next answer after ``history`` (user, answer) pairs and ``user``."""
+        if self.chat_template:
+            messages = (
+                [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+            )
+            for question, answer in history:
+                messages += [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
+            messages.append({"role": "user", "content": user})
+            ids = self.tokenizer.chat_ids(messages)
+            if ids is not None:
+                return ids
+        parts = [self.system_prompt] if self.system_prompt else []
+        for question, answer in history:
+            parts += [question, answer]
+        parts.append(user)
+        return self.tokenizer.encode("\n\n".join(parts))

@@ -1,0 +1,1 @@
+"""Prompt data shipped with specbench (see SOURCES.md for origin and licences)."""

@@ -1,0 +1,379 @@
+"""Hugging Face transformers backend: any causal LM, with its KV cache kept across steps.
+
+A session owns one ``DynamicCache``; :meth:`HFSession._truncate` crops it after a rejection,
+so every forward call processes only tokens the cache does not hold yet. Local folders,
+catalogue names and hub ids all go through the same ``from_pretrained`` call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specbench.errors import ModelLoadError
+from specbench.models.base import LanguageModel, Session
+from specbench.models.specs import Bnb4BitSpec, Bnb8BitSpec, HFModelSpec, QuantoSpec
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def require_transformers() -> Any:
+    """The transformers module, or a one-line error saying how to install it."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise ModelLoadError(
+            "the Hugging Face backend needs transformers, which is not installed",
+            "pip install 'specbench[hf]'",
+        ) from error
+    return transformers
+
+
+class HFTokenizer:
+    """Adapts a transformers tokenizer to specbench's :class:`~specbench.models.base.Tokenizer`."""
+
+    def __init__(self, tokenizer: Any, extra_eos: Sequence[int] = ()) -> None:
+        self.hf = tokenizer
+        eos = set(extra_eos)
+        if tokenizer.eos_token_id is not None:
+            eos.add(int(tokenizer.eos_token_id))
+        self._eos = frozenset(eos)
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    def __len__(self) -> int:
+        return len(self.hf)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=True))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.hf.decode(list(ids), skip_special_tokens=True))
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int] | None:
+        if not getattr(self.hf, "chat_template", None):
+            return None
+        encoded = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(encoded, "keys"):  # newer transformers return a BatchEncoding
+            encoded = encoded["input_ids"]
+        return [int(i) for i in encoded]
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.hf.get_vocab())
+
+    def special_tokens(self) -> dict[str, str | None]:
+        return {
+            role: getattr(self.hf, f"{role}_token", None) for role in ("bos", "eos", "pad", "unk")
+        }
+
+
+class HFLanguageModel(LanguageModel):
+    """A loaded transformers causal LM behind specbench's session interface."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: HFTokenizer,
+        name: str,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = next(model.parameters()).device
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.info = info or {}
+        # optimum-quanto's packed int4 weights cannot run under inference_mode.
+        quantized = (self.info.get("quantization") or {}).get("method")
+        self.no_grad = torch.no_grad if quantized == "quanto" else torch.inference_mode
+
+    def restrict_vocab(self, size: int) -> None:
+        """Return logits for the first ``size`` ids only (padded embedding rows are masked)."""
+        self.vocab_size = min(self.vocab_size, size)
+
+    def new_session(self) -> Session:
+        return HFSession(self)
+
+    def describe(self) -> dict[str, Any]:
+        parameters = sum(p.numel() for p in self.model.parameters())
+        return {
+            **super().describe(),
+            "backend": "hf",
+            "architecture": type(self.model).__name__,
+            "parameters": parameters,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            **self.info,
+        }
+
+
+class HFSession(Session):
+    model: HFLanguageModel
+
+    def __init__(self, model: HFLanguageModel) -> None:
+        super().__init__(model)
+        self.cache = _new_cache(model.model)
+
+    def _append(self, tokens: list[int], n_logits: int) -> torch.Tensor:
+        hf = self.model
+        ids = torch.tensor([tokens], dtype=torch.long, device=hf.device)
+        with hf.no_grad():
+            out = hf.model(
+                input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=n_logits
+            )
+        self.cache = out.past_key_values
+        logits: torch.Tensor = out.logits[0, -n_logits:, : hf.vocab_size]
+        return logits.float()
+
+    def _truncate(self, length: int) -> None:
+        remove = self.cache.get_seq_length() - length
+        if remove > 0:
+            # Negative = number of positions to drop; understood by old and new transformers.
+            self.cache.crop(-remove)
+
+
+def _new_cache(model: Any) -> Any:
+    transformers = require_transformers()
+    try:
+        return transformers.DynamicCache(config=model.config)
+    except TypeError:  # transformers < 4.56 takes no config
+        return transformers.DynamicCache()
+
+
+class RowStableLinear(torch.nn.Linear):
+    """``nn.Linear`` that runs a single row as two, so every row goes through the same GEMM.
+
+    CPU and GPU libraries pick a different kernel (a GEMV) for one row than for several, and
+    the two round differently. Scoring k + 1 draft positions in one call would then give
+    slightly different logits than decoding them one at a time, and in bfloat16 a near-tie
+    can flip a greedy choice. With every call on the multi-row kernel, whose result for a
+    row does not depend on the other rows, they agree bit for bit.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == x.shape[-1]:  # a single row
+            return super().forward(torch.cat([x, x], dim=-2))[..., :1, :]
+        return super().forward(x)
+
+
+def make_batch_invariant(model: torch.nn.Module) -> None:
+    """Swap plain ``nn.Linear`` layers for :class:`RowStableLinear` in place (no copies)."""
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = RowStableLinear
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def resolve_dtype(spec: HFModelSpec, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on CUDA with bf16 support and on CPUs with bf16 instructions."""
+    if spec.dtype != "auto":
+        return _DTYPES[spec.dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and _cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_device(spec: HFModelSpec) -> torch.device:
+    if spec.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"device {spec.device} requested but CUDA is not available",
+            'set device = "cpu" or "auto"',
+        )
+    return device
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def quantization_config(spec: HFModelSpec) -> Any:
+    """The transformers quantization config a spec asks for (``None`` for full precision)."""
+    q = spec.quantization
+    if q is None:
+        return None
+    transformers = require_transformers()
+    if isinstance(q, Bnb4BitSpec):
+        return transformers.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q.quant_type,
+            bnb_4bit_compute_dtype=_DTYPES[q.compute_dtype],
+            bnb_4bit_use_double_quant=q.double_quant,
+        )
+    if isinstance(q, Bnb8BitSpec):
+        return transformers.BitsAndBytesConfig(load_in_8bit=True)
+    if isinstance(q, QuantoSpec):
+        return transformers.QuantoConfig(weights=q.weights)
+    raise ModelLoadError(f"unknown quantization {q!r}")
+
+
+_QUANT_PACKAGES = {
+    "bnb-4bit": "bitsandbytes",
+    "bnb-8bit": "bitsandbytes",
+    "quanto": "optimum-quanto",
+}
+
+
+def load_hf_tokenizer(
+    spec: HFModelSpec, source: str, local_only: bool = False, eos_extra: Sequence[int] = ()
+) -> HFTokenizer:
+    """The tokenizer of a spec (from ``spec.tokenizer``, else next to the weights)."""
+    transformers = require_transformers()
+    location = spec.tokenizer or source
+    kwargs: dict[str, Any] = {"revision": spec.revision, "local_files_only": local_only}
+    if spec.gguf_file and spec.tokenizer is None:
+        kwargs["gguf_file"] = spec.gguf_file
+    with quiet_transformers(), _hub_errors(location):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            location, trust_remote_code=spec.trust_remote_code, **kwargs
+        )
+    return HFTokenizer(tokenizer, eos_extra)
+
+
+def load_hf_model(spec: HFModelSpec, source: str, name: str) -> HFLanguageModel:
+    """Load weights and tokenizer; ``source`` is a local folder or a hub id."""
+    transformers = require_transformers()
+    device = resolve_device(spec)
+    dtype = resolve_dtype(spec, device)
+    kwargs: dict[str, Any] = {
+        "revision": spec.revision,
+        "dtype": dtype,
+        "trust_remote_code": spec.trust_remote_code,
+    }
+    if spec.gguf_file:
+        kwargs["gguf_file"] = spec.gguf_file
+    if spec.batch_invariant:
+        kwargs["attn_implementation"] = "eager"
+    elif spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    quant = quantization_config(spec)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = str(device)
+    with quiet_transformers(), _hub_errors(source), _quant_errors(spec):
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if quant is None:
+        model.to(device)
+    model.eval()
+    if spec.batch_invariant:
+        make_batch_invariant(model)
+    eos = model.generation_config.eos_token_id if model.generation_config else None
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    tokenizer = load_hf_tokenizer(spec, source, eos_extra=eos_ids)
+    info = {
+        "source": source,
+        "revision": spec.revision,
+        "gguf_file": spec.gguf_file,
+        "quantization": spec.quantization.model_dump() if spec.quantization else None,
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "batch_invariant": spec.batch_invariant,
+    }
+    return HFLanguageModel(model, tokenizer, name=name, info=info)
+
+
+@contextlib.contextmanager
+def quiet_transformers(
+    on_tensor: Callable[[int, int], None] | None = None,
+) -> Iterator[None]:
+    """Keep transformers' progress bars and known-harmless warnings off the user's screen.
+
+    GGUF dequantization reports progress through ``on_tensor(done, total)`` instead of the
+    tqdm bar transformers would print.
+    """
+    transformers = require_transformers()
+    logging = transformers.utils.logging
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    except ImportError:
+        gguf_utils = None
+    original_tqdm = getattr(gguf_utils, "tqdm", None)
+    if original_tqdm is not None:
+        gguf_utils.tqdm = _counting_iterator(on_tensor)  # type: ignore[union-attr]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+            yield
+    finally:
+        if original_tqdm is not None:
+            gguf_utils.tqdm = original_tqdm  # type: ignore[union-attr]
+        logging.set_verbosity(verbosity)
+        logging.enable_progress_bar()
+
+
+def _counting_iterator(
+    on_item: Callable[[int, int], None] | None,
+) -> Callable[..., Iterator[Any]]:
+    def iterate(iterable: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        items = list(iterable)
+        for done, item in enumerate(items):
+            if on_item is not None:
+                on_item(done, len(items))
+            yield item
+        if on_item is not None:
+            on_item(len(items), len(items))
+
+    return iterate
+
+
+@contextlib.contextmanager
+def _hub_errors(source: str) -> Iterator[None]:
+    """Turn transformers' loading errors into one line that says what to do."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        if Path(source).exists():
+            raise ModelLoadError(
+                f"cannot load {source}: {_first_line(error)}",
+                "check that the folder holds a transformers checkpoint (config.json and weights)",
+            ) from error
+        if isinstance(error, ValueError):
+            raise ModelLoadError(
+                f"cannot load '{source}': {_first_line(error)}",
+                "check the model id and revision",
+            ) from error
+        raise ModelLoadError(
+            f"cannot load '{source}': it is not a local folder or fetched catalogue model, and "
+            f"the Hugging Face hub could not provide it ({_first_line(error)})",
+            f"download it where the hub is reachable (huggingface-cli download {source}) "
+            "or point model at a local folder",
+        ) from error
+
+
+@contextlib.contextmanager
+def _quant_errors(spec: HFModelSpec) -> Iterator[None]:
+    try:
+        yield
+    except (ImportError, ModuleNotFoundError) as error:
+        if spec.quantization is None:
+            raise
+        package = _QUANT_PACKAGES[spec.quantization.method]
+        raise ModelLoadError(
+            f"{spec.quantization.method} quantization needs {package}: {_first_line(error)}",
+            f"pip install 'specbench[quant]' (or {package})",
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -1,0 +1,56 @@
+"""batch_invariant: logits of a position do not depend on how many positions a call scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import make_method, request
+
+from specbench.models.hf import RowStableLinear, load_hf_model
+from specbench.models.loading import load_models
+from specbench.models.specs import HFModelSpec, ModelsSpec
+
+pytest.importorskip("transformers")
+
+
+def _spec(folder, **extra) -> HFModelSpec:
+    return HFModelSpec(model=str(folder), dtype="bfloat16", device="cpu", **extra)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_verification_rows_equal_one_token_decoding_bit_for_bit(tiny_hf: dict, arch: str) -> None:
+    folder = tiny_hf[arch]["target"]
+    model = load_hf_model(_spec(folder, batch_invariant=True), str(folder), "t")
+    assert all(type(m) is not torch.nn.Linear for m in model.model.modules())
+    assert any(isinstance(m, RowStableLinear) for m in model.model.modules())
+    assert model.describe()["attn_implementation"] == "eager"
+    tokens = tiny_hf["tokenizer"].encode("the quick brown fox jumps over the lazy dog, def add")
+    prefix = len(tokens) - 6
+    batched = model.new_session().logits_from(tokens, prefix - 1)
+    session = model.new_session()
+    singles = torch.stack(
+        [session.logits_from(tokens[: i + 1], i)[0] for i in range(prefix - 1, len(tokens))]
+    )
+    assert torch.equal(batched, singles)
+
+
+def test_greedy_speculative_equals_baseline_in_bfloat16(tiny_hf: dict) -> None:
+    folders = tiny_hf["qwen2"]
+    models = load_models(
+        ModelsSpec(
+            target=_spec(folders["target"], batch_invariant=True), draft=_spec(folders["draft"])
+        )
+    )
+    baseline = make_method("baseline", models)
+    speculative = make_method("speculative", models, k=4)
+    for text in ("the quick brown", "def add(a, b):", "question: what is"):
+        prompt = tiny_hf["tokenizer"].encode(text)
+        assert (
+            speculative.generate(request(prompt, 40)).tokens
+            == baseline.generate(request(prompt, 40)).tokens
+        )
+
+
+def test_batch_invariant_refuses_other_attention() -> None:
+    with pytest.raises(ValueError, match="batch_invariant needs attn_implementation"):
+        HFModelSpec(model="x/y", batch_invariant=True, attn_implementation="sdpa")

@@ -1,0 +1,145 @@
+"""Prompt sets: the built-in sets, local files through datasets, shaping and chat encoding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from specbench.conversation import PromptEncoder
+from specbench.errors import SpecbenchError
+from specbench.models.toy import ToyTokenizer
+from specbench.prompts import (
+    BuiltinPromptSet,
+    DatasetPromptSet,
+    InlinePromptSet,
+    gsm8k_final_answer,
+    normalize_number,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_mt_bench_has_80_two_turn_questions_in_8_categories() -> None:
+    prompts = BuiltinPromptSet(source="mt-bench").load(Path())
+    assert len(prompts) == 80
+    assert all(len(p.turns) == 2 for p in prompts)
+    assert len({p.category for p in prompts}) == 8
+    assert prompts[0].id == "81"
+
+
+def test_spec_bench_has_480_questions_and_filters_by_category() -> None:
+    prompts = BuiltinPromptSet(source="spec-bench").load(Path())
+    assert len(prompts) == 480
+    qa = BuiltinPromptSet(source="spec-bench", categories=["qa", "rag"]).load(Path())
+    assert len(qa) == 160 and {p.category for p in qa} == {"qa", "rag"}
+    balanced = BuiltinPromptSet(source="spec-bench", per_category=2).load(Path())
+    assert len(balanced) == 13 * 2
+
+
+def test_gsm8k_splits_and_answers() -> None:
+    test = BuiltinPromptSet(source="gsm8k").load(Path())
+    train = BuiltinPromptSet(source="gsm8k", split="train").load(Path())
+    assert (len(test), len(train)) == (1319, 7473)
+    assert test[0].reference["answer"] == "18"
+    assert not {p.id for p in test} & {p.id for p in train}
+    assert gsm8k_final_answer("so 3 + 4 = 7\n#### 1,234") == "1234"
+    assert normalize_number("$5.50") == "5.5" and normalize_number("-3.0") == "-3"
+
+
+def test_humaneval_keeps_tests_as_reference() -> None:
+    prompts = BuiltinPromptSet(source="humaneval", limit=3).load(Path())
+    assert prompts[0].id == "HumanEval/0"
+    assert "def check(candidate)" in prompts[0].reference["test"]
+    assert prompts[0].reference["entry_point"] == "has_close_elements"
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
+def test_packaged_data_equals_the_shared_copies() -> None:
+    from specbench.prompts import DATA_DIR
+
+    for name in (
+        "mt_bench_question.jsonl",
+        "spec_bench_question.jsonl",
+        "gsm8k_test.jsonl",
+        "gsm8k_train.jsonl",
+        "humaneval.jsonl",
+    ):
+        assert (DATA_DIR / name).read_bytes() == (SHARED / name).read_bytes(), name
+
+
+def test_shaping_limit_turns_and_template() -> None:
+    prompts = BuiltinPromptSet(
+        source="mt-bench", limit=3, max_turns=1, template="Q: {prompt}\nA:"
+    ).load(Path())
+    assert len(prompts) == 3
+    assert prompts[0].turns == (
+        "Q: " + BuiltinPromptSet(source="mt-bench").load(Path())[0].turns[0] + "\nA:",
+    )
+
+
+def test_empty_after_filtering_is_an_error() -> None:
+    with pytest.raises(SpecbenchError, match="empty after filtering"):
+        BuiltinPromptSet(source="mt-bench", categories=["nope"]).load(Path())
+
+
+def test_train_split_only_for_gsm8k() -> None:
+    issues = BuiltinPromptSet(source="humaneval", split="train").check(Path())
+    assert issues and issues[0][0] == "split"
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet", "csv"])
+def test_dataset_source_reads_local_files(tmp_path: Path, suffix: str) -> None:
+    datasets = pytest.importorskip("datasets")
+    rows = [
+        {"question": "what is 2+2?", "uid": "a", "topic": "math"},
+        {"question": "name a colour", "uid": "b", "topic": "misc"},
+    ]
+    path = tmp_path / f"data.{suffix}"
+    table = datasets.Dataset.from_list(rows)
+    if suffix == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == "parquet":
+        table.to_parquet(str(path))
+    else:
+        table.to_csv(str(path), index=False)
+    spec = DatasetPromptSet(
+        path=str(path), prompt_field="question", id_field="uid", category_field="topic"
+    )
+    assert spec.check(tmp_path) == []
+    prompts = spec.load(tmp_path)
+    assert [(p.id, p.text, p.category) for p in prompts] == [
+        ("a", "what is 2+2?", "math"),
+        ("b", "name a colour", "misc"),
+    ]
+
+
+def test_inline_prompts_with_turns() -> None:
+    spec = InlinePromptSet(prompts=["one", {"id": "x", "turns": ["a", "b"], "category": "c"}])
+    prompts = spec.load(Path())
+    assert prompts[1].id == "x" and prompts[1].turns == ("a", "b")
+
+
+class _ChatTokenizer(ToyTokenizer):
+    def chat_ids(self, messages):
+        return self.encode(
+            ",".join(f"{m['role']}.{m['content']}" for m in messages) + ",assistant."
+        )
+
+
+def test_encoder_uses_the_chat_template_with_history() -> None:
+    encoder = PromptEncoder(_ChatTokenizer(64), chat_template=True, system_prompt="be brief")
+    ids = encoder.encode([("hi", "hello")], "more")
+    assert (
+        ToyTokenizer(64).decode(ids)
+        == "system.be brief,user.hi,assistant.hello,user.more,assistant."
+    )
+
+
+def test_encoder_falls_back_to_plain_text() -> None:
+    tokenizer = ToyTokenizer(64)
+    plain = PromptEncoder(tokenizer, chat_template=True).encode([("hi", "hello")], "more")
+    assert tokenizer.decode(plain) == "hi\n\nhello\n\nmore"
+    forced = PromptEncoder(_ChatTokenizer(64), chat_template=False).encode([], "x")
+    assert tokenizer.decode(forced) == "x"
