@@ -24,12 +24,109 @@ def _pyplot() -> Any:
 
 
 def write_plots(results: Sequence[ResultsFile], out_dir: Path) -> list[Path]:
-    """Speedup per method and per-position acceptance; returns the files written."""
+    """Speedup per method, per-position acceptance and, when outputs were scored, the
+    speed / accuracy trade-off; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [
+    written = [
         plot_speedup(results, out_dir / "speedup.png"),
         plot_acceptance(results, out_dir / "acceptance_by_position.png"),
     ]
+    if any(s.score_mean is not None for r in results for s in r.summaries):
+        written.append(plot_speed_accuracy(results, out_dir / "speed_accuracy.png"))
+    if any(s.batch_size > 1 for r in results for s in r.summaries):
+        written.append(plot_latency_throughput(results, out_dir / "latency_throughput.png"))
+    return written
+
+
+def plot_latency_throughput(results: Sequence[ResultsFile], path: Path) -> Path:
+    """Per-sequence latency against total throughput, one curve per method over batch sizes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    for result in results:
+        curves: dict[str, list[Any]] = {}
+        for summary in result.summaries:
+            base = summary.method.split("-batch_size=")[0]
+            curves.setdefault(base, []).append(summary)
+        for base, points in curves.items():
+            ordered = sorted(points, key=lambda s: s.batch_size)
+            xs = [s.throughput_tokens_per_sec for s in ordered]
+            ys = [s.wall_s_median for s in ordered]
+            name = base if len(results) == 1 else f"{base} - {result.label}"
+            ax.plot(xs, ys, marker="o", label=name)
+            for s, x, y in zip(ordered, xs, ys, strict=True):
+                ax.annotate(
+                    f"b={s.batch_size}",
+                    (x, y),
+                    fontsize=7,
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                )
+    ax.set_xlabel("throughput (new tokens / s, all sequences)")
+    ax.set_ylabel("median latency per sequence (s)")
+    ax.set_title("Latency vs throughput over batch sizes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_speed_accuracy(results: Sequence[ResultsFile], path: Path) -> Path:
+    """Accuracy against speedup and against tokens per target call.
+
+    Lossy methods of one kind (an AutoJudge threshold sweep) form a curve, labelled by their
+    threshold; lossless methods are single points to compare the curve with.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    for result in results:
+        scored = [s for s in result.summaries if s.score_mean is not None]
+        curves: dict[str, list[Any]] = {}
+        for summary in scored:
+            if summary.exact:
+                for ax, x in zip(axes, _speed_axes(summary), strict=True):
+                    ax.scatter([x], [summary.score_mean], s=60, zorder=3)
+                    ax.annotate(
+                        summary.method,
+                        (x, summary.score_mean),
+                        fontsize=7,
+                        xytext=(4, 4),
+                        textcoords="offset points",
+                    )
+            else:
+                curves.setdefault(summary.method_name, []).append(summary)
+        for name, points in curves.items():
+            for ax, axis in zip(axes, range(2), strict=True):
+                ordered = sorted(points, key=lambda s: _speed_axes(s)[axis])
+                xs = [_speed_axes(s)[axis] for s in ordered]
+                ys = [s.score_mean for s in ordered]
+                ax.plot(xs, ys, marker="o", label=name if axis == 0 else None)
+                for s, x, y in zip(ordered, xs, ys, strict=True):
+                    threshold = s.stats.get("threshold")
+                    if threshold is not None:
+                        ax.annotate(
+                            f"t={threshold:g}",
+                            (x, y),
+                            fontsize=7,
+                            xytext=(4, -10),
+                            textcoords="offset points",
+                        )
+    axes[0].set_xlabel("speedup over baseline")
+    axes[1].set_xlabel("tokens per target call")
+    axes[0].set_ylabel("task score (accuracy / pass@1)")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].set_title("Speed vs quality")
+    axes[1].set_title("Accepted tokens vs quality")
+    if any(ax.get_legend_handles_labels()[0] for ax in axes):
+        axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _speed_axes(summary: Any) -> tuple[float, float]:
+    return (summary.speedup or 0.0, summary.avg_tokens_per_step)
 
 
 def plot_speedup(results: Sequence[ResultsFile], path: Path) -> Path:

@@ -12,8 +12,17 @@ A method is a subclass of :class:`DecodingMethod`:
   and field path before anything loads.
 * ``exact``: whether its output follows the target's distribution (greedy: equals greedy
   decoding); lossy methods set it to ``False`` and the report says so.
+* ``in_all``: whether ``methods = "all"`` includes it (``False`` for methods that need
+  training or special settings first, such as AutoJudge).
 * ``generate(request)``: decode one prompt and return the new tokens, why it stopped and
   its :class:`DecodeStats`.
+* optional ``generate_batch(requests)`` with a ``batch_size`` field in ``Params``: several
+  prompts per call (batched decoding); records then carry per-sequence latency and batch
+  throughput.
+* optional ``prepare(context)``: called once per run before the warm-up, with a
+  :class:`RunContext` (the preset, prompts, sampling); load or check what the method needs.
+* optional ``train(context)``: train what the method needs (``specbench judge train`` calls
+  it for every method of a preset); return a one-line summary.
 
 The runner builds one instance per preset method after the models load, so an instance may
 keep state across prompts (compiled graphs, a trained judge). Most methods need no loop of
@@ -37,16 +46,22 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib.metadata import EntryPoint, entry_points
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
 from specbench.errors import PluginError
 from specbench.models.base import LanguageModel
+
+if TYPE_CHECKING:
+    from specbench.decoding.sampling import SamplingParams
+    from specbench.models.specs import ModelsSpec
 
 ENTRY_POINT_GROUP = "specbench.methods"
 
@@ -62,6 +77,7 @@ __all__ = [
     "MethodParams",
     "MethodRegistry",
     "ModelRole",
+    "RunContext",
     "discover_methods",
 ]
 
@@ -95,6 +111,28 @@ class MethodModels:
         return self.draft
 
 
+@dataclass
+class RunContext:
+    """What a method may need to know about the run it is part of (see ``prepare``).
+
+    ``prompts`` is the preset's prompt-set spec and ``prompt_ids`` the ids of the prompts
+    this run decodes; ``train_missing`` says the user asked to train what is missing on the
+    spot (``--train-judge``) and ``force_train`` to train again even if it exists.
+    """
+
+    label: str
+    preset_name: str
+    preset_source: str
+    models_spec: ModelsSpec
+    prompts: Any
+    prompt_ids: list[str]
+    base_dir: Path
+    sampling: SamplingParams
+    train_missing: bool = False
+    force_train: bool = False
+    on_progress: Callable[[str], None] = field(default=lambda message: None)
+
+
 class DecodingMethod(ABC):
     """A decoding method; see the module docstring for the plugin guide."""
 
@@ -103,6 +141,7 @@ class DecodingMethod(ABC):
     needs: ClassVar[frozenset[ModelRole]] = frozenset({ModelRole.TARGET})
     Params: ClassVar[type[MethodParams]] = MethodParams
     exact: ClassVar[bool] = True
+    in_all: ClassVar[bool] = True
 
     def __init__(self, params: MethodParams, models: MethodModels) -> None:
         self.params = params
@@ -111,6 +150,23 @@ class DecodingMethod(ABC):
     @abstractmethod
     def generate(self, request: GenerationRequest) -> GenerationResult:
         """Decode ``request`` and return the new tokens with their statistics."""
+
+    @property
+    def batch_size(self) -> int:
+        """How many prompts the runner hands to :meth:`generate_batch` at once."""
+        return int(getattr(self.params, "batch_size", 1))
+
+    def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Decode several requests together (when ``Params`` has ``batch_size``); the default
+        decodes them one after another. Results may carry ``latency_s`` per sequence."""
+        return [self.generate(request) for request in requests]
+
+    def prepare(self, context: RunContext) -> None:  # noqa: B027 - optional hook
+        """Called once before the warm-up; raise a ``SpecbenchError`` to stop the run."""
+
+    def train(self, context: RunContext) -> str | None:
+        """Train what the method needs; ``None`` when it needs nothing."""
+        return None
 
 
 @dataclass(frozen=True)

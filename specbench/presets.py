@@ -345,7 +345,9 @@ def _resolve_methods(
         return []
     if raw_methods == "all":  # every installed method the models can serve
         baseline = raw.get("runs", {}).get("baseline", "baseline")
-        usable = [info for info in registry.methods.values() if info.needs <= have]
+        usable = [
+            info for info in registry.methods.values() if info.needs <= have and info.cls.in_all
+        ]
         # The baseline first: it is what every other row is compared with.
         usable.sort(key=lambda info: info.name != baseline)
         return [ResolvedMethod(label=i.name, info=i, params=i.cls.Params()) for i in usable]
@@ -434,6 +436,48 @@ def select_methods(resolved: ResolvedPreset, labels: Sequence[str]) -> ResolvedP
     return replace(
         resolved, methods=methods, hash=_preset_hash(_effective(resolved.preset, methods))
     )
+
+
+def sweep_parameter(resolved: ResolvedPreset, name: str, values: Sequence[Any]) -> ResolvedPreset:
+    """Replace every method that has parameter ``name`` by one copy per value (``--sweep``).
+
+    Copies are labelled ``<label>-<name>=<value>``; methods without the parameter stay.
+    """
+    methods: list[ResolvedMethod] = []
+    swept = False
+    for method in resolved.methods:
+        if name not in method.info.cls.Params.model_fields:
+            methods.append(method)
+            continue
+        swept = True
+        for value in values:
+            data = {**method.params.model_dump(), name: value}
+            try:
+                params = method.info.cls.Params.model_validate(data)
+            except ValidationError as error:
+                message = error.errors()[0]["msg"]
+                raise SpecbenchError(
+                    f"--sweep {name}={value} is not valid for {method.label}: {message}",
+                    "choose values the method accepts (see `specbench methods NAME`)",
+                ) from None
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            methods.append(replace(method, label=f"{method.label}-{name}={shown}", params=params))
+    if not swept:
+        raise SpecbenchError(
+            f"no method in preset '{resolved.name}' has a parameter '{name}'",
+            "check the name with `specbench methods NAME`",
+        )
+    return replace(
+        resolved, methods=methods, hash=_preset_hash(_effective(resolved.preset, methods))
+    )
+
+
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """``"threshold=0.1,0.3"`` to ``("threshold", [0.1, 0.3])`` (values read as TOML)."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip() or not raw.strip():
+        raise SpecbenchError(f"--sweep {text!r} is not NAME=V1,V2", "write e.g. --sweep k=2,4,8")
+    return name.strip(), [parse_override(f"v={item}")[1] for item in raw.split(",")]
 
 
 # ----------------------------------------------------------------------------- error text

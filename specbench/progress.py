@@ -12,7 +12,7 @@ from typing import Literal
 
 from specbench.records import SampleRecord, SummaryRecord
 
-Phase = Literal["loading", "warmup", "running", "done"]
+Phase = Literal["loading", "preparing", "warmup", "running", "done"]
 
 
 @dataclass

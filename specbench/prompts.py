@@ -35,6 +35,7 @@ class Prompt:
     turns: tuple[str, ...]
     category: str | None = None
     reference: Mapping[str, Any] = field(default_factory=dict)
+    task: str | None = None
 
     @property
     def text(self) -> str:
@@ -53,12 +54,24 @@ class _PromptSetBase(BaseModel):
     )
     chat_template: bool = Field(True, description="Use the tokenizer's chat template if any.")
     system_prompt: str | None = None
+    skip: int = Field(0, ge=0, description="Drop the first N prompts (before limit).")
+    task: str | None = Field(
+        None,
+        description="How outputs are scored (gsm8k, humaneval); the built-in sets set it.",
+    )
 
     def check(self, base_dir: Path) -> list[tuple[str, str, str]]:
-        """Problems that need the file system: ``(field, message, hint)`` triples."""
+        """Problems beyond the schema: ``(field, message, hint)`` triples."""
+        from specbench.tasks import TASKS
+
+        issues = []
         if self.template is not None and "{prompt}" not in self.template:
-            return [("template", "the template has no {prompt} placeholder", "add {prompt}")]
-        return []
+            issues.append(("template", "the template has no {prompt} placeholder", "add {prompt}"))
+        if self.task is not None and self.task not in TASKS:
+            issues.append(
+                ("task", f"unknown task '{self.task}'", f"use one of: {', '.join(sorted(TASKS))}")
+            )
+        return issues
 
     def load(self, base_dir: Path) -> list[Prompt]:
         """The prompts, filtered and cut as the preset says."""
@@ -74,6 +87,7 @@ class _PromptSetBase(BaseModel):
                 if seen[prompt.category] <= self.per_category:
                     kept.append(prompt)
             prompts = kept
+        prompts = prompts[self.skip :]
         if self.limit is not None:
             prompts = prompts[: self.limit]
         if not prompts:
@@ -86,7 +100,7 @@ class _PromptSetBase(BaseModel):
         turns = prompt.turns[: self.max_turns] if self.max_turns else prompt.turns
         if self.template is not None:
             turns = (self.template.replace("{prompt}", turns[0]), *turns[1:])
-        return Prompt(prompt.id, turns, prompt.category, prompt.reference)
+        return Prompt(prompt.id, turns, prompt.category, prompt.reference, self.task or prompt.task)
 
     def _read(self, base_dir: Path) -> list[Prompt]:
         raise NotImplementedError
@@ -168,6 +182,7 @@ class BuiltinPromptSet(_PromptSetBase):
                         "answer": gsm8k_final_answer(row["answer"]),
                         "solution": row["answer"],
                     },
+                    task="gsm8k",
                 )
                 for i, (row, _) in enumerate(_jsonl_rows(DATA_DIR / f"gsm8k_{self.split}.jsonl"))
             ]
@@ -178,6 +193,7 @@ class BuiltinPromptSet(_PromptSetBase):
                     turns=(row["prompt"],),
                     category="humaneval",
                     reference={k: row[k] for k in ("prompt", "test", "entry_point")},
+                    task="humaneval",
                 )
                 for row, _ in _jsonl_rows(DATA_DIR / "humaneval.jsonl")
             ]
@@ -283,7 +299,11 @@ def prompt_from_row(row: Any, where: str, default_id: str) -> Prompt:
         )
     raw_id = next((row[k] for k in ("id", "question_id", "task_id") if k in row), default_id)
     category = row.get("category")
-    reference = {"reference": row["reference"]} if "reference" in row else {}
+    reference: dict[str, Any] = {"reference": row["reference"]} if "reference" in row else {}
+    if "answer" in row:  # a GSM8K-style solution or a bare final answer
+        reference["answer"] = gsm8k_final_answer(str(row["answer"])) or normalize_number(
+            str(row["answer"])
+        )
     return Prompt(
         id=str(raw_id),
         turns=turns,

@@ -95,6 +95,13 @@ class SampleRecord(_Record):
     matches_baseline: bool | None = Field(
         None, description="Greedy runs: output identical to the baseline's, token for token."
     )
+    batch_size: int = Field(1, description="Prompts decoded together in this sample's batch.")
+    batch_id: str | None = Field(None, description="Samples decoded in one batch share it.")
+    batch_wall_s: float | None = Field(
+        None, description="Wall time of the whole batch; wall_s is this sequence's latency."
+    )
+    score: float | None = Field(None, description="Task score: 1.0 correct, 0.0 wrong.")
+    answer: str | None = Field(None, description="The answer the task read from the output.")
     text: str | None = None
     turn_texts: list[str] | None = None
     tokens: list[int] | None = None
@@ -116,6 +123,10 @@ class SummaryRecord(_Record):
     tokens_per_sec_max: float
     wall_s_median: float
     wall_s_total: float
+    batch_size: int = 1
+    throughput_tokens_per_sec: float = Field(
+        0.0, description="All new tokens over the wall time of all batches (each counted once)."
+    )
     acceptance_rate: float | None
     proposal_acceptance: float | None
     expected_acceptance_rate: float | None
@@ -126,6 +137,10 @@ class SummaryRecord(_Record):
     greedy_match_rate: float | None = Field(
         None, description="Greedy runs: share of samples identical to the baseline's output."
     )
+    score_mean: float | None = Field(
+        None, description="Mean task score (GSM8K accuracy, HumanEval pass@1)."
+    )
+    scored: int = 0
     speedup: float | None = Field(
         description="Median tokens/s over the baseline's median tokens/s, same run."
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +25,7 @@ from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationR
 from specbench.environment import collect_environment
 from specbench.errors import SpecbenchError
 from specbench.models.loading import load_models
-from specbench.plugins import DecodingMethod, MethodModels, MethodParams
+from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
 from specbench.presets import Preset, ResolvedPreset
 from specbench.progress import MethodProgress, Phase, Progress, ProgressCallback
 from specbench.prompts import Prompt
@@ -37,6 +37,7 @@ from specbench.records import (
     read_records,
 )
 from specbench.summary import generation_metrics, summarize
+from specbench.tasks import task_for
 
 
 @dataclass
@@ -72,6 +73,30 @@ class _Task:
         return (self.label, self.prompt.id, self.run)
 
 
+def _units(
+    prompts: Sequence[Prompt],
+    runs: int,
+    labels: Sequence[str],
+    methods: dict[str, DecodingMethod],
+) -> list[tuple[_Task, ...]]:
+    """What one call decodes: a prompt, or a batch of prompts for a batched method.
+
+    Ordered prompt-major (run, first prompt, then method), so every method sees the machine
+    in the same state; a batched method's unit sits at its first prompt.
+    """
+    units = []
+    for run in range(runs):
+        for order, label in enumerate(labels):
+            size = max(1, methods[label].batch_size)
+            for start in range(0, len(prompts), size):
+                chunk = tuple(
+                    _Task(i, prompts[i], run, label)
+                    for i in range(start, min(start + size, len(prompts)))
+                )
+                units.append(((run, start, order), chunk))
+    return [chunk for _, chunk in sorted(units, key=lambda item: item[0])]
+
+
 def sample_seed(base_seed: int, prompt_index: int, run: int) -> int:
     """The seed of one (prompt, run): the same for every method, independent of order."""
     return base_seed * 1_000_003 + prompt_index * 1_009 + run
@@ -99,13 +124,42 @@ def resolve_output(resolved: ResolvedPreset, output: Path | None, resume: bool) 
     return Path(pattern.replace("{timestamp}", stamp))
 
 
+def run_context(
+    resolved: ResolvedPreset,
+    label: str,
+    prompts: Sequence[Prompt],
+    train_missing: bool = False,
+    force_train: bool = False,
+    on_message: Callable[[str], None] | None = None,
+) -> RunContext:
+    """What a method's ``prepare`` and ``train`` hooks get to see of the run."""
+    sampling = resolved.preset.sampling
+    return RunContext(
+        label=label,
+        preset_name=resolved.name,
+        preset_source=resolved.source,
+        models_spec=resolved.preset.models,
+        prompts=resolved.preset.prompts,
+        prompt_ids=[p.id for p in prompts],
+        base_dir=resolved.base_dir,
+        sampling=SamplingParams(sampling.temperature, sampling.top_k, sampling.top_p),
+        train_missing=train_missing,
+        force_train=force_train,
+        on_progress=on_message or (lambda message: None),
+    )
+
+
 def run_preset(
     resolved: ResolvedPreset,
     output: Path | None = None,
     resume: bool = False,
     on_progress: ProgressCallback | None = None,
+    train_missing: bool = False,
 ) -> RunOutcome:
-    """Run every method of ``resolved`` and write records to the results file."""
+    """Run every method of ``resolved`` and write records to the results file.
+
+    ``train_missing`` lets methods train what they need on the spot (``--train-judge``).
+    """
     path = resolve_output(resolved, output, resume)
     previous = _previous_records(path, resolved, resume)
     previous_samples = [r for r in previous if isinstance(r, SampleRecord)]
@@ -119,17 +173,22 @@ def run_preset(
     prompts = preset.prompts.load(resolved.base_dir)
     baseline = preset.runs.baseline
     labels = sorted((m.label for m in resolved.methods), key=lambda label: label != baseline)
-    methods = {
-        m.label: _instantiate(m.label, m.info.cls, m.params, models) for m in resolved.methods
-    }
-    tasks = [
-        _Task(i, prompt, run, label)
-        for i, prompt in enumerate(prompts)
-        for run in range(preset.runs.count)
-        for label in labels
-    ]
+    methods = instantiate_methods(resolved, models)
+    for label, method in methods.items():
+        method.prepare(
+            run_context(
+                resolved,
+                label,
+                prompts,
+                train_missing=train_missing,
+                on_message=lambda message: report(Progress("preparing", message, path)),
+            )
+        )
+    units = _units(prompts, preset.runs.count, labels, methods)
+    tasks = [task for unit in units for task in unit]
     done = {(s.method, s.prompt_id, s.run) for s in previous_samples}
-    todo = [t for t in tasks if t.key not in done]
+    todo_units = [unit for unit in units if any(t.key not in done for t in unit)]
+    todo = [t for unit in todo_units for t in unit if t.key not in done]
     if not todo and any(isinstance(r, SummaryRecord) for r in previous):
         report(Progress("done", "nothing left to run", path))
         summaries = [r for r in previous if isinstance(r, SummaryRecord)]
@@ -148,12 +207,17 @@ def run_preset(
                     where = f"warm-up of {label}"
                     report(tracker.snapshot("warmup", f"warming up {label} ({w + 1})"))
                     context.warm_up(methods[label], prompts[0], w)
-            for task in todo:
-                where = f"{task.label} on prompt {task.prompt.id} (run {task.run})"
-                record = context.time_sample(task, methods[task.label], baseline)
-                writer.write(record)
-                written += 1
-                report(tracker.add(record))
+            for unit in todo_units:
+                first = unit[0]
+                where = f"{first.label} on prompt {first.prompt.id} (run {first.run})"
+                if len(unit) > 1:
+                    where = f"{first.label} on a batch of {len(unit)} from prompt {first.prompt.id}"
+                for record in context.time_unit(unit, methods[first.label], baseline):
+                    if (record.method, record.prompt_id, record.run) in done:
+                        continue
+                    writer.write(record)
+                    written += 1
+                    report(tracker.add(record))
             summaries = summarize(tracker.samples, baseline, run_id)
             for summary in summaries:
                 writer.write(summary)
@@ -200,6 +264,13 @@ def _previous_records(
             "resume with the same preset and flags, or start a new file with --output",
         )
     return records
+
+
+def instantiate_methods(
+    resolved: ResolvedPreset, models: MethodModels
+) -> dict[str, DecodingMethod]:
+    """One instance per preset method, keyed by label."""
+    return {m.label: _instantiate(m.label, m.info.cls, m.params, models) for m in resolved.methods}
 
 
 def _instantiate(
@@ -255,25 +326,77 @@ class _Context:
         ids = self.encoder.encode([], prompt.turns[0])
         method.generate(self.request(ids, sample_seed(self.preset.sampling.seed, -1, index)))
 
-    def time_sample(self, task: _Task, method: DecodingMethod, baseline: str) -> SampleRecord:
-        seed = sample_seed(self.preset.sampling.seed, task.prompt_index, task.run)
+    def time_unit(
+        self, unit: Sequence[_Task], method: DecodingMethod, baseline: str
+    ) -> list[SampleRecord]:
+        """Decode a unit (one prompt, or a batch) turn by turn; one record per prompt.
+
+        Each turn of a multi-turn prompt sees the model's earlier answers. A batch is timed
+        as a whole (``batch_wall_s``); a sequence's own ``wall_s`` is its latency, from the
+        batch's start until it finished.
+        """
         tokenizer = self.models.target.tokenizer
-        history: list[tuple[str, str]] = []
-        results: list[GenerationResult] = []
-        prompt_tokens = 0
-        wall = 0.0
-        for turn, user in enumerate(task.prompt.turns):
-            ids = self.encoder.encode(history, user)
-            prompt_tokens += len(ids)
-            request = self.request(ids, seed + 7919 * turn)
+        seeds = [sample_seed(self.preset.sampling.seed, t.prompt_index, t.run) for t in unit]
+        histories: list[list[tuple[str, str]]] = [[] for _ in unit]
+        results: list[list[GenerationResult]] = [[] for _ in unit]
+        prompt_tokens = [0] * len(unit)
+        latency = [0.0] * len(unit)
+        batch_wall = 0.0
+        for turn in range(max(len(t.prompt.turns) for t in unit)):
+            rows = [i for i, t in enumerate(unit) if turn < len(t.prompt.turns)]
+            requests = []
+            for i in rows:
+                ids = self.encoder.encode(histories[i], unit[i].prompt.turns[turn])
+                prompt_tokens[i] += len(ids)
+                requests.append(self.request(ids, seeds[i] + 7919 * turn))
             self._synchronize()
             start = time.perf_counter()
-            result = method.generate(request)
+            if len(unit) == 1:
+                outputs = [method.generate(requests[0])]
+            else:
+                outputs = method.generate_batch(requests)
             self._synchronize()
-            wall += time.perf_counter() - start
-            results.append(result)
-            history.append((user, tokenizer.decode(result.tokens)))
-        merged = _merge(results)
+            wall = time.perf_counter() - start
+            batch_wall += wall
+            for i, output in zip(rows, outputs, strict=True):
+                results[i].append(output)
+                latency[i] += wall if output.latency_s is None else output.latency_s
+                user = unit[i].prompt.turns[turn]
+                histories[i].append((user, tokenizer.decode(output.tokens)))
+        batch_id = uuid.uuid4().hex[:8] if len(unit) > 1 else None
+        return [
+            self._record(
+                task,
+                method,
+                baseline,
+                seeds[i],
+                _merge(results[i]),
+                latency[i],
+                prompt_tokens[i],
+                [answer for _, answer in histories[i]],
+                [len(r.tokens) for r in results[i]],
+                len(unit),
+                batch_id,
+                batch_wall,
+            )
+            for i, task in enumerate(unit)
+        ]
+
+    def _record(
+        self,
+        task: _Task,
+        method: DecodingMethod,
+        baseline: str,
+        seed: int,
+        merged: GenerationResult,
+        wall: float,
+        prompt_tokens: int,
+        texts: list[str],
+        turn_tokens: list[int],
+        batch_size: int,
+        batch_id: str | None,
+        batch_wall: float,
+    ) -> SampleRecord:
         sha = output_sha(merged.tokens)
         key = (task.prompt.id, task.run)
         if task.label == baseline:
@@ -281,8 +404,9 @@ class _Context:
         matches = None
         if self.sampling.greedy and task.label != baseline and key in self.baseline_outputs:
             matches = self.baseline_outputs[key] == sha
+        scorer = task_for(task.prompt)
+        score = scorer.score(task.prompt, texts[-1]) if scorer else None
         output = self.preset.output
-        texts = [answer for _, answer in history]
         return SampleRecord(
             run_id=self.run_id,
             method=task.label,
@@ -294,10 +418,15 @@ class _Context:
             run=task.run,
             seed=seed,
             prompt_tokens=prompt_tokens,
-            turns=len(results),
-            turn_new_tokens=[len(r.tokens) for r in results],
+            turns=len(texts),
+            turn_new_tokens=turn_tokens,
             output_sha=sha,
             matches_baseline=matches,
+            score=None if score is None else score.value,
+            answer=None if score is None else score.answer,
+            batch_size=batch_size,
+            batch_id=batch_id,
+            batch_wall_s=batch_wall,
             text="\n\n".join(texts) if output.save_text else None,
             turn_texts=texts if output.save_text and len(texts) > 1 else None,
             tokens=list(merged.tokens) if output.save_tokens else None,

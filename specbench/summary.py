@@ -46,7 +46,7 @@ def generation_metrics(result: GenerationResult, wall_s: float) -> dict[str, Any
         "verified": verified,
         "acceptance_rate": ratio(stats.accepted, verified),
         "proposal_acceptance": ratio(stats.accepted, stats.proposed),
-        "expected_acceptance_rate": ratio(stats.expected_accepted, verified),
+        "expected_acceptance_rate": ratio(stats.expected_accepted, stats.expected_verified),
         "avg_tokens_per_step": ratio(new_tokens, stats.target_calls) or 0.0,
         "accepted_per_step": ratio(stats.accepted, stats.steps) or 0.0,
         "target_calls_per_token": ratio(stats.target_calls, new_tokens) or 0.0,
@@ -89,6 +89,7 @@ def _summarize_group(
         for field in ("new_tokens", "target_calls", "steps", "proposed", "accepted", "verified")
     }
     expected = sum((s.expected_acceptance_rate or 0.0) * s.verified for s in group)
+    expected_verified = sum(s.verified for s in group if s.expected_acceptance_rate is not None)
     width = max((len(s.position_verified) for s in group), default=0)
     verified_at = [sum(_at(s.position_verified, i) for s in group) for i in range(width)]
     accepted_at = [sum(_at(s.position_accepted, i) for s in group) for i in range(width)]
@@ -97,7 +98,12 @@ def _summarize_group(
         for key, value in s.stats.items():
             stats[key].append(value)
     median_tps = float(np.median(tps))
+    batches: dict[str, float] = {}
+    for index, s in enumerate(group):
+        key = s.batch_id or f"single-{index}"
+        batches[key] = s.batch_wall_s if s.batch_wall_s is not None else s.wall_s
     compared = [s.matches_baseline for s in group if s.matches_baseline is not None]
+    scores = [s.score for s in group if s.score is not None]
     return SummaryRecord(
         run_id=run_id,
         method=label,
@@ -112,14 +118,18 @@ def _summarize_group(
         tokens_per_sec_max=float(tps.max()),
         wall_s_median=float(np.median(walls)),
         wall_s_total=float(walls.sum()),
+        batch_size=max(s.batch_size for s in group),
+        throughput_tokens_per_sec=ratio(total["new_tokens"], sum(batches.values())) or 0.0,
         acceptance_rate=ratio(total["accepted"], total["verified"]),
         proposal_acceptance=ratio(total["accepted"], total["proposed"]),
-        expected_acceptance_rate=ratio(expected, total["verified"]),
+        expected_acceptance_rate=ratio(expected, expected_verified),
         avg_tokens_per_step=ratio(total["new_tokens"], total["target_calls"]) or 0.0,
         accepted_per_step=ratio(total["accepted"], total["steps"]) or 0.0,
         target_calls_per_token=ratio(total["target_calls"], total["new_tokens"]) or 0.0,
         position_acceptance=[ratio(a, v) for a, v in zip(accepted_at, verified_at, strict=True)],
         greedy_match_rate=ratio(sum(compared), len(compared)),
+        score_mean=ratio(sum(scores), len(scores)),
+        scored=len(scores),
         speedup=median_tps / baseline_tps if baseline_tps else None,
         baseline=baseline,
         stats={key: float(np.mean(values)) for key, values in stats.items()},

@@ -3,8 +3,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from specbench.plugins import discover_methods
+
+# Tests use toy and tiny models whose matrices are too small to gain from threads, and a
+# second busy process (a benchmark on the same two cores) makes OpenMP's spinning threads
+# thrash: one thread keeps the suite fast and its timing steady.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

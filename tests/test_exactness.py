@@ -40,6 +40,7 @@ class ResampleFromTarget(RejectionVerifier):
         draft_probs: torch.Tensor,
         target_probs: torch.Tensor,
         generator: torch.Generator | None,
+        features=None,
     ) -> Verdict:
         verdict = super().verify(draft_tokens, draft_probs, target_probs, generator)
         rows = torch.arange(draft_tokens.shape[0])

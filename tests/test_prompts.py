@@ -42,7 +42,7 @@ def test_gsm8k_splits_and_answers() -> None:
     test = BuiltinPromptSet(source="gsm8k").load(Path())
     train = BuiltinPromptSet(source="gsm8k", split="train").load(Path())
     assert (len(test), len(train)) == (1319, 7473)
-    assert test[0].reference["answer"] == "18"
+    assert test[0].reference["answer"] == "18" and test[0].task == "gsm8k"
     assert not {p.id for p in test} & {p.id for p in train}
     assert gsm8k_final_answer("so 3 + 4 = 7\n#### 1,234") == "1234"
     assert normalize_number("$5.50") == "5.5" and normalize_number("-3.0") == "-3"
@@ -53,6 +53,7 @@ def test_humaneval_keeps_tests_as_reference() -> None:
     assert prompts[0].id == "HumanEval/0"
     assert "def check(candidate)" in prompts[0].reference["test"]
     assert prompts[0].reference["entry_point"] == "has_close_elements"
+    assert prompts[0].task == "humaneval"
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")

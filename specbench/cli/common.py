@@ -12,8 +12,8 @@ from rich.markup import escape
 from specbench.errors import SpecbenchError
 
 # Piped output is not wrapped at 80 columns: logs and tables stay one line per row.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 EXIT_FAILURE = 1
 EXIT_INVALID_INPUT = 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from specbench.cli import (
+    judge_cmd,
     methods_cmd,
     models_cmd,
     presets_cmd,
@@ -25,6 +26,7 @@ app.command("validate")(validate_cmd.validate)
 app.command("methods")(methods_cmd.methods)
 app.add_typer(presets_cmd.app, name="presets")
 app.add_typer(models_cmd.app, name="models")
+app.add_typer(judge_cmd.app, name="judge")
 app.command("report")(report_cmd.report)
 
 

@@ -21,7 +21,13 @@ from specbench.cli.live import ProgressView
 from specbench.cli.tables import summary_table
 from specbench.errors import SpecbenchError
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset, parse_override, select_methods
+from specbench.presets import (
+    load_preset,
+    parse_override,
+    parse_sweep,
+    select_methods,
+    sweep_parameter,
+)
 from specbench.runner import RunAborted, run_preset
 
 
@@ -42,6 +48,15 @@ def run(
     assignments: list[str] = typer.Option(
         None, "--set", help="Override any preset field: --set sampling.top_p=0.9 (repeatable)."
     ),
+    sweeps: list[str] = typer.Option(
+        None, "--sweep", help="One method copy per value: --sweep k=2,4,8 (repeatable)."
+    ),
+    thresholds: str = typer.Option(
+        None, "--thresholds", help="AutoJudge sweep, same as --sweep threshold=a,b,c."
+    ),
+    train_judge: bool = typer.Option(
+        False, "--train-judge", help="Train a missing judge on the spot instead of stopping."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Run every method of a preset on its prompts and write one JSONL record per sample."""
@@ -61,12 +76,17 @@ def run(
         resolved = load_preset(preset, discover_methods(), overrides)
         if methods:
             resolved = select_methods(resolved, [m.strip() for m in methods.split(",")])
+        sweep_texts = list(sweeps or []) + ([f"threshold={thresholds}"] if thresholds else [])
+        for text in sweep_texts:
+            resolved = sweep_parameter(resolved, *parse_sweep(text))
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
 
     try:
         with ProgressView(console, quiet=quiet) as view:
-            outcome = run_preset(resolved, output=output, resume=resume, on_progress=view)
+            outcome = run_preset(
+                resolved, output=output, resume=resume, on_progress=view, train_missing=train_judge
+            )
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
     except RunAborted as aborted:

@@ -23,16 +23,22 @@ def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> 
     table.add_column("speedup", justify="right")
     table.add_column("acceptance", justify="right")
     table.add_column("tokens/step", justify="right")
+    show_score = any(r.summary and r.summary.score_mean is not None for r in rows)
+    if show_score:
+        table.add_column("score", justify="right")
     for row in rows:
         s = row.summary
-        table.add_row(
+        cells = [
             row.label,
             f"{row.done}/{row.total}",
             fmt(s.tokens_per_sec_median if s else None, ".1f"),
             fmt(s.speedup if s else None, ".2f", "x"),
             fmt(s.acceptance_rate if s else None, ".3f"),
             fmt(s.avg_tokens_per_step if s else None, ".2f"),
-        )
+        ]
+        if show_score:
+            cells.append(_percent(s.score_mean if s else None))
+        table.add_row(*cells)
     return table
 
 
@@ -42,14 +48,17 @@ def summary_table(summaries: Sequence[SummaryRecord], title: str | None = None) 
     table.add_column("method", style="bold")
     table.add_column("exact")
     table.add_column("n", justify="right")
-    table.add_column("tok/s median (p25-p75)", justify="right")
+    table.add_column("tok/s (p25-p75)", justify="right")
     table.add_column("speedup", justify="right")
-    table.add_column("acceptance (expected)", justify="right")
+    table.add_column("accept (theory)", justify="right")
     table.add_column("tokens/step", justify="right")
-    table.add_column("target calls/token", justify="right")
+    table.add_column("calls/token", justify="right")
     show_match = any(s.greedy_match_rate is not None for s in summaries)
     if show_match:
         table.add_column("= baseline", justify="right")
+    show_score = any(s.score_mean is not None for s in summaries)
+    if show_score:
+        table.add_column("score", justify="right")
     for s in summaries:
         spread = (
             f"{s.tokens_per_sec_median:.1f} ({s.tokens_per_sec_p25:.1f}-{s.tokens_per_sec_p75:.1f})"
@@ -68,8 +77,12 @@ def summary_table(summaries: Sequence[SummaryRecord], title: str | None = None) 
             fmt(s.target_calls_per_token, ".3f"),
         ]
         if show_match:
-            cells.append(
-                fmt(None if s.greedy_match_rate is None else 100 * s.greedy_match_rate, ".0f", "%")
-            )
+            cells.append(_percent(s.greedy_match_rate))
+        if show_score:
+            cells.append(_percent(s.score_mean))
         table.add_row(*cells)
     return table
+
+
+def _percent(value: float | None, suffix: str = "") -> str:
+    return "-" if value is None else f"{100 * value:.0f}%{suffix}"

@@ -30,6 +30,7 @@ class Proposal:
 
     tokens: list[int]
     probs: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
 
     def draft_probs(self, vocab_size: int, device: torch.device) -> torch.Tensor:
         """``probs`` on ``device``, or one-hot rows for a deterministic proposal."""
@@ -70,10 +71,11 @@ class ModelDrafter(Drafter):
     the distribution each draft token came from.
     """
 
-    def __init__(self, model: LanguageModel, k: int) -> None:
+    def __init__(self, model: LanguageModel, k: int, collect_hidden: bool = False) -> None:
         super().__init__()
         self.model = model
         self.k = k
+        self.collect_hidden = collect_hidden
         self._session: Session | None = None
         self._request: GenerationRequest | None = None
         self._generator: torch.Generator | None = None
@@ -90,12 +92,73 @@ class ModelDrafter(Drafter):
         draft = list(sequence)
         tokens: list[int] = []
         probs: list[torch.Tensor] = []
+        hidden: list[torch.Tensor] = []
         for _ in range(min(self.k, max_tokens)):
-            logits = self._session.logits_from(draft, len(draft) - 1)[-1]
+            output = self._session.forward_from(draft, len(draft) - 1, hidden=self.collect_hidden)
             self.calls += 1
-            q = logits_to_probs(logits, self._request.sampling)
+            if tokens and output.hidden is not None:
+                hidden.append(output.hidden[-1])  # the state at the previous draft token
+            q = logits_to_probs(output.logits[-1], self._request.sampling)
             token = int(sample(q, self._generator))
             tokens.append(token)
             probs.append(q)
             draft.append(token)
-        return Proposal(tokens=tokens, probs=torch.stack(probs) if probs else None)
+        if self.collect_hidden and tokens:
+            # One more forward gives the state at the last draft token.
+            output = self._session.forward_from(draft, len(draft) - 1, hidden=True)
+            self.calls += 1
+            assert output.hidden is not None
+            hidden.append(output.hidden[-1])
+        return Proposal(
+            tokens=tokens,
+            probs=torch.stack(probs) if probs else None,
+            hidden=torch.stack(hidden) if hidden else None,
+        )
+
+
+class NgramDrafter(Drafter):
+    """Prompt lookup: continue the latest earlier occurrence of the sequence's last n-gram.
+
+    Tries ``n = max_ngram`` down to ``min_ngram``; the match may lie in the prompt or in the
+    output so far. The proposal is deterministic, so its ``q`` is one-hot and the shared
+    verifier stays exact at any temperature (Saxena's prompt lookup decoding; HF's
+    ``prompt_lookup_num_tokens``).
+    """
+
+    def __init__(self, k: int, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        super().__init__()
+        self.k = k
+        self.max_ngram = max_ngram
+        self.min_ngram = min_ngram
+        self.lookups = 0
+        self.hits = 0
+
+    def start(self, request: GenerationRequest) -> None:
+        super().start(request)
+        self.lookups = 0
+        self.hits = 0
+
+    def propose(self, sequence: Sequence[int], max_tokens: int) -> Proposal:
+        limit = min(self.k, max_tokens)
+        if limit <= 0:
+            return Proposal(tokens=[])
+        tokens = lookup_continuation(sequence, limit, self.max_ngram, self.min_ngram)
+        self.lookups += 1
+        self.hits += bool(tokens)
+        return Proposal(tokens=tokens)
+
+
+def lookup_continuation(
+    sequence: Sequence[int], limit: int, max_ngram: int, min_ngram: int
+) -> list[int]:
+    """Up to ``limit`` tokens that followed the latest earlier match of the last n-gram."""
+    length = len(sequence)
+    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
+        tail = list(sequence[length - n :])
+        # Latest match first; a match must end before the tail itself starts.
+        for start in range(length - n - 1, -1, -1):
+            if list(sequence[start : start + n]) == tail:
+                follow = list(sequence[start + n : start + n + limit])
+                if follow:
+                    return follow
+    return []

@@ -4,6 +4,9 @@ Each step: the drafter proposes up to ``k`` tokens, the target scores the commit
 plus the drafts in one call (its cache keeps everything already processed), the verifier
 decides how many drafts to keep and which token follows, and the drafter hears the outcome.
 With a drafter that proposes nothing, this is plain autoregressive decoding.
+
+:class:`DecodeState` is the bookkeeping every loop shares (the token budget, stop tokens and
+statistics); the tree loop of SpecExec uses it too.
 """
 
 from __future__ import annotations
@@ -13,8 +16,46 @@ import torch
 from specbench.decoding.drafters import Drafter, Proposal
 from specbench.decoding.sampling import logits_to_probs
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult, StopReason
-from specbench.decoding.verify import Verifier
+from specbench.decoding.verify import StepFeatures, Verifier
 from specbench.models.base import LanguageModel
+
+
+class DecodeState:
+    """The committed sequence of one generation, its budget, stop condition and statistics."""
+
+    def __init__(self, request: GenerationRequest) -> None:
+        if not request.prompt_ids:
+            raise ValueError("the prompt is empty: a generation needs at least one prompt token")
+        self.request = request
+        self.sequence = list(request.prompt_ids)
+        self.new_tokens: list[int] = []
+        self.stop_reason: StopReason = "length"
+        self.stats = DecodeStats()
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason == "eos" or len(self.new_tokens) >= self.request.max_new_tokens
+
+    @property
+    def draft_budget(self) -> int:
+        """Drafts worth proposing now: every step also yields one target token, so drafts
+        past the budget could never be kept and would only distort the statistics."""
+        return self.request.max_new_tokens - len(self.new_tokens) - 1
+
+    def commit(self, tokens: list[int]) -> None:
+        """Append a step's tokens, stopping at an end-of-sequence token or the budget."""
+        for token in tokens:
+            if len(self.new_tokens) >= self.request.max_new_tokens:
+                break
+            self.new_tokens.append(token)
+            self.sequence.append(token)
+            if token in self.request.stop_token_ids:
+                self.stop_reason = "eos"
+                break
+
+    def result(self, draft_calls: int) -> GenerationResult:
+        self.stats.draft_calls = draft_calls
+        return GenerationResult(self.new_tokens, self.stop_reason, self.stats)
 
 
 def speculative_generate(
@@ -24,43 +65,37 @@ def speculative_generate(
     verifier: Verifier,
 ) -> GenerationResult:
     """Generate up to ``request.max_new_tokens`` tokens by drafting and verifying."""
-    if not request.prompt_ids:
-        raise ValueError("the prompt is empty: a generation needs at least one prompt token")
+    state = DecodeState(request)
     session = target.new_session()
     generator = request.generator(target.device, stream=0)
     drafter.start(request)
-    stats = DecodeStats()
-    sequence = list(request.prompt_ids)
-    new_tokens: list[int] = []
-    stop_reason: StopReason = "length"
-
-    while len(new_tokens) < request.max_new_tokens:
-        # Every step yields accepted drafts plus one target token, so never draft past the
-        # budget: drafts that could not be kept would only distort the statistics.
-        budget = request.max_new_tokens - len(new_tokens) - 1
-        proposal = drafter.propose(sequence, budget) if budget > 0 else Proposal(tokens=[])
+    while not state.done:
+        budget = state.draft_budget
+        proposal = drafter.propose(state.sequence, budget) if budget > 0 else Proposal(tokens=[])
         k = len(proposal.tokens)
-        logits = session.logits_from(sequence + proposal.tokens, len(sequence) - 1)
-        stats.target_calls += 1
-        target_probs = logits_to_probs(logits, request.sampling)
+        output = session.forward_from(
+            state.sequence + proposal.tokens,
+            len(state.sequence) - 1,
+            hidden=verifier.needs_features,
+        )
+        state.stats.target_calls += 1
+        target_probs = logits_to_probs(output.logits, request.sampling)
         draft_probs = proposal.draft_probs(target_probs.shape[-1], target_probs.device)
         draft_tokens = torch.tensor([proposal.tokens], dtype=torch.long, device=target.device)
+        features = None
+        if output.hidden is not None:
+            draft_hidden = None if proposal.hidden is None else proposal.hidden.unsqueeze(0)
+            features = StepFeatures(output.hidden.unsqueeze(0), draft_hidden)
         verdict = verifier.verify(
-            draft_tokens, draft_probs.unsqueeze(0), target_probs.unsqueeze(0), generator
+            draft_tokens,
+            draft_probs.unsqueeze(0),
+            target_probs.unsqueeze(0),
+            generator,
+            features=features,
         )
         accepted = int(verdict.accepted[0])
         expected = None if verdict.expected_accept is None else verdict.expected_accept[0].tolist()
-        stats.record_step(k, accepted, expected)
+        state.stats.record_step(k, accepted, expected)
         drafter.observe(k, accepted)
-
-        for token in [*proposal.tokens[:accepted], int(verdict.next_tokens[0])]:
-            new_tokens.append(token)
-            if token in request.stop_token_ids:
-                stop_reason = "eos"
-                break
-        if stop_reason == "eos":
-            break
-        sequence = request.prompt_ids + new_tokens
-
-    stats.draft_calls = drafter.calls
-    return GenerationResult(tokens=new_tokens, stop_reason=stop_reason, stats=stats)
+        state.commit([*proposal.tokens[:accepted], int(verdict.next_tokens[0])])
+    return state.result(drafter.calls)

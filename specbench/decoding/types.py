@@ -42,6 +42,7 @@ class DecodeStats:
     ``position_accepted[i]`` how often it was accepted. ``expected_accepted`` sums the
     verifier's acceptance probabilities over verified positions. ``extra`` holds
     method-specific numbers (tree size, judge accept rate, ...), summarised by their mean.
+    ``expected_verified`` counts the positions whose expectation the verifier reported.
     """
 
     steps: int = 0
@@ -53,28 +54,35 @@ class DecodeStats:
     position_verified: list[int] = field(default_factory=list)
     position_accepted: list[int] = field(default_factory=list)
     expected_accepted: float = 0.0
+    expected_verified: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
     def record_step(
         self, proposed: int, accepted: int, expected: Sequence[float] | None = None
     ) -> None:
         """Count one verification of ``proposed`` drafts of which ``accepted`` were kept."""
+        verified = min(accepted + 1, proposed)
+        self.record_walk(proposed, accepted, verified)
+        if expected is not None:
+            self.expected_accepted += float(sum(expected[:verified]))
+            self.expected_verified += verified
+
+    def record_walk(self, proposed: int, accepted: int, verified: int) -> None:
+        """Count one verification that examined ``verified`` draft positions (a chain's
+        prefix, or the depths of a tree walk) and kept ``accepted`` of them."""
         self.steps += 1
         self.proposed += proposed
         self.accepted += accepted
-        if accepted < proposed:
+        if accepted < verified:
             self.rejections += 1
-        verified = min(accepted + 1, proposed)
-        if len(self.position_verified) < proposed:
-            grow = proposed - len(self.position_verified)
+        if len(self.position_verified) < verified:
+            grow = verified - len(self.position_verified)
             self.position_verified.extend([0] * grow)
             self.position_accepted.extend([0] * grow)
         for i in range(verified):
             self.position_verified[i] += 1
         for i in range(accepted):
             self.position_accepted[i] += 1
-        if expected is not None:
-            self.expected_accepted += float(sum(expected[:verified]))
 
     def merge(self, other: DecodeStats) -> None:
         """Add ``other``'s counts to these (turns of one conversation, say).
@@ -85,6 +93,7 @@ class DecodeStats:
         for name in ("steps", "target_calls", "draft_calls", "proposed", "accepted", "rejections"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.expected_accepted += other.expected_accepted
+        self.expected_verified += other.expected_verified
         for mine, theirs in (
             (self.position_verified, other.position_verified),
             (self.position_accepted, other.position_accepted),
@@ -103,8 +112,13 @@ class DecodeStats:
 
 @dataclass
 class GenerationResult:
-    """The new tokens of one generation (prompt excluded), why it stopped, and its stats."""
+    """The new tokens of one generation (prompt excluded), why it stopped, and its stats.
+
+    ``latency_s`` is set by batched decoding: the time from the batch's start until this
+    sequence finished.
+    """
 
     tokens: list[int]
     stop_reason: StopReason
     stats: DecodeStats
+    latency_s: float | None = None

@@ -33,8 +33,27 @@ class Verdict:
     expected_accept: torch.Tensor | None = None
 
 
+@dataclass
+class StepFeatures:
+    """Hidden states of one verification step, for verifiers that learn (a judge).
+
+    ``target_hidden[b, i]`` is the target's last hidden state at row ``i`` of the step: row 0
+    is the last committed token, row ``i`` the draft token ``i`` (which it has seen).
+    ``draft_hidden[b, i - 1]`` is the draft's hidden state at draft token ``i``, when the
+    drafter collected it.
+    """
+
+    target_hidden: torch.Tensor
+    draft_hidden: torch.Tensor | None = None
+
+
 class Verifier(Protocol):
-    """Decides how many draft tokens to keep and which token follows them."""
+    """Decides how many draft tokens to keep and which token follows them.
+
+    A verifier that sets ``needs_features = True`` receives :class:`StepFeatures`.
+    """
+
+    needs_features: bool
 
     def verify(
         self,
@@ -42,6 +61,7 @@ class Verifier(Protocol):
         draft_probs: torch.Tensor,
         target_probs: torch.Tensor,
         generator: torch.Generator | None,
+        features: StepFeatures | None = None,
     ) -> Verdict:
         """``draft_tokens`` ``[B, k]``, ``draft_probs`` ``[B, k, V]``, ``target_probs``
         ``[B, k + 1, V]`` (the last row scores the bonus position)."""
@@ -56,12 +76,15 @@ class RejectionVerifier:
     token from ``p_k``.
     """
 
+    needs_features = False
+
     def verify(
         self,
         draft_tokens: torch.Tensor,
         draft_probs: torch.Tensor,
         target_probs: torch.Tensor,
         generator: torch.Generator | None,
+        features: StepFeatures | None = None,
     ) -> Verdict:
         batch, k = draft_tokens.shape
         if k == 0:

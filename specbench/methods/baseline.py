@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from specbench.decoding.batch import PerRowDrafter, batched_generate
 from specbench.decoding.drafters import NoDrafter
 from specbench.decoding.loop import speculative_generate
 from specbench.decoding.verify import RejectionVerifier
-from specbench.plugins import DecodingMethod, GenerationRequest, GenerationResult, ModelRole
+from specbench.plugins import (
+    DecodingMethod,
+    GenerationRequest,
+    GenerationResult,
+    MethodParams,
+    ModelRole,
+)
+
+
+class BaselineParams(MethodParams):
+    batch_size: int = Field(1, ge=1, le=256, description="Prompts decoded together.")
 
 
 class BaselineMethod(DecodingMethod):
@@ -18,6 +31,10 @@ class BaselineMethod(DecodingMethod):
     name = "baseline"
     description = "Autoregressive decoding with the target alone (the speedup reference)."
     needs = frozenset({ModelRole.TARGET})
+    Params = BaselineParams
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         return speculative_generate(request, self.models.target, NoDrafter(), RejectionVerifier())
+
+    def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return batched_generate(requests, self.models.target, PerRowDrafter())

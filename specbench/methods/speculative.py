@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from specbench.decoding.batch import BatchModelDrafter, batched_generate
 from specbench.decoding.drafters import ModelDrafter
 from specbench.decoding.loop import speculative_generate
 from specbench.decoding.verify import RejectionVerifier
@@ -19,6 +20,7 @@ from specbench.plugins import (
 
 class SpeculativeParams(MethodParams):
     k: int = Field(4, ge=1, le=64, description="Draft tokens proposed per target call.")
+    batch_size: int = Field(1, ge=1, le=256, description="Prompts decoded together.")
 
 
 class SpeculativeMethod(DecodingMethod):
@@ -36,8 +38,13 @@ class SpeculativeMethod(DecodingMethod):
 
     def __init__(self, params: SpeculativeParams, models: MethodModels) -> None:
         super().__init__(params, models)
+        self.k = params.k
         self.drafter = ModelDrafter(models.require_draft(), k=params.k)
         self.verifier = RejectionVerifier()
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         return speculative_generate(request, self.models.target, self.drafter, self.verifier)
+
+    def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        drafter = BatchModelDrafter(self.models.require_draft(), self.k)
+        return batched_generate(requests, self.models.target, drafter, self.verifier)

@@ -92,17 +92,79 @@ class LanguageModel(ABC):
         """What the run header records about this model."""
         return {"name": self.name, "vocab_size": self.vocab_size, "device": str(self.device)}
 
+    def new_batch_session(self, size: int) -> BatchSession:
+        """Caches for ``size`` sequences decoded together; backends that batch override it."""
+        return SequentialBatchSession(self, size)
+
+    def greedy_continuations(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop_ids: frozenset[int],
+        batch_size: int = 8,
+    ) -> list[Continuation]:
+        """Greedy continuation of each prefix, with the hidden state at the prefix's last token.
+
+        Label mining calls this for many prefixes at once; backends that can batch override
+        it. This default decodes them one after another through sessions.
+        """
+        del batch_size
+        out = []
+        for prefix in prefixes:
+            session = self.new_session()
+            first = session.forward_from(prefix, len(prefix) - 1, hidden=True)
+            assert first.hidden is not None
+            sequence = list(prefix)
+            tokens: list[int] = []
+            logits = first.logits[-1]
+            while True:
+                token = int(logits.argmax())
+                tokens.append(token)
+                sequence.append(token)
+                if token in stop_ids or len(tokens) >= max_new_tokens:
+                    break
+                logits = session.logits_from(sequence, len(sequence) - 1)[-1]
+            out.append(Continuation(tokens=tokens, prefix_hidden=first.hidden[-1]))
+        return out
+
+
+@dataclass
+class Continuation:
+    """A greedy continuation and the hidden state at the last token of its prefix."""
+
+    tokens: list[int]
+    prefix_hidden: torch.Tensor
+
+
+@dataclass
+class ForwardOutput:
+    """What one forward call returns for the positions asked for.
+
+    ``hidden`` holds the last layer's hidden states of the same positions (the features a
+    learned judge looks at), only when they were requested.
+    """
+
+    logits: torch.Tensor
+    hidden: torch.Tensor | None = None
+
 
 @dataclass
 class Session(ABC):
     """One sequence's cache in one model.
 
     Subclasses implement :meth:`_append` (process tokens after the cached ones and return
-    their next-token logits) and :meth:`_truncate` (drop cached positions from the end).
+    their next-token logits) and :meth:`_truncate` (drop cached positions from the end), and
+    for token trees :meth:`_append_tree` and :meth:`_keep_tree_nodes`.
+
+    A session may hold a *tree* of speculative tokens beyond ``cached`` (SpecExec): nodes are
+    numbered in the order they were added, each with a parent node (``-1``: the last cached
+    token) and a depth. Any ordinary call drops the tree first; :meth:`commit_tree_path`
+    keeps one root-to-node path and drops the rest.
     """
 
     model: LanguageModel
     cached: list[int] = field(default_factory=list)
+    tree: list[TreeNode] = field(default_factory=list)
 
     def logits_from(self, tokens: Sequence[int], start: int) -> torch.Tensor:
         """Next-token logits for positions ``start .. len(tokens) - 1`` of ``tokens``.
@@ -112,29 +174,135 @@ class Session(ABC):
         ``[len(tokens) - start, vocab_size]``. Cached positions that still agree with
         ``tokens`` are reused; positions from the first disagreement on are dropped.
         """
+        return self.forward_from(tokens, start).logits
+
+    def forward_from(
+        self, tokens: Sequence[int], start: int, hidden: bool = False
+    ) -> ForwardOutput:
+        """Like :meth:`logits_from`, optionally with the hidden states of the same rows."""
         if not 0 <= start < len(tokens):
             raise ValueError(f"start={start} outside a sequence of {len(tokens)} tokens")
+        new = self._sync(tokens, start)
+        output = self._append(new, len(tokens) - start, hidden)
+        self.cached.extend(new)
+        self._count(len(new))
+        return output
+
+    def tree_forward(
+        self, sequence: Sequence[int], parents: Sequence[int], tokens: Sequence[int]
+    ) -> torch.Tensor:
+        """Score ``sequence``'s next token and a token tree hanging from it, in one call.
+
+        Row 0 is the distribution after ``sequence``; row ``1 + i`` the distribution after
+        the path to node ``i`` (``parents[i]`` is an earlier node, or ``-1`` for the root).
+        """
+        if not sequence:
+            raise ValueError("a tree needs a sequence to hang from")
+        chain = self._sync(sequence, len(sequence) - 1)
+        depths = self._depths(parents)
+        logits = self._append_tree(chain, list(parents), list(tokens), depths)
+        self.cached.extend(chain)
+        self.tree = [TreeNode(p, t, d) for p, t, d in zip(parents, tokens, depths, strict=True)]
+        self._count(len(chain) + len(tokens))
+        return logits
+
+    def tree_extend(self, parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        """Add nodes to the current tree (parents index all nodes so far, ``-1`` the root) and
+        return their logits, ``[len(tokens), vocab_size]``."""
+        offset = len(self.tree)
+        depths = self._depths(parents, offset)
+        logits = self._append_tree([], list(parents), list(tokens), depths)
+        self.tree += [TreeNode(p, t, d) for p, t, d in zip(parents, tokens, depths, strict=True)]
+        self._count(len(tokens))
+        return logits
+
+    def commit_tree_path(self, path: Sequence[int]) -> None:
+        """Keep the nodes of ``path`` (root-down node indices) as cached tokens, drop the rest."""
+        self._keep_tree_nodes(list(path))
+        self.cached.extend(self.tree[i].token for i in path)
+        self.tree = []
+
+    def _sync(self, tokens: Sequence[int], start: int) -> list[int]:
+        """Drop any tree and the cache beyond the shared prefix; return the tokens to feed."""
+        if self.tree:
+            self._keep_tree_nodes([])
+            self.tree = []
         keep = min(_common_prefix(self.cached, tokens), start)
         if keep < len(self.cached):
             self._truncate(keep)
             del self.cached[keep:]
-        new = list(tokens[keep:])
-        logits = self._append(new, len(tokens) - start)
-        self.cached.extend(new)
+        return list(tokens[keep:])
+
+    def _depths(self, parents: Sequence[int], offset: int = 0) -> list[int]:
+        depths: list[int] = []
+        for i, parent in enumerate(parents):
+            if not -1 <= parent < offset + i:
+                raise ValueError(f"node {offset + i} has parent {parent}: not an earlier node")
+            if parent == -1:
+                depths.append(1)
+            elif parent < offset:
+                depths.append(self.tree[parent].depth + 1)
+            else:
+                depths.append(depths[parent - offset] + 1)
+        return depths
+
+    def _count(self, tokens: int) -> None:
         counters = self.model.counters
         counters.forward_calls += 1
-        counters.tokens_processed += len(new)
-        return logits
+        counters.tokens_processed += tokens
+
+    def _all_nodes(self, parents: list[int], tokens: list[int]) -> tuple[list[int], list[int]]:
+        """Parents and tokens of the nodes already in the tree followed by new ones."""
+        return [n.parent for n in self.tree] + parents, [n.token for n in self.tree] + tokens
 
     @abstractmethod
-    def _append(self, tokens: list[int], n_logits: int) -> torch.Tensor:
+    def _append(self, tokens: list[int], n_logits: int, hidden: bool) -> ForwardOutput:
         """Process ``tokens`` after the cache; return the logits of the last ``n_logits``
-        positions, shape ``[n_logits, vocab_size]`` (float32). Skipping the others matters:
-        the output projection of a long prompt is a large share of a prefill."""
+        positions, shape ``[n_logits, vocab_size]`` (float32), and their hidden states
+        (``[n_logits, hidden_size]``) when ``hidden`` is set. Skipping the other positions
+        matters: the output projection of a long prompt is a large share of a prefill."""
 
     @abstractmethod
     def _truncate(self, length: int) -> None:
         """Keep only the first ``length`` cached positions."""
+
+    def _append_tree(
+        self, chain: list[int], parents: list[int], tokens: list[int], depths: list[int]
+    ) -> torch.Tensor:
+        """Process ``chain`` (ordinary tokens after the cache) and then tree nodes; return the
+        logits of the chain's last token (when ``chain`` is not empty) and of every node."""
+        raise NotImplementedError(f"{type(self).__name__} does not support token trees")
+
+    def _keep_tree_nodes(self, nodes: list[int]) -> None:
+        """Keep only these tree nodes' cache entries, in this order, after the cached prefix."""
+        raise NotImplementedError(f"{type(self).__name__} does not support token trees")
+
+
+@dataclass(frozen=True)
+class TreeNode:
+    """A speculative token in a session's tree."""
+
+    parent: int
+    token: int
+    depth: int
+
+
+def tree_path(node: int, parents: Sequence[int], tokens: Sequence[int]) -> list[int]:
+    """Tokens from the root down to ``node`` of a tree given by ``parents`` and ``tokens``."""
+    path = []
+    while node != -1:
+        path.append(tokens[node])
+        node = parents[node]
+    return path[::-1]
+
+
+def ancestors(node: int, parents: Sequence[int]) -> list[int]:
+    """``node`` and every node above it, bottom-up."""
+    chain = []
+    while node != -1:
+        chain.append(node)
+        node = parents[node]
+    return chain
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -143,3 +311,43 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+class BatchSession(ABC):
+    """Several sequences decoded together, each keeping its own cache and length.
+
+    :meth:`logits_rows` is :meth:`Session.logits_from` for many rows in one forward call:
+    each row keeps the longest cached prefix of its new sequence and processes the rest;
+    rows given ``None`` sit this call out.
+    """
+
+    def __init__(self, model: LanguageModel, size: int) -> None:
+        self.model = model
+        self.size = size
+        self.cached: list[list[int]] = [[] for _ in range(size)]
+
+    @abstractmethod
+    def logits_rows(
+        self, sequences: Sequence[Sequence[int] | None], starts: Sequence[int]
+    ) -> list[torch.Tensor | None]:
+        """Per row: logits for positions ``starts[b] .. len(sequences[b]) - 1``."""
+
+
+class SequentialBatchSession(BatchSession):
+    """A batch served one row at a time through ordinary sessions (any backend)."""
+
+    def __init__(self, model: LanguageModel, size: int) -> None:
+        super().__init__(model, size)
+        self.sessions = [model.new_session() for _ in range(size)]
+
+    def logits_rows(
+        self, sequences: Sequence[Sequence[int] | None], starts: Sequence[int]
+    ) -> list[torch.Tensor | None]:
+        out: list[torch.Tensor | None] = []
+        for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True)):
+            if sequence is None:
+                out.append(None)
+                continue
+            out.append(self.sessions[row].logits_from(sequence, start))
+            self.cached[row] = list(self.sessions[row].cached)
+        return out

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 
 from specbench.errors import ModelLoadError
-from specbench.models.base import LanguageModel, Session
+from specbench.models.base import (
+    BatchSession,
+    Continuation,
+    ForwardOutput,
+    LanguageModel,
+    Session,
+    ancestors,
+)
 from specbench.models.specs import Bnb4BitSpec, Bnb8BitSpec, HFModelSpec, QuantoSpec
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -78,6 +85,8 @@ class HFTokenizer:
 class HFLanguageModel(LanguageModel):
     """A loaded transformers causal LM behind specbench's session interface."""
 
+    tokenizer: HFTokenizer
+
     def __init__(
         self,
         model: Any,
@@ -103,6 +112,51 @@ class HFLanguageModel(LanguageModel):
     def new_session(self) -> Session:
         return HFSession(self)
 
+    def new_batch_session(self, size: int) -> BatchSession:
+        return HFBatchSession(self, size)
+
+    def greedy_continuations(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop_ids: frozenset[int],
+        batch_size: int = 8,
+    ) -> list[Continuation]:
+        """Batched greedy continuations (left padding), the way label mining stays affordable."""
+        pad = self.tokenizer.hf.pad_token_id
+        if pad is None:
+            pad = next(iter(stop_ids), 0)
+        out: list[Continuation] = []
+        for start in range(0, len(prefixes), batch_size):
+            batch = [list(p) for p in prefixes[start : start + batch_size]]
+            width = max(len(p) for p in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, prefix in enumerate(batch):
+                ids[row, width - len(prefix) :] = torch.tensor(prefix)
+                mask[row, width - len(prefix) :] = 1
+            with self.no_grad():
+                generated = self.model.generate(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=sorted(stop_ids) or None,
+                    pad_token_id=pad,
+                    output_hidden_states=True,
+                    return_dict_in_generate=True,
+                )
+            prefill_hidden = generated.hidden_states[0][-1][:, -1].float().cpu()
+            new = generated.sequences[:, width:].cpu()
+            for row in range(len(batch)):
+                tokens: list[int] = []
+                for token in new[row].tolist():
+                    tokens.append(token)
+                    if token in stop_ids:
+                        break
+                out.append(Continuation(tokens=tokens, prefix_hidden=prefill_hidden[row]))
+        return out
+
     def describe(self) -> dict[str, Any]:
         parameters = sum(p.numel() for p in self.model.parameters())
         return {
@@ -122,22 +176,177 @@ class HFSession(Session):
         super().__init__(model)
         self.cache = _new_cache(model.model)
 
-    def _append(self, tokens: list[int], n_logits: int) -> torch.Tensor:
+    def _append(self, tokens: list[int], n_logits: int, hidden: bool) -> ForwardOutput:
         hf = self.model
         ids = torch.tensor([tokens], dtype=torch.long, device=hf.device)
         with hf.no_grad():
             out = hf.model(
-                input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=n_logits
+                input_ids=ids,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=n_logits,
+                output_hidden_states=hidden,
             )
         self.cache = out.past_key_values
         logits: torch.Tensor = out.logits[0, -n_logits:, : hf.vocab_size]
-        return logits.float()
+        states = out.hidden_states[-1][0, -n_logits:].float() if hidden else None
+        return ForwardOutput(logits.float(), states)
 
     def _truncate(self, length: int) -> None:
         remove = self.cache.get_seq_length() - length
         if remove > 0:
             # Negative = number of positions to drop; understood by old and new transformers.
             self.cache.crop(-remove)
+
+    def _append_tree(
+        self, chain: list[int], parents: list[int], tokens: list[int], depths: list[int]
+    ) -> torch.Tensor:
+        hf = self.model
+        cache_length = self.cache.get_seq_length()  # cached tokens + tree nodes so far
+        committed = len(self.cached) + len(chain)  # slot of tree node t: committed + t
+        offset = len(self.tree)
+        all_parents, _ = self._all_nodes(parents, tokens)
+        rows = len(chain) + len(tokens)
+        total = cache_length + rows
+        allowed = torch.zeros(rows, total, dtype=torch.bool)
+        for r in range(len(chain)):
+            allowed[r, : cache_length + r + 1] = True
+        for i in range(len(tokens)):
+            allowed[len(chain) + i, :committed] = True
+            allowed[len(chain) + i, [committed + n for n in ancestors(offset + i, all_parents)]] = (
+                True
+            )
+        dtype = hf.model.dtype
+        mask = torch.zeros(1, 1, rows, total, dtype=dtype)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        positions = [len(self.cached) + r for r in range(len(chain))]
+        positions += [committed - 1 + depth for depth in depths]
+        keep = len(tokens) + (1 if chain else 0)
+        with hf.no_grad():
+            out = hf.model(
+                input_ids=torch.tensor([chain + tokens], dtype=torch.long, device=hf.device),
+                position_ids=torch.tensor([positions], dtype=torch.long, device=hf.device),
+                attention_mask=mask.to(hf.device),
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=keep,
+            )
+        self.cache = out.past_key_values
+        logits: torch.Tensor = out.logits[0, -keep:, : hf.vocab_size]
+        return logits.float()
+
+    def _keep_tree_nodes(self, nodes: list[int]) -> None:
+        base = len(self.cached)
+        index = torch.tensor(
+            list(range(base)) + [base + n for n in nodes],
+            dtype=torch.long,
+            device=self.model.device,
+        )
+        select_cache_positions(self.cache, index)
+
+
+class HFBatchSession(BatchSession):
+    """Rows of one batch in one ``DynamicCache``, each with its own length.
+
+    Rows grow at different rates (each accepts its own number of drafts), so the cache is
+    shared and every slot is marked valid or not per row: a rejected draft's slot simply
+    becomes invalid (masked out for later queries) instead of being cropped, new tokens go
+    into fresh slots at the end, and each row's positions count only its valid tokens.
+    """
+
+    def __init__(self, model: HFLanguageModel, size: int) -> None:
+        super().__init__(model, size)
+        self.hf = model
+        self.cache = _new_cache(model.model)
+        self.valid = torch.zeros(size, 0, dtype=torch.bool)
+        self.slots: list[list[int]] = [[] for _ in range(size)]  # slot of each cached token
+
+    def logits_rows(
+        self, sequences: Sequence[Sequence[int] | None], starts: Sequence[int]
+    ) -> list[torch.Tensor | None]:
+        new_tokens: list[list[int]] = []
+        for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True)):
+            if sequence is None:
+                new_tokens.append([])
+                continue
+            keep = min(_common_prefix_length(self.cached[row], sequence), start)
+            for slot in self.slots[row][keep:]:
+                self.valid[row, slot] = False
+            del self.slots[row][keep:]
+            del self.cached[row][keep:]
+            new_tokens.append(list(sequence[keep:]))
+        width = max(len(tokens) for tokens in new_tokens)
+        if width == 0:
+            return [None] * self.size
+        old = self.valid.shape[1]
+        pad = self.hf.tokenizer.hf.pad_token_id or 0
+        ids = torch.full((self.size, width), pad, dtype=torch.long)
+        positions = torch.zeros((self.size, width), dtype=torch.long)
+        new_valid = torch.zeros((self.size, width), dtype=torch.bool)
+        for row, tokens in enumerate(new_tokens):
+            n = len(tokens)
+            if n:
+                ids[row, :n] = torch.tensor(tokens)
+                positions[row, :n] = torch.arange(len(self.cached[row]), len(self.cached[row]) + n)
+                new_valid[row, :n] = True
+        # Row b, query i sees its valid old slots and its own new tokens up to i; padding
+        # queries see only themselves (a row of -inf would give NaNs).
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+        allowed_new = causal & (new_valid.unsqueeze(1) | torch.eye(width, dtype=torch.bool))
+        allowed_new &= new_valid.unsqueeze(2) | torch.eye(width, dtype=torch.bool)
+        allowed_old = self.valid.unsqueeze(1).expand(self.size, width, old) & new_valid.unsqueeze(2)
+        allowed = torch.cat([allowed_old, allowed_new], dim=2)
+        dtype = self.hf.model.dtype
+        mask = torch.zeros(self.size, 1, width, old + width, dtype=dtype)
+        mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+        device = self.hf.device
+        with self.hf.no_grad():
+            out = self.hf.model(
+                input_ids=ids.to(device),
+                position_ids=positions.to(device),
+                attention_mask=mask.to(device),
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+        self.cache = out.past_key_values
+        self.valid = torch.cat([self.valid, new_valid], dim=1)
+        logits = out.logits[..., : self.hf.vocab_size].float()
+        results: list[torch.Tensor | None] = []
+        for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True)):
+            tokens = new_tokens[row]
+            if sequence is None:
+                results.append(None)
+                continue
+            first_new = len(sequence) - len(tokens)
+            results.append(logits[row, start - first_new : len(tokens)])
+            self.slots[row] += list(range(old, old + len(tokens)))
+            self.cached[row] += tokens
+        counters = self.hf.counters
+        counters.forward_calls += 1
+        counters.tokens_processed += sum(len(t) for t in new_tokens)
+        return results
+
+
+def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def select_cache_positions(cache: Any, index: torch.Tensor) -> None:
+    """Keep only the sequence positions ``index`` of every layer of a ``DynamicCache``."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for layer in layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys.index_select(-2, index)
+                layer.values = layer.values.index_select(-2, index)
+        return
+    for i in range(len(cache.key_cache)):  # transformers < 4.56
+        cache.key_cache[i] = cache.key_cache[i].index_select(-2, index)
+        cache.value_cache[i] = cache.value_cache[i].index_select(-2, index)
 
 
 def _new_cache(model: Any) -> Any:

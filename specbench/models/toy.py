@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from specbench.models.base import LanguageModel, Session
+from specbench.models.base import ForwardOutput, LanguageModel, Session, tree_path
 
 EOS_ID = 0
 UNK_ID = 1
@@ -116,6 +116,17 @@ class ToyLanguageModel(LanguageModel):
         """Exact next-token logits after ``prefix``."""
         return self.table[self.context_index(prefix)]
 
+    def hidden_states(self, tokens: Sequence[int], rows: Sequence[int]) -> torch.Tensor:
+        """A toy "last hidden state" for the given table rows: the row's logits (which see the
+        token at that position) followed by a one-hot of the position's own token."""
+        del tokens
+        logits = self.table[list(rows)].clone()
+        logits[torch.isinf(logits)] = -30.0
+        own = torch.zeros(len(rows), self.vocab_size)
+        for i, row in enumerate(rows):
+            own[i, row % self.vocab_size] = 1.0
+        return torch.cat([logits, own], dim=-1)
+
     def new_session(self) -> Session:
         return ToySession(self)
 
@@ -126,7 +137,7 @@ class ToyLanguageModel(LanguageModel):
 class ToySession(Session):
     model: ToyLanguageModel
 
-    def _append(self, tokens: list[int], n_logits: int) -> torch.Tensor:
+    def _append(self, tokens: list[int], n_logits: int, hidden: bool) -> ForwardOutput:
         model = self.model
         full = self.cached + tokens
         end = len(full)
@@ -134,8 +145,27 @@ class ToySession(Session):
         cost_ms = model.config.forward_ms + model.config.token_ms * len(tokens)
         if cost_ms > 0:
             time.sleep(cost_ms / 1000)
-        return model.table[rows]
+        logits = model.table[rows]
+        return ForwardOutput(logits, model.hidden_states(full, rows) if hidden else None)
 
     def _truncate(self, length: int) -> None:
         # Nothing is cached beyond the token list the base class keeps.
+        pass
+
+    def _append_tree(
+        self, chain: list[int], parents: list[int], tokens: list[int], depths: list[int]
+    ) -> torch.Tensor:
+        model = self.model
+        base = self.cached + chain
+        rows = [model.context_index(base)] if chain else []
+        all_parents, all_tokens = self._all_nodes(parents, tokens)
+        offset = len(self.tree)
+        for i in range(len(tokens)):
+            rows.append(model.context_index(base + tree_path(offset + i, all_parents, all_tokens)))
+        cost_ms = model.config.forward_ms + model.config.token_ms * (len(chain) + len(tokens))
+        if cost_ms > 0:
+            time.sleep(cost_ms / 1000)
+        return model.table[rows]
+
+    def _keep_tree_nodes(self, nodes: list[int]) -> None:
         pass

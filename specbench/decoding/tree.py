@@ -1,0 +1,205 @@
+"""Token trees for SpecExec (Svirschevski et al., 2024).
+
+The draft grows a tree best-first by cumulative probability: at each round the ``beam`` most
+probable candidates join the tree and the draft scores them all in one tree-attention call,
+which proposes their ``branching`` most likely children as new candidates, until ``budget``
+nodes (or ``max_depth`` levels) are in. The target then scores the whole tree in one call
+and walks it from the root drawing *its own* sample at each node: while the sample is a child
+of the current node the walk descends; the first sample that is not becomes the step's last
+token. Every emitted token is a sample of the target given the path above it, so the output
+follows the target's distribution exactly whatever the tree (and is greedy at temperature 0).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from specbench.decoding.loop import DecodeState
+from specbench.decoding.sampling import SamplingParams, logits_to_probs, sample
+from specbench.decoding.types import GenerationRequest, GenerationResult
+from specbench.models.base import LanguageModel, Session
+
+
+@dataclass
+class TokenTree:
+    """Nodes in insertion order: ``parents[i]`` is a node index or ``-1`` for the root."""
+
+    parents: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)
+    candidates: int = 0  # children the draft proposed, in the tree or pruned
+    rounds: int = 0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def add(self, parent: int, token: int, depth: int) -> int:
+        self.parents.append(parent)
+        self.tokens.append(token)
+        self.depths.append(depth)
+        return len(self.tokens) - 1
+
+    def children(self) -> dict[int, dict[int, int]]:
+        """For each node (``-1``: root), its children by token."""
+        out: dict[int, dict[int, int]] = {}
+        for node, (parent, token) in enumerate(zip(self.parents, self.tokens, strict=True)):
+            out.setdefault(parent, {})[token] = node
+        return out
+
+    def widest_level(self) -> int:
+        return max((self.depths.count(d) for d in set(self.depths)), default=0)
+
+
+class TreeDrafter:
+    """Grows draft trees best-first by cumulative draft probability (see module docstring)."""
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        budget: int,
+        max_depth: int,
+        branching: int,
+        beam: int,
+        temperature: float,
+    ) -> None:
+        self.model = model
+        self.budget = budget
+        self.max_depth = max_depth
+        self.branching = branching
+        self.beam = beam
+        self.sampling = SamplingParams(temperature=temperature)
+        self.calls = 0
+        self._session: Session | None = None
+
+    def start(self, request: GenerationRequest) -> None:
+        self.calls = 0
+        self._session = self.model.new_session()
+
+    def grow(self, sequence: list[int], max_depth: int) -> TokenTree:
+        """A tree of at most ``budget`` nodes and ``max_depth`` levels after ``sequence``."""
+        if self._session is None:
+            raise RuntimeError("TreeDrafter.grow called before start()")
+        tree = TokenTree()
+        if max_depth <= 0 or self.budget <= 0:
+            return tree
+        root = self._session.logits_from(sequence, len(sequence) - 1)[-1:]
+        self.calls += 1
+        heap: list[
+            tuple[float, int, int, int, int]
+        ] = []  # (-log q, tiebreak, parent, token, depth)
+        counter = self._push_children(heap, root, [-1], {-1: 0.0}, [1], 0, tree)
+        log_q = {-1: 0.0}
+        while heap and len(tree) < self.budget:
+            added: list[int] = []
+            while heap and len(added) < min(self.beam, self.budget - len(tree)):
+                neg_log_q, _, parent, token, depth = heapq.heappop(heap)
+                node = tree.add(parent, token, depth)
+                log_q[node] = -neg_log_q
+                added.append(node)
+            tree.rounds += 1
+            expandable = [n for n in added if tree.depths[n] < max_depth]
+            if not expandable or len(tree) >= self.budget:
+                continue
+            logits = self._session.tree_extend(
+                [tree.parents[n] for n in added], [tree.tokens[n] for n in added]
+            )
+            self.calls += 1
+            rows = [row for row, node in enumerate(added) if tree.depths[node] < max_depth]
+            counter = self._push_children(
+                heap,
+                logits[rows],
+                [added[row] for row in rows],
+                log_q,
+                [tree.depths[added[row]] + 1 for row in rows],
+                counter,
+                tree,
+            )
+        return tree
+
+    def _push_children(
+        self,
+        heap: list[tuple[float, int, int, int, int]],
+        logits: torch.Tensor,
+        parents: list[int],
+        log_q: dict[int, float],
+        depths: list[int],
+        counter: int,
+        tree: TokenTree,
+    ) -> int:
+        """Push the ``branching`` most likely children of each parent (one row of logits each)."""
+        probs = logits_to_probs(logits, self.sampling)
+        top = torch.topk(probs, min(self.branching, probs.shape[-1]), dim=-1)
+        for parent, depth, values, tokens in zip(
+            parents, depths, top.values.tolist(), top.indices.tolist(), strict=True
+        ):
+            for p, token in zip(values, tokens, strict=True):
+                if p <= 0:
+                    continue
+                heapq.heappush(
+                    heap, (-(log_q[parent] + math.log(p)), counter, parent, token, depth)
+                )
+                counter += 1
+                tree.candidates += 1
+        return counter
+
+
+def walk_tree(
+    tree: TokenTree, probs: torch.Tensor, generator: torch.Generator | None
+) -> tuple[list[int], int, int]:
+    """The target's walk down the tree: ``(path, next token, levels verified)``.
+
+    ``probs`` row 0 is the target's distribution at the root, row ``1 + i`` at node ``i``.
+    """
+    children = tree.children()
+    node, verified = -1, 0
+    path: list[int] = []
+    while True:
+        token = int(sample(probs[node + 1], generator))
+        kids = children.get(node)
+        if kids:
+            verified += 1
+        child = kids.get(token) if kids else None
+        if child is None:
+            return path, token, verified
+        path.append(child)
+        node = child
+
+
+def tree_generate(
+    request: GenerationRequest, target: LanguageModel, drafter: TreeDrafter
+) -> GenerationResult:
+    """Generate with draft trees verified by the target's own samples (exact)."""
+    state = DecodeState(request)
+    session = target.new_session()
+    generator = request.generator(target.device, stream=0)
+    drafter.start(request)
+    sizes: list[int] = []
+    parallelism: list[float] = []
+    widest = 0
+    candidates = pruned = 0
+    while not state.done:
+        tree = drafter.grow(state.sequence, min(drafter.max_depth, state.draft_budget))
+        logits = session.tree_forward(state.sequence, tree.parents, tree.tokens)
+        state.stats.target_calls += 1
+        probs = logits_to_probs(logits, request.sampling)
+        path, token, verified = walk_tree(tree, probs, generator)
+        session.commit_tree_path(path)
+        state.stats.record_walk(len(tree), len(path), verified)
+        if len(tree):
+            sizes.append(len(tree))
+            parallelism.append(len(tree) / max(tree.depths))
+            widest = max(widest, tree.widest_level())
+            candidates += tree.candidates
+            pruned += tree.candidates - len(tree)
+        state.commit([tree.tokens[i] for i in path] + [token])
+    extra = state.stats.extra
+    if sizes:
+        extra["tree_size"] = sum(sizes) / len(sizes)
+        extra["effective_parallelism"] = sum(parallelism) / len(parallelism)
+        extra["max_active_branches"] = float(widest)
+        extra["branch_prune_rate"] = pruned / candidates if candidates else 0.0
+    return state.result(drafter.calls)

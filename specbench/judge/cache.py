@@ -1,0 +1,145 @@
+"""Trained judges on disk, under a key of everything that determines them.
+
+The key hashes the target and draft specs (with a fingerprint of local weights), the training
+prompt set and its split and shaping, the mining and feature settings, the classifier
+settings and the judge format version. Change any of them and the key changes; the threshold
+and draft length of the decoding method do not enter it, so one judge serves a whole sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specbench.errors import SpecbenchError
+from specbench.judge.classifier import JudgeClassifier, TrainReport
+from specbench.judge.mining import MinedData, example_rows
+from specbench.models.catalog import CATALOG, cache_root
+from specbench.models.specs import HFModelSpec, ModelSpec
+
+JUDGE_FORMAT = 1
+
+
+def judges_dir() -> Path:
+    return cache_root() / "judges"
+
+
+def model_identity(spec: ModelSpec) -> dict[str, Any]:
+    """A model spec plus a fingerprint of its weights where they are local files."""
+    identity: dict[str, Any] = spec.model_dump(mode="json")
+    if isinstance(spec, HFModelSpec):
+        identity.pop("device", None)  # where it runs does not change what it computes
+        if spec.model in CATALOG:
+            identity["weights"] = CATALOG[spec.model].sha256
+        elif Path(spec.model).expanduser().is_dir():
+            identity["weights"] = _folder_fingerprint(Path(spec.model).expanduser())
+    return identity
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    config = folder / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".safetensors", ".bin", ".gguf"):
+            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def judge_key(determinants: dict[str, Any]) -> str:
+    blob = json.dumps({"format": JUDGE_FORMAT, **determinants}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass
+class StoredJudge:
+    key: str
+    classifier: JudgeClassifier
+    report: TrainReport
+    meta: dict[str, Any]
+
+
+def save_judge(
+    key: str,
+    classifier: JudgeClassifier,
+    report: TrainReport,
+    data: MinedData,
+    meta: dict[str, Any],
+) -> Path:
+    """Write a judge (classifier, mined data, metadata) atomically to its key's folder."""
+    folder = judges_dir() / key
+    partial = folder.with_name(key + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    torch.save(classifier.to_dict(), partial / "classifier.pt")
+    torch.save({"features": data.features.half(), "labels": data.labels}, partial / "mined.pt")
+    with (partial / "examples.jsonl").open("w") as handle:
+        for row in example_rows(data):
+            handle.write(json.dumps(row) + "\n")
+    full_meta = {
+        **meta,
+        "key": key,
+        "format": JUDGE_FORMAT,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "report": asdict(report),
+        "prompts_used": data.prompts_used,
+        "prompts_without_answer": data.prompts_without_answer,
+    }
+    (partial / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.replace(folder)
+    return folder
+
+
+def load_judge(key: str) -> StoredJudge | None:
+    folder = judges_dir() / key
+    if not (folder / "meta.json").is_file() or not (folder / "classifier.pt").is_file():
+        return None
+    meta = json.loads((folder / "meta.json").read_text())
+    classifier = JudgeClassifier.from_dict(torch.load(folder / "classifier.pt"))
+    return StoredJudge(
+        key=key, classifier=classifier, report=TrainReport(**meta["report"]), meta=meta
+    )
+
+
+def list_judges() -> list[dict[str, Any]]:
+    """Metadata of every stored judge, newest first."""
+    root = judges_dir()
+    if not root.is_dir():
+        return []
+    metas = []
+    for folder in root.iterdir():
+        meta_file = folder / "meta.json"
+        if folder.is_dir() and meta_file.is_file():
+            metas.append(json.loads(meta_file.read_text()))
+    return sorted(metas, key=lambda m: m.get("created_at", ""), reverse=True)
+
+
+def resolve_key(prefix: str) -> str:
+    """A full key from a unique prefix (as ``judge cache show`` accepts)."""
+    matches = [str(m["key"]) for m in list_judges() if str(m["key"]).startswith(prefix)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise SpecbenchError(
+            f"no stored judge with key {prefix}", "see `specbench judge cache list`"
+        )
+    raise SpecbenchError(f"{len(matches)} judges start with {prefix}", "give more of the key")
+
+
+def clear(key: str | None = None) -> int:
+    """Delete one judge (by key prefix) or all of them; returns how many were deleted."""
+    if key is not None:
+        shutil.rmtree(judges_dir() / resolve_key(key))
+        return 1
+    metas = list_judges()
+    shutil.rmtree(judges_dir(), ignore_errors=True)
+    return len(metas)

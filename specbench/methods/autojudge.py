@@ -1,0 +1,282 @@
+"""AutoJudge (Garipov et al., 2025): lossy greedy speculative decoding with a learned judge.
+
+The draft proposes ``k`` tokens greedily; the target scores them in one call. A draft token
+is kept when it equals the target's greedy choice, or when the judge's probability that the
+mismatch is important (would change the final answer) is below ``threshold``. At threshold 0
+nothing but matches is kept: greedy speculative decoding, token for token. The judge is
+trained by ``specbench judge train`` (or ``--train-judge``) and cached; see
+:mod:`specbench.judge`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from specbench.conversation import PromptEncoder
+from specbench.decoding.drafters import ModelDrafter
+from specbench.decoding.loop import speculative_generate
+from specbench.decoding.verify import StepFeatures, Verdict
+from specbench.errors import SpecbenchError
+from specbench.judge.cache import StoredJudge, judge_key, load_judge, model_identity, save_judge
+from specbench.judge.classifier import JudgeClassifier, train_classifier
+from specbench.judge.mining import MiningProgress, MiningSettings, mine_labels
+from specbench.plugins import (
+    DecodingMethod,
+    GenerationRequest,
+    GenerationResult,
+    MethodModels,
+    MethodParams,
+    ModelRole,
+    RunContext,
+)
+from specbench.prompts import BuiltinPromptSet, PromptSetSpec
+from specbench.tasks import task_for
+
+
+class JudgeSettings(BaseModel):
+    """How the judge is trained: the training prompts, mining and the classifier."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompts: PromptSetSpec | None = Field(
+        None,
+        description="Training prompts; default: the run's GSM8K set with split = 'train'.",
+    )
+    max_new_tokens: int = Field(256, ge=8, description="Length of mined answers.")
+    max_mismatches_per_prompt: int = Field(32, ge=1)
+    batch_size: int = Field(8, ge=1, description="Continuations generated together.")
+    features: Literal["target", "target+draft"] = "target"
+    classifier: Literal["logistic", "mlp"] = "logistic"
+    c_grid: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+class AutoJudgeParams(MethodParams):
+    k: int = Field(8, ge=1, le=64, description="Draft tokens per target call (window).")
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="Keep a mismatch when P(important) is below this."
+    )
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+
+
+class JudgeVerifier:
+    """Greedy verification that lets the judge keep unimportant mismatches."""
+
+    needs_features = True
+
+    def __init__(self, classifier: JudgeClassifier, threshold: float, draft_features: bool) -> None:
+        self.classifier = classifier
+        self.threshold = threshold
+        self.draft_features = draft_features
+        self.mismatches = 0
+        self.judge_accepted = 0
+
+    def reset(self) -> None:
+        self.mismatches = 0
+        self.judge_accepted = 0
+
+    def verify(
+        self,
+        draft_tokens: torch.Tensor,
+        draft_probs: torch.Tensor,
+        target_probs: torch.Tensor,
+        generator: torch.Generator | None,
+        features: StepFeatures | None = None,
+    ) -> Verdict:
+        batch, k = draft_tokens.shape
+        choice = target_probs.argmax(dim=-1)  # [B, k + 1]: temperature 0, one-hot rows
+        if k == 0:
+            return Verdict(torch.zeros(batch, dtype=torch.long, device=choice.device), choice[:, 0])
+        if features is None:
+            raise ValueError("the judge needs the target's hidden states")
+        match = draft_tokens == choice[:, :k]
+        states = features.target_hidden[:, 1 : k + 1]
+        if self.draft_features:
+            if features.draft_hidden is None:
+                raise ValueError("target+draft features need the draft's hidden states")
+            states = torch.cat([states, features.draft_hidden.to(states.device)], dim=-1)
+        unimportant = self.classifier.prob_important(states) < self.threshold
+        accepted = (match | unimportant).long().cumprod(dim=-1).sum(dim=-1)
+        for row in range(batch):
+            n = int(accepted[row])
+            verified = min(n + 1, k)
+            self.mismatches += int((~match[row, :verified]).sum())
+            self.judge_accepted += int((~match[row, :n]).sum())
+        rows = torch.arange(batch, device=choice.device)
+        return Verdict(accepted=accepted, next_tokens=choice[rows, accepted])
+
+
+class AutoJudgeMethod(DecodingMethod):
+    """Greedy speculative decoding that accepts mismatches a learned judge deems harmless."""
+
+    name = "autojudge"
+    description = "Greedy drafts; a learned judge keeps harmless mismatches (lossy, AutoJudge)."
+    needs = frozenset({ModelRole.TARGET, ModelRole.DRAFT})
+    Params = AutoJudgeParams
+    exact = False
+    in_all = False  # needs a trained judge and greedy decoding: name it in the preset
+
+    def __init__(self, params: AutoJudgeParams, models: MethodModels) -> None:
+        super().__init__(params, models)
+        self.settings = params.judge
+        self.drafter = ModelDrafter(
+            models.require_draft(), k=params.k, collect_hidden=params.judge.features != "target"
+        )
+        self.threshold = params.threshold
+        self.verifier: JudgeVerifier | None = None
+        self.stored: StoredJudge | None = None
+
+    # -- training ------------------------------------------------------------------------
+
+    def training_prompts(self, context: RunContext) -> PromptSetSpec:
+        """The judge's training prompts: as configured, or the run's GSM8K set's train split."""
+        if self.settings.prompts is not None:
+            return self.settings.prompts
+        run = context.prompts
+        if isinstance(run, BuiltinPromptSet) and run.source == "gsm8k":
+            return run.model_copy(update={"split": "train", "skip": 0})
+        raise SpecbenchError(
+            f"method '{context.label}' needs training prompts for its judge",
+            "set methods.params.judge.prompts (a set with answers, disjoint from the run's)",
+        )
+
+    def key(self, context: RunContext) -> str:
+        prompts = self.training_prompts(context)
+        draft_spec = context.models_spec.draft
+        return judge_key(
+            {
+                "target": model_identity(context.models_spec.target),
+                "draft": None if draft_spec is None else model_identity(draft_spec),
+                "prompts": prompts.model_dump(mode="json"),
+                "mining": {
+                    "max_new_tokens": self.settings.max_new_tokens,
+                    "max_mismatches_per_prompt": self.settings.max_mismatches_per_prompt,
+                    "features": self.settings.features,
+                },
+                "classifier": {
+                    "kind": self.settings.classifier,
+                    "c_grid": self.settings.c_grid,
+                    "validation_fraction": self.settings.validation_fraction,
+                    "seed": self.settings.seed,
+                },
+            }
+        )
+
+    def train(self, context: RunContext) -> str | None:
+        key = self.key(context)
+        if not context.force_train and load_judge(key) is not None:
+            return f"{context.label}: judge {key} is already trained (--force retrains)"
+        spec = self.training_prompts(context)
+        prompts = spec.load(context.base_dir)
+        overlap = {p.id for p in prompts} & set(context.prompt_ids)
+        if overlap:
+            raise SpecbenchError(
+                f"the judge's training prompts overlap the run's prompts ({len(overlap)} shared, "
+                f"e.g. {sorted(overlap)[0]})",
+                "train on another split or use skip/limit so the two never overlap",
+            )
+        task = task_for(prompts[0])
+        if task is None:
+            raise SpecbenchError(
+                "the judge's training prompts have no task to read answers with",
+                "use gsm8k or humaneval prompts, or set prompts.task",
+            )
+        target, draft = self.models.target, self.models.require_draft()
+        encoder = PromptEncoder(target.tokenizer, spec.chat_template, spec.system_prompt)
+
+        def progress(event: MiningProgress) -> None:
+            context.on_progress(
+                f"mining {event.prompts_done}/{event.prompts_total} prompts: "
+                f"{event.examples} mismatches ({event.important} important) - {event.message}"
+            )
+
+        data = mine_labels(
+            target,
+            draft,
+            prompts,
+            encoder,
+            task.answer,
+            MiningSettings(
+                max_new_tokens=self.settings.max_new_tokens,
+                max_mismatches_per_prompt=self.settings.max_mismatches_per_prompt,
+                batch_size=self.settings.batch_size,
+                draft_features=self.settings.features != "target",
+            ),
+            on_progress=progress,
+        )
+        context.on_progress(
+            f"training a {self.settings.classifier} judge on {len(data.labels)} mismatches"
+        )
+        classifier, report = train_classifier(
+            data.features,
+            data.labels,
+            kind=self.settings.classifier,
+            c_grid=self.settings.c_grid,
+            validation_fraction=self.settings.validation_fraction,
+            seed=self.settings.seed,
+        )
+        meta: dict[str, Any] = {
+            "method": context.label,
+            "preset": context.preset_name,
+            "target": target.name,
+            "draft": draft.name,
+            "training_prompts": f"{getattr(spec, 'source', '?')} ({len(prompts)} prompts)",
+            "settings": self.settings.model_dump(mode="json"),
+        }
+        save_judge(key, classifier, report, data, meta)
+        auc = "n/a" if report.roc_auc is None else f"{report.roc_auc:.3f}"
+        return (
+            f"{context.label}: judge {key} trained on {report.samples} mismatches "
+            f"({report.important} important, {report.unimportant} unimportant) from "
+            f"{data.prompts_used} prompts; validation ROC-AUC {auc}, C = {report.chosen_c:g}"
+        )
+
+    # -- decoding ------------------------------------------------------------------------
+
+    def prepare(self, context: RunContext) -> None:
+        if not context.sampling.greedy:
+            raise SpecbenchError(
+                f"method '{context.label}' (autojudge) decodes greedily",
+                "set sampling.temperature = 0",
+            )
+        key = self.key(context)
+        stored = load_judge(key)
+        if stored is None or context.force_train:
+            if not (context.train_missing or context.force_train):
+                raise SpecbenchError(
+                    f"method '{context.label}' needs a trained judge and none is cached "
+                    f"(key {key})",
+                    f"run `specbench judge train --preset {context.preset_source}`, or add "
+                    "--train-judge to this command",
+                )
+            context.on_progress(self.train(context) or "")
+            stored = load_judge(key)
+            assert stored is not None
+        self.stored = stored
+        self.verifier = JudgeVerifier(
+            stored.classifier, self.threshold, draft_features=self.settings.features != "target"
+        )
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        if self.verifier is None or self.stored is None:
+            raise SpecbenchError("autojudge was not prepared", "run it through specbench run")
+        self.verifier.reset()
+        result = speculative_generate(request, self.models.target, self.drafter, self.verifier)
+        report = self.stored.report
+        extra = result.stats.extra
+        mismatches = self.verifier.mismatches
+        extra["mismatches"] = float(mismatches)
+        extra["judge_accepted"] = float(self.verifier.judge_accepted)
+        if mismatches:
+            extra["judge_accept_rate"] = self.verifier.judge_accepted / mismatches
+            extra["target_fallback_rate"] = 1.0 - extra["judge_accept_rate"]
+        extra["threshold"] = self.threshold
+        extra["autojudge_train_samples"] = float(report.samples)
+        extra["autojudge_train_loss"] = report.train_loss
+        if report.roc_auc is not None:
+            extra["autojudge_roc_auc"] = report.roc_auc
+        return result

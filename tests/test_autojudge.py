@@ -1,0 +1,360 @@
+"""AutoJudge on toy models with a synthetic final answer: mining, training, caching, decoding.
+
+The toy task's "final answer" is the last character of the output. In an order-1 toy chain,
+greedy continuations after a substituted token often merge back into the original path (the
+answer is unchanged: an unimportant mismatch) and sometimes do not (important).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_method, request, toy_pair
+from typer.testing import CliRunner
+
+from specbench.cli.main import app
+from specbench.conversation import PromptEncoder
+from specbench.decoding.verify import StepFeatures
+from specbench.errors import SpecbenchError
+from specbench.judge import cache
+from specbench.judge.classifier import JudgeClassifier
+from specbench.judge.mining import MiningSettings, mine_labels
+from specbench.methods.autojudge import JudgeVerifier
+from specbench.models import catalog
+from specbench.plugins import discover_methods
+from specbench.presets import load_preset, sweep_parameter
+from specbench.prompts import InlinePromptSet, Prompt
+from specbench.records import SampleRecord, read_records
+from specbench.runner import run_context, run_preset
+from specbench.tasks import TASKS, Score
+
+
+class LastCharTask:
+    name = "toy-last"
+
+    def answer(self, prompt: Prompt, text: str) -> Hashable | None:
+        return text[-1:] or None
+
+    def score(self, prompt: Prompt, text: str) -> Score | None:
+        return Score(float(text[-1:] in "aeiou"), text[-1:])
+
+
+@pytest.fixture(autouse=True)
+def toy_task_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(TASKS, "toy-last", LastCharTask())
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+
+
+PRESET = """
+name = "toy-autojudge"
+[models.target]
+backend = "toy"
+vocab_size = 24
+order = 1
+seed = 21
+sharpness = 3.0
+[models.draft]
+backend = "toy"
+vocab_size = 24
+order = 1
+seed = 21
+sharpness = 3.0
+distance = 1.5
+
+[[methods]]
+name = "baseline"
+[[methods]]
+name = "speculative"
+params = {{ k = 4 }}
+[[methods]]
+name = "autojudge"
+[methods.params]
+k = 4
+threshold = {threshold}
+[methods.params.judge]
+max_new_tokens = 24
+max_mismatches_per_prompt = 12
+[methods.params.judge.prompts]
+source = "inline"
+task = "toy-last"
+prompts = {train}
+
+[prompts]
+source = "inline"
+task = "toy-last"
+prompts = {test}
+
+[sampling]
+temperature = 0.0
+max_new_tokens = 24
+[runs]
+warmup = 0
+"""
+ENDINGS = ("one", "two", "six", "ten")  # prompts' last characters steer an order-1 chain
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+]
+
+
+def _write_preset(tmp_path: Path, threshold: float = 0.5) -> Path:
+    train = [{"id": f"train-{w}-{v}", "prompt": f"{w} {v}"} for w in WORDS for v in ENDINGS]
+    test = [{"id": f"test-{w}", "prompt": f"the {w}"} for w in WORDS[:8]]
+    path = tmp_path / "aj.toml"
+
+    def fmt(rows: list[dict[str, str]]) -> str:
+        items = ", ".join(f'{{ id = "{r["id"]}", prompt = "{r["prompt"]}" }}' for r in rows)
+        return f"[{items}]"
+
+    path.write_text(PRESET.format(threshold=threshold, train=fmt(train), test=fmt(test)))
+    return path
+
+
+def test_mining_labels_mismatches_by_answer_change() -> None:
+    models = toy_pair(vocab_size=24, order=1, seed=21, distance=1.5, sharpness=3.0)
+    prompts = InlinePromptSet(
+        prompts=[f"{w} {e}" for w in WORDS[:3] for e in ENDINGS], task="toy-last"
+    ).load(Path())
+    data = mine_labels(
+        models.target,
+        models.require_draft(),
+        prompts,
+        PromptEncoder(models.target.tokenizer),
+        LastCharTask().answer,
+        MiningSettings(max_new_tokens=24, max_mismatches_per_prompt=12, batch_size=4),
+    )
+    assert len(data.labels) == len(data.examples) == data.features.shape[0] > 10
+    counts = data.counts()
+    assert counts["important"] > 0 and counts["unimportant"] > 0
+    # Check one label by hand: substitute, continue greedily, compare the answers.
+    example = data.examples[0]
+    prompt = next(p for p in prompts if p.id == example.prompt_id)
+    encoder = PromptEncoder(models.target.tokenizer)
+    ids = encoder.encode([], prompt.text)
+    reference = models.target.greedy_continuations([ids], 24, frozenset())[0].tokens
+    assert reference[example.position] == example.target_token
+    alternative = reference[: example.position] + [example.draft_token]
+    alternative += models.target.greedy_continuations([ids + alternative], 24, frozenset())[
+        0
+    ].tokens
+    alternative = alternative[:24]
+    decode = models.target.tokenizer.decode
+    assert example.important == (decode(alternative)[-1] != decode(reference)[-1])
+
+
+def test_judge_cache_key_changes_with_every_determinant(tmp_path: Path) -> None:
+    base = load_preset(str(_write_preset(tmp_path)), discover_methods())
+    prompts = base.preset.prompts.load(base.base_dir)
+    models = toy_pair(vocab_size=24)
+
+    def key(resolved) -> str:
+        method = next(m for m in resolved.methods if m.info.name == "autojudge")
+        instance = method.info.cls(method.params, models)
+        return instance.key(run_context(resolved, method.label, prompts))
+
+    reference = key(base)
+    changes = [
+        ("models.target.seed", 9),
+        ("models.draft.distance", 0.7),
+        ("methods.2.params.judge.prompts.limit", 5),
+        ("methods.2.params.judge.prompts.template", "Q {prompt}"),
+        ("methods.2.params.judge.max_new_tokens", 30),
+        ("methods.2.params.judge.max_mismatches_per_prompt", 3),
+        ("methods.2.params.judge.features", "target+draft"),
+        ("methods.2.params.judge.classifier", "mlp"),
+        ("methods.2.params.judge.c_grid", [1.0]),
+        ("methods.2.params.judge.seed", 1),
+    ]
+    keys = {reference}
+    for dotted, value in changes:
+        changed = key(load_preset(str(tmp_path / "aj.toml"), discover_methods(), [(dotted, value)]))
+        assert changed not in keys, dotted
+        keys.add(changed)
+    # What only affects decoding does not change the judge.
+    for dotted, value in [
+        ("methods.2.params.threshold", 0.9),
+        ("methods.2.params.k", 7),
+        ("sampling.max_new_tokens", 5),
+        ("methods.2.params.judge.batch_size", 2),
+    ]:
+        same = load_preset(str(tmp_path / "aj.toml"), discover_methods(), [(dotted, value)])
+        assert key(same) == reference, dotted
+
+
+def test_run_without_judge_says_how_to_train_then_trains_on_request(tmp_path: Path) -> None:
+    preset = load_preset(str(_write_preset(tmp_path)), discover_methods())
+    with pytest.raises(SpecbenchError, match=r"specbench judge train --preset .*aj\.toml"):
+        run_preset(preset, output=tmp_path / "a.jsonl")
+    outcome = run_preset(preset, output=tmp_path / "b.jsonl", train_missing=True)
+    assert len(cache.list_judges()) == 1
+    summary = {s.method: s for s in outcome.summaries}["autojudge"]
+    assert summary.exact is False
+    for name in (
+        "judge_accept_rate",
+        "target_fallback_rate",
+        "autojudge_train_samples",
+        "autojudge_train_loss",
+        "threshold",
+    ):
+        assert name in summary.stats, name
+    assert summary.score_mean is not None
+
+
+def test_threshold_zero_equals_greedy_speculative_and_acceptance_grows(tmp_path: Path) -> None:
+    preset = load_preset(str(_write_preset(tmp_path)), discover_methods())
+    swept = sweep_parameter(preset, "threshold", [0.0, 0.3, 0.6, 1.0])
+    out = tmp_path / "sweep.jsonl"
+    run_preset(swept, output=out, train_missing=True)
+    samples = [r for r in read_records(out) if isinstance(r, SampleRecord)]
+    by = {}
+    for s in samples:
+        by.setdefault(s.method, {})[s.prompt_id] = s
+    for prompt_id, spec in by["speculative"].items():
+        assert by["autojudge-threshold=0"][prompt_id].tokens == spec.tokens
+    per_step = []
+    for label in (
+        "autojudge-threshold=0",
+        "autojudge-threshold=0.3",
+        "autojudge-threshold=0.6",
+        "autojudge-threshold=1",
+    ):
+        rows = by[label].values()
+        per_step.append(sum(r.new_tokens for r in rows) / sum(r.target_calls for r in rows))
+    assert per_step == sorted(per_step) and per_step[-1] > per_step[0]
+
+
+def test_verifier_acceptance_is_monotone_in_the_threshold() -> None:
+    generator = torch.Generator().manual_seed(0)
+    batch, k, vocab, dim = 64, 6, 10, 5
+    classifier = JudgeClassifier(
+        kind="logistic",
+        mean=torch.zeros(dim, dtype=torch.float64),
+        std=torch.ones(dim, dtype=torch.float64),
+        state={
+            "w": torch.randn(dim, dtype=torch.float64, generator=generator),
+            "b": torch.zeros((), dtype=torch.float64),
+        },
+    )
+    drafts = torch.randint(vocab, (batch, k), generator=generator)
+    target_tokens = torch.randint(vocab, (batch, k + 1), generator=generator)
+    agree = torch.rand(batch, k, generator=generator) < 0.6
+    target_tokens[:, :k] = torch.where(agree, drafts, target_tokens[:, :k])
+    target = torch.nn.functional.one_hot(target_tokens, vocab).float()
+    features = StepFeatures(torch.randn(batch, k + 1, dim, generator=generator))
+    previous = None
+    for threshold in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        verdict = JudgeVerifier(classifier, threshold, False).verify(
+            drafts, target[:, :k], target, None, features
+        )
+        if previous is not None:
+            assert bool((verdict.accepted >= previous).all())
+        previous = verdict.accepted
+    exact = JudgeVerifier(classifier, 0.0, False).verify(
+        drafts, target[:, :k], target, None, features
+    )
+    matches = (drafts == target[:, :k].argmax(-1)).long().cumprod(-1).sum(-1)
+    assert torch.equal(exact.accepted, matches)
+
+
+def test_training_prompts_must_not_overlap_the_run(tmp_path: Path) -> None:
+    path = _write_preset(tmp_path)
+    text = path.read_text().replace('id = "train-alpha-one"', 'id = "test-alpha"')
+    path.write_text(text)
+    preset = load_preset(str(path), discover_methods())
+    with pytest.raises(SpecbenchError, match="overlap the run's prompts"):
+        run_preset(preset, output=tmp_path / "x.jsonl", train_missing=True)
+
+
+def test_autojudge_needs_greedy_decoding(tmp_path: Path) -> None:
+    preset = load_preset(
+        str(_write_preset(tmp_path)), discover_methods(), [("sampling.temperature", 0.7)]
+    )
+    with pytest.raises(SpecbenchError, match="decodes greedily"):
+        run_preset(preset, output=tmp_path / "x.jsonl", train_missing=True)
+
+
+def test_judge_cli_train_and_cache(tmp_path: Path) -> None:
+    runner = CliRunner()
+    path = _write_preset(tmp_path)
+    trained = runner.invoke(app, ["judge", "train", "--preset", str(path)])
+    assert trained.exit_code == 0, trained.output
+    assert "trained on" in trained.output and "ROC-AUC" in trained.output
+    again = runner.invoke(app, ["judge", "train", "--preset", str(path)])
+    assert "already trained" in again.output
+    listing = runner.invoke(app, ["judge", "cache", "list"])
+    key = cache.list_judges()[0]["key"]
+    assert listing.exit_code == 0 and key in listing.output
+    shown = runner.invoke(app, ["judge", "cache", "show", key[:8]])
+    assert shown.exit_code == 0 and '"important"' in shown.output
+    assert runner.invoke(app, ["judge", "cache", "path", key]).output.strip().endswith(key)
+    run = runner.invoke(
+        app,
+        ["run", "-p", str(path), "-o", str(tmp_path / "r.jsonl"), "--thresholds", "0.2,0.8", "-q"],
+    )
+    assert run.exit_code == 0, run.output
+    labels = {r.method for r in read_records(tmp_path / "r.jsonl") if isinstance(r, SampleRecord)}
+    assert {"autojudge-threshold=0.2", "autojudge-threshold=0.8"} <= labels
+    assert runner.invoke(app, ["judge", "cache", "clear"]).exit_code == 2
+    cleared = runner.invoke(app, ["judge", "cache", "clear", "--all"])
+    assert cleared.exit_code == 0 and cache.list_judges() == []
+
+
+def test_threshold_zero_equals_greedy_speculative_on_hf(
+    tiny_hf: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from specbench.methods.autojudge import AutoJudgeMethod
+    from specbench.models.loading import load_models
+    from specbench.models.specs import HFModelSpec, ModelsSpec
+
+    folders = tiny_hf["llama"]
+    models = load_models(
+        ModelsSpec(
+            target=HFModelSpec(model=str(folders["target"]), dtype="float32", device="cpu"),
+            draft=HFModelSpec(model=str(folders["draft"]), dtype="float32", device="cpu"),
+        )
+    )
+    method = make_method("autojudge", models, k=4, threshold=0.0)
+    assert isinstance(method, AutoJudgeMethod)
+    hidden = models.target.model.config.hidden_size
+    always_unimportant = JudgeClassifier(
+        "logistic",
+        torch.zeros(hidden, dtype=torch.float64),
+        torch.ones(hidden, dtype=torch.float64),
+        {
+            "w": torch.zeros(hidden, dtype=torch.float64),
+            "b": torch.tensor(-20.0, dtype=torch.float64),
+        },
+    )
+    method.verifier = JudgeVerifier(always_unimportant, 0.0, False)
+    method.stored = type(
+        "S", (), {"report": type("R", (), {"samples": 1, "train_loss": 0.0, "roc_auc": None})()}
+    )()
+    speculative = make_method("speculative", models, k=4)
+    for text in ("the quick brown", "def add(a, b):"):
+        prompt = tiny_hf["tokenizer"].encode(text)
+        assert (
+            method.generate(request(prompt, 30)).tokens
+            == speculative.generate(request(prompt, 30)).tokens
+        )
+    method.verifier = JudgeVerifier(always_unimportant, 0.5, False)
+    lossy = method.generate(request(tiny_hf["tokenizer"].encode("the quick brown"), 30))
+    assert lossy.stats.rejections == 0  # the judge keeps every mismatch
