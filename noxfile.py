@@ -48,6 +48,15 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", "specbench", f"{EXAMPLE_PLUGIN}/src")
 
 
+@nox.session(name="bench-gpu")
+def bench_gpu(session: nox.Session) -> None:
+    """Roofline, specbench vs HF generate / assisted generation, predicted vs measured
+    speedup (benchmarks/gpu.py). On a CPU it runs tiny shapes; on a GPU pass e.g.
+    `-- --target llama-3.1-8b --draft llama-3.2-1b`."""
+    install_project(session)
+    session.run("python", "benchmarks/gpu.py", *session.posargs)
+
+
 @nox.session(name="bench-toy")
 def bench_toy(session: nox.Session) -> None:
     """Measured vs predicted speedup on the toy pair; prints one table."""

@@ -134,11 +134,11 @@ def plot_speedup(results: Sequence[ResultsFile], path: Path) -> Path:
     plt = _pyplot()
     labels: list[str] = []
     for result in results:
-        labels += [s.method for s in result.summaries if s.method not in labels]
+        labels += [_name(s) for s in result.summaries if _name(s) not in labels]
     width = 0.8 / max(len(results), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) + 2), 4.2))
     for i, result in enumerate(results):
-        by_label = {s.method: s for s in result.summaries}
+        by_label = {_name(s): s for s in result.summaries}
         values = [
             (by_label[label].speedup or 0.0) if label in by_label else 0.0 for label in labels
         ]
@@ -185,3 +185,8 @@ def plot_acceptance(results: Sequence[ResultsFile], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _name(summary: Any) -> str:
+    """A method's label, marked when its acceptance was simulated."""
+    return f"{summary.method} (synthetic)" if summary.synthetic else str(summary.method)

@@ -146,6 +146,8 @@ class DecodingMethod(ABC):
     def __init__(self, params: MethodParams, models: MethodModels) -> None:
         self.params = params
         self.models = models
+        #: Set by methods whose acceptance is simulated (timing only): records are marked.
+        self.synthetic = False
 
     @abstractmethod
     def generate(self, request: GenerationRequest) -> GenerationResult:

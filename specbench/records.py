@@ -55,6 +55,9 @@ class SampleRecord(_Record):
     method: str = Field(description="The method's label in the preset (its name by default).")
     method_name: str
     exact: bool
+    synthetic: bool = Field(
+        False, description="Acceptance was simulated (timing on dummy weights): not real output."
+    )
     prompt_id: str
     prompt_index: int
     category: str | None = None
@@ -114,6 +117,7 @@ class SummaryRecord(_Record):
     method: str
     method_name: str
     exact: bool
+    synthetic: bool = False
     samples: int
     new_tokens: int
     tokens_per_sec_median: float

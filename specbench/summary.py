@@ -109,6 +109,7 @@ def _summarize_group(
         method=label,
         method_name=group[0].method_name,
         exact=group[0].exact,
+        synthetic=group[0].synthetic,
         samples=len(group),
         new_tokens=total["new_tokens"],
         tokens_per_sec_median=median_tps,

@@ -68,7 +68,7 @@ def summary_table(summaries: Sequence[SummaryRecord], title: str | None = None) 
             acceptance += f" ({s.expected_acceptance_rate:.3f})"
         cells = [
             s.method,
-            "yes" if s.exact else "lossy",
+            "synthetic" if s.synthetic else "yes" if s.exact else "lossy",
             str(s.samples),
             spread,
             fmt(s.speedup, ".2f", "x"),

@@ -20,7 +20,7 @@ from specbench.decoding.drafters import Drafter, Proposal
 from specbench.decoding.loop import DecodeState
 from specbench.decoding.sampling import logits_to_probs, one_hot, sample
 from specbench.decoding.types import GenerationRequest, GenerationResult
-from specbench.decoding.verify import RejectionVerifier
+from specbench.decoding.verify import RejectionVerifier, Verifier
 from specbench.models.base import BatchSession, LanguageModel
 
 
@@ -116,7 +116,7 @@ def batched_generate(
     requests: Sequence[GenerationRequest],
     target: LanguageModel,
     drafter: BatchDrafter,
-    verifier: RejectionVerifier | None = None,
+    verifier: Verifier | None = None,
 ) -> list[GenerationResult]:
     """Decode ``requests`` together; each result carries its row's ``latency_s``."""
     verifier = verifier or RejectionVerifier()

@@ -120,3 +120,36 @@ class RejectionVerifier:
             next_tokens=sample(next_dist, generator),
             expected_accept=expected,
         )
+
+
+class SyntheticVerifier:
+    """For timing only: accept each draft token with a fixed probability, whatever it is.
+
+    With random-weight (dummy) models real acceptance is near zero, so speed against
+    acceptance can only be measured by fixing acceptance. The tokens this produces are not
+    the target's: runs that use it are marked ``synthetic`` and never reported as exact.
+    After a rejection, or after all drafts, the next token is the target's own sample.
+    """
+
+    needs_features = False
+
+    def __init__(self, acceptance: float) -> None:
+        if not 0.0 <= acceptance <= 1.0:
+            raise ValueError("synthetic acceptance must be in [0, 1]")
+        self.acceptance = acceptance
+
+    def verify(
+        self,
+        draft_tokens: torch.Tensor,
+        draft_probs: torch.Tensor,
+        target_probs: torch.Tensor,
+        generator: torch.Generator | None,
+        features: StepFeatures | None = None,
+    ) -> Verdict:
+        batch, k = draft_tokens.shape
+        uniform = torch.rand((batch, k), generator=generator, device=target_probs.device)
+        accepted = (uniform < self.acceptance).long().cumprod(dim=-1).sum(dim=-1)
+        rows = torch.arange(batch, device=target_probs.device)
+        return Verdict(
+            accepted=accepted, next_tokens=sample(target_probs[rows, accepted], generator)
+        )

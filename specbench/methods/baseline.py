@@ -6,18 +6,21 @@ from pydantic import Field
 
 from specbench.decoding.batch import PerRowDrafter, batched_generate
 from specbench.decoding.drafters import NoDrafter
+from specbench.decoding.fast import fast_generate
 from specbench.decoding.loop import speculative_generate
 from specbench.decoding.verify import RejectionVerifier
+from specbench.methods.engine import EngineParams, static_decoder
+from specbench.models.static import StaticDecoder
 from specbench.plugins import (
     DecodingMethod,
     GenerationRequest,
     GenerationResult,
-    MethodParams,
+    MethodModels,
     ModelRole,
 )
 
 
-class BaselineParams(MethodParams):
+class BaselineParams(EngineParams):
     batch_size: int = Field(1, ge=1, le=256, description="Prompts decoded together.")
 
 
@@ -33,7 +36,17 @@ class BaselineMethod(DecodingMethod):
     needs = frozenset({ModelRole.TARGET})
     Params = BaselineParams
 
+    def __init__(self, params: BaselineParams, models: MethodModels) -> None:
+        super().__init__(params, models)
+        self._static: StaticDecoder | None = None
+
     def generate(self, request: GenerationRequest) -> GenerationResult:
+        params = self.params
+        assert isinstance(params, BaselineParams)
+        if params.engine == "static":
+            if self._static is None:  # built once: its graphs serve every later prompt
+                self._static = static_decoder(self.models.target, params, (1,))
+            return fast_generate(request, self._static, None, 0, RejectionVerifier())
         return speculative_generate(request, self.models.target, NoDrafter(), RejectionVerifier())
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:

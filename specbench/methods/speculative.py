@@ -6,21 +6,29 @@ from pydantic import Field
 
 from specbench.decoding.batch import BatchModelDrafter, batched_generate
 from specbench.decoding.drafters import ModelDrafter
+from specbench.decoding.fast import fast_generate
 from specbench.decoding.loop import speculative_generate
-from specbench.decoding.verify import RejectionVerifier
+from specbench.decoding.verify import RejectionVerifier, SyntheticVerifier
+from specbench.methods.engine import EngineParams, static_decoder
+from specbench.models.static import StaticDecoder
 from specbench.plugins import (
     DecodingMethod,
     GenerationRequest,
     GenerationResult,
     MethodModels,
-    MethodParams,
     ModelRole,
 )
 
 
-class SpeculativeParams(MethodParams):
+class SpeculativeParams(EngineParams):
     k: int = Field(4, ge=1, le=64, description="Draft tokens proposed per target call.")
     batch_size: int = Field(1, ge=1, le=256, description="Prompts decoded together.")
+    synthetic_acceptance: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Timing only: accept each draft with this probability (dummy weights).",
+    )
 
 
 class SpeculativeMethod(DecodingMethod):
@@ -39,11 +47,28 @@ class SpeculativeMethod(DecodingMethod):
     def __init__(self, params: SpeculativeParams, models: MethodModels) -> None:
         super().__init__(params, models)
         self.k = params.k
+        self._static: tuple[StaticDecoder, StaticDecoder] | None = None
         self.drafter = ModelDrafter(models.require_draft(), k=params.k)
-        self.verifier = RejectionVerifier()
+        self.verifier: RejectionVerifier | SyntheticVerifier = RejectionVerifier()
+        if params.synthetic_acceptance is not None:
+            self.verifier = SyntheticVerifier(params.synthetic_acceptance)
+            self.synthetic = True
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
+        if self.params.engine == "static":  # type: ignore[attr-defined]
+            return self._static_generate(request)
         return speculative_generate(request, self.models.target, self.drafter, self.verifier)
+
+    def _static_generate(self, request: GenerationRequest) -> GenerationResult:
+        if self._static is None:  # built once: its graphs serve every later prompt
+            params = self.params
+            assert isinstance(params, SpeculativeParams)
+            self._static = (
+                static_decoder(self.models.target, params, (self.k + 1,)),
+                static_decoder(self.models.require_draft(), params, (1,)),
+            )
+        target, draft = self._static
+        return fast_generate(request, target, draft, self.k, self.verifier)
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         drafter = BatchModelDrafter(self.models.require_draft(), self.k)

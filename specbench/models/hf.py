@@ -25,7 +25,13 @@ from specbench.models.base import (
     Session,
     ancestors,
 )
-from specbench.models.specs import Bnb4BitSpec, Bnb8BitSpec, HFModelSpec, QuantoSpec
+from specbench.models.specs import (
+    Bnb4BitSpec,
+    Bnb8BitSpec,
+    DummyModelSpec,
+    HFModelSpec,
+    QuantoSpec,
+)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -383,7 +389,7 @@ def make_batch_invariant(model: torch.nn.Module) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
-def resolve_dtype(spec: HFModelSpec, device: torch.device) -> torch.dtype:
+def resolve_dtype(spec: HFModelSpec | DummyModelSpec, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 on CUDA with bf16 support and on CPUs with bf16 instructions."""
     if spec.dtype != "auto":
         return _DTYPES[spec.dtype]
@@ -394,7 +400,7 @@ def resolve_dtype(spec: HFModelSpec, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def resolve_device(spec: HFModelSpec) -> torch.device:
+def resolve_device(spec: HFModelSpec | DummyModelSpec) -> torch.device:
     if spec.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec.device)

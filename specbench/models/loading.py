@@ -8,7 +8,7 @@ from pathlib import Path
 from specbench.errors import ModelLoadError
 from specbench.models.base import LanguageModel, Tokenizer
 from specbench.models.compat import compare_tokenizers
-from specbench.models.specs import HFModelSpec, ModelSpec, ModelsSpec, ToyModelSpec
+from specbench.models.specs import DummyModelSpec, HFModelSpec, ModelSpec, ModelsSpec, ToyModelSpec
 from specbench.models.toy import ToyConfig, ToyLanguageModel, ToyTokenizer
 from specbench.plugins import MethodModels
 
@@ -25,6 +25,10 @@ def load_model(spec: ModelSpec, role: str) -> LanguageModel:
         from specbench.models.hf import load_hf_model
 
         return load_hf_model(spec, resolve_model_source(spec.model), name=spec.model)
+    if isinstance(spec, DummyModelSpec):
+        from specbench.models.dummy import load_dummy_model
+
+        return load_dummy_model(spec, name=f"dummy-{role}")
     raise ModelLoadError(f"no loader for backend {spec.backend!r}")
 
 
@@ -32,6 +36,14 @@ def load_tokenizer(spec: ModelSpec, local_only: bool = True) -> Tokenizer:
     """Only the tokenizer of a spec (for ``validate``); hub ids must already be cached."""
     if isinstance(spec, ToyModelSpec):
         return ToyTokenizer(spec.vocab_size)
+    if isinstance(spec, DummyModelSpec):
+        from specbench.models.dummy import ARCHITECTURES, ByteTokenizer
+        from specbench.models.hf import HFTokenizer
+
+        vocab = int(
+            spec.overrides.get("vocab_size", ARCHITECTURES[spec.architecture]["vocab_size"])
+        )
+        return HFTokenizer(ByteTokenizer(vocab))
     from specbench.models.catalog import resolve_model_source
     from specbench.models.hf import load_hf_tokenizer
 

@@ -93,7 +93,36 @@ class HFModelSpec(_Spec):
         return self
 
 
-ModelSpec = Annotated[ToyModelSpec | HFModelSpec, Field(discriminator="backend")]
+DummyArchitecture = Literal[
+    "llama-3.1-8b",
+    "llama-3.2-3b",
+    "llama-3.2-1b",
+    "qwen2.5-7b",
+    "qwen2.5-1.5b",
+    "qwen2.5-0.5b",
+    "tiny-llama",
+    "tiny-llama-draft",
+]
+
+
+class DummyModelSpec(_Spec):
+    """A real architecture at its real shape with random weights (timing only, no files).
+
+    ``overrides`` changes config fields, e.g. ``{ num_hidden_layers = 4 }`` for a quicker
+    look at the same widths.
+    """
+
+    backend: Literal["dummy"] = "dummy"
+    architecture: DummyArchitecture
+    overrides: dict[str, int | float | bool | str] = Field(default_factory=dict)
+    dtype: DType = Field("auto", description="auto: bfloat16 where supported, else float32.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    seed: int = Field(0, ge=0)
+    max_positions: int = Field(4096, ge=16, description="Longest sequence (cache size).")
+    batch_invariant: bool = False
+
+
+ModelSpec = Annotated[ToyModelSpec | HFModelSpec | DummyModelSpec, Field(discriminator="backend")]
 
 
 class ModelsSpec(_Spec):
