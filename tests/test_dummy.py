@@ -67,4 +67,8 @@ def test_dummy_runs_are_marked_synthetic_and_dummy(tmp_path: Path) -> None:
 
 def test_gpu_preset_validates_without_a_gpu() -> None:
     resolved = load_preset(str(REPO / "presets" / "dummy-llama8b.toml"), discover_methods())
-    assert [m.label for m in resolved.methods][0] == "baseline"
+    assert [m.label for m in resolved.methods] == [
+        "baseline",
+        "speculative-k4-a0.7",
+        "speculative-k4-a0.85",
+    ]
