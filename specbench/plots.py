@@ -65,10 +65,7 @@ def plot_latency_throughput(results: Sequence[ResultsFile], path: Path) -> Path:
     ax.set_ylabel("median latency per sequence (s)")
     ax.set_title("Latency vs throughput over batch sizes")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_speed_accuracy(results: Sequence[ResultsFile], path: Path) -> Path:
@@ -119,10 +116,7 @@ def plot_speed_accuracy(results: Sequence[ResultsFile], path: Path) -> Path:
     axes[1].set_title("Accepted tokens vs quality")
     if any(ax.get_legend_handles_labels()[0] for ax in axes):
         axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _speed_axes(summary: Any) -> tuple[float, float]:
@@ -151,10 +145,7 @@ def plot_speedup(results: Sequence[ResultsFile], path: Path) -> Path:
     ax.set_title("Speedup per method")
     if len(results) > 1:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_acceptance(results: Sequence[ResultsFile], path: Path) -> Path:
@@ -181,12 +172,16 @@ def plot_acceptance(results: Sequence[ResultsFile], path: Path) -> Path:
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no speculative methods", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _name(summary: Any) -> str:
     """A method's label, marked when its acceptance was simulated."""
     return f"{summary.method} (synthetic)" if summary.synthetic else str(summary.method)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -49,3 +49,19 @@ def request(
         seed=seed,
         stop_token_ids=stop,
     )
+
+
+def hf_pair(tiny_hf: dict[str, Any], arch: str = "llama", **draft_extra: Any) -> MethodModels:
+    """The tiny Hugging Face target/draft pair of ``arch`` (fp32, CPU), loaded by specbench."""
+    from specbench.models.loading import load_models
+    from specbench.models.specs import HFModelSpec, ModelsSpec
+
+    folders = tiny_hf[arch]
+    return load_models(
+        ModelsSpec(
+            target=HFModelSpec(model=str(folders["target"]), dtype="float32", device="cpu"),
+            draft=HFModelSpec(
+                model=str(folders["draft"]), dtype="float32", device="cpu", **draft_extra
+            ),
+        )
+    )

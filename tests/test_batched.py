@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_method, request, toy_pair
+from helpers import hf_pair, make_method, request, toy_pair
 from stats_utils import chi_square_pvalue
 from test_exactness import LENGTH, POSITIONS, PROMPT, SAMPLES, _exact_triples
 
 from specbench.decoding.sampling import SamplingParams
 from specbench.decoding.verify import RejectionVerifier
-from specbench.models.loading import load_models
-from specbench.models.specs import HFModelSpec, ModelsSpec
 from specbench.plugins import discover_methods
 from specbench.presets import load_preset, sweep_parameter
 from specbench.records import SampleRecord, read_records
@@ -23,18 +21,8 @@ from specbench.runner import run_preset
 ALPHA = 1e-3
 
 
-def _hf_pair(tiny_hf: dict, arch: str = "llama"):
-    folders = tiny_hf[arch]
-    return load_models(
-        ModelsSpec(
-            target=HFModelSpec(model=str(folders["target"]), dtype="float32", device="cpu"),
-            draft=HFModelSpec(model=str(folders["draft"]), dtype="float32", device="cpu"),
-        )
-    )
-
-
 def test_batch_session_rows_equal_single_sequence_forwards(tiny_hf: dict) -> None:
-    models = _hf_pair(tiny_hf)
+    models = hf_pair(tiny_hf)
     reference = tiny_hf["llama"]["target_model"]
     session = models.target.new_batch_session(3)
 
@@ -65,7 +53,7 @@ class RecordingVerifier(RejectionVerifier):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_batched_greedy_speculative_equals_baseline(tiny_hf: dict, arch: str) -> None:
-    models = _hf_pair(tiny_hf, arch)
+    models = hf_pair(tiny_hf, arch)
     tokenizer = tiny_hf["tokenizer"]
     texts = ["the quick brown", "def add(a, b):", "question: what is two plus", "speculative"]
     prompts = [tokenizer.encode(t) for t in texts]
@@ -89,7 +77,7 @@ def test_batched_greedy_speculative_equals_baseline(tiny_hf: dict, arch: str) ->
 
 
 def test_batched_baseline_and_prompt_lookup_equal_unbatched(tiny_hf: dict) -> None:
-    models = _hf_pair(tiny_hf, "qwen2")
+    models = hf_pair(tiny_hf, "qwen2")
     tokenizer = tiny_hf["tokenizer"]
     prompts = [
         tokenizer.encode(t)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_method, request
+from helpers import hf_pair, make_method, request
 
 from specbench.errors import ModelLoadError
 from specbench.models.hf import HFLanguageModel, load_hf_model
@@ -24,10 +24,7 @@ def _spec(folder: Path, **extra) -> HFModelSpec:
 
 
 def _pair(tiny_hf: dict, arch: str, **draft_extra) -> MethodModels:
-    folders = tiny_hf[arch]
-    return load_models(
-        ModelsSpec(target=_spec(folders["target"]), draft=_spec(folders["draft"], **draft_extra))
-    )
+    return hf_pair(tiny_hf, arch, **draft_extra)
 
 
 def _prompts(tiny_hf: dict) -> list[list[int]]:

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_method, request
+from helpers import hf_pair, make_method, request
 
 from specbench.models.loading import load_models
-from specbench.models.specs import DummyModelSpec, HFModelSpec, ModelsSpec
+from specbench.models.specs import DummyModelSpec, ModelsSpec
 from specbench.models.static import StaticDecoder
 
 
-def _pair(tiny_hf: dict, arch: str = "llama"):
-    folders = tiny_hf[arch]
-    return load_models(
-        ModelsSpec(
-            target=HFModelSpec(model=str(folders["target"]), dtype="float32", device="cpu"),
-            draft=HFModelSpec(model=str(folders["draft"]), dtype="float32", device="cpu"),
-        )
-    )
-
-
 def test_static_decoder_rolls_back_like_a_dynamic_cache(tiny_hf: dict) -> None:
-    models = _pair(tiny_hf)
+    models = hf_pair(tiny_hf)
     reference = tiny_hf["llama"]["target_model"]
     decoder = StaticDecoder(models.target, max_len=64)
     decoder.forward(torch.tensor([5, 6, 7, 8]))
@@ -46,7 +36,7 @@ def test_static_engine_matches_eager_token_for_token(
     tiny_hf: dict, arch: str, temperature: float, k: int
 ) -> None:
     """Same logits, same random streams in the same order: same tokens, greedy or sampled."""
-    models = _pair(tiny_hf, arch)
+    models = hf_pair(tiny_hf, arch)
     tokenizer = tiny_hf["tokenizer"]
     eager = make_method("speculative", models, k=k)
     static = make_method("speculative", models, k=k, engine="static", static_max_len=256)

@@ -227,7 +227,7 @@ class Session(ABC):
         if self.tree:
             self._keep_tree_nodes([])
             self.tree = []
-        keep = min(_common_prefix(self.cached, tokens), start)
+        keep = min(common_prefix(self.cached, tokens), start)
         if keep < len(self.cached):
             self._truncate(keep)
             del self.cached[keep:]
@@ -305,7 +305,8 @@ def ancestors(node: int, parents: Sequence[int]) -> list[int]:
     return chain
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:

@@ -24,6 +24,7 @@ from specbench.models.base import (
     LanguageModel,
     Session,
     ancestors,
+    common_prefix,
 )
 from specbench.models.specs import (
     Bnb4BitSpec,
@@ -275,7 +276,7 @@ class HFBatchSession(BatchSession):
             if sequence is None:
                 new_tokens.append([])
                 continue
-            keep = min(_common_prefix_length(self.cached[row], sequence), start)
+            keep = min(common_prefix(self.cached[row], sequence), start)
             for slot in self.slots[row][keep:]:
                 self.valid[row, slot] = False
             del self.slots[row][keep:]
@@ -331,14 +332,6 @@ class HFBatchSession(BatchSession):
         counters.forward_calls += 1
         counters.tokens_processed += sum(len(t) for t in new_tokens)
         return results
-
-
-def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def select_cache_positions(cache: Any, index: torch.Tensor) -> None:
