@@ -94,3 +94,31 @@ def category_table(result: ResultsFile) -> CategoryTable | None:
         for summary in summarize(groups[column], result.baseline, result.header.run_id):
             rows.setdefault(summary.method, {})[column] = summary
     return CategoryTable(columns=columns, rows=rows)
+
+
+@dataclass
+class BatchPoint:
+    """One method at one batch size: what a sequence waits and what the machine delivers."""
+
+    method: str
+    batch_size: int
+    latency_s: float
+    throughput_tokens_per_sec: float
+    tokens_per_sec_per_sequence: float
+
+
+def batch_points(result: ResultsFile) -> list[BatchPoint]:
+    """The latency / throughput trade-off, or ``[]`` when every sample ran at batch size 1."""
+    if all(s.batch_size == 1 for s in result.summaries):
+        return []
+    points = [
+        BatchPoint(
+            method=s.method.split("-batch_size=")[0],
+            batch_size=s.batch_size,
+            latency_s=s.wall_s_median,
+            throughput_tokens_per_sec=s.throughput_tokens_per_sec,
+            tokens_per_sec_per_sequence=s.tokens_per_sec_median,
+        )
+        for s in result.summaries
+    ]
+    return sorted(points, key=lambda p: (p.method, p.batch_size))

@@ -402,7 +402,9 @@ class _Context:
         if task.label == baseline:
             self.baseline_outputs[key] = sha
         matches = None
-        if self.sampling.greedy and task.label != baseline and key in self.baseline_outputs:
+        # Synthetic acceptance keeps draft tokens the target never chose: no comparison.
+        comparable = self.sampling.greedy and not method.synthetic and task.label != baseline
+        if comparable and key in self.baseline_outputs:
             matches = self.baseline_outputs[key] == sha
         scorer = task_for(task.prompt)
         score = scorer.score(task.prompt, texts[-1]) if scorer else None

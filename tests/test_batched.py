@@ -177,3 +177,10 @@ def test_report_draws_latency_throughput(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(out), "--plots", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "plots" / "latency_throughput.png").read_bytes().startswith(b"\x89PNG")
+    assert "Latency vs throughput" in result.output
+    from specbench.report import batch_points, load_results
+
+    points = {(p.method, p.batch_size): p for p in batch_points(load_results(out))}
+    assert set(points) == {(m, b) for m in ("baseline", "speculative") for b in (1, 4)}
+    batched, single = points[("baseline", 4)], points[("baseline", 1)]
+    assert batched.throughput_tokens_per_sec > single.throughput_tokens_per_sec

@@ -60,6 +60,7 @@ def test_dummy_runs_are_marked_synthetic_and_dummy(tmp_path: Path) -> None:
     samples = [r for r in records if isinstance(r, SampleRecord)]
     speculative = [s for s in samples if s.method == "speculative"]
     assert all(s.synthetic and not s.exact for s in speculative)
+    assert all(s.matches_baseline is None for s in speculative)  # nothing to compare
     assert all(not s.synthetic and s.exact for s in samples if s.method == "baseline")
     summary = {r.method: r for r in records if isinstance(r, SummaryRecord)}["speculative"]
     assert summary.synthetic and 0.6 < (summary.acceptance_rate or 0) < 0.95

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from helpers import hf_pair, make_method, request
@@ -81,7 +83,8 @@ def test_static_engine_refuses_toy_models() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_steps_match_eager_on_gpu() -> None:
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graph_steps_match_eager_on_gpu(compile: bool) -> None:
     models = load_models(
         ModelsSpec(
             target=DummyModelSpec(architecture="tiny-llama", dtype="float32", device="cuda"),
@@ -91,7 +94,31 @@ def test_cuda_graph_steps_match_eager_on_gpu() -> None:
         )
     )
     eager = make_method("speculative", models, k=3)
-    graphs = make_method("speculative", models, k=3, engine="static", static_max_len=256)
+    graphs = make_method(
+        "speculative", models, k=3, engine="static", static_max_len=256, compile=compile
+    )
+    baseline = make_method("baseline", models)
+    fast_baseline = make_method(
+        "baseline", models, engine="static", static_max_len=256, compile=compile
+    )
     for seed in range(3):
         req = request(models.target.tokenizer.encode(f"prompt {seed}"), 50, seed)
         assert graphs.generate(req).tokens == eager.generate(req).tokens
+        assert fast_baseline.generate(req).tokens == baseline.generate(req).tokens
+
+
+@pytest.mark.skipif(
+    not (shutil.which("c++") or shutil.which("g++")),
+    reason="torch.compile on a CPU needs a C++ compiler",
+)
+def test_compiled_steps_give_the_eager_tokens(tiny_hf: dict) -> None:
+    """torch.compile fuses kernels but must not change the tokens (greedy, so ties aside)."""
+    models = hf_pair(tiny_hf)
+    tokenizer = tiny_hf["tokenizer"]
+    eager = make_method("speculative", models, k=3)
+    compiled = make_method(
+        "speculative", models, k=3, engine="static", static_max_len=128, compile=True
+    )
+    for seed, text in enumerate(("the quick brown", "def add(a, b):")):
+        req = request(tokenizer.encode(text), 30, seed)
+        assert compiled.generate(req).tokens == eager.generate(req).tokens

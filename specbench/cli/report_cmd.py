@@ -11,7 +11,7 @@ from specbench.cli.common import EXIT_INVALID_INPUT, console, fail_with
 from specbench.cli.tables import fmt, summary_table
 from specbench.errors import SpecbenchError
 from specbench.plots import write_plots
-from specbench.report import ResultsFile, category_table, load_many
+from specbench.report import ResultsFile, batch_points, category_table, load_many
 
 
 def report(
@@ -31,6 +31,9 @@ def report(
         table = _category_table(result)
         if table is not None:
             console.print(table)
+        batches = _batch_table(result)
+        if batches is not None:
+            console.print(batches)
     if len(results) > 1:
         console.print(_comparison(results))
     if no_plots:
@@ -66,6 +69,24 @@ def _category_table(result: ResultsFile) -> Table | None:
                 else f"{fmt(cell.speedup, '.2f', 'x')} / {cell.avg_tokens_per_step:.2f}"
             )
         table.add_row(*row)
+    return table
+
+
+def _batch_table(result: ResultsFile) -> Table | None:
+    points = batch_points(result)
+    if not points:
+        return None
+    table = Table(title=f"Latency vs throughput: {result.label}", title_justify="left")
+    for column in ("method", "batch", "latency/seq (s)", "tok/s per seq", "throughput tok/s"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for p in points:
+        table.add_row(
+            p.method,
+            str(p.batch_size),
+            f"{p.latency_s:.2f}",
+            f"{p.tokens_per_sec_per_sequence:.1f}",
+            f"{p.throughput_tokens_per_sec:.1f}",
+        )
     return table
 
 

@@ -77,14 +77,13 @@ def fast_generate(
         expected = None if verdict.expected_accept is None else verdict.expected_accept[0].tolist()
         state.stats.record_step(steps, accepted, expected)
         target.rollback(start + 1 + accepted)
+        pending = values[1:2]  # the next token, still on the device: no copy back
         if draft is not None and steps > 0:
             # The draft processed its pending tokens and drafts 1..steps-1.
             kept = draft.length - (steps - 1) + min(accepted, steps - 1)
             draft.rollback(kept)
-            tail = [drafted[-1]] if accepted == steps else []
-            draft_pending = torch.tensor(tail + [next_token], dtype=torch.long, device=device)
+            draft_pending = torch.cat([values[-1:], pending]) if accepted == steps else pending
         elif draft is not None:
-            draft_pending = torch.cat([draft_pending, torch.tensor([next_token], device=device)])
-        pending = torch.tensor([next_token], dtype=torch.long, device=device)
+            draft_pending = torch.cat([draft_pending, pending])
         state.commit([*drafted[:accepted], next_token])
     return state.result(draft_calls)
