@@ -106,7 +106,7 @@ class StaticDecoder:
         hidden = self.slots.view(1, -1) > positions.view(-1, 1)
         mask = torch.zeros(m, self.max_len, dtype=self.dtype, device=self.device)
         mask = mask.masked_fill(hidden, torch.finfo(self.dtype).min).view(1, 1, m, self.max_len)
-        logits = self.model.model(
+        logits: torch.Tensor = self.model.model(
             input_ids=ids,
             position_ids=positions,
             attention_mask=mask,
