@@ -68,6 +68,11 @@ class Verifier(Protocol):
         ...
 
 
+def leading_accepts(accept: torch.Tensor) -> torch.Tensor:
+    """Per row of ``accept`` ``[B, k]`` (bool), how many drafts precede the first rejection."""
+    return accept.long().cumprod(dim=-1).sum(dim=-1)
+
+
 class RejectionVerifier:
     """Modified rejection sampling: exact in distribution, greedy at temperature 0.
 
@@ -101,7 +106,7 @@ class RejectionVerifier:
         )
         # u < p/q, written without the division; q(x) > 0 because x was drawn from q.
         accept = uniform * q_draft < p_draft
-        accepted = accept.long().cumprod(dim=-1).sum(dim=-1)
+        accepted = leading_accepts(accept)
 
         rows = torch.arange(batch, device=target_probs.device)
         p_next = target_probs[rows, accepted]
@@ -148,7 +153,7 @@ class SyntheticVerifier:
     ) -> Verdict:
         batch, k = draft_tokens.shape
         uniform = torch.rand((batch, k), generator=generator, device=target_probs.device)
-        accepted = (uniform < self.acceptance).long().cumprod(dim=-1).sum(dim=-1)
+        accepted = leading_accepts(uniform < self.acceptance)
         rows = torch.arange(batch, device=target_probs.device)
         return Verdict(
             accepted=accepted, next_tokens=sample(target_probs[rows, accepted], generator)

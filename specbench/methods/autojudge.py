@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from specbench.conversation import PromptEncoder
 from specbench.decoding.drafters import ModelDrafter
 from specbench.decoding.loop import speculative_generate
-from specbench.decoding.verify import StepFeatures, Verdict
+from specbench.decoding.verify import StepFeatures, Verdict, leading_accepts
 from specbench.errors import SpecbenchError
 from specbench.judge.cache import StoredJudge, judge_key, load_judge, model_identity, save_judge
 from specbench.judge.classifier import JudgeClassifier, train_classifier
@@ -100,7 +100,7 @@ class JudgeVerifier:
                 raise ValueError("target+draft features need the draft's hidden states")
             states = torch.cat([states, features.draft_hidden.to(states.device)], dim=-1)
         unimportant = self.classifier.prob_important(states) < self.threshold
-        accepted = (match | unimportant).long().cumprod(dim=-1).sum(dim=-1)
+        accepted = leading_accepts(match | unimportant)
         for row in range(batch):
             n = int(accepted[row])
             verified = min(n + 1, k)

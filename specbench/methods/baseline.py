@@ -10,12 +10,10 @@ from specbench.decoding.fast import fast_generate
 from specbench.decoding.loop import speculative_generate
 from specbench.decoding.verify import RejectionVerifier
 from specbench.methods.engine import EngineParams, static_decoder
-from specbench.models.static import StaticDecoder
 from specbench.plugins import (
     DecodingMethod,
     GenerationRequest,
     GenerationResult,
-    MethodModels,
     ModelRole,
 )
 
@@ -36,17 +34,12 @@ class BaselineMethod(DecodingMethod):
     needs = frozenset({ModelRole.TARGET})
     Params = BaselineParams
 
-    def __init__(self, params: BaselineParams, models: MethodModels) -> None:
-        super().__init__(params, models)
-        self._static: StaticDecoder | None = None
-
     def generate(self, request: GenerationRequest) -> GenerationResult:
         params = self.params
         assert isinstance(params, BaselineParams)
-        if params.engine == "static":
-            if self._static is None:  # built once: its graphs serve every later prompt
-                self._static = static_decoder(self.models.target, params, (1,))
-            return fast_generate(request, self._static, None, 0, RejectionVerifier())
+        if params.engine == "static":  # the model's shared decoder: graphs made once per run
+            target = static_decoder(self.models.target, params, (1,))
+            return fast_generate(request, target, None, 0, RejectionVerifier())
         return speculative_generate(request, self.models.target, NoDrafter(), RejectionVerifier())
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:

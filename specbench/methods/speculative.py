@@ -10,7 +10,6 @@ from specbench.decoding.fast import fast_generate
 from specbench.decoding.loop import speculative_generate
 from specbench.decoding.verify import RejectionVerifier, SyntheticVerifier
 from specbench.methods.engine import EngineParams, static_decoder
-from specbench.models.static import StaticDecoder
 from specbench.plugins import (
     DecodingMethod,
     GenerationRequest,
@@ -47,7 +46,6 @@ class SpeculativeMethod(DecodingMethod):
     def __init__(self, params: SpeculativeParams, models: MethodModels) -> None:
         super().__init__(params, models)
         self.k = params.k
-        self._static: tuple[StaticDecoder, StaticDecoder] | None = None
         self.drafter = ModelDrafter(models.require_draft(), k=params.k)
         self.verifier: RejectionVerifier | SyntheticVerifier = RejectionVerifier()
         if params.synthetic_acceptance is not None:
@@ -60,14 +58,11 @@ class SpeculativeMethod(DecodingMethod):
         return speculative_generate(request, self.models.target, self.drafter, self.verifier)
 
     def _static_generate(self, request: GenerationRequest) -> GenerationResult:
-        if self._static is None:  # built once: its graphs serve every later prompt
-            params = self.params
-            assert isinstance(params, SpeculativeParams)
-            self._static = (
-                static_decoder(self.models.target, params, (self.k + 1,)),
-                static_decoder(self.models.require_draft(), params, (1,)),
-            )
-        target, draft = self._static
+        params = self.params
+        assert isinstance(params, SpeculativeParams)
+        # The models' shared decoders: caches, graphs and compilation made once per run.
+        target = static_decoder(self.models.target, params, (self.k + 1,))
+        draft = static_decoder(self.models.require_draft(), params, (1,))
         return fast_generate(request, target, draft, self.k, self.verifier)
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:

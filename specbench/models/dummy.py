@@ -108,18 +108,27 @@ class ByteTokenizer:
     unk_token = None
 
 
+def dummy_shape(spec: DummyModelSpec) -> dict[str, Any]:
+    """A dummy spec's config values: the named architecture plus the spec's overrides."""
+    return {**ARCHITECTURES[spec.architecture], **spec.overrides}
+
+
+def dummy_tokenizer(spec: DummyModelSpec) -> HFTokenizer:
+    """The byte tokenizer over the spec's vocabulary (no transformers config needed)."""
+    return HFTokenizer(ByteTokenizer(int(dummy_shape(spec)["vocab_size"])))
+
+
 def dummy_config(spec: DummyModelSpec) -> Any:
     """The transformers config of a dummy spec: a named architecture plus overrides."""
     transformers = require_transformers()
-    values = dict(ARCHITECTURES[spec.architecture])
-    values.update(spec.overrides)
+    values = dummy_shape(spec)
     values["max_position_embeddings"] = spec.max_positions
     model_type = values.pop("model_type")
     config = transformers.AutoConfig.for_model(model_type, **values)
     return config
 
 
-def load_dummy_model(spec: DummyModelSpec, name: str) -> HFLanguageModel:
+def load_dummy_model(spec: DummyModelSpec) -> HFLanguageModel:
     """Random weights at the spec's shape, created on the device in the spec's dtype."""
     from specbench.models.hf import resolve_device, resolve_dtype
 
@@ -140,7 +149,7 @@ def load_dummy_model(spec: DummyModelSpec, name: str) -> HFLanguageModel:
     model.eval()
     if spec.batch_invariant:
         make_batch_invariant(model)
-    tokenizer = HFTokenizer(ByteTokenizer(config.vocab_size))
+    tokenizer = dummy_tokenizer(spec)
     parameters = sum(p.numel() for p in model.parameters())
     info = {
         "dummy": True,

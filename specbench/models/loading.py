@@ -28,7 +28,7 @@ def load_model(spec: ModelSpec, role: str) -> LanguageModel:
     if isinstance(spec, DummyModelSpec):
         from specbench.models.dummy import load_dummy_model
 
-        return load_dummy_model(spec, name=f"dummy-{role}")
+        return load_dummy_model(spec)
     raise ModelLoadError(f"no loader for backend {spec.backend!r}")
 
 
@@ -37,13 +37,9 @@ def load_tokenizer(spec: ModelSpec, local_only: bool = True) -> Tokenizer:
     if isinstance(spec, ToyModelSpec):
         return ToyTokenizer(spec.vocab_size)
     if isinstance(spec, DummyModelSpec):
-        from specbench.models.dummy import ARCHITECTURES, ByteTokenizer
-        from specbench.models.hf import HFTokenizer
+        from specbench.models.dummy import dummy_tokenizer
 
-        vocab = int(
-            spec.overrides.get("vocab_size", ARCHITECTURES[spec.architecture]["vocab_size"])
-        )
-        return HFTokenizer(ByteTokenizer(vocab))
+        return dummy_tokenizer(spec)
     from specbench.models.catalog import resolve_model_source
     from specbench.models.hf import load_hf_tokenizer
 
