@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-from specbench.models.base import ForwardOutput, LanguageModel, Session, tree_path
+from specbench.models.base import (
+    BatchSession,
+    ForwardOutput,
+    LanguageModel,
+    SequentialBatchSession,
+    Session,
+    tree_path,
+)
 
 EOS_ID = 0
 UNK_ID = 1
@@ -130,6 +137,15 @@ class ToyLanguageModel(LanguageModel):
     def new_session(self) -> Session:
         return ToySession(self)
 
+    def new_batch_session(self, size: int) -> BatchSession:
+        return ToyBatchSession(self, size)
+
+    def simulate_cost(self, tokens: int) -> None:
+        """Sleep for one forward call over ``tokens`` new tokens (``forward_ms``, ``token_ms``)."""
+        cost_ms = self.config.forward_ms + self.config.token_ms * tokens
+        if cost_ms > 0:
+            time.sleep(cost_ms / 1000)
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "backend": "toy", **asdict(self.config)}
 
@@ -137,14 +153,17 @@ class ToyLanguageModel(LanguageModel):
 class ToySession(Session):
     model: ToyLanguageModel
 
+    def __init__(self, model: ToyLanguageModel, simulate_cost: bool = True) -> None:
+        super().__init__(model)
+        self.simulate_cost = simulate_cost
+
     def _append(self, tokens: list[int], n_logits: int, hidden: bool) -> ForwardOutput:
         model = self.model
         full = self.cached + tokens
         end = len(full)
         rows = [model.context_index(full, end - n_logits + i + 1) for i in range(n_logits)]
-        cost_ms = model.config.forward_ms + model.config.token_ms * len(tokens)
-        if cost_ms > 0:
-            time.sleep(cost_ms / 1000)
+        if self.simulate_cost:
+            model.simulate_cost(len(tokens))
         logits = model.table[rows]
         return ForwardOutput(logits, model.hidden_states(full, rows) if hidden else None)
 
@@ -162,10 +181,28 @@ class ToySession(Session):
         offset = len(self.tree)
         for i in range(len(tokens)):
             rows.append(model.context_index(base + tree_path(offset + i, all_parents, all_tokens)))
-        cost_ms = model.config.forward_ms + model.config.token_ms * (len(chain) + len(tokens))
-        if cost_ms > 0:
-            time.sleep(cost_ms / 1000)
+        if self.simulate_cost:
+            model.simulate_cost(len(chain) + len(tokens))
         return model.table[rows]
 
     def _keep_tree_nodes(self, nodes: list[int]) -> None:
         pass
+
+
+class ToyBatchSession(SequentialBatchSession):
+    """Rows computed one by one, but timed as one batched forward call, as on real hardware:
+    the fixed cost ``forward_ms`` is paid once per call, ``token_ms`` per token of every row."""
+
+    model: ToyLanguageModel
+
+    def __init__(self, model: ToyLanguageModel, size: int) -> None:
+        super().__init__(model, size)
+        self.sessions = [ToySession(model, simulate_cost=False) for _ in range(size)]
+
+    def logits_rows(
+        self, sequences: Sequence[Sequence[int] | None], starts: Sequence[int]
+    ) -> list[torch.Tensor | None]:
+        before = self.model.counters.tokens_processed
+        out = super().logits_rows(sequences, starts)
+        self.model.simulate_cost(self.model.counters.tokens_processed - before)
+        return out
