@@ -310,7 +310,7 @@ def validate_preset(
         preset = Preset.model_validate(raw)
     except ValidationError as error:
         # Methods are reported by _resolve_methods, which also checks their parameters.
-        issues += [i for i in _issues_from(error, raw) if _section(i.path) != "methods"]
+        issues += _issues_from(error, raw, skip_top=("methods",))
     methods = _resolve_methods(raw, registry, issues)
     if preset is not None:
         issues += _check_references(preset, methods, base_dir)
@@ -508,11 +508,21 @@ _HINTS = {
 
 
 def _issues_from(
-    error: ValidationError, raw: Any, prefix: str = "", root: type[BaseModel] | None = None
+    error: ValidationError,
+    raw: Any,
+    prefix: str = "",
+    root: type[BaseModel] | None = None,
+    skip_top: Sequence[str] = (),
 ) -> list[PresetIssue]:
-    """Issues from a pydantic error on ``raw``, validated by the model ``root`` (Preset)."""
+    """Issues from a pydantic error on ``raw``, validated by the model ``root`` (Preset).
+
+    ``skip_top`` drops errors under those top-level keys (reported elsewhere); it compares the
+    key itself, so a stray key that merely looks like one (``methods[0]``) is still reported.
+    """
     issues = []
     for item in error.errors():
+        if item["loc"][:1] and item["loc"][0] in skip_top:
+            continue
         path = _display_path(item["loc"], raw)
         if prefix:
             path = prefix + ("" if path.startswith("[") or not path else ".") + path
@@ -531,10 +541,6 @@ def _issues_from(
                 hint += f" (allowed here: {', '.join(allowed)})"
         issues.append(PresetIssue(path, message, hint))
     return issues
-
-
-def _section(path: str) -> str:
-    return path.split("[", 1)[0].split(".", 1)[0]
 
 
 def _display_path(loc: Sequence[int | str], raw: Any) -> str:

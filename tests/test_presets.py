@@ -207,3 +207,11 @@ def test_select_methods(tmp_path: Path) -> None:
     assert [m.label for m in only.methods] == ["speculative"] and only.hash != resolved.hash
     with pytest.raises(SpecbenchError, match="it has: baseline, speculative"):
         select_methods(resolved, ["medusa"])
+
+
+def test_a_stray_key_that_looks_like_methods_is_still_reported(tmp_path: Path) -> None:
+    """``--set methods[0].k=2`` makes a top-level key "methods[0]": its error must not vanish."""
+    path = write_fast_preset(tmp_path)
+    with pytest.raises(PresetError) as caught:
+        load_preset(str(path), discover_methods(), [("methods[0].params.k", 2)])
+    assert "methods[0]: Extra inputs are not permitted" in caught.value.message
