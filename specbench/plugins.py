@@ -12,6 +12,9 @@ A method is a subclass of :class:`DecodingMethod`:
   and field path before anything loads.
 * ``exact``: whether its output follows the target's distribution (greedy: equals greedy
   decoding); lossy methods set it to ``False`` and the report says so.
+* ``accept_length_model``: ``"chain_analytic"`` when a k-token draft is a prefix of the
+  (k+1)-token draft (the acceptance profile then extrapolates over k), else
+  ``"measured_per_k"`` (the default; trees, adaptive and block drafts).
 * ``in_all``: whether ``methods = "all"`` includes it (``False`` for methods that need
   training or special settings first, such as AutoJudge).
 * ``generate(request)``: decode one prompt and return the new tokens, why it stopped and
@@ -23,6 +26,10 @@ A method is a subclass of :class:`DecodingMethod`:
   :class:`RunContext` (the preset, prompts, sampling); load or check what the method needs.
 * optional ``train(context)``: train what the method needs (``specbench judge train`` calls
   it for every method of a preset); return a one-line summary.
+* optional ``reference_method()``: for methods whose tokens do not come from the in-process
+  target (an external engine), the same engine's plain decoding; ``specbench audit`` then
+  compares samples with it (two-sample test) instead of with the target's exact
+  distribution.
 
 The runner builds one instance per preset method after the models load, so an instance may
 keep state across prompts (compiled graphs, a trained judge). Most methods need no loop of
@@ -142,6 +149,7 @@ class DecodingMethod(ABC):
     Params: ClassVar[type[MethodParams]] = MethodParams
     exact: ClassVar[bool] = True
     in_all: ClassVar[bool] = True
+    accept_length_model: ClassVar[str] = "measured_per_k"
 
     def __init__(self, params: MethodParams, models: MethodModels) -> None:
         self.params = params
@@ -168,6 +176,15 @@ class DecodingMethod(ABC):
 
     def train(self, context: RunContext) -> str | None:
         """Train what the method needs; ``None`` when it needs nothing."""
+        return None
+
+    def reference_method(self) -> DecodingMethod | None:
+        """What ``specbench audit`` compares this method's samples with.
+
+        ``None`` (the default): the in-process target's exact distribution, computed by
+        teacher-forcing it. A method whose tokens come from elsewhere (an external engine)
+        returns the same engine's plain decoding, and the audit uses a two-sample test.
+        """
         return None
 
 

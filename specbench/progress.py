@@ -34,6 +34,8 @@ class Progress:
     output: Path
     methods: list[MethodProgress] = field(default_factory=list)
     last: SampleRecord | None = None
+    #: Tokens the models have processed so far (for heartbeats during long silent phases).
+    processed: Callable[[], int] | None = None
 
     @property
     def done(self) -> int:

@@ -6,6 +6,9 @@ A results file holds, in order of writing:
   with the effective preset, its hash, versions, device and seed.
 * ``record: "sample"``: one per method x prompt x run, appended and flushed as it finishes.
 * ``record: "summary"``: one per method once every sample of the run is in.
+* ``record: "run_end"``: when a session stops (finished, interrupted or failed), with the
+  machine's load then; the header holds the load at the start.
+* ``record: "audit"``: the verdicts of ``specbench audit`` (audit files only).
 
 Every line is a complete JSON object, written with one ``write`` call and flushed, so an
 interrupted run leaves a valid file; a reader ignores a torn last line.
@@ -46,6 +49,10 @@ class RunHeader(_Record):
     seed: int
     environment: dict[str, Any]
     models: dict[str, Any]
+    load: dict[str, float | int] = Field(
+        default_factory=dict,
+        description="Load averages and CPU count at the start (the end is in run_end).",
+    )
 
 
 class SampleRecord(_Record):
@@ -137,7 +144,33 @@ class SummaryRecord(_Record):
     avg_tokens_per_step: float
     accepted_per_step: float
     target_calls_per_token: float
-    position_acceptance: list[float | None]
+    position_acceptance: list[float | None] = Field(
+        description="Conditional acceptance per draft position: accepted at i / reached i."
+    )
+    position_marginal: list[float] = Field(
+        default_factory=list,
+        description="Marginal acceptance per draft position: accepted at i / steps (the share "
+        "of steps whose first i + 1 drafts were all kept).",
+    )
+    acceptance_length: float | None = Field(
+        None,
+        description="Per-step mean tokens per step implied by the profile: 1 + sum(marginal).",
+    )
+    acceptance_length_request_mean: float | None = Field(
+        None, description="Per-request mean of each sample's 1 + accepted / steps."
+    )
+    tokens_per_step_request_mean: float | None = Field(
+        None, description="Per-request mean of avg_tokens_per_step (avg_tokens_per_step pools)."
+    )
+    tokens_per_sec_ci: tuple[float, float] | None = Field(
+        None, description="95% bootstrap interval of the median tokens/s (prompts resampled)."
+    )
+    speedup_ci: tuple[float, float] | None = Field(
+        None, description="95% paired bootstrap interval of the speedup (prompts resampled)."
+    )
+    noise: list[str] = Field(
+        default_factory=list, description="One line per reason the timing may not be trusted."
+    )
     greedy_match_rate: float | None = Field(
         None, description="Greedy runs: share of samples identical to the baseline's output."
     )
@@ -152,7 +185,45 @@ class SummaryRecord(_Record):
     stats: dict[str, float] = Field(default_factory=dict)
 
 
-Record = Annotated[RunHeader | SampleRecord | SummaryRecord, Field(discriminator="record")]
+class RunEnd(_Record):
+    """Written when a session stops writing (finished, interrupted or failed)."""
+
+    record: Literal["run_end"] = "run_end"
+    session: int
+    finished_at: str
+    status: Literal["finished", "interrupted", "failed"]
+    load: dict[str, float | int] = Field(
+        default_factory=dict, description="Load averages and CPU count when the session ended."
+    )
+
+
+class AuditRecord(_Record):
+    """One method's verdict from ``specbench audit``, with every test behind it."""
+
+    # An impossible token makes a statistic infinite: written as the string "Infinity".
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
+
+    record: Literal["audit"] = "audit"
+    method: str
+    method_name: str
+    exact: bool
+    mode: Literal["sampling", "greedy", "lossy"]
+    test: str = Field(description="The test that decided the verdict (the smallest p-value).")
+    statistic: float | None = None
+    df: int | None = None
+    p_value: float | None = None
+    alpha: float | None = Field(None, description="Per-test level after Bonferroni.")
+    family_alpha: float | None = None
+    verdict: Literal["pass", "fail", "near-tie", "lossy", "error"]
+    detail: str = ""
+    divergence: float | None = Field(
+        None, description="Lossy methods: share of generated tokens that differ from the baseline."
+    )
+    tests: list[dict[str, Any]] = Field(default_factory=list)
+
+
+AnyRecord = RunHeader | SampleRecord | SummaryRecord | RunEnd | AuditRecord
+Record = Annotated[AnyRecord, Field(discriminator="record")]
 _RECORD = TypeAdapter(Record)
 
 
@@ -165,7 +236,7 @@ class RecordWriter:
         self.path = path
         self._handle: IO[str] = path.open("a", encoding="utf-8")
 
-    def write(self, record: RunHeader | SampleRecord | SummaryRecord) -> None:
+    def write(self, record: AnyRecord) -> None:
         self._handle.write(record.model_dump_json() + "\n")
         # Flushed per record so a crash or Ctrl-C keeps every finished sample.
         self._handle.flush()
@@ -183,12 +254,12 @@ class RecordWriter:
         self.close()
 
 
-def read_records(path: Path) -> list[RunHeader | SampleRecord | SummaryRecord]:
+def read_records(path: Path) -> list[AnyRecord]:
     """Every record in a results file; a torn final line is skipped, other damage is an error."""
     return list(iter_records(path))
 
 
-def iter_records(path: Path) -> Iterator[RunHeader | SampleRecord | SummaryRecord]:
+def iter_records(path: Path) -> Iterator[AnyRecord]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     except OSError as error:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specbench.errors import SpecbenchError
-from specbench.records import RunHeader, SampleRecord, SummaryRecord, read_records
+from specbench.records import RunEnd, RunHeader, SampleRecord, SummaryRecord, read_records
 from specbench.summary import summarize
+from specbench.uncertainty import machine_load
 
 MT_BENCH_CATEGORIES = (
     "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
@@ -52,7 +53,9 @@ def load_results(path: Path) -> ResultsFile:
     if not samples:
         raise SpecbenchError(f"{path} holds no samples yet", "run or resume it first")
     result = ResultsFile(path=path, header=headers[0], samples=samples, summaries=[])
-    result.summaries = summarize(samples, result.baseline, headers[0].run_id)
+    ends = [r for r in records if isinstance(r, RunEnd)]
+    load = machine_load(headers, ends)
+    result.summaries = summarize(samples, result.baseline, headers[0].run_id, load)
     return result
 
 
@@ -91,7 +94,10 @@ def category_table(result: ResultsFile) -> CategoryTable | None:
     groups[OVERALL] = result.samples
     rows: dict[str, dict[str, SummaryRecord]] = {}
     for column in columns:
-        for summary in summarize(groups[column], result.baseline, result.header.run_id):
+        summaries = summarize(
+            groups[column], result.baseline, result.header.run_id, intervals=False
+        )
+        for summary in summaries:
             rows.setdefault(summary.method, {})[column] = summary
     return CategoryTable(columns=columns, rows=rows)
 

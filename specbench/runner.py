@@ -30,7 +30,9 @@ from specbench.presets import Preset, ResolvedPreset
 from specbench.progress import MethodProgress, Phase, Progress, ProgressCallback
 from specbench.prompts import Prompt
 from specbench.records import (
+    AnyRecord,
     RecordWriter,
+    RunEnd,
     RunHeader,
     SampleRecord,
     SummaryRecord,
@@ -38,6 +40,7 @@ from specbench.records import (
 )
 from specbench.summary import generation_metrics, summarize
 from specbench.tasks import task_for
+from specbench.uncertainty import current_load, machine_load
 
 
 @dataclass
@@ -196,10 +199,13 @@ def run_preset(
 
     context = _Context(preset, models, run_id, previous_samples)
     tracker = _Tracker(labels, tasks, previous_samples, baseline, run_id, path)
+    tracker.processed = lambda: _tokens_processed(models)
     written = 0
     where = "starting"
+    session = len(headers) + 1
     with RecordWriter(path) as writer:
-        writer.write(_header(resolved, models, run_id, session=len(headers) + 1))
+        header = run_header(resolved, models, session, run_id)
+        writer.write(header)
         try:
             pending = {t.label for t in todo}
             for label in (label for label in labels if label in pending):
@@ -218,21 +224,47 @@ def run_preset(
                     writer.write(record)
                     written += 1
                     report(tracker.add(record))
-            summaries = summarize(tracker.samples, baseline, run_id)
+            end = run_end_record(run_id, session, "finished")
+            writer.write(end)
+            load = machine_load(headers + [header], [end])
+            summaries = summarize(tracker.samples, baseline, run_id, load)
             for summary in summaries:
                 writer.write(summary)
         except (Exception, KeyboardInterrupt) as error:
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            writer.write(run_end_record(run_id, session, status))
             raise RunAborted(error, path, written, where) from error
     report(tracker.snapshot("done", "finished"))
     return RunOutcome(path, summaries, written=written, skipped=len(tasks) - len(todo))
 
 
-def _header(resolved: ResolvedPreset, models: MethodModels, run_id: str, session: int) -> RunHeader:
+def _tokens_processed(models: MethodModels) -> int:
+    total = models.target.counters.tokens_processed
+    if models.draft is not None:
+        total += models.draft.counters.tokens_processed
+    return total
+
+
+def run_end_record(run_id: str, session: int, status: str) -> RunEnd:
+    """The record that closes a session: its status and the machine's load now."""
+    return RunEnd(
+        run_id=run_id,
+        session=session,
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        status=status,  # type: ignore[arg-type]
+        load=current_load(),
+    )
+
+
+def run_header(
+    resolved: ResolvedPreset, models: MethodModels, session: int, run_id: str | None = None
+) -> RunHeader:
+    """The header of a session writing results of ``resolved`` (a new run id if none)."""
     described = {"target": models.target.describe()}
     if models.draft is not None:
         described["draft"] = models.draft.describe()
     return RunHeader(
-        run_id=run_id,
+        run_id=run_id or uuid.uuid4().hex[:12],
         session=session,
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         preset_name=resolved.name,
@@ -242,12 +274,11 @@ def _header(resolved: ResolvedPreset, models: MethodModels, run_id: str, session
         seed=resolved.preset.sampling.seed,
         environment=collect_environment(),
         models=described,
+        load=current_load(),
     )
 
 
-def _previous_records(
-    path: Path, resolved: ResolvedPreset, resume: bool
-) -> list[RunHeader | SampleRecord | SummaryRecord]:
+def _previous_records(path: Path, resolved: ResolvedPreset, resume: bool) -> list[AnyRecord]:
     if not path.exists() or path.stat().st_size == 0:
         return []
     if not resume:
@@ -472,6 +503,9 @@ class _Tracker:
         self.baseline = baseline
         self.run_id = run_id
         self.output = output
+        self.processed: Callable[[], int] | None = None
+        self._intervals_at = 0.0
+        self._intervals: dict[str, tuple[tuple[float, float] | None, ...]] = {}
 
     def add(self, record: SampleRecord) -> Progress:
         self.samples.append(record)
@@ -480,7 +514,19 @@ class _Tracker:
         return progress
 
     def snapshot(self, phase: Phase, message: str) -> Progress:
-        summaries = {s.method: s for s in summarize(self.samples, self.baseline, self.run_id)}
+        # Bootstrap intervals cost tens of milliseconds: refresh them at most once a second
+        # (between samples, never inside a timed generation).
+        fresh = time.monotonic() - self._intervals_at > 1.0 or phase == "done"
+        if fresh:
+            self._intervals_at = time.monotonic()
+        listed = summarize(self.samples, self.baseline, self.run_id, intervals=fresh)
+        for summary in listed:
+            if fresh:
+                self._intervals[summary.method] = (summary.tokens_per_sec_ci, summary.speedup_ci)
+            else:
+                tps_ci, speedup_ci = self._intervals.get(summary.method, (None, None))
+                summary.tokens_per_sec_ci, summary.speedup_ci = tps_ci, speedup_ci
+        summaries = {s.method: s for s in listed}
         rows = [
             MethodProgress(
                 label=label,
@@ -490,4 +536,4 @@ class _Tracker:
             )
             for label in self.labels
         ]
-        return Progress(phase, message, self.output, rows)
+        return Progress(phase, message, self.output, rows, processed=self.processed)

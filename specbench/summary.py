@@ -8,7 +8,12 @@ Conventions (also in the README):
 * ``avg_tokens_per_step`` = new tokens / target calls, so it counts the bonus (or correction)
   token every step yields: 1.0 for the baseline. ``accepted_per_step`` excludes it.
 * ``speedup`` = the method's median tokens/s over the baseline's median tokens/s, both from
-  the same results file.
+  the same results file, with a 95% paired bootstrap interval over prompts.
+* The acceptance profile has two per-position vectors: *conditional* (accepted at i / reached
+  i, ``position_acceptance``) and *marginal* (accepted at i / steps, ``position_marginal``:
+  the share of steps whose first i + 1 drafts were all kept). ``acceptance_length`` =
+  1 + sum(marginal) is the per-step mean; a step that drafted nothing counts as a step with
+  nothing accepted, so it equals tokens per target call up to the tokens cut at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ import numpy as np
 
 from specbench.decoding.types import GenerationResult
 from specbench.records import SampleRecord, SummaryRecord
+from specbench.uncertainty import (
+    MachineLoad,
+    noise_warnings,
+    speedup_interval,
+    tokens_per_sec_interval,
+)
 
 
 def ratio(numerator: float, denominator: float) -> float | None:
@@ -57,18 +68,44 @@ def generation_metrics(result: GenerationResult, wall_s: float) -> dict[str, Any
 
 
 def summarize(
-    samples: Iterable[SampleRecord], baseline: str | None, run_id: str
+    samples: Iterable[SampleRecord],
+    baseline: str | None,
+    run_id: str,
+    load: MachineLoad | None = None,
+    intervals: bool = True,
 ) -> list[SummaryRecord]:
-    """One summary per method label, in the order methods first appear."""
+    """One summary per method label, in the order methods first appear.
+
+    ``load`` (from the run header and end record) adds a warning when the machine was
+    overloaded; ``intervals=False`` skips the bootstrap (live tables refresh often).
+    """
     groups: dict[str, list[SampleRecord]] = defaultdict(list)
     for sample in samples:
         groups[sample.method].append(sample)
     medians = {label: _median_tps(group) for label, group in groups.items()}
     base = medians.get(baseline) if baseline else None
-    return [
-        _summarize_group(label, group, baseline if base else None, base, run_id)
-        for label, group in groups.items()
-    ]
+    base_group = groups.get(baseline or "", []) if base else []
+    summaries = []
+    for label, group in groups.items():
+        summary = _summarize_group(label, group, baseline if base else None, base, run_id)
+        if intervals:
+            _add_uncertainty(summary, group, base_group if label != baseline else [], load)
+        summaries.append(summary)
+    return summaries
+
+
+def _add_uncertainty(
+    summary: SummaryRecord,
+    group: Sequence[SampleRecord],
+    baseline_group: Sequence[SampleRecord],
+    load: MachineLoad | None,
+) -> None:
+    tps_ci = tokens_per_sec_interval(group)
+    speedup_ci = speedup_interval(group, baseline_group) if baseline_group else None
+    summary.tokens_per_sec_ci = None if tps_ci is None else (tps_ci.low, tps_ci.high)
+    summary.speedup_ci = None if speedup_ci is None else (speedup_ci.low, speedup_ci.high)
+    speedup = summary.speedup if baseline_group else None
+    summary.noise = noise_warnings(speedup, speedup_ci, summary.tokens_per_sec_median, tps_ci, load)
 
 
 def _median_tps(group: Sequence[SampleRecord]) -> float:
@@ -102,6 +139,9 @@ def _summarize_group(
     for index, s in enumerate(group):
         key = s.batch_id or f"single-{index}"
         batches[key] = s.batch_wall_s if s.batch_wall_s is not None else s.wall_s
+    steps = total["steps"]
+    marginal = [a / steps for a in accepted_at] if steps else []
+    drafted = [s for s in group if s.steps]
     compared = [s.matches_baseline for s in group if s.matches_baseline is not None]
     scores = [s.score for s in group if s.score is not None]
     return SummaryRecord(
@@ -128,6 +168,12 @@ def _summarize_group(
         accepted_per_step=ratio(total["accepted"], total["steps"]) or 0.0,
         target_calls_per_token=ratio(total["target_calls"], total["new_tokens"]) or 0.0,
         position_acceptance=[ratio(a, v) for a, v in zip(accepted_at, verified_at, strict=True)],
+        position_marginal=marginal,
+        acceptance_length=1.0 + sum(marginal) if steps else None,
+        acceptance_length_request_mean=(
+            float(np.mean([1.0 + s.accepted / s.steps for s in drafted])) if drafted else None
+        ),
+        tokens_per_step_request_mean=float(np.mean([s.avg_tokens_per_step for s in group])),
         greedy_match_rate=ratio(sum(compared), len(compared)),
         score_mean=ratio(sum(scores), len(scores)),
         scored=len(scores),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
 from typing import Any
 
 from specbench.decoding.sampling import SamplingParams
@@ -65,3 +67,15 @@ def hf_pair(tiny_hf: dict[str, Any], arch: str = "llama", **draft_extra: Any) ->
             ),
         )
     )
+
+
+def fake_distribution(
+    root: Path, name: str, entry_points: str, modules: dict[str, str] | None = None
+) -> None:
+    """A minimal installed distribution on ``root`` (a sys.path entry) with entry points."""
+    dist_info = root / f"{name.replace('-', '_')}-0.1.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
+    for module, source in (modules or {}).items():
+        (root / f"{module}.py").write_text(textwrap.dedent(source))

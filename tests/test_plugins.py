@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import make_method, request, toy_pair
+from helpers import fake_distribution, make_method, request, toy_pair
 from presets_for_tests import write_fast_preset
 
 import specbench
@@ -18,16 +17,6 @@ from specbench.runner import run_preset
 
 EXAMPLE_PLUGIN = "specbench-adaptive-k"
 INSTALL_HINT = "install it first: pip install -e plugins/specbench-adaptive-k (nox -s tests does)"
-
-
-def _fake_distribution(root: Path, name: str, entry_points: str, modules: dict[str, str]) -> None:
-    """A minimal installed distribution on ``root`` (a sys.path entry) with entry points."""
-    dist_info = root / f"{name.replace('-', '_')}-0.1.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
-    for module, source in modules.items():
-        (root / f"{module}.py").write_text(textwrap.dedent(source))
 
 
 def test_builtin_methods_register_through_entry_points() -> None:
@@ -44,7 +33,7 @@ def test_builtin_methods_register_through_entry_points() -> None:
 def test_plugin_that_raises_on_import_is_reported_and_others_load(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _fake_distribution(
+    fake_distribution(
         tmp_path,
         "fake-plugins",
         """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from specbench.cli import (
+    audit_cmd,
     judge_cmd,
     methods_cmd,
     models_cmd,
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 app.command("run")(run_cmd.run)
 app.command("validate")(validate_cmd.validate)
+app.command("audit")(audit_cmd.audit)
 app.command("methods")(methods_cmd.methods)
 app.add_typer(presets_cmd.app, name="presets")
 app.add_typer(models_cmd.app, name="models")

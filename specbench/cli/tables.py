@@ -14,13 +14,35 @@ def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def speedup_cell(summary: SummaryRecord | None) -> str:
+    """``1.47x [1.38-1.55]``: the speedup with its 95% bootstrap interval, when there is one."""
+    if summary is None or summary.speedup is None:
+        return "-"
+    text = f"{summary.speedup:.2f}x"
+    if summary.speedup_ci is not None:
+        low, high = summary.speedup_ci
+        text += f" [{low:.2f}-{high:.2f}]"
+    return text
+
+
+def noise_lines(summaries: Sequence[SummaryRecord]) -> list[str]:
+    """One warning line per method and reason (machine load is said once)."""
+    lines: list[str] = []
+    for s in summaries:
+        for note in s.noise:
+            line = note if note.startswith("machine") else f"{s.method}: {note}"
+            if line not in lines:
+                lines.append(line)
+    return lines
+
+
 def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> Table:
     """The live table: one row per method."""
     table = Table(title=title, title_justify="left", expand=False)
     table.add_column("method", style="bold")
     table.add_column("progress", justify="right")
     table.add_column("tok/s", justify="right")
-    table.add_column("speedup", justify="right")
+    table.add_column("speedup [95% CI]", justify="right")
     table.add_column("acceptance", justify="right")
     table.add_column("tokens/step", justify="right")
     show_score = any(r.summary and r.summary.score_mean is not None for r in rows)
@@ -32,7 +54,7 @@ def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> 
             row.label,
             f"{row.done}/{row.total}",
             fmt(s.tokens_per_sec_median if s else None, ".1f"),
-            fmt(s.speedup if s else None, ".2f", "x"),
+            speedup_cell(s),
             fmt(s.acceptance_rate if s else None, ".3f"),
             fmt(s.avg_tokens_per_step if s else None, ".2f"),
         ]
@@ -43,15 +65,19 @@ def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> 
 
 
 def summary_table(summaries: Sequence[SummaryRecord], title: str | None = None) -> Table:
-    """The final table of a run or a report: medians with their spread."""
+    """The final table of a run or a report: medians with their spread.
+
+    tokens/call is pooled over all target calls (counts the bonus token); the profile table
+    of ``report`` adds the per-request mean.
+    """
     table = Table(title=title, title_justify="left")
     table.add_column("method", style="bold")
     table.add_column("exact")
     table.add_column("n", justify="right")
     table.add_column("tok/s (p25-p75)", justify="right")
-    table.add_column("speedup", justify="right")
+    table.add_column("speedup [95% CI]", justify="right")
     table.add_column("accept (theory)", justify="right")
-    table.add_column("tokens/step", justify="right")
+    table.add_column("tokens/call", justify="right")
     table.add_column("calls/token", justify="right")
     show_match = any(s.greedy_match_rate is not None for s in summaries)
     if show_match:
@@ -71,7 +97,7 @@ def summary_table(summaries: Sequence[SummaryRecord], title: str | None = None) 
             "synthetic" if s.synthetic else "yes" if s.exact else "lossy",
             str(s.samples),
             spread,
-            fmt(s.speedup, ".2f", "x"),
+            speedup_cell(s),
             acceptance,
             fmt(s.avg_tokens_per_step, ".2f"),
             fmt(s.target_calls_per_token, ".3f"),

@@ -42,6 +42,7 @@ class SpeculativeMethod(DecodingMethod):
     description = "Draft model + modified rejection sampling (exact; greedy at temperature 0)."
     needs = frozenset({ModelRole.TARGET, ModelRole.DRAFT})
     Params = SpeculativeParams
+    accept_length_model = "chain_analytic"
 
     def __init__(self, params: SpeculativeParams, models: MethodModels) -> None:
         super().__init__(params, models)

@@ -73,6 +73,9 @@ class LanguageModel(ABC):
 
     def __init__(self) -> None:
         self.counters = ModelCounters()
+        #: Backends that simulate what a call costs (toy models) skip the wait when False;
+        #: the audit, which times nothing, turns it off.
+        self.simulate_costs = True
 
     @abstractmethod
     def new_session(self) -> Session:

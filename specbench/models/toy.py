@@ -143,7 +143,7 @@ class ToyLanguageModel(LanguageModel):
     def simulate_cost(self, tokens: int) -> None:
         """Sleep for one forward call over ``tokens`` new tokens (``forward_ms``, ``token_ms``)."""
         cost_ms = self.config.forward_ms + self.config.token_ms * tokens
-        if cost_ms > 0:
+        if cost_ms > 0 and self.simulate_costs:
             time.sleep(cost_ms / 1000)
 
     def describe(self) -> dict[str, Any]:

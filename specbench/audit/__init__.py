@@ -1,0 +1,1 @@
+"""Exactness audits of decoding methods (``specbench audit``)."""

@@ -1,0 +1,448 @@
+"""``specbench audit``: is each exact method of a preset really lossless on its own models?
+
+* **Sampling** (temperature > 0, the preset's top-k / top-p): for ``prompts`` fixed prompts,
+  ``samples`` generations of the first ``tokens`` tokens per method. Position 0 is tested
+  against the target's exact ``p(. | prompt)``, each later position against
+  ``p(. | prompt, sampled prefix)``, both computed by teacher-forcing the target through the
+  same logits processing (:mod:`specbench.audit.stats`). A method whose output does not come
+  from the in-process target (an external engine, see
+  :meth:`DecodingMethod.reference_method`) is compared with that engine's plain decoding by
+  a two-sample test instead. All tests of one audit share a family-wise ``alpha``
+  (Bonferroni).
+* **Greedy** (temperature 0): token-for-token equality with the baseline. At the first
+  difference the target's top-2 logit margin tells a numerical near-tie from a bug.
+* **Lossy** methods are not audited; their divergence from the baseline (share of differing
+  tokens) is measured on the same prompts and seeds instead.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from specbench.audit.stats import RankedDraw, TestResult, goodness_of_fit, homogeneity, ranked_draws
+from specbench.conversation import PromptEncoder
+from specbench.decoding.sampling import SamplingParams, logits_to_probs
+from specbench.decoding.types import GenerationRequest
+from specbench.errors import SpecbenchError
+from specbench.models.base import LanguageModel
+from specbench.models.loading import load_models
+from specbench.plugins import DecodingMethod, MethodModels
+from specbench.presets import ResolvedPreset
+from specbench.records import AuditRecord, RecordWriter
+from specbench.runner import instantiate_methods, run_context, run_end_record, run_header
+
+#: Largest top-2 logit margin that still counts as a numerical near-tie, per target dtype.
+TIE_MARGINS = {"bfloat16": 0.5, "float16": 0.1, "float32": 0.01, "float64": 1e-6}
+DEFAULT_TIE_MARGIN = 0.01
+_AUDIT_SEED_OFFSET = 7_777_777  # audit draws never reuse a run's seeds
+
+Mode = Literal["sampling", "greedy"]
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """What to draw: ``samples`` generations of ``tokens`` tokens on ``prompts`` prompts.
+
+    ``tokens`` ``None`` means 3 when sampling and the preset's ``max_new_tokens`` when greedy;
+    ``prompts`` ``None`` means 2 when sampling and 5 when greedy.
+    """
+
+    samples: int = 2000
+    tokens: int | None = None
+    prompts: int | None = None
+    alpha: float = 0.01
+    tie_margin: float | None = None
+    methods: Sequence[str] | None = None
+
+
+@dataclass
+class AuditOutcome:
+    output: Path
+    records: list[AuditRecord]
+    mode: Mode
+    tests: int
+
+    @property
+    def failed(self) -> list[AuditRecord]:
+        return [r for r in self.records if r.exact and r.verdict in ("fail", "error")]
+
+
+AuditProgress = Callable[[str], None]
+
+
+@dataclass
+class _Draws:
+    """One method's generations for one prompt, keyed by draw index."""
+
+    prompt_ids: list[int]
+    tokens: list[list[int]] = field(default_factory=list)
+
+
+def audit_preset(
+    resolved: ResolvedPreset,
+    options: AuditOptions,
+    output: Path,
+    on_progress: AuditProgress | None = None,
+) -> AuditOutcome:
+    """Audit every method of ``resolved`` and write the verdicts to ``output`` (JSONL)."""
+    report = on_progress or (lambda message: None)
+    preset = resolved.preset
+    sampling = SamplingParams(
+        preset.sampling.temperature, preset.sampling.top_k, preset.sampling.top_p
+    )
+    mode: Mode = "greedy" if sampling.greedy else "sampling"
+    n_tokens = options.tokens or (3 if mode == "sampling" else preset.sampling.max_new_tokens)
+    n_prompts = options.prompts or (2 if mode == "sampling" else 5)
+
+    report("loading models")
+    models = load_models(preset.models, report)
+    for model in (models.target, models.draft):
+        if model is not None:
+            model.simulate_costs = False  # nothing is timed here
+    prompts = preset.prompts.load(resolved.base_dir)[:n_prompts]
+    tokenizer = models.target.tokenizer
+    encoder = PromptEncoder(tokenizer, preset.prompts.chat_template, preset.prompts.system_prompt)
+    encoded = [encoder.encode([], p.turns[0]) for p in prompts]
+    if any(not ids for ids in encoded):
+        raise SpecbenchError("a prompt encodes to no tokens", "remove or fix that prompt")
+    methods = instantiate_methods(resolved, models)
+    labels = [
+        m.label for m in resolved.methods if not options.methods or m.label in options.methods
+    ]
+    baseline_label = preset.runs.baseline
+    stop = frozenset(tokenizer.eos_token_ids)
+    n_draws = options.samples if mode == "sampling" else 1
+
+    def request(ids: list[int], index: int, draw: int) -> GenerationRequest:
+        seed = _AUDIT_SEED_OFFSET + preset.sampling.seed * 1_000_003 + index * 100_003 + draw
+        return GenerationRequest(ids, n_tokens, sampling, seed, stop)
+
+    cache: dict[str, list[_Draws]] = {}
+
+    def draw_all(label: str, method: DecodingMethod) -> list[_Draws]:
+        if label in cache:
+            return cache[label]
+        out = []
+        for index, ids in enumerate(encoded):
+            draws = _Draws(ids)
+            for draw in range(n_draws):
+                if draw % 100 == 0:
+                    report(f"{label}: prompt {index + 1}/{len(encoded)}, draw {draw}/{n_draws}")
+                draws.tokens.append(list(method.generate(request(ids, index, draw)).tokens))
+            out.append(draws)
+        cache[label] = out
+        return out
+
+    prepared: dict[str, str | None] = {}
+    for label in labels:
+        try:
+            methods[label].prepare(run_context(resolved, label, prompts, on_message=report))
+            prepared[label] = None
+        except SpecbenchError as error:
+            prepared[label] = str(error)
+
+    baseline_draws: list[_Draws] | None = None
+    if baseline_label in methods and (mode == "greedy" or _lossy_present(labels, methods)):
+        baseline_draws = draw_all(baseline_label, methods[baseline_label])
+
+    pending: list[tuple[str, DecodingMethod, list[TestResult], str]] = []
+    records: list[AuditRecord] = []
+    for label in labels:
+        method = methods[label]
+        if prepared[label] is not None:
+            records.append(_error_record(label, method, mode, prepared[label] or ""))
+            continue
+        if not method.exact or method.synthetic:
+            draws = draw_all(label, method)
+            records.append(_lossy_record(label, method, draws, baseline_draws, n_tokens))
+            continue
+        if mode == "greedy":
+            if label == baseline_label:
+                continue
+            if baseline_draws is None:
+                raise SpecbenchError(
+                    f"greedy audit needs the baseline '{baseline_label}' in the preset",
+                    "add a baseline method or set runs.baseline to one",
+                )
+            draws = draw_all(label, method)
+            margin = options.tie_margin
+            if margin is None:
+                dtype = str(models.target.describe().get("dtype", ""))
+                margin = TIE_MARGINS.get(dtype, DEFAULT_TIE_MARGIN)
+            records.append(
+                _greedy_record(label, method, draws, baseline_draws, models.target, margin)
+            )
+            continue
+        draws = draw_all(label, method)
+        reference = method.reference_method()
+        if reference is None:
+            report(f"{label}: teacher-forcing the target")
+            tests = _fit_tests(label, draws, models.target, sampling, n_tokens)
+            kind = "chi-square goodness of fit vs the target's exact distribution"
+        else:
+            reference_draws = draw_all(f"{label} (reference)", reference)
+            tests = _homogeneity_tests(label, draws, reference_draws, n_tokens)
+            kind = "two-sample chi-square vs the same engine's plain decoding"
+        pending.append((label, method, tests, kind))
+
+    total_tests = sum(len(tests) for _, _, tests, _ in pending)
+    per_test = options.alpha / max(total_tests, 1)
+    for label, method, tests, kind in pending:
+        records.append(_sampling_record(label, method, tests, kind, per_test, options.alpha))
+
+    order = {label: i for i, label in enumerate(labels)}
+    records.sort(key=lambda r: order.get(r.method, len(order)))
+    header = run_header(resolved, models, session=1)
+    for record in records:
+        record.run_id = header.run_id
+    with RecordWriter(output) as writer:
+        writer.write(header)
+        for record in records:
+            writer.write(record)
+        writer.write(run_end_record(header.run_id, 1, "finished"))
+    return AuditOutcome(output, records, mode, total_tests)
+
+
+def _lossy_present(labels: Sequence[str], methods: dict[str, DecodingMethod]) -> bool:
+    return any(not methods[label].exact or methods[label].synthetic for label in labels)
+
+
+def _fit_tests(
+    label: str,
+    draws: Sequence[_Draws],
+    target: LanguageModel,
+    sampling: SamplingParams,
+    n_tokens: int,
+) -> list[TestResult]:
+    """Per prompt and position: the draws against the target's teacher-forced conditionals."""
+    tests = []
+    for prompt_index, prompt in enumerate(draws):
+        by_position = _rank_under_target(prompt, target, sampling, n_tokens)
+        for position in range(n_tokens):
+            name = f"prompt {prompt_index + 1}, position {position}"
+            result = goodness_of_fit(by_position.get(position, []), name)
+            if result is not None:
+                tests.append(result)
+    return tests
+
+
+def _rank_under_target(
+    prompt: _Draws, target: LanguageModel, sampling: SamplingParams, n_tokens: int
+) -> dict[int, list[RankedDraw]]:
+    """Each draw's token at each position, ranked under p(. | prompt, its prefix).
+
+    Draws sharing a prefix share one conditional, so each distinct prefix is scored once;
+    one target call on a draw's whole prefix scores all of its positions.
+    """
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for tokens in prompt.tokens:
+        for position in range(min(len(tokens), n_tokens)):
+            groups[tuple(tokens[:position])].append(tokens[position])
+    done: set[tuple[int, ...]] = set()
+    out: dict[int, list[RankedDraw]] = defaultdict(list)
+    session = target.new_session()
+    with torch.inference_mode():
+        # Longest prefixes first: one call covers all of their shorter prefixes.
+        for prefix in sorted(groups, key=len, reverse=True):
+            if prefix in done:
+                continue
+            sequence = prompt.prompt_ids + list(prefix)
+            logits = session.logits_from(sequence, len(prompt.prompt_ids) - 1)
+            probs = logits_to_probs(logits, sampling)
+            for length in range(len(prefix) + 1):
+                key = prefix[:length]
+                if key in done or key not in groups:
+                    continue
+                done.add(key)
+                out[length].extend(ranked_draws(probs[length], groups[key]))
+    return out
+
+
+def _homogeneity_tests(
+    label: str, draws: Sequence[_Draws], reference: Sequence[_Draws], n_tokens: int
+) -> list[TestResult]:
+    tests = []
+    for prompt_index, (ours, theirs) in enumerate(zip(draws, reference, strict=True)):
+        for position in range(n_tokens):
+            a = [tuple(t[: position + 1]) for t in ours.tokens if len(t) > position]
+            b = [tuple(t[: position + 1]) for t in theirs.tokens if len(t) > position]
+            name = f"prompt {prompt_index + 1}, prefixes to position {position}"
+            result = homogeneity(a, b, name)
+            if result is not None:
+                tests.append(result)
+    return tests
+
+
+def _sampling_record(
+    label: str,
+    method: DecodingMethod,
+    tests: Sequence[TestResult],
+    kind: str,
+    per_test: float,
+    family: float,
+) -> AuditRecord:
+    details = [
+        {
+            "test": t.test,
+            "statistic": t.statistic,
+            "df": t.df,
+            "p_value": t.p_value,
+            "samples": t.samples,
+            "detail": t.detail,
+        }
+        for t in tests
+    ]
+    if not tests:
+        return AuditRecord(
+            run_id="",
+            method=label,
+            method_name=method.name,
+            exact=True,
+            mode="sampling",
+            test=kind,
+            verdict="error",
+            detail="nothing to test: every conditional was too concentrated "
+            "(raise the temperature or --samples)",
+        )
+    worst = min(tests, key=lambda t: t.p_value)
+    failed = [t for t in tests if t.p_value < per_test]
+    detail = f"{len(tests)} tests; smallest p at {worst.test} ({worst.detail})"
+    if failed:
+        detail = f"{len(failed)} of {len(tests)} tests below {per_test:.2g}; worst: {worst.test} ({worst.detail})"
+    return AuditRecord(
+        run_id="",
+        method=label,
+        method_name=method.name,
+        exact=True,
+        mode="sampling",
+        test=kind,
+        statistic=worst.statistic,
+        df=worst.df,
+        p_value=worst.p_value,
+        alpha=per_test,
+        family_alpha=family,
+        verdict="fail" if failed else "pass",
+        detail=detail,
+        tests=details,
+    )
+
+
+def _greedy_record(
+    label: str,
+    method: DecodingMethod,
+    draws: Sequence[_Draws],
+    baseline: Sequence[_Draws],
+    target: LanguageModel,
+    tie_margin: float,
+) -> AuditRecord:
+    tests = []
+    verdicts = []
+    for index, (ours, theirs) in enumerate(zip(draws, baseline, strict=True)):
+        a, b = ours.tokens[0], theirs.tokens[0]
+        if a == b:
+            tests.append({"test": f"prompt {index + 1}", "identical": True, "tokens": len(a)})
+            verdicts.append("pass")
+            continue
+        position = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        margin = _top2_margin(target, theirs.prompt_ids + b[:position])
+        near = margin <= tie_margin
+        verdicts.append("near-tie" if near else "fail")
+        tests.append(
+            {
+                "test": f"prompt {index + 1}",
+                "identical": False,
+                "first_difference": position,
+                "margin": margin,
+                "near_tie": near,
+            }
+        )
+    worst = next((t for t in tests if t.get("near_tie") is False), None) or next(
+        (t for t in tests if not t["identical"]), None
+    )
+    identical = sum(bool(t["identical"]) for t in tests)
+    verdict = "fail" if "fail" in verdicts else "near-tie" if "near-tie" in verdicts else "pass"
+    detail = f"{identical}/{len(tests)} outputs identical to the baseline"
+    if worst is not None:
+        kind = (
+            f"numerical near-tie (margin {worst['margin']:.3g} <= {tie_margin:g})"
+            if worst["near_tie"]
+            else f"divergence at a clear choice (margin {worst['margin']:.3g} > {tie_margin:g}): a bug"
+        )
+        detail += (
+            f"; {worst['test']}: first difference at token {worst['first_difference']}, {kind}"
+        )
+    return AuditRecord(
+        run_id="",
+        method=label,
+        method_name=method.name,
+        exact=True,
+        mode="greedy",
+        test="token-for-token equality with the baseline",
+        statistic=None if worst is None else float(worst["margin"]),
+        verdict=verdict,  # type: ignore[arg-type]
+        detail=detail,
+        tests=tests,
+    )
+
+
+def _top2_margin(target: LanguageModel, sequence: list[int]) -> float:
+    """Top-1 minus top-2 logit of the target after ``sequence`` (one-row forward)."""
+    with torch.inference_mode():
+        logits = target.new_session().logits_from(sequence, len(sequence) - 1)[-1]
+    top = torch.topk(logits.float(), 2).values
+    return float(top[0] - top[1])
+
+
+def _lossy_record(
+    label: str,
+    method: DecodingMethod,
+    draws: Sequence[_Draws],
+    baseline: Sequence[_Draws] | None,
+    n_tokens: int,
+) -> AuditRecord:
+    divergence = None
+    detail = "lossy, not audited"
+    if baseline is not None:
+        differing = compared = 0
+        for ours, theirs in zip(draws, baseline, strict=True):
+            for a, b in zip(ours.tokens, theirs.tokens, strict=True):
+                length = max(len(a), len(b))
+                compared += length
+                differing += sum(
+                    1 for i in range(length) if i >= len(a) or i >= len(b) or a[i] != b[i]
+                )
+        divergence = differing / compared if compared else 0.0
+        detail += f"; {100 * divergence:.1f}% of {compared} tokens differ from the baseline"
+    return AuditRecord(
+        run_id="",
+        method=label,
+        method_name=method.name,
+        exact=False,
+        mode="lossy",
+        test="divergence from the baseline (same prompts and seeds)",
+        verdict="lossy",
+        detail=detail,
+        divergence=divergence,
+    )
+
+
+def _error_record(label: str, method: DecodingMethod, mode: Mode, error: str) -> AuditRecord:
+    return AuditRecord(
+        run_id="",
+        method=label,
+        method_name=method.name,
+        exact=method.exact,
+        mode=mode if method.exact else "lossy",
+        test="could not start",
+        verdict="error",
+        detail=error,
+    )
+
+
+__all__ = ["AuditOptions", "AuditOutcome", "MethodModels", "audit_preset"]

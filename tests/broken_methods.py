@@ -1,0 +1,111 @@
+"""Deliberately broken decoding methods, installed in tests as a third-party plugin would be
+(a distribution with ``specbench.methods`` entry points), for ``specbench audit`` to catch.
+
+* ``accept-all``: keeps every draft token whatever the target says.
+* ``resample-p``: after a rejection draws from p instead of norm(max(0, p - q)).
+* ``fake-engine``: stands for an external engine (its tokens do not come from the in-process
+  loop, so the audit compares it with the same engine's plain decoding); ``broken = true``
+  makes its speculation accept every draft.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from specbench.decoding.drafters import ModelDrafter, NoDrafter
+from specbench.decoding.loop import speculative_generate
+from specbench.decoding.sampling import sample
+from specbench.decoding.verify import RejectionVerifier, Verdict
+from specbench.plugins import (
+    DecodingMethod,
+    GenerationRequest,
+    GenerationResult,
+    MethodModels,
+    MethodParams,
+    ModelRole,
+)
+
+
+class AcceptEverything(RejectionVerifier):
+    def verify(self, draft_tokens, draft_probs, target_probs, generator, features=None):
+        batch, k = draft_tokens.shape
+        accepted = torch.full((batch,), k, dtype=torch.long, device=target_probs.device)
+        rows = torch.arange(batch, device=target_probs.device)
+        return Verdict(accepted=accepted, next_tokens=sample(target_probs[rows, k], generator))
+
+
+class ResampleFromTarget(RejectionVerifier):
+    def verify(self, draft_tokens, draft_probs, target_probs, generator, features=None):
+        verdict = super().verify(draft_tokens, draft_probs, target_probs, generator)
+        rows = torch.arange(draft_tokens.shape[0])
+        from_target = sample(target_probs[rows, verdict.accepted], generator)
+        rejected = verdict.accepted < draft_tokens.shape[1]
+        verdict.next_tokens = torch.where(rejected, from_target, verdict.next_tokens)
+        return verdict
+
+
+class BrokenParams(MethodParams):
+    k: int = Field(4, ge=1)
+
+
+class _Broken(DecodingMethod):
+    needs = frozenset({ModelRole.TARGET, ModelRole.DRAFT})
+    Params = BrokenParams
+    in_all = False
+    verifier: RejectionVerifier = RejectionVerifier()
+
+    def __init__(self, params: BrokenParams, models: MethodModels) -> None:
+        super().__init__(params, models)
+        self.drafter = ModelDrafter(models.require_draft(), k=params.k)
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        return speculative_generate(request, self.models.target, self.drafter, self.verifier)
+
+
+class AcceptAllMethod(_Broken):
+    name = "accept-all"
+    description = "TEST ONLY: accepts every draft (broken on purpose)."
+    verifier = AcceptEverything()
+
+
+class ResampleFromPMethod(_Broken):
+    name = "resample-p"
+    description = "TEST ONLY: resamples from p after a rejection (broken on purpose)."
+    verifier = ResampleFromTarget()
+
+
+class FakeEngineParams(MethodParams):
+    speculative: bool = False
+    broken: bool = False
+    k: int = Field(3, ge=1)
+
+
+class FakeEngineMethod(DecodingMethod):
+    name = "fake-engine"
+    description = "TEST ONLY: an 'external engine' audited against its own plain decoding."
+    needs = frozenset({ModelRole.TARGET, ModelRole.DRAFT})
+    Params = FakeEngineParams
+    in_all = False
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        params = self.params
+        assert isinstance(params, FakeEngineParams)
+        if not params.speculative:
+            return speculative_generate(
+                request, self.models.target, NoDrafter(), RejectionVerifier()
+            )
+        verifier = AcceptEverything() if params.broken else RejectionVerifier()
+        drafter = ModelDrafter(self.models.require_draft(), k=params.k)
+        return speculative_generate(request, self.models.target, drafter, verifier)
+
+    def reference_method(self) -> DecodingMethod:
+        return FakeEngineMethod(FakeEngineParams(), self.models)
+
+
+ENTRY_POINTS = """
+[specbench.methods]
+accept-all = broken_methods:AcceptAllMethod
+resample-p = broken_methods:ResampleFromPMethod
+fake-engine = broken_methods:FakeEngineMethod
+"""
