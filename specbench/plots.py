@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,28 +124,72 @@ def _speed_axes(summary: Any) -> tuple[float, float]:
     return (summary.speedup or 0.0, summary.avg_tokens_per_step)
 
 
-def plot_speedup(results: Sequence[ResultsFile], path: Path) -> Path:
-    """Grouped bars: one group per method label, one bar per results file."""
-    plt = _pyplot()
+@dataclass(frozen=True)
+class SpeedupBar:
+    """One bar of the speedup plot: a method of one file, with its 95% interval if known."""
+
+    file_index: int
+    method: str
+    x: float
+    speedup: float
+    low: float | None
+    high: float | None
+
+
+def speedup_bars(results: Sequence[ResultsFile]) -> tuple[list[str], list[SpeedupBar]]:
+    """Method groups and their bars; a method a file does not have gets no bar (absent is
+    absent, not 0.00x), and a method without a baseline to divide by gets none either."""
     labels: list[str] = []
     for result in results:
         labels += [_name(s) for s in result.summaries if _name(s) not in labels]
     width = 0.8 / max(len(results), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) + 2), 4.2))
+    bars = []
     for i, result in enumerate(results):
         by_label = {_name(s): s for s in result.summaries}
-        values = [
-            (by_label[label].speedup or 0.0) if label in by_label else 0.0 for label in labels
+        for x, label in enumerate(labels):
+            summary = by_label.get(label)
+            if summary is None or summary.speedup is None:
+                continue
+            low, high = summary.speedup_ci or (None, None)
+            offset = (i - (len(results) - 1) / 2) * width
+            bars.append(SpeedupBar(i, label, x + offset, summary.speedup, low, high))
+    return labels, bars
+
+
+def plot_speedup(results: Sequence[ResultsFile], path: Path) -> Path:
+    """Grouped bars: one group per method label, one bar per results file, with the 95%
+    bootstrap interval as an error bar; the legend sits outside the axes."""
+    plt = _pyplot()
+    labels, bars = speedup_bars(results)
+    width = 0.8 / max(len(results), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) + 2), 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, result in enumerate(results):
+        mine = [b for b in bars if b.file_index == i]
+        if not mine:
+            continue
+        errors = [
+            [b.speedup - b.low if b.low is not None else 0.0 for b in mine],
+            [b.high - b.speedup if b.high is not None else 0.0 for b in mine],
         ]
-        positions = [x + (i - (len(results) - 1) / 2) * width for x in range(len(labels))]
-        bars = ax.bar(positions, values, width, label=result.label)
-        ax.bar_label(bars, fmt="%.2fx", fontsize=8)
+        drawn = ax.bar(
+            [b.x for b in mine],
+            [b.speedup for b in mine],
+            width,
+            yerr=errors,
+            capsize=3,
+            label=result.label,
+            color=colors[i % len(colors)],
+        )
+        ax.bar_label(drawn, labels=[f"{b.speedup:.2f}x" for b in mine], fontsize=8, padding=2)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    top = max([b.high or b.speedup for b in bars], default=1.0)
+    ax.set_ylim(0, max(top, 1.0) * 1.15)
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.set_ylabel("speedup over baseline (median tok/s ratio)")
-    ax.set_title("Speedup per method")
+    ax.set_title("Speedup per method (bars: 95% bootstrap interval)")
     if len(results) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(plt, fig, path)
 
 
@@ -182,6 +227,7 @@ def _name(summary: Any) -> str:
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # bbox "tight" keeps a legend placed outside the axes inside the image.
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path

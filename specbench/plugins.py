@@ -16,7 +16,8 @@ A method is a subclass of :class:`DecodingMethod`:
   (k+1)-token draft (the acceptance profile then extrapolates over k), else
   ``"measured_per_k"`` (the default; trees, adaptive and block drafts).
 * ``in_all``: whether ``methods = "all"`` includes it (``False`` for methods that need
-  training or special settings first, such as AutoJudge).
+  training or special settings first, such as AutoJudge), and ``not_in_all_reason``: the
+  one line ``run`` and ``validate`` print when "all" skips it.
 * ``generate(request)``: decode one prompt and return the new tokens, why it stopped and
   its :class:`DecodeStats`.
 * optional ``generate_batch(requests)`` with a ``batch_size`` field in ``Params``: several
@@ -149,6 +150,8 @@ class DecodingMethod(ABC):
     Params: ClassVar[type[MethodParams]] = MethodParams
     exact: ClassVar[bool] = True
     in_all: ClassVar[bool] = True
+    #: Why ``in_all`` is ``False`` and what to do instead (shown when "all" skips it).
+    not_in_all_reason: ClassVar[str] = ""
     accept_length_model: ClassVar[str] = "measured_per_k"
 
     def __init__(self, params: MethodParams, models: MethodModels) -> None:

@@ -135,6 +135,8 @@ class ResolvedPreset:
     source: str
     base_dir: Path
     hash: str
+    #: Installed methods that ``methods = "all"`` left out, each with the reason.
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -311,7 +313,8 @@ def validate_preset(
     except ValidationError as error:
         # Methods are reported by _resolve_methods, which also checks their parameters.
         issues += _issues_from(error, raw, skip_top=("methods",))
-    methods = _resolve_methods(raw, registry, issues)
+    skipped: list[tuple[str, str]] = []
+    methods = _resolve_methods(raw, registry, issues, skipped)
     if preset is not None:
         issues += _check_references(preset, methods, base_dir)
     if issues or preset is None:
@@ -322,6 +325,7 @@ def validate_preset(
         source=source,
         base_dir=base_dir,
         hash=_preset_hash(_effective(preset, methods)),
+        skipped=tuple(skipped),
     )
 
 
@@ -329,9 +333,13 @@ _METHOD_LIST = TypeAdapter(list[MethodEntry])
 
 
 def _resolve_methods(
-    raw: Mapping[str, Any], registry: MethodRegistry, issues: list[PresetIssue]
+    raw: Mapping[str, Any],
+    registry: MethodRegistry,
+    issues: list[PresetIssue],
+    skipped: list[tuple[str, str]],
 ) -> list[ResolvedMethod]:
-    """Bind each method entry to an installed method and validate its parameters."""
+    """Bind each method entry to an installed method and validate its parameters; for
+    ``methods = "all"``, say in ``skipped`` which installed methods were left out and why."""
     raw_models = raw.get("models")
     has_draft = isinstance(raw_models, dict) and raw_models.get("draft") is not None
     have = {ModelRole.TARGET} | ({ModelRole.DRAFT} if has_draft else set())
@@ -345,9 +353,17 @@ def _resolve_methods(
         return []
     if raw_methods == "all":  # every installed method the models can serve
         baseline = raw.get("runs", {}).get("baseline", "baseline")
-        usable = [
-            info for info in registry.methods.values() if info.needs <= have and info.cls.in_all
-        ]
+        usable = []
+        for info in registry.methods.values():
+            missing = sorted(role.value for role in info.needs - have)
+            if missing:
+                skipped.append((info.name, f"needs a {' and a '.join(missing)} model"))
+            elif not info.cls.in_all:
+                reason = info.cls.not_in_all_reason or "its plugin leaves it out of all"
+                skipped.append((info.name, reason))
+            else:
+                usable.append(info)
+        skipped += [(b.name, f"failed to load: {b.error}") for b in registry.broken]
         # The baseline first: it is what every other row is compared with.
         usable.sort(key=lambda info: info.name != baseline)
         return [ResolvedMethod(label=i.name, info=i, params=i.cls.Params()) for i in usable]
@@ -408,11 +424,16 @@ def _check_references(
                 "name the label of a method in this preset",
             )
         )
-    issues += [
+    prompt_issues = [
         PresetIssue(f"prompts.{field}", message, hint)
         for field, message, hint in preset.prompts.check(base_dir)
     ]
-    return issues
+    if not prompt_issues:
+        prompt_issues = [
+            PresetIssue(field, message, hint)
+            for field, message, hint in preset.prompts.check_contents(base_dir)
+        ]
+    return issues + prompt_issues
 
 
 def _preset_hash(effective: dict[str, Any]) -> str:

@@ -73,9 +73,26 @@ class _PromptSetBase(BaseModel):
             )
         return issues
 
+    def check_contents(self, base_dir: Path) -> list[tuple[str, str, str]]:
+        """Read the prompts (cheap for files and inline sets) so ``validate`` catches an empty
+        file, an empty prompt or filters that leave nothing, before a run starts."""
+        try:
+            self.load(base_dir)
+        except SpecbenchError as error:
+            return [("prompts", error.message, error.hint or "")]
+        return []
+
+    def describe(self, base_dir: Path) -> str:
+        """Where the prompts come from, for error messages."""
+        return str(getattr(self, "source", "prompts"))
+
     def load(self, base_dir: Path) -> list[Prompt]:
         """The prompts, filtered and cut as the preset says."""
         prompts = self._read(base_dir)
+        if not prompts:
+            raise SpecbenchError(
+                f"{self.describe(base_dir)} holds no prompts", "add prompts or use another file"
+            )
         if self.categories is not None:
             wanted = set(self.categories)
             prompts = [p for p in prompts if p.category in wanted]
@@ -92,7 +109,10 @@ class _PromptSetBase(BaseModel):
             prompts = prompts[: self.limit]
         if not prompts:
             raise SpecbenchError(
-                "the prompt set is empty after filtering", "check prompts.categories and limit"
+                f"no prompt of {self.describe(base_dir)} is left after filtering "
+                f"(categories={self.categories}, per_category={self.per_category}, "
+                f"skip={self.skip}, limit={self.limit})",
+                "check prompts.categories, skip and limit",
             )
         return [self._shape(p) for p in prompts]
 
@@ -121,6 +141,9 @@ class InlinePromptSet(_PromptSetBase):
     source: Literal["inline"] = "inline"
     prompts: list[str | InlinePrompt] = Field(min_length=1)
 
+    def describe(self, base_dir: Path) -> str:
+        return "the inline prompts"
+
     def _read(self, base_dir: Path) -> list[Prompt]:
         out = []
         for i, item in enumerate(self.prompts):
@@ -141,6 +164,12 @@ class JsonlPromptSet(_PromptSetBase):
 
     def check(self, base_dir: Path) -> list[tuple[str, str, str]]:
         return super().check(base_dir) + _check_path(self.path, base_dir)
+
+    def describe(self, base_dir: Path) -> str:
+        try:
+            return f"the prompt file {_resolve_path(self.path, base_dir)}"
+        except SpecbenchError:
+            return f"the prompt file {self.path}"
 
     def _read(self, base_dir: Path) -> list[Prompt]:
         path = _resolve_path(self.path, base_dir)
@@ -164,6 +193,9 @@ class BuiltinPromptSet(_PromptSetBase):
 
     source: BuiltinName
     split: Literal["train", "test"] = Field("test", description="gsm8k only.")
+
+    def describe(self, base_dir: Path) -> str:
+        return f"the built-in set {self.source}"
 
     def check(self, base_dir: Path) -> list[tuple[str, str, str]]:
         issues = super().check(base_dir)
@@ -220,6 +252,12 @@ class DatasetPromptSet(_PromptSetBase):
     turns_field: str | None = None
     id_field: str | None = "id"
     category_field: str | None = "category"
+
+    def describe(self, base_dir: Path) -> str:
+        return f"the dataset file {self.path}"
+
+    def check_contents(self, base_dir: Path) -> list[tuple[str, str, str]]:
+        return []  # reading needs the datasets library and can be slow: checked at run time
 
     def check(self, base_dir: Path) -> list[tuple[str, str, str]]:
         issues = super().check(base_dir) + _check_path(self.path, base_dir)
@@ -297,6 +335,8 @@ def prompt_from_row(row: Any, where: str, default_id: str) -> Prompt:
         raise SpecbenchError(
             f"{where}: no 'prompt' string or 'turns' list", "add one of the two fields"
         )
+    if any(not turn.strip() for turn in turns):
+        raise SpecbenchError(f"{where}: the prompt is empty", "write the prompt text or remove it")
     raw_id = next((row[k] for k in ("id", "question_id", "task_id") if k in row), default_id)
     category = row.get("category")
     reference: dict[str, Any] = {"reference": row["reference"]} if "reference" in row else {}

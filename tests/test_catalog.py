@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import zipfile
 from pathlib import Path
 
@@ -148,3 +149,34 @@ def test_models_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = runner.invoke(app, ["models", "fetch", "gpt-17"])
     assert bad.exit_code == 2 and "specbench models list" in bad.output
     assert runner.invoke(app, ["models", "path", "smollm2-135m"]).exit_code == 2
+
+
+def test_fetch_without_the_hf_extra_fails_before_downloading(
+    tiny_entry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without transformers, fetch stops at once: nothing downloaded, nothing left behind."""
+    entry, _ = tiny_entry
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformers" else real_find_spec(name, *a),
+    )
+    downloads: list[object] = []
+    with pytest.raises(SpecbenchError, match=r"needs transformers.*nothing was downloaded"):
+        fetch(entry, downloader=lambda part, dest: downloads.append(part))  # type: ignore[arg-type,func-returns-value]
+    assert downloads == [] and not entry.folder().exists()
+
+
+def test_a_fetch_that_fails_while_converting_leaves_nothing(
+    tiny_entry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry, downloader = tiny_entry
+
+    def broken_conversion(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("conversion failed")
+
+    monkeypatch.setattr(catalog, "convert_gguf", broken_conversion)
+    with pytest.raises(RuntimeError):
+        fetch(entry, downloader=downloader)
+    assert not entry.folder().exists() and not entry.fetched

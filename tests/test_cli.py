@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -152,10 +153,13 @@ def _sample_lines(path: Path) -> int:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_keeps_records_and_resume_completes(tmp_path: Path) -> None:
+def test_ctrl_c_keeps_records_and_the_printed_resume_command_works(tmp_path: Path) -> None:
+    """The printed command reproduces every flag that changed the preset (here --runs and
+    --set): resuming without them would be refused as a different preset."""
     preset = write_fast_preset(tmp_path, forward_ms=5.0, max_new_tokens=40)
     out = tmp_path / "out.jsonl"
-    command = [sys.executable, "-m", "specbench", "run", "-p", str(preset), "-o", str(out)]
+    flags = ["--runs", "3", "--set", "sampling.top_p=0.9"]
+    command = [sys.executable, "-m", "specbench", "run", "-p", str(preset), "-o", str(out), *flags]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
@@ -168,13 +172,66 @@ def test_ctrl_c_keeps_records_and_resume_completes(tmp_path: Path) -> None:
     assert process.returncode == 130, stderr
     assert "interrupted during" in stderr and "--resume" in stderr
     kept = _sample_lines(out)
-    assert 3 <= kept < 16
+    assert 3 <= kept < 24
     for line in out.read_text().splitlines():
         json.loads(line)  # every line is whole
 
-    result = invoke("run", "-p", str(preset), "-o", str(out), "--resume")
+    printed = next(line for line in stderr.splitlines() if line.startswith("continue with: "))
+    argv = shlex.split(printed.removeprefix("continue with: "))
+    assert argv[:2] == ["specbench", "run"] and "--runs" in argv and "--set" in argv
+    result = runner.invoke(app, argv[1:])
     assert result.exit_code == 0, result.output
     assert f"resumed: {kept} samples" in result.output
     samples = [r for r in read_records(out) if isinstance(r, SampleRecord)]
     keys = [(s.method, s.prompt_id, s.run) for s in samples]
-    assert len(keys) == len(set(keys)) == 16
+    assert len(keys) == len(set(keys)) == 24
+
+
+def test_ctrl_c_during_start_up_prints_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from specbench.cli import entry
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry, "command", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        entry.main()
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_help_shows_flags_without_a_value_type() -> None:
+    from click.testing import CliRunner as ClickRunner
+
+    from specbench.cli.entry import command
+
+    for args in (["run", "--help"], ["audit", "--help"], ["--help"], ["report", "--help"]):
+        result = ClickRunner().invoke(command(), args, terminal_width=120)
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output
+    shown = ClickRunner().invoke(command(), ["run", "--help"], terminal_width=120).output
+    assert "<int>" in shown  # options that take a value still say what
+
+
+def test_listings_never_truncate_the_names_a_user_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a 100-column terminal every preset and catalogue name is printed whole."""
+    import io
+
+    from rich.console import Console
+
+    from specbench.cli import models_cmd, presets_cmd
+    from specbench.models.catalog import CATALOG
+    from specbench.presets import available_presets
+
+    for module, names in ((presets_cmd, available_presets()), (models_cmd, CATALOG)):
+        buffer = io.StringIO()
+        narrow = Console(file=buffer, width=100, force_terminal=False)
+        monkeypatch.setattr(module, "console", narrow)
+        result = invoke("presets") if module is presets_cmd else invoke("models", "list")
+        assert result.exit_code == 0, result.output
+        rendered = buffer.getvalue()
+        assert max(len(line) for line in rendered.splitlines()) <= 100
+        for name in names:
+            assert f" {name} " in rendered, name

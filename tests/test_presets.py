@@ -215,3 +215,51 @@ def test_a_stray_key_that_looks_like_methods_is_still_reported(tmp_path: Path) -
     with pytest.raises(PresetError) as caught:
         load_preset(str(path), discover_methods(), [("methods[0].params.k", 2)])
     assert "methods[0]: Extra inputs are not permitted" in caught.value.message
+
+
+def test_validate_reports_a_backend_whose_extra_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from specbench.cli.main import app
+
+    path = tmp_path / "needs-hf.toml"
+    path.write_text(
+        '[models.target]\nbackend = "hf"\nmodel = "some/model"\n'
+        '[models.target.quantization]\nmethod = "bnb-4bit"\n'
+        '[prompts]\nsource = "inline"\nprompts = ["x"]\n'
+    )
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("transformers", "bitsandbytes") else real(name, *a),
+    )
+    result = CliRunner().invoke(app, ["validate", str(path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "models.target.backend: the hf backend here needs transformers, bitsandbytes" in text
+    assert "pip install 'specbench[hf,quant]'" in text
+
+
+def test_methods_all_says_what_it_skipped_and_why(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from specbench.cli.main import app
+
+    resolved = load_preset("quickstart", discover_methods())
+    skipped = dict(resolved.skipped)
+    assert "autojudge" in skipped and "judge train" in skipped["autojudge"]
+    no_draft = tmp_path / "target-only.toml"
+    no_draft.write_text(
+        'methods = "all"\n[models.target]\nbackend = "toy"\n'
+        '[prompts]\nsource = "inline"\nprompts = ["x"]\n'
+    )
+    skipped = dict(load_preset(str(no_draft), discover_methods()).skipped)
+    assert skipped["speculative"] == "needs a draft model"
+    result = CliRunner().invoke(app, ["validate", "quickstart"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    assert 'methods = "all" skipped autojudge: lossy and needs a trained judge' in result.output

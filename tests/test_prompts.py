@@ -81,7 +81,7 @@ def test_shaping_limit_turns_and_template() -> None:
 
 
 def test_empty_after_filtering_is_an_error() -> None:
-    with pytest.raises(SpecbenchError, match="empty after filtering"):
+    with pytest.raises(SpecbenchError, match="is left after filtering"):
         BuiltinPromptSet(source="mt-bench", categories=["nope"]).load(Path())
 
 
@@ -144,3 +144,46 @@ def test_encoder_falls_back_to_plain_text() -> None:
     assert tokenizer.decode(plain) == "hi\n\nhello\n\nmore"
     forced = PromptEncoder(_ChatTokenizer(64), chat_template=False).encode([], "x")
     assert tokenizer.decode(forced) == "x"
+
+
+def test_an_empty_jsonl_file_is_named_in_the_error(tmp_path: Path) -> None:
+    from specbench.plugins import discover_methods
+    from specbench.presets import PresetError, load_preset
+
+    (tmp_path / "empty.jsonl").write_text("\n")
+    preset = tmp_path / "p.toml"
+    preset.write_text(
+        '[models.target]\nbackend = "toy"\n[prompts]\nsource = "jsonl"\npath = "empty.jsonl"\n'
+    )
+    with pytest.raises(PresetError) as error:
+        load_preset(str(preset), discover_methods())
+    text = str(error.value)
+    assert f"the prompt file {tmp_path / 'empty.jsonl'} holds no prompts" in text
+
+
+def test_filters_that_leave_nothing_name_the_source(tmp_path: Path) -> None:
+    from specbench.plugins import discover_methods
+    from specbench.presets import PresetError, load_preset
+
+    preset = tmp_path / "p.toml"
+    preset.write_text(
+        '[models.target]\nbackend = "toy"\n[prompts]\nsource = "mt-bench"\n'
+        'categories = ["no-such-category"]\n'
+    )
+    with pytest.raises(PresetError, match="no prompt of the built-in set mt-bench is left"):
+        load_preset(str(preset), discover_methods())
+
+
+@pytest.mark.parametrize("prompts", ['[""]', '["ok", "   "]', '[{ turns = ["hi", ""] }]'])
+def test_an_empty_prompt_fails_validate_not_the_run(tmp_path: Path, prompts: str) -> None:
+    from typer.testing import CliRunner
+
+    from specbench.cli.main import app
+
+    preset = tmp_path / "p.toml"
+    preset.write_text(
+        f'[models.target]\nbackend = "toy"\n[prompts]\nsource = "inline"\nprompts = {prompts}\n'
+    )
+    result = CliRunner().invoke(app, ["validate", str(preset)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "the prompt is empty" in result.output

@@ -30,7 +30,7 @@ from specbench.conversation import PromptEncoder
 from specbench.decoding.sampling import SamplingParams, logits_to_probs
 from specbench.decoding.types import GenerationRequest
 from specbench.errors import SpecbenchError
-from specbench.models.base import LanguageModel
+from specbench.models.base import LanguageModel, common_prefix
 from specbench.models.loading import load_models
 from specbench.plugins import DecodingMethod, MethodModels
 from specbench.presets import ResolvedPreset
@@ -314,7 +314,10 @@ def _sampling_record(
     failed = [t for t in tests if t.p_value < per_test]
     detail = f"{len(tests)} tests; smallest p at {worst.test} ({worst.detail})"
     if failed:
-        detail = f"{len(failed)} of {len(tests)} tests below {per_test:.2g}; worst: {worst.test} ({worst.detail})"
+        detail = (
+            f"{len(failed)} of {len(tests)} tests below {per_test:.2g}; "
+            f"worst: {worst.test} ({worst.detail})"
+        )
     return AuditRecord(
         run_id="",
         method=label,
@@ -349,7 +352,7 @@ def _greedy_record(
             tests.append({"test": f"prompt {index + 1}", "identical": True, "tokens": len(a)})
             verdicts.append("pass")
             continue
-        position = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        position = common_prefix(a, b)
         margin = _top2_margin(target, theirs.prompt_ids + b[:position])
         near = margin <= tie_margin
         verdicts.append("near-tie" if near else "fail")
@@ -372,7 +375,8 @@ def _greedy_record(
         kind = (
             f"numerical near-tie (margin {worst['margin']:.3g} <= {tie_margin:g})"
             if worst["near_tie"]
-            else f"divergence at a clear choice (margin {worst['margin']:.3g} > {tie_margin:g}): a bug"
+            else f"divergence at a clear choice (margin {worst['margin']:.3g} > "
+            f"{tie_margin:g}): a bug"
         )
         detail += (
             f"; {worst['test']}: first difference at token {worst['first_difference']}, {kind}"

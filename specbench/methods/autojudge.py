@@ -119,6 +119,10 @@ class AutoJudgeMethod(DecodingMethod):
     Params = AutoJudgeParams
     exact = False
     in_all = False  # needs a trained judge and greedy decoding: name it in the preset
+    not_in_all_reason = (
+        "lossy and needs a trained judge: list it under [[methods]] and run "
+        "`specbench judge train` (or pass --train-judge)"
+    )
 
     def __init__(self, params: AutoJudgeParams, models: MethodModels) -> None:
         super().__init__(params, models)

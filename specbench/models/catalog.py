@@ -12,6 +12,7 @@ The cache is ``$SPECBENCH_CACHE`` if set, else ``~/.cache/specbench``.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -217,8 +218,42 @@ def fetch(
     if entry.fetched and not force:
         report(FetchProgress("done", f"{entry.name} is already fetched", 1, 1))
         return entry.hf_dir()
+    require_conversion()  # before downloading anything
     folder = entry.folder()
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch_into(entry, folder, report, force, downloader, dtype)
+    except BaseException:
+        # A failed or interrupted fetch leaves nothing half-made behind.
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    report(FetchProgress("done", f"{entry.name} ready in {entry.hf_dir()}", 1, 1))
+    return entry.hf_dir()
+
+
+def require_conversion() -> None:
+    """Fail at once, naming the extra, when GGUF conversion could not run here."""
+    missing = [
+        m for m in ("transformers", "gguf", "safetensors") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        raise SpecbenchError(
+            f"converting a catalogue model needs {', '.join(missing)}, not installed "
+            "(nothing was downloaded)",
+            "pip install 'specbench[hf]', then fetch again",
+        )
+
+
+def _fetch_into(
+    entry: CatalogEntry,
+    folder: Path,
+    report: FetchCallback,
+    force: bool,
+    downloader: Downloader,
+    dtype: str,
+) -> None:
     gguf = entry.gguf_path()
     if force or not _sha256_matches(gguf, entry.sha256):
         with tempfile.TemporaryDirectory(dir=folder, prefix="download-") as tmp:
@@ -235,8 +270,6 @@ def fetch(
         "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    report(FetchProgress("done", f"{entry.name} ready in {entry.hf_dir()}", 1, 1))
-    return entry.hf_dir()
 
 
 def _download_all(

@@ -8,7 +8,14 @@ from pathlib import Path
 from specbench.errors import ModelLoadError
 from specbench.models.base import LanguageModel, Tokenizer
 from specbench.models.compat import compare_tokenizers
-from specbench.models.specs import DummyModelSpec, HFModelSpec, ModelSpec, ModelsSpec, ToyModelSpec
+from specbench.models.specs import (
+    DummyModelSpec,
+    HFModelSpec,
+    ModelSpec,
+    ModelsSpec,
+    ToyModelSpec,
+    missing_requirements,
+)
 from specbench.models.toy import ToyConfig, ToyLanguageModel, ToyTokenizer
 from specbench.plugins import MethodModels
 
@@ -95,6 +102,18 @@ def check_models(spec: ModelsSpec) -> tuple[list[tuple[str, str, str]], list[str
     issues: list[tuple[str, str, str]] = []
     notes: list[str] = []
     for role, model_spec in roles:
+        missing = missing_requirements(model_spec)
+        if missing:
+            modules = ", ".join(m for m, _ in missing)
+            extras = ",".join(sorted({extra for _, extra in missing}))
+            issues.append(
+                (
+                    f"models.{role}.backend",
+                    f"the {model_spec.backend} backend here needs {modules}, not installed",
+                    f"pip install 'specbench[{extras}]'",
+                )
+            )
+            continue
         unavailable = _unavailable_reason(model_spec)
         if unavailable is not None:
             notes.append(f"models.{role}: {unavailable}; its tokenizer was not checked")

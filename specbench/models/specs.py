@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -11,6 +12,15 @@ DType = Literal["auto", "bfloat16", "float16", "float32"]
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def requirements(self) -> list[tuple[str, str]]:
+        """Python modules this spec needs, each with the specbench extra that installs it."""
+        return []
+
+
+def missing_requirements(spec: _Spec) -> list[tuple[str, str]]:
+    """The ``(module, extra)`` pairs of ``spec`` that are not importable here."""
+    return [(m, extra) for m, extra in spec.requirements() if importlib.util.find_spec(m) is None]
 
 
 class ToyModelSpec(_Spec):
@@ -36,6 +46,10 @@ class Bnb4BitSpec(_Spec):
     """bitsandbytes 4-bit weights (NF4 or FP4)."""
 
     method: Literal["bnb-4bit"] = "bnb-4bit"
+
+    def requirements(self) -> list[tuple[str, str]]:
+        return [("bitsandbytes", "quant")]
+
     quant_type: Literal["nf4", "fp4"] = "nf4"
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     double_quant: bool = False
@@ -46,11 +60,18 @@ class Bnb8BitSpec(_Spec):
 
     method: Literal["bnb-8bit"] = "bnb-8bit"
 
+    def requirements(self) -> list[tuple[str, str]]:
+        return [("bitsandbytes", "quant")]
+
 
 class QuantoSpec(_Spec):
     """optimum-quanto weight quantization."""
 
     method: Literal["quanto"] = "quanto"
+
+    def requirements(self) -> list[tuple[str, str]]:
+        return [("optimum.quanto", "quant")]
+
     weights: Literal["int8", "int4", "int2", "float8"] = "int8"
 
 
@@ -86,6 +107,14 @@ class HFModelSpec(_Spec):
     )
     trust_remote_code: bool = False
 
+    def requirements(self) -> list[tuple[str, str]]:
+        needed = [("transformers", "hf"), ("safetensors", "hf")]
+        if self.gguf_file is not None:
+            needed.append(("gguf", "hf"))
+        if self.quantization is not None:
+            needed += self.quantization.requirements()
+        return needed
+
     @model_validator(mode="after")
     def _invariant_needs_eager(self) -> HFModelSpec:
         if self.batch_invariant and self.attn_implementation not in (None, "eager"):
@@ -120,6 +149,9 @@ class DummyModelSpec(_Spec):
     seed: int = Field(0, ge=0)
     max_positions: int = Field(4096, ge=16, description="Longest sequence (cache size).")
     batch_invariant: bool = False
+
+    def requirements(self) -> list[tuple[str, str]]:
+        return [("transformers", "hf")]
 
 
 ModelSpec = Annotated[ToyModelSpec | HFModelSpec | DummyModelSpec, Field(discriminator="backend")]
