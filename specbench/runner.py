@@ -251,7 +251,7 @@ def run_end_record(run_id: str, session: int, status: str) -> RunEnd:
         run_id=run_id,
         session=session,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        status=status,  # type: ignore[arg-type]
+        status=status,
         load=current_load(),
     )
 

@@ -270,12 +270,14 @@ def test_greedy_audit_passes_exact_methods_token_for_token(tmp_path: Path) -> No
         'name = "speculative"\nparams = { k = 4 }',
         'name = "specexec"',
         'name = "prompt-lookup"',
+        'name = "suffix"',
+        'name = "lookahead"',
+        'name = "token-recycling"',
     )
     outcome = _audit(_preset(tmp_path, methods, temperature=0.0), tmp_path)
     assert outcome.mode == "greedy"
-    assert {r.method: r.verdict for r in outcome.records} == dict.fromkeys(
-        ("speculative", "specexec", "prompt-lookup"), "pass"
-    )
+    exact = ("speculative", "specexec", "prompt-lookup", "suffix", "lookahead", "token-recycling")
+    assert {r.method: r.verdict for r in outcome.records} == dict.fromkeys(exact, "pass")
     assert all("2/2 outputs identical" in r.detail for r in outcome.records)
 
 

@@ -235,3 +235,29 @@ def test_listings_never_truncate_the_names_a_user_types(monkeypatch: pytest.Monk
         assert max(len(line) for line in rendered.splitlines()) <= 100
         for name in names:
             assert f" {name} " in rendered, name
+
+
+def test_piped_output_prints_a_heartbeat_during_long_silent_phases(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A model load or warm-up that reports nothing for HEARTBEAT_S still prints a line
+    (elapsed time, samples and tokens so far), so piped logs never go quiet for minutes."""
+    import io
+
+    from rich.console import Console
+
+    from specbench.cli import live
+    from specbench.progress import Progress
+
+    monkeypatch.setattr(live, "HEARTBEAT_S", 0.2)
+    buffer = io.StringIO()
+    piped = Console(file=buffer, width=200, force_terminal=False)
+    with live.ProgressView(piped) as view:
+        view(Progress("warmup", "warming up speculative (1)", tmp_path, processed=lambda: 1234))
+        deadline = time.monotonic() + 10
+        while "still" not in buffer.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    text = buffer.getvalue()
+    assert text.splitlines()[0] == "warming up speculative (1)"
+    assert "still warming up speculative (1) (" in text
+    assert "elapsed, 0/0 samples done, 1234 tokens processed so far)" in text

@@ -142,3 +142,20 @@ def test_describe_reports_backend_details(tiny_hf: dict) -> None:
     assert described["backend"] == "hf" and described["dtype"] == "float32"
     assert described["architecture"] == "LlamaForCausalLM" and described["parameters"] > 0
     assert isinstance(model, HFLanguageModel)
+
+
+def test_reused_prompt_cache_gives_the_same_logits_without_reprocessing(tiny_hf: dict) -> None:
+    """The audit's prompt-cache reuse: a fresh session adopts the stored prompt cache and
+    processes only what follows it; its logits equal a session that processed everything."""
+    model = hf_pair(tiny_hf).target
+    prompt = list(range(5, 25))
+    plain = model.new_session().logits_from(prompt + [7, 8], len(prompt) - 1)
+    model.reuse_prompt_cache = True
+    first = model.new_session().logits_from(prompt + [7, 8], len(prompt) - 1)  # stores it
+    before = model.counters.tokens_processed
+    again = model.new_session().logits_from(prompt + [9], len(prompt) - 1)
+    assert model.counters.tokens_processed - before == 2  # the last prompt token and 9
+    assert torch.allclose(first, plain, atol=1e-5)
+    check = model.new_session()
+    model.reuse_prompt_cache = False
+    assert torch.allclose(again, check.logits_from(prompt + [9], len(prompt) - 1), atol=1e-5)

@@ -90,3 +90,35 @@ def test_gguf_file_loads_like_its_conversion() -> None:
     a = gguf.new_session().logits_from(ids, len(ids) - 1)
     b = converted.new_session().logits_from(ids, len(ids) - 1)
     assert torch.allclose(a, b, atol=1e-3)
+
+
+def test_audit_passes_the_qwen_pair_greedy_and_sampled(tmp_path) -> None:
+    """``specbench audit`` on the catalogue pair: greedy equality with the batch-invariant
+    target, and a small sampling audit of speculative decoding (alpha 0.01, Bonferroni)."""
+    from specbench.audit.run import AuditOptions, audit_preset
+    from specbench.plugins import discover_methods
+    from specbench.presets import load_preset
+
+    _fetched("qwen2.5-coder-1.5b")
+    _fetched("qwen2.5-coder-0.5b")
+    registry = discover_methods()
+    greedy = load_preset(
+        "qwen-coder-mtbench",
+        registry,
+        [("methods", [{"name": "baseline"}, {"name": "speculative", "params": {"k": 3}}])],
+    )
+    outcome = audit_preset(greedy, AuditOptions(prompts=2, tokens=24), tmp_path / "greedy.jsonl")
+    assert [r.verdict for r in outcome.records] == ["pass"]
+    sampled = load_preset(
+        "qwen-coder-mtbench",
+        registry,
+        [
+            ("methods", [{"name": "speculative", "params": {"k": 2}}]),
+            ("sampling.temperature", 0.8),
+            ("sampling.top_k", 20),
+        ],
+    )
+    outcome = audit_preset(
+        sampled, AuditOptions(samples=300, prompts=1, tokens=2), tmp_path / "sampled.jsonl"
+    )
+    assert [r.verdict for r in outcome.records] == ["pass"], outcome.records[0].detail

@@ -19,7 +19,7 @@ from specbench.cli.common import (
     fail_with,
 )
 from specbench.cli.live import ProgressView
-from specbench.cli.tables import summary_table
+from specbench.cli.tables import noise_lines, summary_table
 from specbench.errors import SpecbenchError
 from specbench.plugins import discover_methods
 from specbench.presets import (
@@ -127,6 +127,8 @@ def run(
         console.print(str(outcome.output), highlight=False, markup=False)
         return
     console.print(summary_table(outcome.summaries, title=f"{resolved.name}: summary"))
+    for line in noise_lines(outcome.summaries):
+        console.print(f"note: {line}", highlight=False, markup=False, soft_wrap=True)
     if outcome.skipped:
         console.print(f"resumed: {outcome.skipped} samples were already in the file")
     console.print(f"results: {outcome.output}", highlight=False, markup=False)

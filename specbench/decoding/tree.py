@@ -1,9 +1,16 @@
-"""Token trees for SpecExec (Svirschevski et al., 2024).
+"""Token trees: one verification path for every tree-drafting method.
 
-The draft grows a tree best-first by cumulative probability: at each round the ``beam`` most
-probable candidates join the tree and the draft scores them all in one tree-attention call,
-which proposes their ``branching`` most likely children as new candidates, until ``budget``
-nodes (or ``max_depth`` levels) are in. The target then scores the whole tree in one call
+:func:`tree_generate` is the loop every tree method shares: a :class:`TreeProposer` grows a
+tree after the committed sequence, the target scores it in one tree-attention call, and the
+target's own samples walk it (:func:`walk_tree`), which is exact for any tree built without
+looking at the target's samples of this step. Proposers hear the outcome (and the target's
+logits) through :meth:`TreeProposer.observe`, which is how Token Recycling and Lookahead
+learn from target calls.
+
+SpecExec (Svirschevski et al., 2024): the draft grows a tree best-first by cumulative
+probability: at each round the ``beam`` most probable candidates join the tree and the draft
+scores them all in one tree-attention call, which proposes their ``branching`` most likely
+children as new candidates, until ``budget`` nodes (or ``max_depth`` levels) are in. The target then scores the whole tree in one call
 and walks it from the root drawing *its own* sample at each node: while the sample is a child
 of the current node the walk descends; the first sample that is not becomes the step's last
 token. Every emitted token is a sample of the target given the path above it, so the output
@@ -53,8 +60,58 @@ class TokenTree:
     def widest_level(self) -> int:
         return max((self.depths.count(d) for d in set(self.depths)), default=0)
 
+    def add_path(self, tokens: list[int], parent: int = -1) -> list[int]:
+        """Add a chain below ``parent``, sharing nodes the tree already has (a trie), and
+        return the chain's node indices. Sibling tokens stay unique, which the walk needs."""
+        children = self.children()
+        depth = 0 if parent == -1 else self.depths[parent]
+        nodes = []
+        for token in tokens:
+            depth += 1
+            existing = children.get(parent, {}).get(token)
+            if existing is None:
+                existing = self.add(parent, token, depth)
+                children.setdefault(parent, {})[token] = existing
+            nodes.append(existing)
+            parent = existing
+        return nodes
 
-class TreeDrafter:
+
+class TreeProposer:
+    """Grows a token tree after the committed sequence; the base of every tree method.
+
+    ``calls`` counts draft-model calls (0 for draft-free proposers). ``observe`` hears each
+    step: the sequence before it, the tree, the target's raw logits for the root (row 0) and
+    every node (row ``1 + i``), the path the target's samples took and the token after it.
+    ``stats`` returns method-specific numbers for the record (averaged per step by merging).
+    """
+
+    calls: int = 0
+    #: Deepest tree level it grows (the loop also stops at the token budget).
+    max_depth: int = 1024
+
+    def start(self, request: GenerationRequest) -> None:
+        """Called once before each generation."""
+        self.calls = 0
+
+    def grow(self, sequence: list[int], max_depth: int) -> TokenTree:
+        raise NotImplementedError
+
+    def observe(
+        self,
+        sequence: list[int],
+        tree: TokenTree,
+        logits: torch.Tensor,
+        path: list[int],
+        token: int,
+    ) -> None:
+        """Learn from a verified step; the default ignores it."""
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+
+class TreeDrafter(TreeProposer):
     """Grows draft trees best-first by cumulative draft probability (see module docstring)."""
 
     def __init__(
@@ -76,7 +133,7 @@ class TreeDrafter:
         self._session: Session | None = None
 
     def start(self, request: GenerationRequest) -> None:
-        self.calls = 0
+        super().start(request)
         self._session = self.model.new_session()
 
     def grow(self, sequence: list[int], max_depth: int) -> TokenTree:
@@ -170,9 +227,9 @@ def walk_tree(
 
 
 def tree_generate(
-    request: GenerationRequest, target: LanguageModel, drafter: TreeDrafter
+    request: GenerationRequest, target: LanguageModel, drafter: TreeProposer
 ) -> GenerationResult:
-    """Generate with draft trees verified by the target's own samples (exact)."""
+    """Generate with trees verified by the target's own samples (exact)."""
     state = DecodeState(request)
     session = target.new_session()
     generator = request.generator(target.device, stream=0)
@@ -187,6 +244,7 @@ def tree_generate(
         state.stats.target_calls += 1
         probs = logits_to_probs(logits, request.sampling)
         path, token, verified = walk_tree(tree, probs, generator)
+        drafter.observe(state.sequence, tree, logits, path, token)
         session.commit_tree_path(path)
         state.stats.record_walk(len(tree), len(path), verified)
         if len(tree):
@@ -201,5 +259,7 @@ def tree_generate(
         extra["tree_size"] = sum(sizes) / len(sizes)
         extra["effective_parallelism"] = sum(parallelism) / len(parallelism)
         extra["max_active_branches"] = float(widest)
-        extra["branch_prune_rate"] = pruned / candidates if candidates else 0.0
+        if candidates:
+            extra["branch_prune_rate"] = pruned / candidates
+    extra.update(drafter.stats())
     return state.result(drafter.calls)

@@ -76,6 +76,11 @@ class LanguageModel(ABC):
         #: Backends that simulate what a call costs (toy models) skip the wait when False;
         #: the audit, which times nothing, turns it off.
         self.simulate_costs = True
+        #: Let a fresh session start from a stored copy of a prompt's cache instead of
+        #: processing the prompt again (backends that support it). Never on in timed runs:
+        #: it would hide the prefill. The sampling audit, which draws thousands of short
+        #: generations from one prompt, turns it on.
+        self.reuse_prompt_cache = False
 
     @abstractmethod
     def new_session(self) -> Session:
@@ -185,6 +190,8 @@ class Session(ABC):
         """Like :meth:`logits_from`, optionally with the hidden states of the same rows."""
         if not 0 <= start < len(tokens):
             raise ValueError(f"start={start} outside a sequence of {len(tokens)} tokens")
+        if not self.cached and not self.tree and self.model.reuse_prompt_cache and start > 0:
+            self._adopt_prompt_cache(list(tokens[:start]))
         new = self._sync(tokens, start)
         output = self._append(new, len(tokens) - start, hidden)
         self.cached.extend(new)
@@ -257,6 +264,10 @@ class Session(ABC):
     def _all_nodes(self, parents: list[int], tokens: list[int]) -> tuple[list[int], list[int]]:
         """Parents and tokens of the nodes already in the tree followed by new ones."""
         return [n.parent for n in self.tree] + parents, [n.token for n in self.tree] + tokens
+
+    def _adopt_prompt_cache(self, prefix: list[int]) -> None:  # noqa: B027 - optional hook
+        """Start from a stored cache of ``prefix`` (``reuse_prompt_cache``); by default the
+        backend has none and the prefix is processed as usual."""
 
     @abstractmethod
     def _append(self, tokens: list[int], n_logits: int, hidden: bool) -> ForwardOutput:

@@ -8,6 +8,7 @@ catalogue names and hub ids all go through the same ``from_pretrained`` call.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -108,6 +109,7 @@ class HFLanguageModel(LanguageModel):
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.info = info or {}
+        self.prompt_caches: dict[tuple[int, ...], Any] = {}
         # optimum-quanto's packed int4 weights cannot run under inference_mode.
         quantized = (self.info.get("quantization") or {}).get("method")
         self.no_grad = torch.no_grad if quantized == "quanto" else torch.inference_mode
@@ -198,6 +200,18 @@ class HFSession(Session):
         logits: torch.Tensor = out.logits[0, -n_logits:, : hf.vocab_size]
         states = out.hidden_states[-1][0, -n_logits:].float() if hidden else None
         return ForwardOutput(logits.float(), states)
+
+    def _adopt_prompt_cache(self, prefix: list[int]) -> None:
+        hf = self.model
+        stored = hf.prompt_caches.get(tuple(prefix))
+        if stored is None:
+            builder = HFSession(hf)
+            builder._append(prefix, 1, False)
+            stored = builder.cache
+            hf.prompt_caches.clear()  # one prompt at a time: bounded memory
+            hf.prompt_caches[tuple(prefix)] = stored
+        self.cache = copy.deepcopy(stored)
+        self.cached = list(prefix)
 
     def _truncate(self, length: int) -> None:
         remove = self.cache.get_seq_length() - length
