@@ -10,11 +10,12 @@ learn from target calls.
 SpecExec (Svirschevski et al., 2024): the draft grows a tree best-first by cumulative
 probability: at each round the ``beam`` most probable candidates join the tree and the draft
 scores them all in one tree-attention call, which proposes their ``branching`` most likely
-children as new candidates, until ``budget`` nodes (or ``max_depth`` levels) are in. The
-target then scores the whole tree in one call and walks it from the root drawing *its own*
-sample at each node: while the sample is a child of the current node the walk descends; the
-first sample that is not becomes the step's last token. Every emitted token is a sample of the target given the path above it, so the output
-follows the target's distribution exactly whatever the tree (and is greedy at temperature 0).
+children as new candidates, until ``budget`` nodes (or ``max_depth`` levels) are in. The target
+then scores the whole tree in one call and walks it from the root drawing *its own* sample at
+each node: while the sample is a child of the current node the walk descends; the first sample
+that is not becomes the step's last token. Every emitted token is a sample of the target given
+the path above it, so the output follows the target's distribution exactly whatever the tree
+(and is greedy at temperature 0).
 """
 
 from __future__ import annotations
