@@ -27,6 +27,8 @@ A method is a subclass of :class:`DecodingMethod`:
   :class:`RunContext` (the preset, prompts, sampling); load or check what the method needs.
 * optional ``train(context)``: train what the method needs (``specbench judge train`` calls
   it for every method of a preset); return a one-line summary.
+* optional classmethod ``replay_proposer(params)``: for draft-free methods, the drafter
+  ``generate`` uses; ``specbench replay`` then replays saved greedy outputs through it.
 * optional ``reference_method()``: for methods whose tokens do not come from the in-process
   target (an external engine), the same engine's plain decoding; ``specbench audit`` then
   compares samples with it (two-sample test) instead of with the target's exact
@@ -179,6 +181,13 @@ class DecodingMethod(ABC):
 
     def train(self, context: RunContext) -> str | None:
         """Train what the method needs; ``None`` when it needs nothing."""
+        return None
+
+    @classmethod
+    def replay_proposer(cls, params: MethodParams) -> Any:
+        """A fresh drafter (a ``Drafter`` or a ``TreeProposer``) built as ``generate`` builds
+        it, for ``specbench replay``; ``None`` (the default) when the drafts depend on model
+        outputs and cannot be replayed from saved tokens."""
         return None
 
     def reference_method(self) -> DecodingMethod | None:

@@ -10,6 +10,7 @@ from specbench.cli import (
     methods_cmd,
     models_cmd,
     presets_cmd,
+    replay_cmd,
     report_cmd,
     run_cmd,
     validate_cmd,
@@ -30,6 +31,7 @@ app.add_typer(presets_cmd.app, name="presets")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(judge_cmd.app, name="judge")
 app.command("report")(report_cmd.report)
+app.command("replay")(replay_cmd.replay_command)
 
 
 def main() -> None:

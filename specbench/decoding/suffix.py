@@ -214,7 +214,7 @@ class SuffixProposer(TreeProposer):
 
     def _best_candidate(self, sequence: list[int]) -> Candidate | None:
         candidates = []
-        tries = [("request", self._local)]
+        tries: list[tuple[str, SuffixTrie]] = [("request", self._local)]
         if self.use_global:
             tries.append(("global", self.global_trie))
         for source, trie in tries:

@@ -50,5 +50,10 @@ class PromptLookupMethod(DecodingMethod):
             result.stats.extra["lookup_hit_rate"] = self.drafter.hits / self.drafter.lookups
         return result
 
+    @classmethod
+    def replay_proposer(cls, params: MethodParams) -> NgramDrafter:
+        assert isinstance(params, PromptLookupParams)
+        return NgramDrafter(params.k, params.max_ngram, params.min_ngram)
+
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         return batched_generate(requests, self.models.target, PerRowDrafter(self.drafter))

@@ -59,6 +59,11 @@ class SuffixMethod(DecodingMethod):
         self.proposer.finish(result.tokens)
         return result
 
+    @classmethod
+    def replay_proposer(cls, params: MethodParams) -> SuffixProposer:
+        assert isinstance(params, SuffixParams)
+        return suffix_proposer(params)
+
 
 def suffix_proposer(params: SuffixParams) -> SuffixProposer:
     """The proposer a run of ``suffix`` uses (``specbench replay`` builds the same)."""
