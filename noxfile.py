@@ -14,7 +14,7 @@ CPU = ("-c", "constraints/cpu.txt")
 EXAMPLE_PLUGIN = "plugins/specbench-adaptive-k"
 
 
-def install_project(session: nox.Session, extras: str = "dev,hf,quant,report") -> None:
+def install_project(session: nox.Session, extras: str = "dev,hf,quant,report,track") -> None:
     session.install(*CPU, "-e", f".[{extras}]")
     session.install(*CPU, "-e", EXAMPLE_PLUGIN)
 
@@ -31,6 +31,21 @@ def slow(session: nox.Session) -> None:
     """Real weights from the catalogue (SmolLM2, the Qwen2.5-Coder pair); fetched once."""
     install_project(session)
     session.run("pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """The HTML report in headless Chromium: installs Debian's chromium and chromium-driver
+    when missing (needs root), then saves the screenshot under benchmarks/results/."""
+    import shutil
+
+    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "chromium", "chromium-driver", external=True)
+    install_project(session)
+    session.install("selenium>=4.20")
+    session.env["SPECBENCH_SCREENSHOT"] = "benchmarks/results/html-report-screenshot.png"
+    session.run("pytest", "-m", "browser", *session.posargs)
 
 
 @nox.session

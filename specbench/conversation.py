@@ -20,12 +20,14 @@ class PromptEncoder:
     chat_template: bool = True
     system_prompt: str | None = None
 
-    def encode(self, history: Sequence[tuple[str, str]], user: str) -> list[int]:
-        """Ids for the next answer after ``history`` (user, answer) pairs and ``user``."""
+    def encode(
+        self, history: Sequence[tuple[str, str]], user: str, system: str | None = None
+    ) -> list[int]:
+        """Ids for the next answer after ``history`` (user, answer) pairs and ``user``;
+        ``system`` (a prompt's own system message) replaces the preset's system prompt."""
+        system_prompt = system if system is not None else self.system_prompt
         if self.chat_template:
-            messages = (
-                [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-            )
+            messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
             for question, answer in history:
                 messages += [
                     {"role": "user", "content": question},
@@ -35,7 +37,7 @@ class PromptEncoder:
             ids = self.tokenizer.chat_ids(messages)
             if ids is not None:
                 return ids
-        parts = [self.system_prompt] if self.system_prompt else []
+        parts = [system_prompt] if system_prompt else []
         for question, answer in history:
             parts += [question, answer]
         parts.append(user)

@@ -22,6 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from specbench.errors import PluginError, SpecbenchError
 from specbench.models.specs import ModelsSpec
 from specbench.plugins import MethodInfo, MethodParams, MethodRegistry, ModelRole
+from specbench.preset_formats import (
+    PresetSyntaxError,
+    format_of,
+    line_of,
+    parse,
+    yaml_lines,
+)
 from specbench.prompts import PromptSetSpec
 
 PRESET_PATH_ENV = "SPECBENCH_PRESET_PATH"
@@ -94,14 +101,17 @@ class Preset(_Section):
 
 @dataclass(frozen=True)
 class PresetIssue:
-    """One problem in a preset: where (a field path) and what to do."""
+    """One problem in a preset: where (a field path, and a line when the format tells) and
+    what to do."""
 
     path: str
     message: str
     hint: str
+    line: int | None = None
 
     def render(self, source: str) -> str:
-        where = f"{source}: {self.path}" if self.path else source
+        at = f"{source}:{self.line}" if self.line is not None else source
+        where = f"{at}: {self.path}" if self.path else at
         return f"{where}: {self.message}. Fix: {self.hint}"
 
 
@@ -183,15 +193,16 @@ def available_presets() -> dict[str, Path]:
     """Every preset name that can be run, with the file it comes from."""
     found: dict[str, Path] = {}
     for directory in preset_dirs():
-        for path in sorted(directory.glob("*.toml")):
-            found.setdefault(path.stem, path)
+        for path in sorted(directory.iterdir()):
+            if format_of(path.suffix) is not None:
+                found.setdefault(path.stem, path)
     return found
 
 
 def find_preset(name_or_path: str) -> Path:
     """A preset file from a path or a preset name."""
     candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" or os.sep in name_or_path:
+    if format_of(candidate.suffix) is not None or os.sep in name_or_path:
         if candidate.is_file():
             return candidate
         raise SpecbenchError(
@@ -203,7 +214,7 @@ def find_preset(name_or_path: str) -> Path:
     names = ", ".join(sorted(presets)) or "none found"
     raise SpecbenchError(
         f"no preset named '{name_or_path}' (available: {names})",
-        "run `specbench presets` to list them, or pass the path of a .toml file",
+        "run `specbench presets` to list them, or pass the path of a .toml, .yaml or .json file",
     )
 
 
@@ -211,16 +222,28 @@ def find_preset(name_or_path: str) -> Path:
 
 
 def read_preset_file(path: Path) -> dict[str, Any]:
-    """Parse a TOML preset; syntax errors become a one-line :class:`PresetError`."""
+    """Parse a TOML, YAML or JSON preset (by extension); syntax errors become a one-line
+    :class:`PresetError` with the line the parser names."""
+    fmt = format_of(path.suffix) or "toml"
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
-        raise PresetError(
-            str(path), [PresetIssue("", f"not valid TOML ({error})", "fix the syntax there")]
-        ) from error
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise SpecbenchError(f"cannot read {path}: {error.strerror}", "check the path") from error
+    try:
+        return parse(text, fmt)
+    except PresetSyntaxError as error:
+        raise PresetError(
+            str(path), [PresetIssue("", str(error), "fix the syntax there", error.line)]
+        ) from error
+
+
+def _with_lines(error: PresetError, path: Path) -> PresetError:
+    """The same issues with the YAML line of each field path."""
+    if format_of(path.suffix) != "yaml":
+        return error
+    lines = yaml_lines(path.read_text(encoding="utf-8"))
+    issues = [replace(i, line=i.line or line_of(i.path, lines)) for i in error.issues]
+    return PresetError(error.source, issues)
 
 
 def parse_override(assignment: str) -> tuple[str, Any]:
@@ -292,7 +315,10 @@ def load_preset(
     path = find_preset(name_or_path)
     raw = apply_overrides(read_preset_file(path), overrides)
     raw.setdefault("name", path.stem)
-    return validate_preset(raw, source=str(path), registry=registry, base_dir=path.parent)
+    try:
+        return validate_preset(raw, source=str(path), registry=registry, base_dir=path.parent)
+    except PresetError as error:
+        raise _with_lines(error, path) from None
 
 
 # ----------------------------------------------------------------------------- validation

@@ -36,6 +36,8 @@ class Prompt:
     category: str | None = None
     reference: Mapping[str, Any] = field(default_factory=dict)
     task: str | None = None
+    #: The prompt's own system message (chat data), used instead of the preset's.
+    system: str | None = None
 
     @property
     def text(self) -> str:
@@ -120,7 +122,14 @@ class _PromptSetBase(BaseModel):
         turns = prompt.turns[: self.max_turns] if self.max_turns else prompt.turns
         if self.template is not None:
             turns = (self.template.replace("{prompt}", turns[0]), *turns[1:])
-        return Prompt(prompt.id, turns, prompt.category, prompt.reference, self.task or prompt.task)
+        return Prompt(
+            prompt.id,
+            turns,
+            prompt.category,
+            prompt.reference,
+            self.task or prompt.task,
+            prompt.system,
+        )
 
     def _read(self, base_dir: Path) -> list[Prompt]:
         raise NotImplementedError
@@ -153,7 +162,9 @@ class InlinePromptSet(_PromptSetBase):
 
 
 class JsonlPromptSet(_PromptSetBase):
-    """A JSONL file with ``prompt`` (a string) or ``turns`` (a list) per line.
+    """A JSONL file with ``prompt`` (a string), ``turns`` (a list) or ``messages`` (an
+    OpenAI-format chat: user turns kept, a system message used, assistant turns dropped) per
+    line.
 
     Optional per line: ``id`` (or ``question_id``, ``task_id``) and ``category``. A relative
     ``path`` is looked up next to the preset file first, then in the working directory.
@@ -250,6 +261,12 @@ class DatasetPromptSet(_PromptSetBase):
     split: str = "train"
     prompt_field: str = "prompt"
     turns_field: str | None = None
+    messages_field: str | None = Field(
+        None,
+        description="A list of chat messages ({role, content}, OpenAI format): user messages "
+        "become the turns, a system message the prompt's system prompt, assistant messages "
+        "are dropped (the model writes its own answers).",
+    )
     id_field: str | None = "id"
     category_field: str | None = "category"
 
@@ -286,6 +303,8 @@ class DatasetPromptSet(_PromptSetBase):
             mapped = {"prompt": row.get(self.prompt_field)}
             if self.turns_field:
                 mapped = {"turns": row.get(self.turns_field)}
+            if self.messages_field:
+                mapped = {"messages": row.get(self.messages_field)}
             if self.id_field and row.get(self.id_field) is not None:
                 mapped["id"] = row[self.id_field]
             if self.category_field and row.get(self.category_field) is not None:
@@ -327,6 +346,10 @@ def prompt_from_row(row: Any, where: str, default_id: str) -> Prompt:
     """A :class:`Prompt` from a mapping with ``prompt`` or ``turns``, ``id``, ``category``."""
     if not isinstance(row, dict):
         raise SpecbenchError(f"{where}: a prompt must be an object", 'write {"prompt": ...}')
+    system = None
+    if isinstance(row.get("messages"), list):
+        turns_from_chat, system = _from_messages(row["messages"], where)
+        row = {**row, "turns": list(turns_from_chat)}
     if isinstance(row.get("turns"), list) and row["turns"]:
         turns = tuple(str(t) for t in row["turns"])
     elif isinstance(row.get("prompt"), str):
@@ -349,7 +372,29 @@ def prompt_from_row(row: Any, where: str, default_id: str) -> Prompt:
         turns=turns,
         category=None if category is None else str(category),
         reference=reference,
+        system=system,
     )
+
+
+def _from_messages(messages: list[Any], where: str) -> tuple[list[str], str | None]:
+    """User turns and the system message of an OpenAI-style chat; assistant turns dropped."""
+    turns: list[str] = []
+    system = None
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message:
+            raise SpecbenchError(
+                f"{where}: messages[{index}] is not a {{role, content}} object",
+                "use OpenAI chat format",
+            )
+        content = message.get("content")
+        text = content if isinstance(content, str) else json.dumps(content)
+        if message["role"] == "system" and system is None:
+            system = text
+        elif message["role"] == "user":
+            turns.append(text)
+    if not turns:
+        raise SpecbenchError(f"{where}: the messages hold no user turn", "add a user message")
+    return turns, system
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[Any, str]]:

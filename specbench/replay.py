@@ -127,7 +127,7 @@ def load_source(path: Path, source_label: str | None = None) -> ReplaySource:
         if sample.tokens is None or sample.turns != 1 or prompt is None:
             skipped += 1
             continue
-        outputs.append((sample, encoder.encode([], prompt.turns[0])))
+        outputs.append((sample, encoder.encode([], prompt.turns[0], prompt.system)))
     return ReplaySource(header, preset, outputs, skipped)
 
 

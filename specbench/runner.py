@@ -171,9 +171,21 @@ def run_preset(
     report = on_progress or (lambda progress: None)
     preset = resolved.preset
 
+    prompts = preset.prompts.load(resolved.base_dir)
+    finished = [r for r in previous if isinstance(r, SummaryRecord)]
+    wanted = {
+        (m.label, p.id, run)
+        for m in resolved.methods
+        for p in prompts
+        for run in range(preset.runs.count)
+    }
+    if finished and wanted <= {(s.method, s.prompt_id, s.run) for s in previous_samples}:
+        # A finished file: say so without loading any model.
+        report(Progress("done", "nothing left to run", path))
+        return RunOutcome(path, finished, written=0, skipped=len(wanted))
+
     report(Progress("loading", "loading models", path))
     models = load_models(preset.models, lambda message: report(Progress("loading", message, path)))
-    prompts = preset.prompts.load(resolved.base_dir)
     baseline = preset.runs.baseline
     labels = sorted((m.label for m in resolved.methods), key=lambda label: label != baseline)
     methods = instantiate_methods(resolved, models)
@@ -354,7 +366,7 @@ class _Context:
         )
 
     def warm_up(self, method: DecodingMethod, prompt: Prompt, index: int) -> None:
-        ids = self.encoder.encode([], prompt.turns[0])
+        ids = self.encoder.encode([], prompt.turns[0], prompt.system)
         method.generate(self.request(ids, sample_seed(self.preset.sampling.seed, -1, index)))
 
     def time_unit(
@@ -377,7 +389,9 @@ class _Context:
             rows = [i for i, t in enumerate(unit) if turn < len(t.prompt.turns)]
             requests = []
             for i in rows:
-                ids = self.encoder.encode(histories[i], unit[i].prompt.turns[turn])
+                ids = self.encoder.encode(
+                    histories[i], unit[i].prompt.turns[turn], unit[i].prompt.system
+                )
                 prompt_tokens[i] += len(ids)
                 requests.append(self.request(ids, seeds[i] + 7919 * turn))
             self._synchronize()

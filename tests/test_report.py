@@ -164,6 +164,9 @@ def test_noise_warnings_name_load_and_wide_intervals() -> None:
     wide = noise_warnings(1.5, Interval(1.0, 2.0), 10.0, None, MachineLoad(2, 0.5, 0.7))
     assert wide == ["speedup interval is +-33%: add prompts or runs"]
     assert noise_warnings(1.5, Interval(1.45, 1.55), 10.0, None, MachineLoad(2, 0.5, 0.7)) == []
+    # A run that kept both cores busy ends near load 2: that is the run itself, not noise.
+    assert noise_warnings(1.5, Interval(1.45, 1.55), 10.0, None, MachineLoad(2, 0.5, 2.1)) == []
+    assert "overloaded" in noise_warnings(1.5, None, 10.0, None, MachineLoad(2, 0.5, 2.8))[0]
 
 
 def test_paired_bootstrap_resamples_prompts_not_samples() -> None:

@@ -110,7 +110,7 @@ def audit_preset(
     prompts = preset.prompts.load(resolved.base_dir)[:n_prompts]
     tokenizer = models.target.tokenizer
     encoder = PromptEncoder(tokenizer, preset.prompts.chat_template, preset.prompts.system_prompt)
-    encoded = [encoder.encode([], p.turns[0]) for p in prompts]
+    encoded = [encoder.encode([], p.turns[0], p.system) for p in prompts]
     if any(not ids for ids in encoded):
         raise SpecbenchError("a prompt encodes to no tokens", "remove or fix that prompt")
     methods = instantiate_methods(resolved, models)

@@ -26,7 +26,9 @@ from specbench.presets import load_preset, parse_override, select_methods
 
 
 def audit(
-    preset: str = typer.Option(..., "--preset", "-p", help="Preset name or .toml path."),
+    preset: str = typer.Option(
+        ..., "--preset", "-p", help="Preset name or path (.toml, .yaml or .json)."
+    ),
     methods: str = typer.Option(None, "--methods", help="Comma-separated labels to audit."),
     samples: int = typer.Option(
         2000, "--samples", min=10, help="Sampling: generations per prompt and method."

@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.status import Status
 
-from specbench.cli.tables import fmt, progress_table, speedup_cell
+from specbench.cli.tables import progress_table
 from specbench.progress import Progress
+from specbench.report_tables import fmt, speedup_text
 
 HEARTBEAT_S = 30.0
 
@@ -129,7 +130,7 @@ class ProgressView:
             f"run={sample.run}: {sample.new_tokens} tokens, {sample.tokens_per_sec:.1f} tok/s, "
             f"acceptance {fmt(sample.acceptance_rate, '.3f')}, "
             f"{sample.avg_tokens_per_step:.2f} tokens/step, "
-            f"speedup so far {speedup_cell(row.summary)}"
+            f"speedup so far {speedup_text(row.summary)}"
         )
 
 

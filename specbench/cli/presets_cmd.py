@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.syntax import Syntax
 
-from specbench.cli.common import console, fail_with
+from specbench.cli.common import EXIT_INVALID_INPUT, console, fail, fail_with
 from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
+from specbench.preset_formats import dump, format_of
 from specbench.presets import available_presets, find_preset, read_preset_file
 
-app = typer.Typer(help="List presets, or show one.", invoke_without_command=True)
+app = typer.Typer(
+    help="List presets, show one, or convert one to another format.", invoke_without_command=True
+)
 
 
 @app.callback()
@@ -37,4 +42,26 @@ def show(name: str = typer.Argument(..., help="Preset name or path.")) -> None:
     except SpecbenchError as error:
         fail_with(error)
     console.print(f"# {path}", highlight=False, markup=False)
-    console.print(Syntax(path.read_text(encoding="utf-8"), "toml", theme="ansi_dark"))
+    lexer = format_of(path.suffix) or "toml"
+    console.print(Syntax(path.read_text(encoding="utf-8"), lexer, theme="ansi_dark"))
+
+
+@app.command()
+def convert(
+    name: str = typer.Argument(..., help="Preset name or path."),
+    to: str = typer.Option(..., "--to", help="yaml, toml or json."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+) -> None:
+    """Write a preset in another format (same schema; comments are not carried over)."""
+    if to not in ("yaml", "toml", "json"):
+        fail(f"--to {to!r} is not a preset format", EXIT_INVALID_INPUT)
+    try:
+        path = find_preset(name)
+        text = dump(read_preset_file(path), to)  # type: ignore[arg-type]
+    except SpecbenchError as error:
+        fail_with(error)
+    if output is None:
+        console.print(text, highlight=False, markup=False, end="", soft_wrap=True)
+        return
+    output.write_text(text, encoding="utf-8")
+    console.print(f"wrote {output}", highlight=False, markup=False)

@@ -9,11 +9,12 @@ import typer
 from pydantic import ValidationError
 
 from specbench.cli.common import EXIT_INVALID_INPUT, console, fail, fail_with
-from specbench.cli.tables import fmt, listing_table
+from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
 from specbench.plugins import MethodParams, discover_methods
 from specbench.presets import parse_override, parse_sweep
 from specbench.replay import ReplayResult, load_source, replay
+from specbench.report_tables import fmt
 
 
 def replay_command(

@@ -1,4 +1,5 @@
-"""``specbench run``: run a preset with a live table and stream records to JSONL."""
+"""``specbench run``: run a preset (or a study of several) with a live table, stream records to
+JSONL, and optionally log them to experiment trackers."""
 
 from __future__ import annotations
 
@@ -19,22 +20,42 @@ from specbench.cli.common import (
     fail_with,
 )
 from specbench.cli.live import ProgressView
-from specbench.cli.tables import noise_lines, summary_table
+from specbench.cli.tables import summary_table
 from specbench.errors import SpecbenchError
 from specbench.plugins import discover_methods
 from specbench.presets import (
+    ResolvedPreset,
     load_preset,
     parse_override,
     parse_sweep,
     select_methods,
     sweep_parameter,
 )
-from specbench.runner import RunAborted, run_preset
+from specbench.progress import Progress
+from specbench.report_tables import noise_notes
+from specbench.runner import RunAborted, RunOutcome, run_preset
+from specbench.study import (
+    Study,
+    load_study,
+    resolve_entries,
+    run_study,
+    study_dir,
+    study_of_presets,
+)
+from specbench.tracking import TrackingSession, make_trackers
 
 
 def run(
-    preset: str = typer.Option(..., "--preset", "-p", help="Preset name or .toml path."),
-    output: Path = typer.Option(None, "--output", "-o", help="Results JSONL file."),
+    preset: list[str] = typer.Option(
+        None,
+        "--preset",
+        "-p",
+        help="Preset name or path (.toml, .yaml or .json); repeat it for a study.",
+    ),
+    study: Path = typer.Option(None, "--study", help="A study file listing presets and sweeps."),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="Results JSONL file (a study: its directory)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue a results file, skip done."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the results path."),
     methods: str = typer.Option(None, "--methods", help="Comma-separated labels to run."),
@@ -58,9 +79,13 @@ def run(
     train_judge: bool = typer.Option(
         False, "--train-judge", help="Train a missing judge on the spot instead of stopping."
     ),
+    track: list[str] = typer.Option(
+        None, "--track", help="Log to an experiment tracker: mlflow or wandb (repeatable)."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Run every method of a preset on its prompts and write one JSONL record per sample."""
+    """Run every method of a preset on its prompts and write one JSONL record per sample;
+    several presets (-p A -p B, or --study FILE) run in order into one directory."""
     flags: dict[str, Any] = {
         "runs.count": runs,
         "runs.warmup": warmup,
@@ -71,28 +96,13 @@ def run(
         "sampling.top_p": top_p,
         "sampling.seed": seed,
     }
-    try:
-        overrides = [parse_override(a) for a in assignments or []]
-        overrides += [(key, value) for key, value in flags.items() if value is not None]
-        resolved = load_preset(preset, discover_methods(), overrides)
-        if methods:
-            resolved = select_methods(resolved, [m.strip() for m in methods.split(",")])
-        sweep_texts = list(sweeps or []) + ([f"threshold={thresholds}"] if thresholds else [])
-        for text in sweep_texts:
-            resolved = sweep_parameter(resolved, *parse_sweep(text))
-    except SpecbenchError as error:
-        fail_with(error, EXIT_INVALID_INPUT)
-
-    if not quiet:
-        for name, reason in resolved.skipped:
-            console.print(
-                f'note: methods = "all" skipped {name}: {reason}',
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
+    presets = list(preset or [])
+    if not presets and study is None:
+        fail("name a preset with --preset (or a study with --study)", EXIT_INVALID_INPUT)
+    sweep_texts = list(sweeps or []) + ([f"threshold={thresholds}"] if thresholds else [])
     # Every flag that changed the preset, so the printed resume command reproduces it.
-    replay = ["--preset", preset]
+    replay = [arg for p in presets for arg in ("--preset", p)]
+    replay += ["--study", str(study)] if study is not None else []
     for name, value in (
         ("--runs", runs),
         ("--warmup", warmup),
@@ -111,27 +121,174 @@ def run(
         replay += ["--set", assignment]
     for sweep in sweeps or []:
         replay += ["--sweep", sweep]
+    for tracker in track or []:
+        replay += ["--track", tracker]
     if train_judge:
         replay.append("--train-judge")
+
+    try:
+        overrides = [parse_override(a) for a in assignments or []]
+        overrides += [(key, value) for key, value in flags.items() if value is not None]
+        trackers = make_trackers(track or [])
+    except SpecbenchError as error:
+        fail_with(error, EXIT_INVALID_INPUT)
+    tracking = TrackingSession(trackers, warn=_warn)
+
+    if study is not None or len(presets) > 1:
+        _run_study(
+            study, presets, overrides, methods, sweep_texts, output, resume, quiet, tracking,
+            replay, debug,
+        )  # fmt: skip
+        return
+
+    try:
+        resolved = load_preset(presets[0], discover_methods(), overrides)
+        resolved = _shape(resolved, methods, sweep_texts)
+    except SpecbenchError as error:
+        fail_with(error, EXIT_INVALID_INPUT)
+    _notes(resolved, quiet)
+    outcome = _run_one(resolved, output, resume, quiet, train_judge, tracking, replay, debug)
+    if quiet:
+        console.print(str(outcome.output), highlight=False, markup=False)
+        return
+    _print_outcome(resolved.name, outcome)
+
+
+def _shape(resolved: ResolvedPreset, methods: str | None, sweeps: list[str]) -> ResolvedPreset:
+    if methods:
+        resolved = select_methods(resolved, [m.strip() for m in methods.split(",")])
+    for text in sweeps:
+        resolved = sweep_parameter(resolved, *parse_sweep(text))
+    return resolved
+
+
+def _notes(resolved: ResolvedPreset, quiet: bool) -> None:
+    if quiet:
+        return
+    for name, reason in resolved.skipped:
+        console.print(
+            f'note: methods = "all" skipped {name}: {reason}',
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _run_one(
+    resolved: ResolvedPreset,
+    output: Path | None,
+    resume: bool,
+    quiet: bool,
+    train_judge: bool,
+    tracking: TrackingSession,
+    replay: list[str],
+    debug: bool,
+) -> RunOutcome:
     try:
         with ProgressView(console, quiet=quiet) as view:
+
+            def on_progress(progress: Progress) -> None:
+                view(progress)
+                tracking.on_progress(progress)
+
+            tracking.start(resolved)
             outcome = run_preset(
-                resolved, output=output, resume=resume, on_progress=view, train_missing=train_judge
+                resolved,
+                output=output,
+                resume=resume,
+                on_progress=on_progress,
+                train_missing=train_judge,
+            )
+    except SpecbenchError as error:
+        tracking.finish(None, "failed")
+        fail_with(error, EXIT_INVALID_INPUT)
+    except RunAborted as aborted:
+        tracking.finish(None, "interrupted", aborted.output)
+        _report_abort(aborted, replay, debug)
+    tracking.finish(outcome, "finished", outcome.output)
+    return outcome
+
+
+def _run_study(
+    study_file: Path | None,
+    presets: list[str],
+    overrides: list[tuple[str, Any]],
+    methods: str | None,
+    sweeps: list[str],
+    output: Path | None,
+    resume: bool,
+    quiet: bool,
+    tracking: TrackingSession,
+    replay: list[str],
+    debug: bool,
+) -> None:
+    try:
+        spec: Study = (
+            load_study(study_file) if study_file is not None else study_of_presets(presets)
+        )
+        entries = [
+            (label, _shape(resolved, methods, sweeps))
+            for label, resolved in resolve_entries(spec, discover_methods(), overrides)
+        ]
+        directory = study_dir(spec, output, resume)
+    except SpecbenchError as error:
+        fail_with(error, EXIT_INVALID_INPUT)
+    if not quiet:
+        console.print(
+            f"study {spec.name}: {len(entries)} presets -> {directory}",
+            highlight=False,
+            markup=False,
+        )
+
+    def on_entry(position: int, label: str, file: Path) -> None:
+        if not quiet:
+            console.print(f"[{position + 1}/{len(entries)}] {label} -> {file}", highlight=False)
+        tracking.start(dict(entries)[label])
+
+    try:
+        with ProgressView(console, quiet=quiet) as view:
+
+            def on_progress(progress: Progress) -> None:
+                view(progress)
+                tracking.on_progress(progress)
+
+            outcome = run_study(
+                spec,
+                entries,
+                directory,
+                resume,
+                on_progress,
+                on_entry,
+                on_done=lambda label, done: tracking.finish(done, "finished", done.output),
             )
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
     except RunAborted as aborted:
-        _report_abort(aborted, replay, debug)
-
+        tracking.finish(None, "interrupted", aborted.output)
+        _report_abort(aborted, replay, debug, resume_output=directory)
     if quiet:
-        console.print(str(outcome.output), highlight=False, markup=False)
+        console.print(str(outcome.directory), highlight=False, markup=False)
         return
-    console.print(summary_table(outcome.summaries, title=f"{resolved.name}: summary"))
-    for line in noise_lines(outcome.summaries):
+    for label, result in outcome.outcomes:
+        _print_outcome(label, result)
+    console.print(
+        f"study: {outcome.directory} (compare with: specbench report {outcome.directory})",
+        highlight=False,
+        markup=False,
+    )
+
+
+def _print_outcome(name: str, outcome: RunOutcome) -> None:
+    console.print(summary_table(outcome.summaries, title=f"{name}: summary"))
+    for line in noise_notes(outcome.summaries):
         console.print(f"note: {line}", highlight=False, markup=False, soft_wrap=True)
     if outcome.skipped:
         console.print(f"resumed: {outcome.skipped} samples were already in the file")
     console.print(f"results: {outcome.output}", highlight=False, markup=False)
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"warning: {message}", highlight=False, markup=False, soft_wrap=True)
 
 
 def resume_command(replay: list[str], output: Path) -> str:
@@ -139,9 +296,11 @@ def resume_command(replay: list[str], output: Path) -> str:
     return shlex.join(["specbench", "run", *replay, "--output", str(output), "--resume"])
 
 
-def _report_abort(aborted: RunAborted, replay: list[str], debug: bool) -> None:
+def _report_abort(
+    aborted: RunAborted, replay: list[str], debug: bool, resume_output: Path | None = None
+) -> None:
     kept = f"{aborted.written} new records kept in {aborted.output}"
-    again = resume_command(replay, aborted.output)
+    again = resume_command(replay, resume_output or aborted.output)
     if isinstance(aborted.cause, KeyboardInterrupt):
         err_console.print(f"interrupted during {aborted.where}; {kept}", highlight=False)
         err_console.print(f"continue with: {again}", highlight=False, markup=False, soft_wrap=True)

@@ -8,10 +8,13 @@ from rich.table import Table
 
 from specbench.progress import MethodProgress
 from specbench.records import SummaryRecord
-
-
-def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
+from specbench.report_tables import (
+    TableData,
+    fmt,
+    percent,
+    speedup_text,
+    summary_data,
+)
 
 
 def listing_table(
@@ -25,28 +28,6 @@ def listing_table(
     for column in columns[1:]:
         table.add_column(column, overflow="fold")
     return table
-
-
-def speedup_cell(summary: SummaryRecord | None) -> str:
-    """``1.47x [1.38-1.55]``: the speedup with its 95% bootstrap interval, when there is one."""
-    if summary is None or summary.speedup is None:
-        return "-"
-    text = f"{summary.speedup:.2f}x"
-    if summary.speedup_ci is not None:
-        low, high = summary.speedup_ci
-        text += f" [{low:.2f}-{high:.2f}]"
-    return text
-
-
-def noise_lines(summaries: Sequence[SummaryRecord]) -> list[str]:
-    """One warning line per method and reason (machine load is said once)."""
-    lines: list[str] = []
-    for s in summaries:
-        for note in s.noise:
-            line = note if note.startswith("machine") else f"{s.method}: {note}"
-            if line not in lines:
-                lines.append(line)
-    return lines
 
 
 def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> Table:
@@ -67,61 +48,36 @@ def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> 
             row.label,
             f"{row.done}/{row.total}",
             fmt(s.tokens_per_sec_median if s else None, ".1f"),
-            speedup_cell(s),
+            speedup_text(s),
             fmt(s.acceptance_rate if s else None, ".3f"),
             fmt(s.avg_tokens_per_step if s else None, ".2f"),
         ]
         if show_score:
-            cells.append(_percent(s.score_mean if s else None))
+            cells.append(percent(s.score_mean if s else None))
         table.add_row(*cells)
     return table
 
 
 def summary_table(summaries: Sequence[SummaryRecord], title: str | None = None) -> Table:
-    """The final table of a run or a report: medians with their spread.
+    """The final table of a run or a report: medians with their spread."""
+    return rich_table(summary_data(summaries, title or ""))
 
-    tokens/call is pooled over all target calls (counts the bonus token); the profile table
-    of ``report`` adds the per-request mean.
-    """
-    table = Table(title=title, title_justify="left")
-    table.add_column("method", style="bold")
-    table.add_column("exact")
-    table.add_column("n", justify="right")
-    table.add_column("tok/s (p25-p75)", justify="right")
-    table.add_column("speedup [95% CI]", justify="right")
-    table.add_column("accept (theory)", justify="right")
-    table.add_column("tokens/call", justify="right")
-    table.add_column("calls/token", justify="right")
-    show_match = any(s.greedy_match_rate is not None for s in summaries)
-    if show_match:
-        table.add_column("= baseline", justify="right")
-    show_score = any(s.score_mean is not None for s in summaries)
-    if show_score:
-        table.add_column("score", justify="right")
-    for s in summaries:
-        spread = (
-            f"{s.tokens_per_sec_median:.1f} ({s.tokens_per_sec_p25:.1f}-{s.tokens_per_sec_p75:.1f})"
+
+def rich_table(data: TableData) -> Table:
+    """A :class:`TableData` as a rich table (names in the first column never truncated)."""
+    table = Table(
+        title=data.title or None,
+        title_justify="left",
+        caption=data.caption or None,
+        caption_justify="left",
+    )
+    for i, column in enumerate(data.columns):
+        table.add_column(
+            column,
+            justify="right" if data.numeric[i] else "left",
+            style="bold" if i == 0 else None,
+            no_wrap=i == 0,
         )
-        acceptance = fmt(s.acceptance_rate, ".3f")
-        if s.expected_acceptance_rate is not None:
-            acceptance += f" ({s.expected_acceptance_rate:.3f})"
-        cells = [
-            s.method,
-            "synthetic" if s.synthetic else "yes" if s.exact else "lossy",
-            str(s.samples),
-            spread,
-            speedup_cell(s),
-            acceptance,
-            fmt(s.avg_tokens_per_step, ".2f"),
-            fmt(s.target_calls_per_token, ".3f"),
-        ]
-        if show_match:
-            cells.append(_percent(s.greedy_match_rate))
-        if show_score:
-            cells.append(_percent(s.score_mean))
-        table.add_row(*cells)
+    for row in data.rows:
+        table.add_row(*row)
     return table
-
-
-def _percent(value: float | None, suffix: str = "") -> str:
-    return "-" if value is None else f"{100 * value:.0f}%{suffix}"

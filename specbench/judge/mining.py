@@ -83,7 +83,7 @@ def mine_labels(
     examples: list[MinedExample] = []
     without_answer: list[str] = []
     for index, prompt in enumerate(prompts):
-        prompt_ids = encoder.encode([], prompt.turns[0])
+        prompt_ids = encoder.encode([], prompt.turns[0], prompt.system)
         reference = target.greedy_continuations([prompt_ids], settings.max_new_tokens, stop_ids)[0]
         response = reference.tokens
         reference_answer = answer(prompt, target.tokenizer.decode(response))

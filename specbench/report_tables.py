@@ -1,0 +1,207 @@
+"""The contents of every report table as plain data, rendered by the terminal (rich) and by the
+HTML report alike, so both always show the same numbers formatted the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from specbench.profile import consistency
+from specbench.records import SummaryRecord
+from specbench.report import ResultsFile, batch_points, category_table
+
+
+@dataclass
+class TableData:
+    """A titled table of strings; ``numeric[i]`` right-aligns column ``i``."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    numeric: list[bool] = field(default_factory=list)
+    caption: str = ""
+    key: str = ""  # a stable id (HTML anchors, tests)
+
+    def __post_init__(self) -> None:
+        if not self.numeric:
+            self.numeric = [i > 0 for i in range(len(self.columns))]
+
+
+def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def speedup_text(summary: SummaryRecord | None) -> str:
+    """``1.47x [1.38-1.55]``: the speedup with its 95% bootstrap interval, when there is one."""
+    if summary is None or summary.speedup is None:
+        return "-"
+    text = f"{summary.speedup:.2f}x"
+    if summary.speedup_ci is not None:
+        low, high = summary.speedup_ci
+        text += f" [{low:.2f}-{high:.2f}]"
+    return text
+
+
+def summary_data(summaries: Sequence[SummaryRecord], title: str = "", key: str = "") -> TableData:
+    """Medians with their spread; tokens/call is pooled over all target calls (bonus counted)."""
+    columns = [
+        "method",
+        "exact",
+        "n",
+        "tok/s (p25-p75)",
+        "speedup [95% CI]",
+        "accept (theory)",
+        "tokens/call",
+        "calls/token",
+    ]
+    show_match = any(s.greedy_match_rate is not None for s in summaries)
+    show_score = any(s.score_mean is not None for s in summaries)
+    columns += ["= baseline"] if show_match else []
+    columns += ["score"] if show_score else []
+    table = TableData(title, columns, key=key)
+    table.numeric[1] = False
+    for s in summaries:
+        acceptance = fmt(s.acceptance_rate, ".3f")
+        if s.expected_acceptance_rate is not None:
+            acceptance += f" ({s.expected_acceptance_rate:.3f})"
+        row = [
+            s.method,
+            "synthetic" if s.synthetic else "yes" if s.exact else "lossy",
+            str(s.samples),
+            f"{s.tokens_per_sec_median:.1f} "
+            f"({s.tokens_per_sec_p25:.1f}-{s.tokens_per_sec_p75:.1f})",
+            speedup_text(s),
+            acceptance,
+            fmt(s.avg_tokens_per_step, ".2f"),
+            fmt(s.target_calls_per_token, ".3f"),
+        ]
+        row += [percent(s.greedy_match_rate)] if show_match else []
+        row += [percent(s.score_mean)] if show_score else []
+        table.rows.append(row)
+    return table
+
+
+def category_data(result: ResultsFile) -> TableData | None:
+    data = category_table(result)
+    if data is None:
+        return None
+    table = TableData(
+        f"By category (speedup / tokens per target call): {result.label}",
+        ["method", *data.columns],
+        key="categories",
+    )
+    for method, cells in data.rows.items():
+        row = [method]
+        for column in data.columns:
+            cell = cells.get(column)
+            row.append(
+                "-"
+                if cell is None
+                else f"{fmt(cell.speedup, '.2f', 'x')} / {cell.avg_tokens_per_step:.2f}"
+            )
+        table.rows.append(row)
+    return table
+
+
+def profile_data(result: ResultsFile) -> TableData | None:
+    drafting = [s for s in result.summaries if s.position_marginal]
+    if not drafting:
+        return None
+    table = TableData(
+        f"Acceptance profile: {result.label}",
+        [
+            "method",
+            "AL (per step)",
+            "AL (per request)",
+            "tokens/call (per step)",
+            "tokens/call (per request)",
+            "AL check",
+            "conditional by position",
+            "marginal by position",
+        ],
+        caption="AL = 1 + sum(marginal), per step; per-request = mean over samples. "
+        "conditional = accepted at i / reached i; marginal = accepted at i / steps.",
+        key="profile",
+    )
+    table.numeric[-1] = table.numeric[-2] = False
+    for s in drafting:
+        check = consistency(s)
+        table.rows.append(
+            [
+                s.method,
+                fmt(s.acceptance_length, ".3f"),
+                fmt(s.acceptance_length_request_mean, ".3f"),
+                f"{s.avg_tokens_per_step:.3f}",
+                fmt(s.tokens_per_step_request_mean, ".3f"),
+                ("ok" if check["passed"] else "off") + f" ({check['abs_delta']:.3f})",
+                " ".join(fmt(v, ".2f") for v in s.position_acceptance),
+                " ".join(f"{v:.2f}" for v in s.position_marginal),
+            ]
+        )
+    return table
+
+
+def batch_data(result: ResultsFile) -> TableData | None:
+    points = batch_points(result)
+    if not points:
+        return None
+    table = TableData(
+        f"Latency vs throughput: {result.label}",
+        ["method", "batch", "latency/seq (s)", "tok/s per seq", "throughput tok/s"],
+        key="batch",
+    )
+    for p in points:
+        table.rows.append(
+            [
+                p.method,
+                str(p.batch_size),
+                f"{p.latency_s:.2f}",
+                f"{p.tokens_per_sec_per_sequence:.1f}",
+                f"{p.throughput_tokens_per_sec:.1f}",
+            ]
+        )
+    return table
+
+
+def comparison_data(results: Sequence[ResultsFile]) -> TableData:
+    table = TableData(
+        "All files",
+        ["file", "method", "tok/s", "speedup [95% CI]", "acceptance", "tokens/call"],
+        key="comparison",
+    )
+    table.numeric[1] = False
+    for result in results:
+        for s in result.summaries:
+            table.rows.append(
+                [
+                    result.label,
+                    s.method,
+                    f"{s.tokens_per_sec_median:.1f}",
+                    speedup_text(s),
+                    fmt(s.acceptance_rate, ".3f"),
+                    f"{s.avg_tokens_per_step:.2f}",
+                ]
+            )
+    return table
+
+
+def noise_notes(summaries: Sequence[SummaryRecord]) -> list[str]:
+    """One warning line per method and reason (machine load is said once)."""
+    lines: list[str] = []
+    for s in summaries:
+        for note in s.noise:
+            line = note if note.startswith("machine") else f"{s.method}: {note}"
+            if line not in lines:
+                lines.append(line)
+    return lines
+
+
+def file_tables(result: ResultsFile) -> list[TableData]:
+    """Every table of one file, in report order."""
+    tables = [summary_data(result.summaries, result.label, key="summary")]
+    tables += [t for t in (profile_data(result), category_data(result), batch_data(result)) if t]
+    return tables
