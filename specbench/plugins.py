@@ -25,6 +25,8 @@ A method is a subclass of :class:`DecodingMethod`:
   throughput.
 * optional ``prepare(context)``: called once per run before the warm-up, with a
   :class:`RunContext` (the preset, prompts, sampling); load or check what the method needs.
+* optional ``end_warmup()``: methods that keep state across requests reset what the
+  warm-up taught them (the warm-up decodes prompt 0, which is then timed).
 * optional ``train(context)``: train what the method needs (``specbench judge train`` calls
   it for every method of a preset); return a one-line summary.
 * optional classmethod ``replay_proposer(params)``: for draft-free methods, the drafter
@@ -178,6 +180,11 @@ class DecodingMethod(ABC):
 
     def prepare(self, context: RunContext) -> None:  # noqa: B027 - optional hook
         """Called once before the warm-up; raise a ``SpecbenchError`` to stop the run."""
+
+    def end_warmup(self) -> None:  # noqa: B027 - optional hook
+        """Called after this method's warm-up generations: forget what they taught state kept
+        across requests (a global cache, a learned matrix), so a timed prompt never meets
+        its own warm-up output."""
 
     def train(self, context: RunContext) -> str | None:
         """Train what the method needs; ``None`` when it needs nothing."""

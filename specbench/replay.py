@@ -9,9 +9,9 @@ prompts). Methods opt in through :meth:`DecodingMethod.replay_proposer`; drafter
 from the target's logits (Token Recycling, Lookahead) or need a draft model cannot be
 replayed.
 
-The replay follows the runner's order: the method's warm-up generations (prompt 0, which at
-temperature 0 gives prompt 0's output), then samples run by run, prompt by prompt, so state
-that persists across requests (Suffix Decoding's global trie) evolves as in the real run.
+The replay follows the runner's order, run by run and prompt by prompt, so state that persists
+across requests (Suffix Decoding's global trie) evolves as in the real run; warm-ups leave no
+state behind (``DecodingMethod.end_warmup``), so none is replayed.
 Only single-turn samples are replayed. One edge is not reproduced: a real run's tree walk may
 accept tokens past an end-of-sequence token before the output is cut there; the replay stops
 at the saved output's end.
@@ -149,10 +149,7 @@ def replay(
             )
         report(f"replaying {label}")
         result = ReplayResult(label, params.model_dump(mode="json"), skipped=source.skipped)
-        warm = source.outputs[0] if source.outputs else None
-        if warm is not None and warm[0].prompt_index == 0:
-            for _ in range(source.preset.runs.warmup):
-                _replay_one(proposer, warm[1], warm[0].tokens or [], source.preset)
+        # No warm-up to replay: methods forget what their warm-up taught them (end_warmup).
         for sample, prompt_ids in source.outputs:
             stats = _replay_one(proposer, prompt_ids, sample.tokens or [], source.preset)
             tokens = len(sample.tokens or [])

@@ -184,59 +184,41 @@ def run_preset(
         report(Progress("done", "nothing left to run", path))
         return RunOutcome(path, finished, written=0, skipped=len(wanted))
 
-    report(Progress("loading", "loading models", path))
-    models = load_models(preset.models, lambda message: report(Progress("loading", message, path)))
-    baseline = preset.runs.baseline
-    labels = sorted((m.label for m in resolved.methods), key=lambda label: label != baseline)
-    methods = instantiate_methods(resolved, models)
-    for label, method in methods.items():
-        method.prepare(
-            run_context(
-                resolved,
-                label,
-                prompts,
-                train_missing=train_missing,
-                on_message=lambda message: report(Progress("preparing", message, path)),
-            )
-        )
-    units = _units(prompts, preset.runs.count, labels, methods)
-    tasks = [task for unit in units for task in unit]
     done = {(s.method, s.prompt_id, s.run) for s in previous_samples}
-    todo_units = [unit for unit in units if any(t.key not in done for t in unit)]
-    todo = [t for unit in todo_units for t in unit if t.key not in done]
-    if not todo and any(isinstance(r, SummaryRecord) for r in previous):
+    session = Session.start(
+        resolved,
+        prompts,
+        done,
+        run_id,
+        previous_samples,
+        lambda message: report(Progress("loading", message, path)),
+        train_missing,
+    )
+    if not session.todo and finished:
         report(Progress("done", "nothing left to run", path))
-        summaries = [r for r in previous if isinstance(r, SummaryRecord)]
-        return RunOutcome(path, summaries, written=0, skipped=len(tasks))
+        return RunOutcome(path, finished, written=0, skipped=len(session.tasks))
 
-    context = _Context(preset, models, run_id, previous_samples)
-    tracker = _Tracker(labels, tasks, previous_samples, baseline, run_id, path)
-    tracker.processed = lambda: _tokens_processed(models)
+    baseline = preset.runs.baseline
+    tracker = _Tracker(session.labels, session.tasks, previous_samples, baseline, run_id, path)
+    tracker.processed = lambda: _tokens_processed(session.models)
     written = 0
-    where = "starting"
-    session = len(headers) + 1
+    number = len(headers) + 1
     with RecordWriter(path) as writer:
-        header = run_header(resolved, models, session, run_id)
+        header = run_header(resolved, session.models, number, run_id)
         writer.write(header)
         try:
-            pending = {t.label for t in todo}
-            for label in (label for label in labels if label in pending):
-                for w in range(preset.runs.warmup):
-                    where = f"warm-up of {label}"
-                    report(tracker.snapshot("warmup", f"warming up {label} ({w + 1})"))
-                    context.warm_up(methods[label], prompts[0], w)
-            for unit in todo_units:
-                first = unit[0]
-                where = f"{first.label} on prompt {first.prompt.id} (run {first.run})"
-                if len(unit) > 1:
-                    where = f"{first.label} on a batch of {len(unit)} from prompt {first.prompt.id}"
-                for record in context.time_unit(unit, methods[first.label], baseline):
-                    if (record.method, record.prompt_id, record.run) in done:
-                        continue
-                    writer.write(record)
-                    written += 1
-                    report(tracker.add(record))
-            end = run_end_record(run_id, session, "finished")
+
+            def on_record(record: SampleRecord) -> None:
+                nonlocal written
+                writer.write(record)
+                written += 1
+                report(tracker.add(record))
+
+            session.decode(
+                lambda label, w: report(tracker.snapshot("warmup", f"warming up {label} ({w})")),
+                on_record,
+            )
+            end = run_end_record(run_id, number, "finished")
             writer.write(end)
             load = machine_load(headers + [header], [end])
             summaries = summarize(tracker.samples, baseline, run_id, load)
@@ -244,10 +226,96 @@ def run_preset(
                 writer.write(summary)
         except (Exception, KeyboardInterrupt) as error:
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            writer.write(run_end_record(run_id, session, status))
-            raise RunAborted(error, path, written, where) from error
+            writer.write(run_end_record(run_id, number, status))
+            raise RunAborted(error, path, written, session.where) from error
     report(tracker.snapshot("done", "finished"))
-    return RunOutcome(path, summaries, written=written, skipped=len(tasks) - len(todo))
+    return RunOutcome(
+        path, summaries, written=written, skipped=len(session.tasks) - len(session.todo)
+    )
+
+
+@dataclass
+class Session:
+    """One session's work: models loaded, methods prepared, and the units it still has to
+    decode (prompt-major order). The local runner and each distributed shard use it alike."""
+
+    resolved: ResolvedPreset
+    prompts: list[Prompt]
+    models: MethodModels
+    methods: dict[str, DecodingMethod]
+    labels: list[str]
+    tasks: list[_Task]
+    todo_units: list[tuple[_Task, ...]]
+    done: set[tuple[str, str, int]]
+    context: _Context
+    where: str = "starting"
+
+    @property
+    def todo(self) -> list[_Task]:
+        return [t for unit in self.todo_units for t in unit if t.key not in self.done]
+
+    @classmethod
+    def start(
+        cls,
+        resolved: ResolvedPreset,
+        prompts: list[Prompt],
+        done: set[tuple[str, str, int]],
+        run_id: str,
+        previous_samples: Sequence[SampleRecord],
+        on_message: Callable[[str], None],
+        train_missing: bool = False,
+    ) -> Session:
+        """Load the models, build and prepare the methods, and plan what is left to do."""
+        preset = resolved.preset
+        on_message("loading models")
+        models = load_models(preset.models, on_message)
+        baseline = preset.runs.baseline
+        labels = sorted((m.label for m in resolved.methods), key=lambda label: label != baseline)
+        methods = instantiate_methods(resolved, models)
+        for label, method in methods.items():
+            method.prepare(
+                run_context(
+                    resolved, label, prompts, train_missing=train_missing, on_message=on_message
+                )
+            )
+        units = _units(prompts, preset.runs.count, labels, methods)
+        tasks = [task for unit in units for task in unit]
+        todo_units = [unit for unit in units if any(t.key not in done for t in unit)]
+        context = _Context(preset, models, run_id, previous_samples)
+        return cls(
+            resolved, prompts, models, methods, labels, tasks, todo_units, set(done), context
+        )
+
+    def decode(
+        self,
+        on_warmup: Callable[[str, int], None],
+        on_record: Callable[[SampleRecord], None],
+    ) -> None:
+        """Warm up each method with work left, then decode every unit left; every new record
+        goes to ``on_record`` as it finishes."""
+        preset = self.resolved.preset
+        pending = {t.label for t in self.todo}
+        for label in (label for label in self.labels if label in pending):
+            for w in range(preset.runs.warmup):
+                self.where = f"warm-up of {label}"
+                on_warmup(label, w + 1)
+                self.context.warm_up(self.methods[label], self.prompts[0], w)
+            self.methods[label].end_warmup()
+        for unit in self.todo_units:
+            first = unit[0]
+            self.where = f"{first.label} on prompt {first.prompt.id} (run {first.run})"
+            if len(unit) > 1:
+                self.where = (
+                    f"{first.label} on a batch of {len(unit)} from prompt {first.prompt.id}"
+                )
+            for record in self.context.time_unit(
+                unit, self.methods[first.label], preset.runs.baseline
+            ):
+                key = (record.method, record.prompt_id, record.run)
+                if key in self.done:
+                    continue
+                self.done.add(key)
+                on_record(record)
 
 
 def _tokens_processed(models: MethodModels) -> int:

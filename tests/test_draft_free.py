@@ -183,3 +183,34 @@ def test_ngram_pool_keeps_the_latest_distinct_continuations() -> None:
     for ngram in ((1, 2, 3), (1, 4, 5), (1, 2, 3), (1, 6, 7)):
         pool.add(ngram)
     assert pool.lookup(1) == [(6, 7), (2, 3)] and len(pool) == 2
+
+
+def test_warm_up_leaves_no_cross_request_state(tmp_path: Path) -> None:
+    """The warm-up decodes prompt 0, which is then timed: a suffix trie or a recycling matrix
+    that kept the warm-up's output would accept prompt 0's timed sample whole."""
+    from specbench.plugins import discover_methods
+    from specbench.presets import load_preset
+    from specbench.records import SampleRecord, read_records
+    from specbench.runner import run_preset
+
+    preset = tmp_path / "p.toml"
+    preset.write_text(
+        '[models.target]\nbackend = "toy"\nvocab_size = 32\norder = 2\nseed = 5\n'
+        '[[methods]]\nname = "baseline"\n[[methods]]\nname = "suffix"\n'
+        '[[methods]]\nname = "token-recycling"\n'
+        '[prompts]\nsource = "inline"\nprompts = ["abc", "xyz"]\n'
+        "[sampling]\ntemperature = 0.0\nmax_new_tokens = 40\n[runs]\ncount = 1\nwarmup = 2\n"
+    )
+    with_warmup = tmp_path / "warm.jsonl"
+    run_preset(load_preset(str(preset), discover_methods()), output=with_warmup)
+    cold = tmp_path / "cold.jsonl"
+    run_preset(load_preset(str(preset), discover_methods(), [("runs.warmup", 0)]), output=cold)
+
+    def steps(path: Path) -> dict:  # type: ignore[type-arg]
+        return {
+            (r.method, r.prompt_id): (r.steps, r.accepted)
+            for r in read_records(path)
+            if isinstance(r, SampleRecord)
+        }
+
+    assert steps(with_warmup) == steps(cold)

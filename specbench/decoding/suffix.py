@@ -230,6 +230,11 @@ class SuffixProposer(TreeProposer):
                 candidates.append(candidate)
         return max(candidates, key=lambda c: c.score, default=None)
 
+    def clear_global(self) -> None:
+        """Forget every earlier output (after a warm-up)."""
+        self.global_trie = SuffixTrie(self.max_depth)
+        self._cached_outputs.clear()
+
     def finish(self, output: Sequence[int]) -> None:
         """Add a finished request's output to the global trie (evicting the oldest)."""
         if not self.use_global or not output:

@@ -59,6 +59,9 @@ class SuffixMethod(DecodingMethod):
         self.proposer.finish(result.tokens)
         return result
 
+    def end_warmup(self) -> None:
+        self.proposer.clear_global()
+
     @classmethod
     def replay_proposer(cls, params: MethodParams) -> SuffixProposer:
         assert isinstance(params, SuffixParams)

@@ -66,6 +66,7 @@ class TokenRecyclingMethod(DecodingMethod):
             models.target.vocab_size, params.top_k, params.branching, params.max_nodes
         )
         self.matrix_file: Path | None = None
+        self._initial = self.proposer.matrix.rows.clone()
 
     def prepare(self, context: RunContext) -> None:
         params = self.params
@@ -81,6 +82,11 @@ class TokenRecyclingMethod(DecodingMethod):
                     f"token-recycling: cannot load {self.matrix_file}: {error}",
                     "remove the file or point matrix_path elsewhere",
                 ) from error
+            self._initial = self.proposer.matrix.rows.clone()
+
+    def end_warmup(self) -> None:
+        # The matrix as it was before the warm-up (empty, or as loaded).
+        self.proposer.matrix.rows = self._initial.clone()
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         result = tree_generate(request, self.models.target, self.proposer)

@@ -3,8 +3,9 @@
 Works offline: the tracking URI is ``$MLFLOW_TRACKING_URI`` (e.g. ``sqlite:///mlflow.db`` with
 the full ``mlflow`` package), else a local ``./mlruns`` file store. MLflow 3 keeps file stores
 in maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``, which specbench sets for file URIs:
-``mlflow-skinny`` (the ``track`` extra) has no database backend. The experiment is ``$MLFLOW_EXPERIMENT_NAME``, else ``specbench``. The client API is
-used directly, so no global "active run" state leaks into the caller.
+``mlflow-skinny`` (the ``track`` extra) has no database backend. The experiment is
+``$MLFLOW_EXPERIMENT_NAME``, else ``specbench``. The client API is used directly, so no global
+"active run" state leaks into the caller.
 """
 
 from __future__ import annotations
