@@ -14,7 +14,7 @@ CPU = ("-c", "constraints/cpu.txt")
 EXAMPLE_PLUGIN = "plugins/specbench-adaptive-k"
 
 
-def install_project(session: nox.Session, extras: str = "dev,hf,quant,report,track") -> None:
+def install_project(session: nox.Session, extras: str = "dev,hf,quant,report,track,ray") -> None:
     session.install(*CPU, "-e", f".[{extras}]")
     session.install(*CPU, "-e", EXAMPLE_PLUGIN)
 

@@ -75,6 +75,16 @@ class OutputSpec(_Section):
     save_tokens: bool = False
 
 
+class ClusterSpec(_Section):
+    """Resources of each Ray worker of a distributed run (``run --ray``)."""
+
+    workers: int = Field(2, ge=1, description="Shards of prompts (one Ray task each).")
+    num_cpus: float = Field(1, ge=0, description="CPUs each worker reserves.")
+    num_gpus: float = Field(0, ge=0, description="GPUs each worker reserves.")
+    memory_gb: float | None = Field(None, gt=0, description="Memory each worker reserves.")
+    max_retries: int = Field(2, ge=0, description="Times a failed shard is tried again.")
+
+
 class Preset(_Section):
     """A whole benchmark, as written in a preset file."""
 
@@ -88,6 +98,7 @@ class Preset(_Section):
     sampling: SamplingSpec = SamplingSpec()
     runs: RunsSpec = RunsSpec()
     output: OutputSpec = OutputSpec()
+    cluster: ClusterSpec = ClusterSpec()
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -463,8 +474,8 @@ def _check_references(
 
 
 def _preset_hash(effective: dict[str, Any]) -> str:
-    """Hash of what determines the results (the output section does not)."""
-    relevant = {k: v for k, v in effective.items() if k != "output"}
+    """Hash of what determines the results (where they go and where they run do not)."""
+    relevant = {k: v for k, v in effective.items() if k not in ("output", "cluster")}
     blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

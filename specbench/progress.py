@@ -23,6 +23,8 @@ class MethodProgress:
     done: int
     total: int
     summary: SummaryRecord | None = None
+    #: Distributed runs: samples done per worker.
+    by_worker: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

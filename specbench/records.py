@@ -53,6 +53,9 @@ class RunHeader(_Record):
         default_factory=dict,
         description="Load averages and CPU count at the start (the end is in run_end).",
     )
+    worker: str | None = Field(
+        None, description="Distributed runs: the worker (shard@host:pid) this session ran on."
+    )
 
 
 class SampleRecord(_Record):
@@ -105,6 +108,7 @@ class SampleRecord(_Record):
     matches_baseline: bool | None = Field(
         None, description="Greedy runs: output identical to the baseline's, token for token."
     )
+    worker: str | None = Field(None, description="Distributed runs: the worker that decoded it.")
     batch_size: int = Field(1, description="Prompts decoded together in this sample's batch.")
     batch_id: str | None = Field(None, description="Samples decoded in one batch share it.")
     batch_wall_s: float | None = Field(

@@ -81,19 +81,22 @@ def _units(
     runs: int,
     labels: Sequence[str],
     methods: dict[str, DecodingMethod],
+    indices: Sequence[int] | None = None,
 ) -> list[tuple[_Task, ...]]:
     """What one call decodes: a prompt, or a batch of prompts for a batched method.
 
     Ordered prompt-major (run, first prompt, then method), so every method sees the machine
-    in the same state; a batched method's unit sits at its first prompt.
+    in the same state; a batched method's unit sits at its first prompt. ``indices`` are the
+    prompts' positions in the whole set (a shard holds some of them): seeds come from them.
     """
+    positions = list(indices) if indices is not None else list(range(len(prompts)))
     units = []
     for run in range(runs):
         for order, label in enumerate(labels):
             size = max(1, methods[label].batch_size)
             for start in range(0, len(prompts), size):
                 chunk = tuple(
-                    _Task(i, prompts[i], run, label)
+                    _Task(positions[i], prompts[i], run, label)
                     for i in range(start, min(start + size, len(prompts)))
                 )
                 units.append(((run, start, order), chunk))
@@ -199,6 +202,7 @@ def run_preset(
         return RunOutcome(path, finished, written=0, skipped=len(session.tasks))
 
     baseline = preset.runs.baseline
+    skipped = len(session.tasks) - len(session.todo)
     tracker = _Tracker(session.labels, session.tasks, previous_samples, baseline, run_id, path)
     tracker.processed = lambda: _tokens_processed(session.models)
     written = 0
@@ -229,9 +233,7 @@ def run_preset(
             writer.write(run_end_record(run_id, number, status))
             raise RunAborted(error, path, written, session.where) from error
     report(tracker.snapshot("done", "finished"))
-    return RunOutcome(
-        path, summaries, written=written, skipped=len(session.tasks) - len(session.todo)
-    )
+    return RunOutcome(path, summaries, written=written, skipped=skipped)
 
 
 @dataclass
@@ -264,8 +266,10 @@ class Session:
         previous_samples: Sequence[SampleRecord],
         on_message: Callable[[str], None],
         train_missing: bool = False,
+        indices: Sequence[int] | None = None,
     ) -> Session:
-        """Load the models, build and prepare the methods, and plan what is left to do."""
+        """Load the models, build and prepare the methods, and plan what is left to do;
+        ``indices`` place a shard's prompts in the whole set (for seeds)."""
         preset = resolved.preset
         on_message("loading models")
         models = load_models(preset.models, on_message)
@@ -278,7 +282,7 @@ class Session:
                     resolved, label, prompts, train_missing=train_missing, on_message=on_message
                 )
             )
-        units = _units(prompts, preset.runs.count, labels, methods)
+        units = _units(prompts, preset.runs.count, labels, methods, indices)
         tasks = [task for unit in units for task in unit]
         todo_units = [unit for unit in units if any(t.key not in done for t in unit)]
         context = _Context(preset, models, run_id, previous_samples)
@@ -609,13 +613,15 @@ class _Tracker:
                 tps_ci, speedup_ci = self._intervals.get(summary.method, (None, None))
                 summary.tokens_per_sec_ci, summary.speedup_ci = tps_ci, speedup_ci
         summaries = {s.method: s for s in listed}
-        rows = [
-            MethodProgress(
-                label=label,
-                done=sum(s.method == label for s in self.samples),
-                total=self.totals[label],
-                summary=summaries.get(label),
+        rows = []
+        for label in self.labels:
+            mine = [s for s in self.samples if s.method == label]
+            workers: dict[str, int] = {}
+            for s in mine:
+                if s.worker is not None:
+                    name = s.worker.split("@")[0]
+                    workers[name] = workers.get(name, 0) + 1
+            rows.append(
+                MethodProgress(label, len(mine), self.totals[label], summaries.get(label), workers)
             )
-            for label in self.labels
-        ]
         return Progress(phase, message, self.output, rows, processed=self.processed)

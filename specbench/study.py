@@ -141,10 +141,12 @@ def run_study(
     on_progress: ProgressCallback | None = None,
     on_entry: Callable[[int, str, Path], None] | None = None,
     on_done: Callable[[str, RunOutcome], None] | None = None,
+    runner: Callable[..., RunOutcome] = run_preset,
 ) -> StudyOutcome:
     """Run the entries in order, one JSONL each, keeping ``index.json`` up to date.
 
-    ``on_entry`` hears each entry as it starts, ``on_done`` as it finishes."""
+    ``on_entry`` hears each entry as it starts, ``on_done`` as it finishes; ``runner`` runs
+    one entry (:func:`run_preset`, or a distributed runner)."""
     directory.mkdir(parents=True, exist_ok=True)
     index_path = directory / INDEX
     if index_path.exists() and not resume:
@@ -186,7 +188,7 @@ def run_study(
         status[label] = "running"
         write_index()
         try:
-            outcome = run_preset(
+            outcome = runner(
                 resolved, output=file, resume=resume and file.exists(), on_progress=on_progress
             )
         except BaseException:

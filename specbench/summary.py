@@ -8,7 +8,8 @@ Conventions (also in the README):
 * ``avg_tokens_per_step`` = new tokens / target calls, so it counts the bonus (or correction)
   token every step yields: 1.0 for the baseline. ``accepted_per_step`` excludes it.
 * ``speedup`` = the method's median tokens/s over the baseline's median tokens/s, both from
-  the same results file, with a 95% paired bootstrap interval over prompts.
+  the same results file, with a 95% paired bootstrap interval over prompts. A distributed run
+  (samples from several workers) computes it per worker and averages, weighted by samples.
 * The acceptance profile has two per-position vectors: *conditional* (accepted at i / reached
   i, ``position_acceptance``) and *marginal* (accepted at i / steps, ``position_marginal``:
   the share of steps whose first i + 1 drafts were all kept). ``acceptance_length`` =
@@ -28,6 +29,8 @@ from specbench.decoding.types import GenerationResult
 from specbench.records import SampleRecord, SummaryRecord
 from specbench.uncertainty import (
     MachineLoad,
+    by_worker,
+    combined_speedup,
     noise_warnings,
     speedup_interval,
     tokens_per_sec_interval,
@@ -88,6 +91,9 @@ def summarize(
     summaries = []
     for label, group in groups.items():
         summary = _summarize_group(label, group, baseline if base else None, base, run_id)
+        if base_group and label != baseline and len(by_worker(group)) > 1:
+            # Several workers: each speedup on its own hardware, then combined.
+            summary.speedup = combined_speedup(group, base_group, interval=False)[0]
         if intervals:
             _add_uncertainty(summary, group, base_group if label != baseline else [], load)
         summaries.append(summary)
@@ -102,6 +108,8 @@ def _add_uncertainty(
 ) -> None:
     tps_ci = tokens_per_sec_interval(group)
     speedup_ci = speedup_interval(group, baseline_group) if baseline_group else None
+    if baseline_group and len(by_worker(group)) > 1:
+        speedup_ci = combined_speedup(group, baseline_group)[1]
     summary.tokens_per_sec_ci = None if tps_ci is None else (tps_ci.low, tps_ci.high)
     summary.speedup_ci = None if speedup_ci is None else (speedup_ci.low, speedup_ci.high)
     speedup = summary.speedup if baseline_group else None

@@ -128,6 +128,54 @@ def speedup_interval(
         return _percentiles(ours / theirs)
 
 
+def by_worker(samples: Sequence[SampleRecord]) -> dict[str | None, list[SampleRecord]]:
+    groups: dict[str | None, list[SampleRecord]] = {}
+    for s in samples:
+        groups.setdefault(_worker_of(s), []).append(s)
+    return groups
+
+
+def _worker_of(sample: SampleRecord) -> str | None:
+    """The worker a sample ran on, without the process id (a retried shard is the same
+    machine slot; what matters is that method and baseline ran side by side)."""
+    return None if sample.worker is None else sample.worker.split(":")[0]
+
+
+def combined_speedup(
+    method: Sequence[SampleRecord], baseline: Sequence[SampleRecord], interval: bool = True
+) -> tuple[float | None, Interval | None]:
+    """Speedup of a distributed run: each worker's own ratio of medians (its method over its
+    baseline, same prompts, same hardware), averaged with weights = the method's samples on
+    that worker; the interval resamples prompts within each worker."""
+    ours, theirs = by_worker(method), by_worker(baseline)
+    shared = [w for w in ours if w in theirs]
+    if not shared:
+        return None, None
+    weights = np.array([len(ours[w]) for w in shared], dtype=float)
+    ratios = np.array(
+        [
+            np.median([s.tokens_per_sec for s in ours[w]])
+            / np.median([s.tokens_per_sec for s in theirs[w]])
+            for w in shared
+        ]
+    )
+    value = float((weights * ratios).sum() / weights.sum())
+    if not interval:
+        return value, None
+    draws = []
+    for w in shared:
+        prompts = sorted({s.prompt_id for s in ours[w]} & {s.prompt_id for s in theirs[w]})
+        if len(prompts) < 2:
+            return value, None
+        picks = _picks(len(prompts))
+        mine = _resampled_medians(_per_prompt_matrix(ours[w], prompts), picks)
+        base = _resampled_medians(_per_prompt_matrix(theirs[w], prompts), picks)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            draws.append(mine / base)
+    combined = (weights[:, None] * np.stack(draws)).sum(axis=0) / weights.sum()
+    return value, _percentiles(combined)
+
+
 def noise_warnings(
     speedup: float | None,
     speedup_ci: Interval | None,

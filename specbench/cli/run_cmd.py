@@ -3,8 +3,10 @@ JSONL, and optionally log them to experiment trackers."""
 
 from __future__ import annotations
 
+import functools
 import shlex
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from specbench.cli.common import (
 )
 from specbench.cli.live import ProgressView
 from specbench.cli.tables import summary_table
+from specbench.distributed import require_ray, run_distributed
 from specbench.errors import SpecbenchError
 from specbench.plugins import discover_methods
 from specbench.presets import (
@@ -82,6 +85,12 @@ def run(
     track: list[str] = typer.Option(
         None, "--track", help="Log to an experiment tracker: mlflow or wandb (repeatable)."
     ),
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        help="Run on Ray: 'local' (a cluster on this machine), 'auto' (the running one) or an "
+        "address; shards and resources from the preset's [cluster].",
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Run every method of a preset on its prompts and write one JSONL record per sample;
@@ -123,6 +132,8 @@ def run(
         replay += ["--sweep", sweep]
     for tracker in track or []:
         replay += ["--track", tracker]
+    if ray is not None:
+        replay += ["--ray", ray]
     if train_judge:
         replay.append("--train-judge")
 
@@ -133,11 +144,18 @@ def run(
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
     tracking = TrackingSession(trackers, warn=_warn)
+    runner = run_preset
+    if ray is not None:
+        try:
+            require_ray()
+        except SpecbenchError as error:
+            fail_with(error, EXIT_INVALID_INPUT)
+        runner = functools.partial(run_distributed, address=ray)
 
     if study is not None or len(presets) > 1:
         _run_study(
             study, presets, overrides, methods, sweep_texts, output, resume, quiet, tracking,
-            replay, debug,
+            replay, debug, runner,
         )  # fmt: skip
         return
 
@@ -147,7 +165,9 @@ def run(
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
     _notes(resolved, quiet)
-    outcome = _run_one(resolved, output, resume, quiet, train_judge, tracking, replay, debug)
+    outcome = _run_one(
+        resolved, output, resume, quiet, train_judge, tracking, replay, debug, runner
+    )
     if quiet:
         console.print(str(outcome.output), highlight=False, markup=False)
         return
@@ -183,7 +203,9 @@ def _run_one(
     tracking: TrackingSession,
     replay: list[str],
     debug: bool,
+    runner: Callable[..., RunOutcome],
 ) -> RunOutcome:
+    extra = {"train_missing": train_judge} if runner is run_preset else {}
     try:
         with ProgressView(console, quiet=quiet) as view:
 
@@ -192,12 +214,8 @@ def _run_one(
                 tracking.on_progress(progress)
 
             tracking.start(resolved)
-            outcome = run_preset(
-                resolved,
-                output=output,
-                resume=resume,
-                on_progress=on_progress,
-                train_missing=train_judge,
+            outcome = runner(
+                resolved, output=output, resume=resume, on_progress=on_progress, **extra
             )
     except SpecbenchError as error:
         tracking.finish(None, "failed")
@@ -221,6 +239,7 @@ def _run_study(
     tracking: TrackingSession,
     replay: list[str],
     debug: bool,
+    runner: Callable[..., RunOutcome],
 ) -> None:
     try:
         spec: Study = (
@@ -260,6 +279,7 @@ def _run_study(
                 on_progress,
                 on_entry,
                 on_done=lambda label, done: tracking.finish(done, "finished", done.output),
+                runner=runner,
             )
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)

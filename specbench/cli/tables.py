@@ -42,6 +42,9 @@ def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> 
     show_score = any(r.summary and r.summary.score_mean is not None for r in rows)
     if show_score:
         table.add_column("score", justify="right")
+    show_workers = any(r.by_worker for r in rows)
+    if show_workers:
+        table.add_column("per worker")
     for row in rows:
         s = row.summary
         cells = [
@@ -54,6 +57,8 @@ def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> 
         ]
         if show_score:
             cells.append(percent(s.score_mean if s else None))
+        if show_workers:
+            cells.append(" ".join(f"{w}:{n}" for w, n in sorted(row.by_worker.items())))
         table.add_row(*cells)
     return table
 
