@@ -29,6 +29,7 @@ th { background: #f3f5f7; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 caption { caption-side: bottom; text-align: left; color: #57606a; font-size: .8rem;
           padding-top: .3rem; }
+details summary { cursor: pointer; color: #57606a; }
 .note { color: #9a6700; background: #fff8c5; padding: .3rem .6rem; margin: .2rem 0; }
 .plots img { max-width: 100%; border: 1px solid #d0d7de; margin: .5rem 0; }
 pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .8rem; }
@@ -71,7 +72,13 @@ def _environment(result: ResultsFile) -> str:
         "models": header.models,
         "environment": {k: v for k, v in header.environment.items() if k != "argv"},
     }
-    return f"<pre>{html.escape(json.dumps(keep, indent=2, default=str))}</pre>"
+    text = html.escape(json.dumps(keep, indent=2, default=str))
+    env = header.environment
+    summary = html.escape(
+        f"specbench {env.get('specbench')}, torch {env.get('torch')}, {env.get('cpu')}, "
+        f"{env.get('cpu_count')} CPUs, started {header.started_at}"
+    )
+    return f"<details><summary>{summary}</summary><pre>{text}</pre></details>"
 
 
 def render_html(results: Sequence[ResultsFile], plots: Sequence[Path]) -> str:
@@ -90,6 +97,8 @@ def render_html(results: Sequence[ResultsFile], plots: Sequence[Path]) -> str:
         for note in noise_notes(result.summaries):
             parts.append(f'<p class="note">note: {html.escape(note)}</p>')
         for table in file_tables(result):
+            if table.key == "summary":
+                table.title = "Summary"
             parts.append(table_html(table, f"{table.key}-{index}"))
         parts.append("<h3>Run environment</h3>" + _environment(result) + "</section>")
     if len(results) > 1:
