@@ -317,3 +317,12 @@ def test_audit_skips_simulated_costs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr("specbench.models.toy.time.sleep", sleeps.append)
     _audit(path, tmp_path, samples=50, prompts=1)
     assert sleeps == []
+
+
+def test_audit_never_appends_to_an_existing_file(tmp_path: Path) -> None:
+    from specbench.errors import SpecbenchError
+
+    path = _preset(tmp_path, _methods('name = "baseline"'))
+    _audit(path, tmp_path, samples=20, prompts=1)
+    with pytest.raises(SpecbenchError, match="already holds results"):
+        _audit(path, tmp_path, samples=20, prompts=1)

@@ -127,7 +127,10 @@ def test_a_killed_driver_resumes_without_duplicates(cluster: object, tmp_path: P
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "specbench", "run", "-p", str(preset), "-o", str(out)]
     process = subprocess.Popen(
-        [*command, "--ray", str(cluster), "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [*command, "--ray", str(cluster), "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -92,6 +92,10 @@ def audit_preset(
 ) -> AuditOutcome:
     """Audit every method of ``resolved`` and write the verdicts to ``output`` (JSONL)."""
     report = on_progress or (lambda message: None)
+    if output.exists() and output.stat().st_size > 0:
+        raise SpecbenchError(
+            f"{output} already holds results", "choose another --output, or remove that file"
+        )
     preset = resolved.preset
     sampling = SamplingParams(
         preset.sampling.temperature, preset.sampling.top_k, preset.sampling.top_p
