@@ -83,9 +83,9 @@ def broken_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     discover_methods(refresh=True)
 
 
-def _audit(path: Path, tmp_path: Path, **options: object):
+def _audit(path: Path, tmp_path: Path, output: str = "audit.jsonl", **options: object):
     resolved = load_preset(str(path), discover_methods())
-    return audit_preset(resolved, AuditOptions(**options), tmp_path / "audit.jsonl")  # type: ignore[arg-type]
+    return audit_preset(resolved, AuditOptions(**options), tmp_path / output)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- the statistics
@@ -290,7 +290,7 @@ def test_greedy_audit_tells_a_bug_from_a_near_tie(tmp_path: Path) -> None:
     assert "first difference at token" in bug.detail and "a bug" in bug.detail
     assert bug.statistic is not None and bug.statistic > 0.01
     # The same difference judged with a tolerance larger than its margin is a near-tie.
-    (tie,) = _audit(path, tmp_path, tie_margin=1e6).records
+    (tie,) = _audit(path, tmp_path, output="tie.jsonl", tie_margin=1e6).records
     assert tie.verdict == "near-tie" and "numerical near-tie" in tie.detail
 
 

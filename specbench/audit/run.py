@@ -286,6 +286,11 @@ def _homogeneity_tests(
     return tests
 
 
+def _record(label: str, method: DecodingMethod, **fields: Any) -> AuditRecord:
+    """An audit record of ``label``; the run id is filled in when the file is written."""
+    return AuditRecord(run_id="", method=label, method_name=method.name, **fields)
+
+
 def _sampling_record(
     label: str,
     method: DecodingMethod,
@@ -306,10 +311,9 @@ def _sampling_record(
         for t in tests
     ]
     if not tests:
-        return AuditRecord(
-            run_id="",
-            method=label,
-            method_name=method.name,
+        return _record(
+            label,
+            method,
             exact=True,
             mode="sampling",
             test=kind,
@@ -325,10 +329,9 @@ def _sampling_record(
             f"{len(failed)} of {len(tests)} tests below {per_test:.2g}; "
             f"worst: {worst.test} ({worst.detail})"
         )
-    return AuditRecord(
-        run_id="",
-        method=label,
-        method_name=method.name,
+    return _record(
+        label,
+        method,
         exact=True,
         mode="sampling",
         test=kind,
@@ -388,10 +391,9 @@ def _greedy_record(
         detail += (
             f"; {worst['test']}: first difference at token {worst['first_difference']}, {kind}"
         )
-    return AuditRecord(
-        run_id="",
-        method=label,
-        method_name=method.name,
+    return _record(
+        label,
+        method,
         exact=True,
         mode="greedy",
         test="token-for-token equality with the baseline",
@@ -430,10 +432,9 @@ def _lossy_record(
                 )
         divergence = differing / compared if compared else 0.0
         detail += f"; {100 * divergence:.1f}% of {compared} tokens differ from the baseline"
-    return AuditRecord(
-        run_id="",
-        method=label,
-        method_name=method.name,
+    return _record(
+        label,
+        method,
         exact=False,
         mode="lossy",
         test="divergence from the baseline (same prompts and seeds)",
@@ -444,10 +445,9 @@ def _lossy_record(
 
 
 def _error_record(label: str, method: DecodingMethod, mode: Mode, error: str) -> AuditRecord:
-    return AuditRecord(
-        run_id="",
-        method=label,
-        method_name=method.name,
+    return _record(
+        label,
+        method,
         exact=method.exact,
         mode=mode if method.exact else "lossy",
         test="could not start",
