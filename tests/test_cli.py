@@ -162,7 +162,14 @@ def test_ctrl_c_keeps_records_and_the_printed_resume_command_works(tmp_path: Pat
     command = [sys.executable, "-m", "specbench", "run", "-p", str(preset), "-o", str(out), *flags]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # A shell's background job starts with SIGINT ignored, and Python keeps it so: give
+        # the child the default disposition, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while _sample_lines(out) < 3 and time.monotonic() < deadline:
