@@ -256,6 +256,18 @@ class HFSession(Session):
         logits: torch.Tensor = out.logits[0, -keep:, : hf.vocab_size]
         return logits.float()
 
+    def commit_tree_path(self, path: Sequence[int]) -> None:
+        """Batch-invariant models recompute the accepted path instead of keeping the tree's
+        keys and values: a tree row attends to its ancestors *between* masked siblings, so a
+        blocked GEMM groups (and rounds) its sums unlike a contiguous prefix, and in bfloat16
+        such a cache drifts from one built token by token. The next call then processes the
+        path as ordinary tokens (a few more rows), exactly as decoding would have."""
+        if self.model.info.get("batch_invariant"):
+            self._keep_tree_nodes([])
+            self.tree = []
+            return
+        super().commit_tree_path(path)
+
     def _keep_tree_nodes(self, nodes: list[int]) -> None:
         base = len(self.cached)
         index = torch.tensor(
