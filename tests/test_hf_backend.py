@@ -159,3 +159,32 @@ def test_reused_prompt_cache_gives_the_same_logits_without_reprocessing(tiny_hf:
     check = model.new_session()
     model.reuse_prompt_cache = False
     assert torch.allclose(again, check.logits_from(prompt + [9], len(prompt) - 1), atol=1e-5)
+
+
+def test_batch_invariant_sessions_recompute_an_accepted_tree_path(tiny_hf: dict) -> None:
+    """A tree row attends to its ancestors between masked siblings, which a blocked GEMM
+    rounds unlike a contiguous prefix; batch-invariant sessions therefore drop the tree's
+    cache on commit and process the accepted path again, so the cache equals one built token
+    by token."""
+    from specbench.models.loading import load_models
+    from specbench.models.specs import HFModelSpec, ModelsSpec
+
+    folder = tiny_hf["qwen2"]["target"]
+    spec = HFModelSpec(model=str(folder), dtype="bfloat16", device="cpu", batch_invariant=True)
+    model = load_models(ModelsSpec(target=spec)).target
+    prompt = list(range(5, 40))
+    session = model.new_session()
+    session.logits_from(prompt, len(prompt) - 1)
+    session.tree_forward(prompt, [-1, 0, -1], [7, 9, 11])
+    session.commit_tree_path([0, 1])
+    assert session.cached == prompt and session.tree == []
+    before = model.counters.tokens_processed
+    got = session.logits_from(prompt + [7, 9, 13], len(prompt) + 1)
+    assert model.counters.tokens_processed - before == 3  # the path again, then the next token
+    reference = model.new_session().logits_from(prompt + [7, 9, 13], len(prompt) + 1)
+    assert torch.equal(got, reference)
+    plain = hf_pair(tiny_hf, "qwen2").target  # not batch-invariant: keeps the tree's cache
+    kept = plain.new_session()
+    kept.tree_forward(prompt, [-1, 0], [7, 9])
+    kept.commit_tree_path([0, 1])
+    assert kept.cached == prompt + [7, 9]
