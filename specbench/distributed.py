@@ -19,7 +19,6 @@ import os
 import queue as queue_module
 import socket
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,16 +32,13 @@ from specbench.records import (
     RunEnd,
     RunHeader,
     SampleRecord,
-    SummaryRecord,
 )
 from specbench.runner import (
+    ResultsFile,
     RunAborted,
     RunOutcome,
     Session,
-    _previous_records,
-    _Task,
     _Tracker,
-    resolve_output,
     run_end_record,
     run_header,
 )
@@ -171,12 +167,8 @@ def _drain(channel: Any, driver: _Driver) -> None:
     while True:
         try:
             kind, shard, payload = channel.get_nowait()
-        except queue_module.Empty:
+        except queue_module.Empty:  # ray.util.queue.Empty subclasses it
             return
-        except Exception as error:  # ray.util.queue.Empty subclasses queue.Empty; be safe
-            if type(error).__name__ == "Empty":
-                return
-            raise
         driver.handle(kind, shard, payload)
 
 
@@ -221,24 +213,14 @@ def run_distributed(
     report = on_progress or (lambda progress: None)
     preset = resolved.preset
     cluster = preset.cluster
-    path = resolve_output(resolved, output, resume)
-    previous = _previous_records(path, resolved, resume)
-    previous_samples = [r for r in previous if isinstance(r, SampleRecord)]
-    headers = [r for r in previous if isinstance(r, RunHeader)]
-    ends = [r for r in previous if isinstance(r, RunEnd)]
-    run_id = headers[0].run_id if headers else uuid.uuid4().hex[:12]
-    prompts = preset.prompts.load(resolved.base_dir)
-    labels = [m.label for m in resolved.methods]
-    wanted = [
-        (label, p.id, run) for run in range(preset.runs.count) for p in prompts for label in labels
-    ]
-    done: set[Key] = {(s.method, s.prompt_id, s.run) for s in previous_samples}
-    finished = [r for r in previous if isinstance(r, SummaryRecord)]
-    if finished and set(wanted) <= done:
+    state = ResultsFile.open(resolved, output, resume)
+    path, run_id, headers, done = state.path, state.run_id, state.headers, state.done
+    if state.complete:
         report(Progress("done", "nothing left to run", path))
-        return RunOutcome(path, finished, written=0, skipped=len(wanted))
+        return RunOutcome(path, state.finished, written=0, skipped=len(state.wanted))
 
-    remaining = [p for p in prompts if any((lb, p.id, r) not in done for lb, _, r in wanted)]
+    left = {prompt_id for _, prompt_id, _ in state.wanted - done}
+    remaining = [p for p in state.prompts if p.id in left]
     shards = [_Shard(i, ids) for i, ids in enumerate(plan_shards(remaining, cluster.workers))]
     report(Progress("loading", f"connecting to Ray ({address})", path))
     started_here = connect(address, len(shards), cluster.num_cpus)
@@ -250,14 +232,8 @@ def run_distributed(
     runtime_env = {"env_vars": _specbench_env()}
     task = ray.remote(max_retries=0)(run_shard).options(runtime_env=runtime_env, **resources)
     baseline = preset.runs.baseline
-    ordered = sorted(labels, key=lambda label: label != baseline)
-    tasks = [
-        _Task(i, p, run, label)
-        for run in range(preset.runs.count)
-        for i, p in enumerate(prompts)
-        for label in ordered
-    ]
-    tracker = _Tracker(ordered, tasks, previous_samples, baseline, run_id, path)
+    ordered = sorted((m.label for m in resolved.methods), key=lambda label: label != baseline)
+    tracker = _Tracker(ordered, state.wanted, state.previous_samples, baseline, run_id, path)
 
     def submit(shard: _Shard) -> None:
         # A retry skips what the driver already has, and sees the baseline outputs it needs.
@@ -302,7 +278,7 @@ def run_distributed(
                         )
                         submit(shard)
             end = run_end_record(run_id, driver.next_session - 1, "finished")
-            load = machine_load(headers + driver.headers, ends + driver.ends + [end])
+            load = machine_load(headers + driver.headers, state.ends + driver.ends + [end])
             summaries = summarize(tracker.samples, baseline, run_id, load)
             for summary in summaries:
                 writer.write(summary)
@@ -319,4 +295,5 @@ def run_distributed(
     if started_here:
         ray.shutdown()
     report(tracker.snapshot("done", "finished"))
-    return RunOutcome(path, summaries, written=driver.written, skipped=len(wanted) - driver.written)
+    skipped = len(state.wanted) - driver.written
+    return RunOutcome(path, summaries, written=driver.written, skipped=skipped)

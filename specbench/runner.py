@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -166,44 +166,27 @@ def run_preset(
 
     ``train_missing`` lets methods train what they need on the spot (``--train-judge``).
     """
-    path = resolve_output(resolved, output, resume)
-    previous = _previous_records(path, resolved, resume)
-    previous_samples = [r for r in previous if isinstance(r, SampleRecord)]
-    headers = [r for r in previous if isinstance(r, RunHeader)]
-    run_id = headers[0].run_id if headers else uuid.uuid4().hex[:12]
+    state = ResultsFile.open(resolved, output, resume)
+    path, run_id, headers = state.path, state.run_id, state.headers
     report = on_progress or (lambda progress: None)
     preset = resolved.preset
-
-    prompts = preset.prompts.load(resolved.base_dir)
-    finished = [r for r in previous if isinstance(r, SummaryRecord)]
-    wanted = {
-        (m.label, p.id, run)
-        for m in resolved.methods
-        for p in prompts
-        for run in range(preset.runs.count)
-    }
-    if finished and wanted <= {(s.method, s.prompt_id, s.run) for s in previous_samples}:
-        # A finished file: say so without loading any model.
+    if state.complete:  # a finished file: say so without loading any model
         report(Progress("done", "nothing left to run", path))
-        return RunOutcome(path, finished, written=0, skipped=len(wanted))
+        return RunOutcome(path, state.finished, written=0, skipped=len(state.wanted))
 
-    done = {(s.method, s.prompt_id, s.run) for s in previous_samples}
     session = Session.start(
         resolved,
-        prompts,
-        done,
+        state.prompts,
+        state.done,
         run_id,
-        previous_samples,
+        state.previous_samples,
         lambda message: report(Progress("loading", message, path)),
         train_missing,
     )
-    if not session.todo and finished:
-        report(Progress("done", "nothing left to run", path))
-        return RunOutcome(path, finished, written=0, skipped=len(session.tasks))
-
     baseline = preset.runs.baseline
     skipped = len(session.tasks) - len(session.todo)
-    tracker = _Tracker(session.labels, session.tasks, previous_samples, baseline, run_id, path)
+    keys = [t.key for t in session.tasks]
+    tracker = _Tracker(session.labels, keys, state.previous_samples, baseline, run_id, path)
     tracker.processed = lambda: _tokens_processed(session.models)
     written = 0
     number = len(headers) + 1
@@ -224,7 +207,7 @@ def run_preset(
             )
             end = run_end_record(run_id, number, "finished")
             writer.write(end)
-            load = machine_load(headers + [header], [end])
+            load = machine_load(headers + [header], state.ends + [end])
             summaries = summarize(tracker.samples, baseline, run_id, load)
             for summary in summaries:
                 writer.write(summary)
@@ -234,6 +217,53 @@ def run_preset(
             raise RunAborted(error, path, written, session.where) from error
     report(tracker.snapshot("done", "finished"))
     return RunOutcome(path, summaries, written=written, skipped=skipped)
+
+
+@dataclass
+class ResultsFile:
+    """A results file about to be (re)written: what it already holds and what is wanted.
+
+    The one place a local run and a distributed driver learn what is left to do."""
+
+    path: Path
+    run_id: str
+    headers: list[RunHeader]
+    ends: list[RunEnd]
+    previous_samples: list[SampleRecord]
+    finished: list[SummaryRecord]
+    prompts: list[Prompt]
+    wanted: set[tuple[str, str, int]]
+    done: set[tuple[str, str, int]]
+
+    @property
+    def complete(self) -> bool:
+        """Summaries written and every (method, prompt, run) in the file."""
+        return bool(self.finished) and self.wanted <= self.done
+
+    @classmethod
+    def open(cls, resolved: ResolvedPreset, output: Path | None, resume: bool) -> ResultsFile:
+        path = resolve_output(resolved, output, resume)
+        previous = _previous_records(path, resolved, resume)
+        headers = [r for r in previous if isinstance(r, RunHeader)]
+        samples = [r for r in previous if isinstance(r, SampleRecord)]
+        preset = resolved.preset
+        prompts = preset.prompts.load(resolved.base_dir)
+        return cls(
+            path=path,
+            run_id=headers[0].run_id if headers else uuid.uuid4().hex[:12],
+            headers=headers,
+            ends=[r for r in previous if isinstance(r, RunEnd)],
+            previous_samples=samples,
+            finished=[r for r in previous if isinstance(r, SummaryRecord)],
+            prompts=prompts,
+            wanted={
+                (m.label, p.id, run)
+                for m in resolved.methods
+                for p in prompts
+                for run in range(preset.runs.count)
+            },
+            done={(s.method, s.prompt_id, s.run) for s in samples},
+        )
 
 
 @dataclass
@@ -576,15 +606,16 @@ class _Tracker:
     def __init__(
         self,
         labels: Sequence[str],
-        tasks: Sequence[_Task],
+        keys: Iterable[tuple[str, str, int]],
         previous: Sequence[SampleRecord],
         baseline: str,
         run_id: str,
         output: Path,
     ) -> None:
+        """``keys``: every (label, prompt id, run) of the run."""
         self.labels = list(labels)
-        self.totals = {label: sum(t.label == label for t in tasks) for label in labels}
-        wanted = {t.key for t in tasks}
+        wanted = set(keys)
+        self.totals = {label: sum(key[0] == label for key in wanted) for label in labels}
         self.samples = [s for s in previous if (s.method, s.prompt_id, s.run) in wanted]
         self.baseline = baseline
         self.run_id = run_id

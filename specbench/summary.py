@@ -107,9 +107,11 @@ def _add_uncertainty(
     load: MachineLoad | None,
 ) -> None:
     tps_ci = tokens_per_sec_interval(group)
-    speedup_ci = speedup_interval(group, baseline_group) if baseline_group else None
+    speedup_ci = None
     if baseline_group and len(by_worker(group)) > 1:
         speedup_ci = combined_speedup(group, baseline_group)[1]
+    elif baseline_group:
+        speedup_ci = speedup_interval(group, baseline_group)
     summary.tokens_per_sec_ci = None if tps_ci is None else (tps_ci.low, tps_ci.high)
     summary.speedup_ci = None if speedup_ci is None else (speedup_ci.low, speedup_ci.high)
     speedup = summary.speedup if baseline_group else None

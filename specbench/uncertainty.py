@@ -91,9 +91,10 @@ def _percentiles(values: np.ndarray) -> Interval | None:
     return Interval(float(low), float(high))
 
 
-def _picks(n_prompts: int) -> np.ndarray:
+def _picks(n: int) -> np.ndarray:
+    """Resampled indices (with replacement) of ``n`` items, one row per resample."""
     rng = np.random.default_rng(_SEED)
-    return rng.integers(0, n_prompts, size=(BOOTSTRAP_RESAMPLES, n_prompts))
+    return rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
 
 
 def tokens_per_sec_interval(samples: Sequence[SampleRecord]) -> Interval | None:
@@ -103,9 +104,7 @@ def tokens_per_sec_interval(samples: Sequence[SampleRecord]) -> Interval | None:
         return None
     if len(prompts) < 2:  # one prompt: resample its runs instead
         values = np.array([s.tokens_per_sec for s in samples])
-        rng = np.random.default_rng(_SEED)
-        picks = rng.integers(0, len(values), size=(BOOTSTRAP_RESAMPLES, len(values)))
-        return _percentiles(np.median(values[picks], axis=1))
+        return _percentiles(np.median(values[_picks(len(values))], axis=1))
     matrix = _per_prompt_matrix(samples, prompts)
     return _percentiles(_resampled_medians(matrix, _picks(len(prompts))))
 
@@ -118,6 +117,14 @@ def speedup_interval(
     Only prompts both ran are used; each resample draws prompts with replacement and keeps
     every run of each drawn prompt, for both methods alike.
     """
+    draws = _ratio_draws(method, baseline)
+    return None if draws is None else _percentiles(draws)
+
+
+def _ratio_draws(
+    method: Sequence[SampleRecord], baseline: Sequence[SampleRecord]
+) -> np.ndarray | None:
+    """The paired bootstrap's speedups, one per resample; ``None`` under two shared prompts."""
     prompts = sorted({s.prompt_id for s in method} & {s.prompt_id for s in baseline})
     if len(prompts) < 2:
         return None
@@ -125,7 +132,7 @@ def speedup_interval(
     ours = _resampled_medians(_per_prompt_matrix(method, prompts), picks)
     theirs = _resampled_medians(_per_prompt_matrix(baseline, prompts), picks)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _percentiles(ours / theirs)
+        return np.asarray(ours / theirs)
 
 
 def by_worker(samples: Sequence[SampleRecord]) -> dict[str | None, list[SampleRecord]]:
@@ -164,14 +171,10 @@ def combined_speedup(
         return value, None
     draws = []
     for w in shared:
-        prompts = sorted({s.prompt_id for s in ours[w]} & {s.prompt_id for s in theirs[w]})
-        if len(prompts) < 2:
+        worker_draws = _ratio_draws(ours[w], theirs[w])
+        if worker_draws is None:
             return value, None
-        picks = _picks(len(prompts))
-        mine = _resampled_medians(_per_prompt_matrix(ours[w], prompts), picks)
-        base = _resampled_medians(_per_prompt_matrix(theirs[w], prompts), picks)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            draws.append(mine / base)
+        draws.append(worker_draws)
     combined = (weights[:, None] * np.stack(draws)).sum(axis=0) / weights.sum()
     return value, _percentiles(combined)
 

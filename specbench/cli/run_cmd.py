@@ -208,14 +208,13 @@ def _run_one(
     extra = {"train_missing": train_judge} if runner is run_preset else {}
     try:
         with ProgressView(console, quiet=quiet) as view:
-
-            def on_progress(progress: Progress) -> None:
-                view(progress)
-                tracking.on_progress(progress)
-
             tracking.start(resolved)
             outcome = runner(
-                resolved, output=output, resume=resume, on_progress=on_progress, **extra
+                resolved,
+                output=output,
+                resume=resume,
+                on_progress=_render_and_track(view, tracking),
+                **extra,
             )
     except SpecbenchError as error:
         tracking.finish(None, "failed")
@@ -266,17 +265,12 @@ def _run_study(
 
     try:
         with ProgressView(console, quiet=quiet) as view:
-
-            def on_progress(progress: Progress) -> None:
-                view(progress)
-                tracking.on_progress(progress)
-
             outcome = run_study(
                 spec,
                 entries,
                 directory,
                 resume,
-                on_progress,
+                _render_and_track(view, tracking),
                 on_entry,
                 on_done=lambda label, done: tracking.finish(done, "finished", done.output),
                 runner=runner,
@@ -296,6 +290,16 @@ def _run_study(
         highlight=False,
         markup=False,
     )
+
+
+def _render_and_track(view: ProgressView, tracking: TrackingSession) -> Callable[[Progress], None]:
+    """One progress callback: the live view and the trackers both hear every snapshot."""
+
+    def on_progress(progress: Progress) -> None:
+        view(progress)
+        tracking.on_progress(progress)
+
+    return on_progress
 
 
 def _print_outcome(name: str, outcome: RunOutcome) -> None:
