@@ -108,7 +108,10 @@ def run_shard(
             time.sleep(0.5)  # let the queue deliver what was sent
             os._exit(1)  # a worker dying mid-shard (tested)
 
-    session.decode(lambda label, w: message(f"warming up {label} ({w})"), on_record)
+    try:
+        session.decode(lambda label, w: message(f"warming up {label} ({w})"), on_record)
+    finally:
+        session.close()
     channel.put(("end", shard, run_end_record(run_id, 0, "finished").model_dump_json()))
     return sent
 

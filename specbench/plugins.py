@@ -31,10 +31,24 @@ A method is a subclass of :class:`DecodingMethod`:
   it for every method of a preset); return a one-line summary.
 * optional classmethod ``replay_proposer(params)``: for draft-free methods, the drafter
   ``generate`` uses; ``specbench replay`` then replays saved greedy outputs through it.
-* optional ``reference_method()``: for methods whose tokens do not come from the in-process
-  target (an external engine), the same engine's plain decoding; ``specbench audit`` then
-  compares samples with it (two-sample test) instead of with the target's exact
-  distribution.
+* optional ``own_baseline()``: the parameters of this same method without speculation (an
+  engine's plain decoding). Its speedup, greedy identity (``= baseline``) and audit are then
+  measured against that preset method instead of the run's baseline.
+* optional ``reference_method()``: what ``specbench audit`` compares samples with when they
+  do not come from the in-process target; by default the ``own_baseline()`` method (a
+  two-sample test) or, without one, the target's exact distribution.
+* optional ``engine_info()`` and ``close()``: methods that run in an external engine
+  describe it (written into every record) and release it when the run ends.
+
+External engines
+================
+A method whose generation runs in another process or library declares ``needs =
+frozenset()``: the runner then loads no in-process weights for it, only the target's
+tokenizer (prompts are handed over as token ids, the same ids every method gets), and
+``self.models.specs`` holds the preset's model specs to build the engine from. It fills
+:class:`DecodeStats` from what the engine reports (drafts proposed and accepted, per
+position) and puts engine-specific numbers in ``stats.extra``. ``plugins/specbench-llamacpp``
+and ``plugins/specbench-vllm`` are complete examples.
 
 The runner builds one instance per preset method after the models load, so an instance may
 keep state across prompts (compiled graphs, a trained judge). Most methods need no loop of
@@ -69,7 +83,7 @@ from pydantic import BaseModel, ConfigDict
 
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
 from specbench.errors import PluginError
-from specbench.models.base import LanguageModel
+from specbench.models.base import LanguageModel, Tokenizer
 
 if TYPE_CHECKING:
     from specbench.decoding.sampling import SamplingParams
@@ -107,12 +121,45 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass
 class MethodModels:
-    """The loaded models a method works with."""
+    """The models a method works with, and their specs.
 
-    target: LanguageModel
-    draft: LanguageModel | None = None
+    ``target`` is loaded only when some method of the run needs it in-process (``needs``
+    holds ``ModelRole.TARGET``); a run of external engines alone loads only ``tokenizer``
+    (the target's, which the runner encodes prompts with) and hands engines ``specs``.
+    """
+
+    def __init__(
+        self,
+        target: LanguageModel | None = None,
+        draft: LanguageModel | None = None,
+        *,
+        tokenizer: Tokenizer | None = None,
+        specs: ModelsSpec | None = None,
+    ) -> None:
+        if tokenizer is None:
+            if target is None:
+                raise ValueError("MethodModels needs a target model or a tokenizer")
+            tokenizer = target.tokenizer
+        self._target = target
+        self.draft = draft
+        self.tokenizer: Tokenizer = tokenizer
+        self.specs = specs
+
+    @property
+    def target(self) -> LanguageModel:
+        """The in-process target model."""
+        if self._target is None:
+            raise PluginError(
+                "this method needs the in-process target model and none was loaded",
+                "declare needs = {ModelRole.TARGET} on the method",
+            )
+        return self._target
+
+    @property
+    def loaded(self) -> list[LanguageModel]:
+        """The in-process models of the run (none for engine-only runs)."""
+        return [m for m in (self._target, self.draft) if m is not None]
 
     def require_draft(self) -> LanguageModel:
         if self.draft is None:
@@ -121,6 +168,12 @@ class MethodModels:
                 "add a [models.draft] table to the preset",
             )
         return self.draft
+
+    def require_specs(self) -> ModelsSpec:
+        """The preset's model specs (engines build their own models from them)."""
+        if self.specs is None:
+            raise PluginError("this method needs the preset's model specs and has none")
+        return self.specs
 
 
 @dataclass
@@ -143,6 +196,18 @@ class RunContext:
     train_missing: bool = False
     force_train: bool = False
     on_progress: Callable[[str], None] = field(default=lambda message: None)
+    #: The results file of the run (``None`` outside ``run``): engines keep logs beside it.
+    output: Path | None = None
+
+    def log_path(self, kind: str) -> Path:
+        """Where a method keeps a log of ``kind`` (``llama-server``, say): beside the
+        results file, named after it and the method's label."""
+        if self.output is not None:
+            stem = self.output.name.removesuffix(".jsonl")
+            return self.output.with_name(f"{stem}.{self.label}.{kind}.log")
+        from specbench.models.catalog import cache_root
+
+        return cache_root() / "logs" / f"{self.preset_name}.{self.label}.{kind}.log"
 
 
 class DecodingMethod(ABC):
@@ -197,14 +262,37 @@ class DecodingMethod(ABC):
         outputs and cannot be replayed from saved tokens."""
         return None
 
+    def own_baseline(self) -> MethodParams | None:
+        """The parameters of this same method that decode without speculation, when its
+        speedup and greedy identity should be measured against those rather than against
+        the run's baseline (an engine's plain decoding: ``vllm`` without ``speculative``).
+
+        ``None`` (the default): the run's baseline is this method's reference. The runner
+        finds the preset method with this class and these parameters, times it first on
+        every prompt, and records ``reference`` on every sample.
+        """
+        return None
+
     def reference_method(self) -> DecodingMethod | None:
         """What ``specbench audit`` compares this method's samples with.
 
-        ``None`` (the default): the in-process target's exact distribution, computed by
-        teacher-forcing it. A method whose tokens come from elsewhere (an external engine)
-        returns the same engine's plain decoding, and the audit uses a two-sample test.
+        ``None``: the in-process target's exact distribution, computed by teacher-forcing
+        it. A method with an :meth:`own_baseline` (an external engine) returns that plain
+        decoding by default, and the audit uses a two-sample test.
         """
+        params = self.own_baseline()
+        if params is None:
+            return None
+        return type(self)(params, self.models)
+
+    def engine_info(self) -> dict[str, Any] | None:
+        """For methods that run in an external engine: ``{"name", "version", "options"}``,
+        written into every record of the method; ``None`` for in-process methods."""
         return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the method holds (engine processes, servers); called once when the
+        run ends, also after an error or Ctrl-C."""
 
 
 @dataclass(frozen=True)
@@ -223,8 +311,9 @@ class MethodInfo:
 
     @property
     def needs_text(self) -> str:
-        """``"target"`` or ``"target+draft"``."""
-        return "+".join(role.value for role in ModelRole if role in self.cls.needs)
+        """``"target"``, ``"target+draft"``, or ``"none (engine)"`` for external engines."""
+        needed = "+".join(role.value for role in ModelRole if role in self.cls.needs)
+        return needed or "none (engine)"
 
 
 @dataclass(frozen=True)

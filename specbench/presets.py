@@ -20,7 +20,7 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from specbench.errors import PluginError, SpecbenchError
-from specbench.models.specs import ModelsSpec
+from specbench.models.specs import ModelSpecBase, ModelsSpec
 from specbench.plugins import MethodInfo, MethodParams, MethodRegistry, ModelRole
 from specbench.preset_formats import (
     PresetSyntaxError,
@@ -658,6 +658,10 @@ def _field_model(model: Any, field: str, value: Any) -> Any:
 
 def _model_types(annotation: Any) -> list[type[BaseModel]]:
     """pydantic models inside an annotation (through Optional, unions, lists, Annotated)."""
+    if annotation is ModelSpecBase:  # a model table: any installed backend's spec
+        from specbench.models.backends import discover_backends
+
+        return [backend.Spec for backend in discover_backends().backends.values()]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [model for arg in get_args(annotation) for model in _model_types(arg)]

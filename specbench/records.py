@@ -106,7 +106,15 @@ class SampleRecord(_Record):
     stats: dict[str, float] = Field(default_factory=dict)
     output_sha: str = Field("", description="Fingerprint of the generated tokens.")
     matches_baseline: bool | None = Field(
-        None, description="Greedy runs: output identical to the baseline's, token for token."
+        None,
+        description="Greedy runs: output identical to the reference's (the run's baseline, or "
+        "an engine's own plain decoding), token for token.",
+    )
+    reference: str | None = Field(
+        None, description="The method label this sample's output and speed are compared with."
+    )
+    engine: dict[str, Any] | None = Field(
+        None, description="External engines: {name, version, options} of the engine used."
     )
     worker: str | None = Field(None, description="Distributed runs: the worker that decoded it.")
     batch_size: int = Field(1, description="Prompts decoded together in this sample's batch.")
@@ -186,6 +194,14 @@ class SummaryRecord(_Record):
         description="Median tokens/s over the baseline's median tokens/s, same run."
     )
     baseline: str | None
+    reference: str | None = Field(
+        None, description="The method's own reference (an engine's plain decoding, say)."
+    )
+    reference_speedup: float | None = Field(
+        None, description="Median tokens/s over the reference's: the within-engine speedup."
+    )
+    reference_speedup_ci: tuple[float, float] | None = None
+    engine: str | None = Field(None, description="The external engine's name and version.")
     stats: dict[str, float] = Field(default_factory=dict)
 
 
@@ -218,7 +234,7 @@ class AuditRecord(_Record):
     p_value: float | None = None
     alpha: float | None = Field(None, description="Per-test level after Bonferroni.")
     family_alpha: float | None = None
-    verdict: Literal["pass", "fail", "near-tie", "lossy", "error"]
+    verdict: Literal["pass", "fail", "near-tie", "lossy", "error", "reference"]
     detail: str = ""
     divergence: float | None = Field(
         None, description="Lossy methods: share of generated tokens that differ from the baseline."

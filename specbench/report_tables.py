@@ -46,6 +46,19 @@ def speedup_text(summary: SummaryRecord | None) -> str:
     return text
 
 
+def reference_text(summary: SummaryRecord) -> str:
+    """``1.31x [1.2-1.4] vs llama`` over the method's own reference; ``-`` without one."""
+    if summary.reference_speedup is None or summary.reference is None:
+        return "-"
+    if summary.reference == summary.method:
+        return "reference"
+    text = f"{summary.reference_speedup:.2f}x"
+    if summary.reference_speedup_ci is not None:
+        low, high = summary.reference_speedup_ci
+        text += f" [{low:.2f}-{high:.2f}]"
+    return f"{text} vs {summary.reference}"
+
+
 def summary_data(summaries: Sequence[SummaryRecord], title: str = "", key: str = "") -> TableData:
     """Medians with their spread; tokens/call is pooled over all target calls (bonus counted)."""
     columns = [
@@ -60,10 +73,18 @@ def summary_data(summaries: Sequence[SummaryRecord], title: str = "", key: str =
     ]
     show_match = any(s.greedy_match_rate is not None for s in summaries)
     show_score = any(s.score_mean is not None for s in summaries)
+    # Engines: a speedup over their own plain decoding, and which engine ran each row.
+    show_reference = any(s.reference not in (None, s.baseline) for s in summaries)
+    show_engine = any(s.engine for s in summaries)
+    columns += ["own speedup"] if show_reference else []
     columns += ["= baseline"] if show_match else []
     columns += ["score"] if show_score else []
+    columns += ["engine"] if show_engine else []
     table = TableData(title, columns, key=key)
     table.numeric[1] = False
+    for name in ("own speedup", "engine"):
+        if name in columns:
+            table.numeric[columns.index(name)] = False
     for s in summaries:
         acceptance = fmt(s.acceptance_rate, ".3f")
         if s.expected_acceptance_rate is not None:
@@ -79,8 +100,10 @@ def summary_data(summaries: Sequence[SummaryRecord], title: str = "", key: str =
             fmt(s.avg_tokens_per_step, ".2f"),
             fmt(s.target_calls_per_token, ".3f"),
         ]
+        row += [reference_text(s)] if show_reference else []
         row += [percent(s.greedy_match_rate)] if show_match else []
         row += [percent(s.score_mean)] if show_score else []
+        row += [s.engine or "specbench"] if show_engine else []
         table.rows.append(row)
     return table
 

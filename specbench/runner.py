@@ -11,6 +11,7 @@ seeing the model's earlier answers, and the sample adds up time, tokens and stat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import uuid
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from specbench.conversation import PromptEncoder
 from specbench.decoding.sampling import SamplingParams
@@ -137,6 +139,7 @@ def run_context(
     train_missing: bool = False,
     force_train: bool = False,
     on_message: Callable[[str], None] | None = None,
+    output: Path | None = None,
 ) -> RunContext:
     """What a method's ``prepare`` and ``train`` hooks get to see of the run."""
     sampling = resolved.preset.sampling
@@ -152,6 +155,7 @@ def run_context(
         train_missing=train_missing,
         force_train=force_train,
         on_progress=on_message or (lambda message: None),
+        output=output,
     )
 
 
@@ -182,6 +186,7 @@ def run_preset(
         state.previous_samples,
         lambda message: report(Progress("loading", message, path)),
         train_missing,
+        output=path,
     )
     baseline = preset.runs.baseline
     skipped = len(session.tasks) - len(session.todo)
@@ -215,6 +220,8 @@ def run_preset(
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
             writer.write(run_end_record(run_id, number, status))
             raise RunAborted(error, path, written, session.where) from error
+        finally:
+            session.close()
     report(tracker.snapshot("done", "finished"))
     return RunOutcome(path, summaries, written=written, skipped=skipped)
 
@@ -297,28 +304,40 @@ class Session:
         on_message: Callable[[str], None],
         train_missing: bool = False,
         indices: Sequence[int] | None = None,
+        output: Path | None = None,
     ) -> Session:
         """Load the models, build and prepare the methods, and plan what is left to do;
         ``indices`` place a shard's prompts in the whole set (for seeds)."""
         preset = resolved.preset
         on_message("loading models")
-        models = load_models(preset.models, on_message)
+        roles = frozenset(role for m in resolved.methods for role in m.info.cls.needs)
+        models = load_models(preset.models, on_message, roles)
         baseline = preset.runs.baseline
-        labels = sorted((m.label for m in resolved.methods), key=lambda label: label != baseline)
         methods = instantiate_methods(resolved, models)
-        for label, method in methods.items():
-            method.prepare(
-                run_context(
-                    resolved, label, prompts, train_missing=train_missing, on_message=on_message
+        try:
+            references = method_references(methods, baseline, on_message)
+            # The baseline first, then every other method's reference, then the rest.
+            order = {label: 0 if label == baseline else 1 for label in references.values()}
+            labels = sorted((m.label for m in resolved.methods), key=lambda x: order.get(x, 2))
+            for label, method in methods.items():
+                context = run_context(
+                    resolved, label, prompts, train_missing, on_message=on_message, output=output
                 )
-            )
+                method.prepare(context)
+        except BaseException:
+            close_methods(methods)
+            raise
         units = _units(prompts, preset.runs.count, labels, methods, indices)
         tasks = [task for unit in units for task in unit]
         todo_units = [unit for unit in units if any(t.key not in done for t in unit)]
-        context = _Context(preset, models, run_id, previous_samples)
+        context = _Context(preset, models, run_id, previous_samples, references)
         return cls(
             resolved, prompts, models, methods, labels, tasks, todo_units, set(done), context
         )
+
+    def close(self) -> None:
+        """Release what the methods hold (engine processes); safe to call twice."""
+        close_methods(self.methods)
 
     def decode(
         self,
@@ -353,10 +372,42 @@ class Session:
 
 
 def _tokens_processed(models: MethodModels) -> int:
-    total = models.target.counters.tokens_processed
-    if models.draft is not None:
-        total += models.draft.counters.tokens_processed
-    return total
+    return sum(model.counters.tokens_processed for model in models.loaded)
+
+
+def method_references(
+    methods: dict[str, DecodingMethod],
+    baseline: str | None,
+    on_message: Callable[[str], None] = lambda message: None,
+) -> dict[str, str | None]:
+    """Each method's reference label: the preset method with its ``own_baseline()``
+    parameters (an engine's plain decoding), else the run's baseline."""
+    references: dict[str, str | None] = {}
+    for label, method in methods.items():
+        wanted = method.own_baseline()
+        if wanted is None:
+            references[label] = baseline
+            continue
+        found = [
+            other
+            for other, candidate in methods.items()
+            if type(candidate) is type(method) and candidate.params == wanted
+        ]
+        references[label] = found[0] if found else None
+        if not found:
+            on_message(
+                f"note: {label} has no plain-decoding row of its own in the preset (add "
+                f"method '{method.name}' with params {wanted.model_dump(exclude_defaults=True)})"
+                "; its within-engine speedup and '= baseline' are not measured"
+            )
+    return references
+
+
+def close_methods(methods: dict[str, DecodingMethod]) -> None:
+    """Call every method's ``close`` hook; one failing does not keep the others open."""
+    for method in methods.values():
+        with contextlib.suppress(Exception):  # best effort at the end of a run
+            method.close()
 
 
 def run_end_record(run_id: str, session: int, status: str) -> RunEnd:
@@ -374,9 +425,12 @@ def run_header(
     resolved: ResolvedPreset, models: MethodModels, session: int, run_id: str | None = None
 ) -> RunHeader:
     """The header of a session writing results of ``resolved`` (a new run id if none)."""
-    described = {"target": models.target.describe()}
+    described = {"target": models.target.describe()} if models.loaded else {}
     if models.draft is not None:
         described["draft"] = models.draft.describe()
+    if not described:  # engine-only runs: the engines load the models themselves
+        specs = resolved.preset.models
+        described["target"] = {"loaded": False, **specs.target.model_dump(mode="json")}
     return RunHeader(
         run_id=run_id or uuid.uuid4().hex[:12],
         session=session,
@@ -440,21 +494,24 @@ class _Context:
     models: MethodModels
     run_id: str
     previous: Sequence[SampleRecord]
-    baseline_outputs: dict[tuple[str, int], str] = field(default_factory=dict)
+    references: dict[str, str | None] = field(default_factory=dict)
+    #: Output fingerprints of every reference method, by label, then (prompt id, run).
+    outputs: dict[str, dict[tuple[str, int], str]] = field(default_factory=dict)
+    engines: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         sampling = self.preset.sampling
         self.sampling = SamplingParams(
             temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p
         )
-        tokenizer = self.models.target.tokenizer
+        tokenizer = self.models.tokenizer
         self.stop_ids = frozenset(tokenizer.eos_token_ids)
         prompts = self.preset.prompts
         self.encoder = PromptEncoder(tokenizer, prompts.chat_template, prompts.system_prompt)
-        baseline = self.preset.runs.baseline
+        wanted = set(self.references.values()) | {self.preset.runs.baseline}
         for s in self.previous:
-            if s.method == baseline:
-                self.baseline_outputs[(s.prompt_id, s.run)] = s.output_sha
+            if s.method in wanted:
+                self.outputs.setdefault(s.method, {})[(s.prompt_id, s.run)] = s.output_sha
 
     def request(self, prompt_ids: list[int], seed: int) -> GenerationRequest:
         if not prompt_ids:
@@ -480,7 +537,7 @@ class _Context:
         as a whole (``batch_wall_s``); a sequence's own ``wall_s`` is its latency, from the
         batch's start until it finished.
         """
-        tokenizer = self.models.target.tokenizer
+        tokenizer = self.models.tokenizer
         seeds = [sample_seed(self.preset.sampling.seed, t.prompt_index, t.run) for t in unit]
         histories: list[list[tuple[str, str]]] = [[] for _ in unit]
         results: list[list[GenerationResult]] = [[] for _ in unit]
@@ -546,13 +603,15 @@ class _Context:
     ) -> SampleRecord:
         sha = output_sha(merged.tokens)
         key = (task.prompt.id, task.run)
-        if task.label == baseline:
-            self.baseline_outputs[key] = sha
+        self.outputs.setdefault(task.label, {})[key] = sha
+        reference = self.references.get(task.label, baseline)
         matches = None
         # Synthetic acceptance keeps draft tokens the target never chose: no comparison.
-        comparable = self.sampling.greedy and not method.synthetic and task.label != baseline
-        if comparable and key in self.baseline_outputs:
-            matches = self.baseline_outputs[key] == sha
+        comparable = self.sampling.greedy and not method.synthetic and task.label != reference
+        if comparable and reference is not None and key in self.outputs.get(reference, {}):
+            matches = self.outputs[reference][key] == sha
+        if task.label not in self.engines:
+            self.engines[task.label] = method.engine_info()
         scorer = task_for(task.prompt)
         score = scorer.score(task.prompt, texts[-1]) if scorer else None
         output = self.preset.output
@@ -572,6 +631,8 @@ class _Context:
             turn_new_tokens=turn_tokens,
             output_sha=sha,
             matches_baseline=matches,
+            reference=reference,
+            engine=self.engines[task.label],
             score=None if score is None else score.value,
             answer=None if score is None else score.answer,
             batch_size=batch_size,
@@ -584,9 +645,8 @@ class _Context:
         )
 
     def _synchronize(self) -> None:
-        self.models.target.synchronize()
-        if self.models.draft is not None:
-            self.models.draft.synchronize()
+        for model in self.models.loaded:
+            model.synchronize()
 
 
 def _merge(results: Sequence[GenerationResult]) -> GenerationResult:

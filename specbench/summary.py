@@ -10,6 +10,8 @@ Conventions (also in the README):
 * ``speedup`` = the method's median tokens/s over the baseline's median tokens/s, both from
   the same results file, with a 95% paired bootstrap interval over prompts. A distributed run
   (samples from several workers) computes it per worker and averages, weighted by samples.
+  ``reference_speedup`` divides by the method's own reference instead (an external engine's
+  plain decoding; the run's baseline for in-process methods): the within-engine speedup.
 * The acceptance profile has two per-position vectors: *conditional* (accepted at i / reached
   i, ``position_acceptance``) and *marginal* (accepted at i / steps, ``position_marginal``:
   the share of steps whose first i + 1 drafts were all kept). ``acceptance_length`` =
@@ -96,8 +98,34 @@ def summarize(
             summary.speedup = combined_speedup(group, base_group, interval=False)[0]
         if intervals:
             _add_uncertainty(summary, group, base_group if label != baseline else [], load)
+        _add_reference(summary, group, groups, medians, intervals)
         summaries.append(summary)
     return summaries
+
+
+def _add_reference(
+    summary: SummaryRecord,
+    group: Sequence[SampleRecord],
+    groups: dict[str, list[SampleRecord]],
+    medians: dict[str, float],
+    intervals: bool,
+) -> None:
+    """The speedup over the method's own reference (an engine's plain decoding)."""
+    reference = group[0].reference
+    summary.reference = reference
+    engine = group[0].engine
+    if engine:
+        summary.engine = f"{engine.get('name')} {engine.get('version')}".strip()
+    if reference is None or reference not in groups or not medians.get(reference):
+        return
+    if reference == summary.baseline:
+        summary.reference_speedup = summary.speedup
+        summary.reference_speedup_ci = summary.speedup_ci
+        return
+    summary.reference_speedup = medians[summary.method] / medians[reference]
+    if intervals and reference != summary.method:
+        ci = speedup_interval(group, groups[reference])
+        summary.reference_speedup_ci = None if ci is None else (ci.low, ci.high)
 
 
 def _add_uncertainty(

@@ -32,10 +32,17 @@ from specbench.decoding.types import GenerationRequest
 from specbench.errors import SpecbenchError
 from specbench.models.base import LanguageModel, common_prefix
 from specbench.models.loading import load_models
-from specbench.plugins import DecodingMethod, MethodModels
+from specbench.plugins import DecodingMethod, MethodModels, ModelRole
 from specbench.presets import ResolvedPreset
+from specbench.prompts import Prompt
 from specbench.records import AuditRecord, RecordWriter
-from specbench.runner import instantiate_methods, run_context, run_end_record, run_header
+from specbench.runner import (
+    close_methods,
+    instantiate_methods,
+    run_context,
+    run_end_record,
+    run_header,
+)
 
 #: Largest top-2 logit margin that still counts as a numerical near-tie, per target dtype.
 TIE_MARGINS = {"bfloat16": 0.5, "float16": 0.1, "float32": 0.01, "float64": 1e-6}
@@ -101,23 +108,51 @@ def audit_preset(
         preset.sampling.temperature, preset.sampling.top_k, preset.sampling.top_p
     )
     mode: Mode = "greedy" if sampling.greedy else "sampling"
-    n_tokens = options.tokens or (3 if mode == "sampling" else preset.sampling.max_new_tokens)
     n_prompts = options.prompts or (2 if mode == "sampling" else 5)
 
     report("loading models")
-    models = load_models(preset.models, report)
-    for model in (models.target, models.draft):
-        if model is not None:
-            model.simulate_costs = False  # nothing is timed here
-            # Thousands of short draws from one prompt: process the prompt once.
-            model.reuse_prompt_cache = mode == "sampling"
+    chosen = [m for m in resolved.methods if not options.methods or m.label in options.methods]
+    roles = frozenset(role for m in chosen for role in m.info.cls.needs)
+    if mode == "sampling" and any(m.info.cls.exact for m in chosen):
+        roles |= {ModelRole.TARGET}  # the exact distribution comes from the target
+    if mode == "greedy" and any(m.label == preset.runs.baseline for m in resolved.methods):
+        baseline_info = next(m for m in resolved.methods if m.label == preset.runs.baseline)
+        roles |= baseline_info.info.cls.needs
+    models = load_models(preset.models, report, roles)
+    for model in models.loaded:
+        model.simulate_costs = False  # nothing is timed here
+        # Thousands of short draws from one prompt: process the prompt once.
+        model.reuse_prompt_cache = mode == "sampling"
     prompts = preset.prompts.load(resolved.base_dir)[:n_prompts]
-    tokenizer = models.target.tokenizer
+    tokenizer = models.tokenizer
     encoder = PromptEncoder(tokenizer, preset.prompts.chat_template, preset.prompts.system_prompt)
     encoded = [encoder.encode([], p.turns[0], p.system) for p in prompts]
     if any(not ids for ids in encoded):
         raise SpecbenchError("a prompt encodes to no tokens", "remove or fix that prompt")
     methods = instantiate_methods(resolved, models)
+    try:
+        return _audit_methods(resolved, options, output, report, models, methods, prompts, encoded)
+    finally:
+        close_methods(methods)
+
+
+def _audit_methods(
+    resolved: ResolvedPreset,
+    options: AuditOptions,
+    output: Path,
+    report: AuditProgress,
+    models: MethodModels,
+    methods: dict[str, DecodingMethod],
+    prompts: Sequence[Prompt],
+    encoded: list[list[int]],
+) -> AuditOutcome:
+    preset = resolved.preset
+    sampling = SamplingParams(
+        preset.sampling.temperature, preset.sampling.top_k, preset.sampling.top_p
+    )
+    mode: Mode = "greedy" if sampling.greedy else "sampling"
+    n_tokens = options.tokens or (3 if mode == "sampling" else preset.sampling.max_new_tokens)
+    tokenizer = models.tokenizer
     labels = [
         m.label for m in resolved.methods if not options.methods or m.label in options.methods
     ]
@@ -169,6 +204,21 @@ def audit_preset(
             draws = draw_all(label, method)
             records.append(_lossy_record(label, method, draws, baseline_draws, n_tokens))
             continue
+        reference = method.reference_method()
+        if reference is not None and reference.params == method.params:
+            # An engine's own plain decoding: the reference of its speculative rows.
+            if mode == "sampling":
+                records.append(_reference_record(label, method, mode))
+            continue
+        if mode == "greedy" and reference is not None:
+            draws = draw_all(label, method)
+            reference_draws = draw_all(f"{label} (reference)", reference)
+            records.append(
+                _greedy_record(
+                    label, method, draws, reference_draws, None, 0.0, "the engine's own baseline"
+                )
+            )
+            continue
         if mode == "greedy":
             if label == baseline_label:
                 continue
@@ -187,7 +237,6 @@ def audit_preset(
             )
             continue
         draws = draw_all(label, method)
-        reference = method.reference_method()
         if reference is None:
             report(f"{label}: teacher-forcing the target")
             tests = _fit_tests(label, draws, models.target, sampling, n_tokens)
@@ -351,9 +400,13 @@ def _greedy_record(
     method: DecodingMethod,
     draws: Sequence[_Draws],
     baseline: Sequence[_Draws],
-    target: LanguageModel,
+    target: LanguageModel | None,
     tie_margin: float,
+    against: str = "the baseline",
 ) -> AuditRecord:
+    """Token-for-token comparison; a difference is a near-tie or a bug by the target's top-2
+    margin where it starts (``target=None``, an external engine: the margin is unknown and
+    the difference fails, with its position)."""
     tests: list[dict[str, Any]] = []
     verdicts = []
     for index, (ours, theirs) in enumerate(zip(draws, baseline, strict=True)):
@@ -363,6 +416,18 @@ def _greedy_record(
             verdicts.append("pass")
             continue
         position = common_prefix(a, b)
+        if target is None:
+            verdicts.append("fail")
+            tests.append(
+                {
+                    "test": f"prompt {index + 1}",
+                    "identical": False,
+                    "first_difference": position,
+                    "margin": None,
+                    "near_tie": None,
+                }
+            )
+            continue
         margin = _top2_margin(target, theirs.prompt_ids + b[:position])
         near = margin <= tie_margin
         verdicts.append("near-tie" if near else "fail")
@@ -380,10 +445,13 @@ def _greedy_record(
     )
     identical = sum(bool(t["identical"]) for t in tests)
     verdict = "fail" if "fail" in verdicts else "near-tie" if "near-tie" in verdicts else "pass"
-    detail = f"{identical}/{len(tests)} outputs identical to the baseline"
+    detail = f"{identical}/{len(tests)} outputs identical to {against}"
     if worst is not None:
         kind = (
-            f"numerical near-tie (margin {worst['margin']:.3g} <= {tie_margin:g})"
+            "the margin there is unknown (no in-process target): a near-tie cannot be told "
+            "from a bug"
+            if worst["margin"] is None
+            else f"numerical near-tie (margin {worst['margin']:.3g} <= {tie_margin:g})"
             if worst["near_tie"]
             else f"divergence at a clear choice (margin {worst['margin']:.3g} > "
             f"{tie_margin:g}): a bug"
@@ -396,8 +464,8 @@ def _greedy_record(
         method,
         exact=True,
         mode="greedy",
-        test="token-for-token equality with the baseline",
-        statistic=None if worst is None else float(worst["margin"]),
+        test=f"token-for-token equality with {against}",
+        statistic=None if worst is None or worst["margin"] is None else float(worst["margin"]),
         verdict=verdict,
         detail=detail,
         tests=tests,
@@ -441,6 +509,18 @@ def _lossy_record(
         verdict="lossy",
         detail=detail,
         divergence=divergence,
+    )
+
+
+def _reference_record(label: str, method: DecodingMethod, mode: Mode) -> AuditRecord:
+    return _record(
+        label,
+        method,
+        exact=method.exact,
+        mode=mode,
+        test="none: the reference the engine's speculative rows are compared with",
+        verdict="reference",
+        detail="an engine's plain decoding; its speculative rows are tested against it",
     )
 
 

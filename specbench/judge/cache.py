@@ -21,8 +21,8 @@ import torch
 from specbench.errors import SpecbenchError
 from specbench.judge.classifier import JudgeClassifier, TrainReport
 from specbench.judge.mining import MinedData, example_rows
-from specbench.models.catalog import CATALOG, cache_root
-from specbench.models.specs import HFModelSpec, ModelSpec
+from specbench.models.catalog import cache_root
+from specbench.models.specs import ModelSpec
 
 JUDGE_FORMAT = 1
 
@@ -33,25 +33,9 @@ def judges_dir() -> Path:
 
 def model_identity(spec: ModelSpec) -> dict[str, Any]:
     """A model spec plus a fingerprint of its weights where they are local files."""
-    identity: dict[str, Any] = spec.model_dump(mode="json")
-    if isinstance(spec, HFModelSpec):
-        identity.pop("device", None)  # where it runs does not change what it computes
-        if spec.model in CATALOG:
-            identity["weights"] = CATALOG[spec.model].sha256
-        elif Path(spec.model).expanduser().is_dir():
-            identity["weights"] = _folder_fingerprint(Path(spec.model).expanduser())
-    return identity
+    from specbench.models.backends import backend_of
 
-
-def _folder_fingerprint(folder: Path) -> str:
-    digest = hashlib.sha256()
-    config = folder / "config.json"
-    if config.is_file():
-        digest.update(config.read_bytes())
-    for path in sorted(folder.iterdir()):
-        if path.suffix in (".safetensors", ".bin", ".gguf"):
-            digest.update(f"{path.name}:{path.stat().st_size}".encode())
-    return digest.hexdigest()[:16]
+    return backend_of(spec).identity(spec)
 
 
 def judge_key(determinants: dict[str, Any]) -> str:

@@ -3,54 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from specbench.errors import ModelLoadError
+from specbench.models.backends import backend_of
 from specbench.models.base import LanguageModel, Tokenizer
 from specbench.models.compat import compare_tokenizers
-from specbench.models.specs import (
-    DummyModelSpec,
-    HFModelSpec,
-    ModelSpec,
-    ModelsSpec,
-    ToyModelSpec,
-    missing_requirements,
-)
-from specbench.models.toy import ToyConfig, ToyLanguageModel, ToyTokenizer
-from specbench.plugins import MethodModels
+from specbench.models.specs import ModelSpec, ModelsSpec, missing_requirements
+from specbench.plugins import MethodModels, ModelRole
 
 ProgressFn = Callable[[str], None]
 
 
 def load_model(spec: ModelSpec, role: str) -> LanguageModel:
     """Load one model described by ``spec``; ``role`` names it in errors and records."""
-    if isinstance(spec, ToyModelSpec):
-        config = ToyConfig(**spec.model_dump(exclude={"backend"}))
-        return ToyLanguageModel(config, name=f"toy-{role}")
-    if isinstance(spec, HFModelSpec):
-        from specbench.models.catalog import resolve_model_source
-        from specbench.models.hf import load_hf_model
-
-        return load_hf_model(spec, resolve_model_source(spec.model), name=spec.model)
-    if isinstance(spec, DummyModelSpec):
-        from specbench.models.dummy import load_dummy_model
-
-        return load_dummy_model(spec)
-    raise ModelLoadError(f"no loader for backend {spec.backend!r}")
+    return backend_of(spec).load(spec, role)
 
 
 def load_tokenizer(spec: ModelSpec, local_only: bool = True) -> Tokenizer:
-    """Only the tokenizer of a spec (for ``validate``); hub ids must already be cached."""
-    if isinstance(spec, ToyModelSpec):
-        return ToyTokenizer(spec.vocab_size)
-    if isinstance(spec, DummyModelSpec):
-        from specbench.models.dummy import dummy_tokenizer
-
-        return dummy_tokenizer(spec)
-    from specbench.models.catalog import resolve_model_source
-    from specbench.models.hf import load_hf_tokenizer
-
-    return load_hf_tokenizer(spec, resolve_model_source(spec.model), local_only=local_only)
+    """Only the tokenizer of a spec; with ``local_only`` hub ids must already be cached."""
+    return backend_of(spec).load_tokenizer(spec, local_only=local_only)
 
 
 def check_pair(target: Tokenizer, draft: Tokenizer) -> None:
@@ -63,13 +34,26 @@ def check_pair(target: Tokenizer, draft: Tokenizer) -> None:
         )
 
 
-def load_models(spec: ModelsSpec, on_progress: ProgressFn | None = None) -> MethodModels:
-    """Load the target and, if the preset has one, the draft, and fit them together."""
+def load_models(
+    spec: ModelsSpec,
+    on_progress: ProgressFn | None = None,
+    roles: frozenset[ModelRole] = frozenset(ModelRole),
+) -> MethodModels:
+    """Load the target and, if the preset has one, the draft, and fit them together.
+
+    ``roles`` are the in-process models the run's methods need; without the target (a run
+    of external engines) only the target's tokenizer is loaded and no weights are.
+    """
+    if ModelRole.TARGET not in roles:
+        if on_progress:
+            on_progress("loading the target's tokenizer (no method needs in-process models)")
+        tokenizer = load_tokenizer(spec.target, local_only=False)
+        return MethodModels(tokenizer=tokenizer, specs=spec)
     if on_progress:
         on_progress("loading target model")
     target = load_model(spec.target, "target")
-    if spec.draft is None:
-        return MethodModels(target=target)
+    if spec.draft is None or ModelRole.DRAFT not in roles:
+        return MethodModels(target=target, specs=spec)
     if on_progress:
         on_progress("loading draft model")
     draft = load_model(spec.draft, "draft")
@@ -84,7 +68,7 @@ def load_models(spec: ModelsSpec, on_progress: ProgressFn | None = None) -> Meth
     # Padded embedding rows beyond the shared vocabulary are masked for both models.
     target.restrict_vocab(shared)
     draft.restrict_vocab(shared)
-    return MethodModels(target=target, draft=draft)
+    return MethodModels(target=target, draft=draft, specs=spec)
 
 
 def check_models(spec: ModelsSpec) -> tuple[list[tuple[str, str, str]], list[str]]:
@@ -119,12 +103,7 @@ def check_models(spec: ModelsSpec) -> tuple[list[tuple[str, str, str]], list[str
             notes.append(f"models.{role}: {unavailable}; its tokenizer was not checked")
             continue
         try:
-            if isinstance(model_spec, HFModelSpec):
-                from specbench.models.catalog import resolve_model_source
-
-                resolve_model_source(model_spec.model)
-            if spec.draft is not None:
-                tokenizers[role] = load_tokenizer(model_spec, local_only=True)
+            tokenizers[role] = load_tokenizer(model_spec, local_only=True)
         except ModelLoadError as error:
             issues.append((f"models.{role}.model", error.message, error.hint or ""))
     if len(tokenizers) == 2:
@@ -142,27 +121,4 @@ def check_models(spec: ModelsSpec) -> tuple[list[tuple[str, str, str]], list[str
 
 def _unavailable_reason(spec: ModelSpec) -> str | None:
     """Why a model's files are not here yet (not an error), or ``None`` when they are."""
-    if not isinstance(spec, HFModelSpec):
-        return None
-    from specbench.models.catalog import CATALOG
-
-    if spec.model in CATALOG:
-        if CATALOG[spec.model].fetched:
-            return None
-        return f"catalogue model {spec.model} is not fetched (specbench models fetch {spec.model})"
-    if Path(spec.model).expanduser().exists():
-        return None
-    if "/" in spec.model and not spec.model.startswith((".", "/", "~")):
-        if _in_hub_cache(spec):
-            return None
-        return f"{spec.model} is a hub id that is not downloaded"
-    return None  # load_tokenizer reports it as an error
-
-
-def _in_hub_cache(spec: HFModelSpec) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    found = try_to_load_from_cache(spec.model, "config.json", revision=spec.revision)
-    return isinstance(found, str)
+    return backend_of(spec).unavailable_reason(spec)

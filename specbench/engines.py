@@ -1,0 +1,187 @@
+"""Helpers shared by engine plugins (methods whose generation runs in an external engine).
+
+Engines report cumulative counters (vLLM's ``get_metrics()``, llama.cpp's ``/metrics``); a
+request's statistics are the counters' change over that request, which is exact when
+requests run one at a time. :func:`counter_stats` turns such a change into the
+:class:`DecodeStats` every record is built from, so engine rows read like specbench's own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from specbench.decoding.types import DecodeStats
+from specbench.errors import ModelLoadError
+from specbench.models.specs import HFModelSpec, ModelSpecBase
+
+
+@dataclass
+class SpecCounters:
+    """Speculative-decoding counters of an engine (cumulative, or a change over a request).
+
+    ``target_calls``: forward calls of the target (``None`` when the engine does not say;
+    then one per drafting step plus one per plain step is assumed). ``drafts``: steps that
+    verified a draft. ``accepted_per_position[i]``: drafts whose token ``i`` was accepted.
+    """
+
+    drafts: int = 0
+    draft_tokens: int = 0
+    accepted: int = 0
+    accepted_per_position: list[int] = field(default_factory=list)
+    target_calls: int | None = None
+
+    def minus(self, before: SpecCounters) -> SpecCounters:
+        """The change from ``before`` to these counters."""
+        width = max(len(self.accepted_per_position), len(before.accepted_per_position))
+        mine = self.accepted_per_position + [0] * (width - len(self.accepted_per_position))
+        theirs = before.accepted_per_position + [0] * (width - len(before.accepted_per_position))
+        calls = None
+        if self.target_calls is not None and before.target_calls is not None:
+            calls = self.target_calls - before.target_calls
+        return SpecCounters(
+            drafts=self.drafts - before.drafts,
+            draft_tokens=self.draft_tokens - before.draft_tokens,
+            accepted=self.accepted - before.accepted,
+            accepted_per_position=[a - b for a, b in zip(mine, theirs, strict=True)],
+            target_calls=calls,
+        )
+
+
+def counter_stats(change: SpecCounters, new_tokens: int) -> DecodeStats:
+    """The :class:`DecodeStats` of one request from the change of an engine's counters.
+
+    Engines count accepted tokens per draft position but not how often each position was
+    reached; position ``i > 0`` is taken as reached whenever position ``i - 1`` was
+    accepted, which is exact for fixed-length drafts and an upper bound for n-gram drafts
+    that stop early (their acceptance rate per position is then a lower bound; the totals,
+    tokens per call and the marginal profile are exact).
+    """
+    calls = change.target_calls
+    if calls is None or calls <= 0:
+        # Every target call yields at least one token; accepted drafts add the rest.
+        calls = max(new_tokens - change.accepted, 1 if new_tokens else 0)
+    stats = DecodeStats(
+        steps=calls,
+        target_calls=calls,
+        proposed=change.draft_tokens,
+        accepted=change.accepted,
+    )
+    accepted_at = list(change.accepted_per_position)
+    while accepted_at and accepted_at[-1] == 0:
+        accepted_at.pop()
+    if change.drafts > 0:
+        verified = [change.drafts] + accepted_at[:-1] if accepted_at else [change.drafts]
+        stats.position_verified = verified
+        stats.position_accepted = accepted_at + [0] * (len(verified) - len(accepted_at))
+        stats.rejections = change.drafts - (accepted_at[-1] if accepted_at else 0)
+        stats.extra["drafting_steps"] = float(change.drafts)
+    return stats
+
+
+_SAMPLE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)"
+)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text exposition to ``{name: [(labels, value), ...]}`` (comments skipped)."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        try:
+            value = float(match["value"])
+        except ValueError:
+            continue
+        labels = dict(_LABEL.findall(match["labels"] or ""))
+        out.setdefault(match["name"], []).append((labels, value))
+    return out
+
+
+def per_position(
+    samples: Sequence[tuple[Mapping[str, str], float]], label: str = "position"
+) -> list[int]:
+    """A counter labelled by position (``position="0"``, ...) as a list by position."""
+    values: dict[int, float] = {}
+    for labels, value in samples:
+        if label in labels and labels[label].isdigit():
+            values[int(labels[label])] = value
+    width = max(values, default=-1) + 1
+    return [int(values.get(i, 0)) for i in range(width)]
+
+
+def gguf_path(spec: ModelSpecBase, role: str, local_only: bool = True) -> Path:
+    """The GGUF file a model spec names, for engines that read GGUF natively.
+
+    Catalogue models give their fetched file; a local folder gives ``gguf_file`` inside it
+    (or its only ``.gguf``); a hub id with ``gguf_file`` is found in (or, with
+    ``local_only=False``, downloaded to) the hub cache, through the same code path.
+    """
+    if not isinstance(spec, HFModelSpec):
+        raise ModelLoadError(
+            f"models.{role}: the {spec.backend} backend has no GGUF file for an engine",
+            f"set [models.{role}] to backend = 'hf' with a catalogue model or a GGUF file",
+        )
+    from specbench.models.catalog import CATALOG
+
+    if spec.model in CATALOG:
+        entry = CATALOG[spec.model]
+        if not entry.fetched:
+            raise ModelLoadError(
+                f"catalogue model {spec.model} is not fetched",
+                f"run `specbench models fetch {spec.model}`",
+            )
+        return entry.gguf_path()
+    local = Path(spec.model).expanduser()
+    if local.is_file() and local.suffix == ".gguf":
+        return local
+    if local.is_dir():
+        if spec.gguf_file is not None:
+            path = local / spec.gguf_file
+            if not path.is_file():
+                raise ModelLoadError(
+                    f"models.{role}: {path} does not exist", "check gguf_file and the folder"
+                )
+            return path
+        found = sorted(local.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0]
+        raise ModelLoadError(
+            f"models.{role}: {local} holds {len(found)} .gguf files and gguf_file is not set",
+            f"set gguf_file in [models.{role}] to the file the engine should read",
+        )
+    if spec.gguf_file is None:
+        raise ModelLoadError(
+            f"models.{role}: {spec.model} is not a GGUF model for this engine",
+            f"set gguf_file in [models.{role}], or use a catalogue model",
+        )
+    return _hub_gguf(spec, local_only)
+
+
+def _hub_gguf(spec: HFModelSpec, local_only: bool) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as error:
+        raise ModelLoadError(
+            "hub ids need huggingface_hub", "pip install 'specbench[hf]'"
+        ) from error
+    assert spec.gguf_file is not None
+    try:
+        found: Any = hf_hub_download(
+            spec.model, spec.gguf_file, revision=spec.revision, local_files_only=local_only
+        )
+    except Exception as error:
+        raise ModelLoadError(
+            f"{spec.model}/{spec.gguf_file} is not in the hub cache ({type(error).__name__})",
+            "download it first (huggingface-cli download), or use a local folder",
+        ) from error
+    return Path(found)
