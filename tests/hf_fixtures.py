@@ -43,8 +43,10 @@ def build_tokenizer(vocab_size: int = 300, corpus: list[str] | None = None) -> A
     return fast
 
 
-def build_model(arch: str, vocab_size: int, seed: int = 0, layers: int = 2) -> Any:
-    """A tiny random causal LM of a real architecture (llama or qwen2), fp32, eval mode."""
+def build_model(arch: str, vocab_size: int, seed: int = 0, layers: int = 2, heads: int = 4) -> Any:
+    """A tiny random causal LM of a real architecture (llama or qwen2), fp32, eval mode.
+
+    ``heads=2`` gives head_dim 32, the smallest vLLM's CPU attention supports."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     common = dict(
@@ -52,7 +54,7 @@ def build_model(arch: str, vocab_size: int, seed: int = 0, layers: int = 2) -> A
         hidden_size=64,  # multiples of 64: bitsandbytes 4-bit CPU kernels need them
         intermediate_size=128,
         num_hidden_layers=layers,
-        num_attention_heads=4,
+        num_attention_heads=heads,
         num_key_value_heads=2,
         max_position_embeddings=1024,
         tie_word_embeddings=False,

@@ -39,6 +39,7 @@ from specbench.records import AuditRecord, RecordWriter
 from specbench.runner import (
     close_methods,
     instantiate_methods,
+    method_references,
     run_context,
     run_end_record,
     run_header,
@@ -115,6 +116,10 @@ def audit_preset(
     roles = frozenset(role for m in chosen for role in m.info.cls.needs)
     if mode == "sampling" and any(m.info.cls.exact for m in chosen):
         roles |= {ModelRole.TARGET}  # the exact distribution comes from the target
+    if mode == "greedy" and any(not m.info.cls.needs for m in chosen):
+        # Engines: where a greedy output leaves the engine's own, the in-process copy of
+        # the target tells a near-tie from a bug (the same weights, other arithmetic).
+        roles |= {ModelRole.TARGET}
     if mode == "greedy" and any(m.label == preset.runs.baseline for m in resolved.methods):
         baseline_info = next(m for m in resolved.methods if m.label == preset.runs.baseline)
         roles |= baseline_info.info.cls.needs
@@ -160,13 +165,16 @@ def _audit_methods(
     stop = frozenset(tokenizer.eos_token_ids)
     n_draws = options.samples if mode == "sampling" else 1
 
-    def request(ids: list[int], index: int, draw: int) -> GenerationRequest:
+    def request(ids: list[int], index: int, draw: int, stream: int) -> GenerationRequest:
         seed = _AUDIT_SEED_OFFSET + preset.sampling.seed * 1_000_003 + index * 100_003 + draw
-        return GenerationRequest(ids, n_tokens, sampling, seed, stop)
+        return GenerationRequest(ids, n_tokens, sampling, seed + stream * 7_777_777, stop)
 
     cache: dict[str, list[_Draws]] = {}
 
-    def draw_all(label: str, method: DecodingMethod) -> list[_Draws]:
+    def draw_all(label: str, method: DecodingMethod, stream: int = 0) -> list[_Draws]:
+        """``stream`` 1 draws with other seeds: a two-sample test needs independent
+        samples, and an engine may consume its random numbers alike with and without
+        speculation."""
         if label in cache:
             return cache[label]
         out = []
@@ -176,13 +184,29 @@ def _audit_methods(
                 if draw % 100 == 0:
                     where = f"{label}: prompt {index + 1}/{len(encoded)}"
                     report(where + (f", draw {draw}/{n_draws}" if n_draws > 1 else ""))
-                draws.tokens.append(list(method.generate(request(ids, index, draw)).tokens))
+                result = method.generate(request(ids, index, draw, stream))
+                draws.tokens.append(list(result.tokens))
             out.append(draws)
         cache[label] = out
         return out
 
+    def tie_margin() -> float:
+        if options.tie_margin is not None:
+            return options.tie_margin
+        dtype = str(models.target.describe().get("dtype", ""))
+        return TIE_MARGINS.get(dtype, DEFAULT_TIE_MARGIN)
+
+    # Methods measured against a plain-decoding row of their own (engines), by label.
+    references = {
+        label: reference
+        for label, reference in method_references(methods, baseline_label).items()
+        if methods[label].own_baseline() is not None
+    }
+    needed = labels + [
+        r for label in labels if (r := references.get(label)) and r not in labels and r
+    ]
     prepared: dict[str, str | None] = {}
-    for label in labels:
+    for label in needed:
         try:
             methods[label].prepare(run_context(resolved, label, prompts, on_message=report))
             prepared[label] = None
@@ -205,19 +229,30 @@ def _audit_methods(
             records.append(_lossy_record(label, method, draws, baseline_draws, n_tokens))
             continue
         reference = method.reference_method()
-        if reference is not None and reference.params == method.params:
+        reference_label = references.get(label)
+        if reference is not None and reference_label == label:
             # An engine's own plain decoding: the reference of its speculative rows.
             if mode == "sampling":
                 records.append(_reference_record(label, method, mode))
             continue
+        reference_key = f"{label} (reference)"
+        if reference is not None and reference_label is not None:
+            reference, reference_key = methods[reference_label], reference_label
+            if prepared.get(reference_label) is not None:
+                records.append(_error_record(label, method, mode, prepared[reference_label] or ""))
+                continue
+        elif reference is not None:  # not in the preset: start it for the audit
+            reference.prepare(run_context(resolved, reference_key, prompts, on_message=report))
+            methods[reference_key] = reference  # closed with the others
         if mode == "greedy" and reference is not None:
             draws = draw_all(label, method)
-            reference_draws = draw_all(f"{label} (reference)", reference)
-            records.append(
-                _greedy_record(
-                    label, method, draws, reference_draws, None, 0.0, "the engine's own baseline"
-                )
+            reference_draws = draw_all(reference_key, reference)
+            # The margin comes from specbench's in-process copy of the target.
+            against = f"the engine's own plain decoding ({reference_key})"
+            record = _greedy_record(
+                label, method, draws, reference_draws, models.target, tie_margin(), against
             )
+            records.append(record)
             continue
         if mode == "greedy":
             if label == baseline_label:
@@ -228,12 +263,8 @@ def _audit_methods(
                     "add a baseline method or set runs.baseline to one",
                 )
             draws = draw_all(label, method)
-            margin = options.tie_margin
-            if margin is None:
-                dtype = str(models.target.describe().get("dtype", ""))
-                margin = TIE_MARGINS.get(dtype, DEFAULT_TIE_MARGIN)
             records.append(
-                _greedy_record(label, method, draws, baseline_draws, models.target, margin)
+                _greedy_record(label, method, draws, baseline_draws, models.target, tie_margin())
             )
             continue
         draws = draw_all(label, method)
@@ -242,7 +273,7 @@ def _audit_methods(
             tests = _fit_tests(label, draws, models.target, sampling, n_tokens)
             kind = "chi-square goodness of fit vs the target's exact distribution"
         else:
-            reference_draws = draw_all(f"{label} (reference)", reference)
+            reference_draws = draw_all(f"{reference_key} (independent seeds)", reference, 1)
             tests = _homogeneity_tests(label, draws, reference_draws, n_tokens)
             kind = "two-sample chi-square vs the same engine's plain decoding"
         pending.append((label, method, tests, kind))
@@ -451,7 +482,8 @@ def _greedy_record(
             "the margin there is unknown (no in-process target): a near-tie cannot be told "
             "from a bug"
             if worst["margin"] is None
-            else f"numerical near-tie (margin {worst['margin']:.3g} <= {tie_margin:g})"
+            else f"numerical near-tie (margin {worst['margin']:.3g} <= {tie_margin:g}"
+            f"{'' if against == 'the baseline' else ' on the in-process target'})"
             if worst["near_tie"]
             else f"divergence at a clear choice (margin {worst['margin']:.3g} > "
             f"{tie_margin:g}): a bug"

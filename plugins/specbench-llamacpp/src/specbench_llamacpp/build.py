@@ -63,7 +63,7 @@ def sdist_url(version: str, index: str | None = None) -> tuple[str, str | None]:
     """The sdist's URL and sha256 from a PEP 503 simple index."""
     index = (index or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
     page = f"{index}/{SDIST}/"
-    with urllib.request.urlopen(page, timeout=60) as response:  # noqa: S310 - the index URL
+    with urllib.request.urlopen(page, timeout=60) as response:
         parser = _Links()
         parser.feed(response.read().decode())
     wanted = f"{SDIST.replace('-', '_')}-{version}.tar.gz"
@@ -87,12 +87,14 @@ def build(version: str, jobs: int, keep: bool = False, log=print) -> Path:  # ty
     try:
         archive = work / url.rsplit("/", 1)[-1]
         log(f"downloading {url}")
-        with urllib.request.urlopen(url, timeout=600) as response, archive.open("wb") as out:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=600) as response, archive.open("wb") as out:
             shutil.copyfileobj(response, out)
         if digest is not None:
             actual = hashlib.sha256(archive.read_bytes()).hexdigest()
             if actual != digest:
-                raise SystemExit(f"error: sha256 of {archive.name} is {actual}, index says {digest}")
+                raise SystemExit(
+                    f"error: sha256 of {archive.name} is {actual}, the index says {digest}"
+                )
         with tarfile.open(archive) as tar:
             tar.extractall(work, filter="data")
         source = work / f"{SDIST.replace('-', '_')}-{version}" / "llama.cpp"
@@ -117,7 +119,7 @@ def build(version: str, jobs: int, keep: bool = False, log=print) -> Path:  # ty
 
 def _run(command: list[str], log_path: Path) -> None:
     with log_path.open("wb") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)  # noqa: S603
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
         raise SystemExit(f"error: {' '.join(command[:3])} failed: " + " | ".join(tail))

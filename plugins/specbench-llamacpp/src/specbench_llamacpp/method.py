@@ -12,11 +12,11 @@ import os
 from typing import Any, Literal
 
 from pydantic import Field
-from specbench.decoding.types import GenerationRequest, GenerationResult
+
+from specbench.decoding.types import GenerationRequest, GenerationResult, StopReason
 from specbench.engines import SpecCounters, counter_stats, gguf_path, parse_prometheus, per_position
 from specbench.errors import SpecbenchError
 from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
-
 from specbench_llamacpp.server import LlamaServer, binary_version, find_server
 
 SpecType = Literal[
@@ -138,7 +138,7 @@ class LlamaCppMethod(DecodingMethod):
         return value if isinstance(value, dict) else {}
 
     def own_baseline(self) -> MethodParams | None:
-        plain = {name: self.config.model_dump()[name] for name in self.config.model_fields}
+        plain = self.config.model_dump()
         for name in _SPECULATIVE_FIELDS:
             plain.pop(name)
         return LlamaCppParams(**plain)
@@ -211,7 +211,7 @@ class LlamaCppMethod(DecodingMethod):
         answer = self.server.post("/completion", payload)
         after = self._counters()
         tokens = [int(t) for t in answer.get("tokens") or []]
-        stop = "eos" if answer.get("stop_type") == "eos" else "length"
+        stop: StopReason = "eos" if answer.get("stop_type") == "eos" else "length"
         for index, token in enumerate(tokens):
             if token in request.stop_token_ids:  # our stop set may be wider than llama.cpp's
                 tokens, stop = tokens[: index + 1], "eos"

@@ -100,7 +100,7 @@ class LlamaServer:
         self._log = self.log_path.open("ab")
         self._log.write(f"$ {' '.join(self.command)}\n".encode())
         self._log.flush()
-        self.process = subprocess.Popen(  # noqa: S603 - our own argument list
+        self.process = subprocess.Popen(
             self.command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -129,20 +129,20 @@ class LlamaServer:
 
     def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
 
     def post(self, path: str, payload: dict[str, Any], timeout_s: float = 3600) -> Any:
         """POST JSON, return the decoded answer; a server error becomes a one-line error."""
-        request = urllib.request.Request(  # noqa: S310 - a local URL we built
+        request = urllib.request.Request(
             f"{self.url}{path}",
             data=json.dumps(payload).encode(),
             headers={"Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
             body = error.read().decode(errors="replace")[:300]
@@ -159,7 +159,7 @@ class LlamaServer:
     def get_text(self, path: str) -> str | None:
         """GET ``path`` as text; ``None`` when the server does not serve it."""
         try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:  # noqa: S310
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
                 return str(response.read().decode())
         except (urllib.error.URLError, ConnectionError, OSError):
             return None

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from specbench.decoding.types import GenerationRequest, GenerationResult
+
+from specbench.decoding.types import GenerationRequest, GenerationResult, StopReason
 from specbench.engines import SpecCounters, counter_stats
 from specbench.errors import ModelLoadError, SpecbenchError
 from specbench.models.specs import HFModelSpec, ModelSpecBase
@@ -51,9 +52,10 @@ class VllmParams(MethodParams):
     batch_size: int = Field(1, ge=1, le=256, description="Prompts per generate call.")
     seed: int = Field(0, ge=0, description="The engine's seed (requests carry their own).")
     multiprocessing: bool = Field(
-        False,
-        description="Run the engine core in its own process (vLLM's default); off keeps one "
-        "process, which starts faster and holds one copy of the weights.",
+        True,
+        description="Run the engine core in its own process (vLLM's default). Off keeps one "
+        "process, but then an engine started after an ngram engine fails: vLLM 0.32's "
+        "kernel registration trips over llvmlite, which the ngram proposer imports.",
     )
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="More LLM(...) arguments, passed as written."
@@ -218,9 +220,7 @@ class VllmMethod(DecodingMethod):
         # vLLM's metrics are process-wide: engines of other preset methods in this process
         # move them too, so read them right before and after this call.
         before = self._counters()
-        outputs = self.llm.generate(
-            prompts, [self._sampling(r) for r in requests], use_tqdm=False
-        )
+        outputs = self.llm.generate(prompts, [self._sampling(r) for r in requests], use_tqdm=False)
         after = self._counters()
         change = after.minus(before)
         results = []
@@ -228,7 +228,7 @@ class VllmMethod(DecodingMethod):
         for output in outputs:
             completion = output.outputs[0]
             tokens = [int(t) for t in completion.token_ids]
-            stop = "length" if completion.finish_reason == "length" else "eos"
+            stop: StopReason = "length" if completion.finish_reason == "length" else "eos"
             if len(requests) == 1:
                 stats = counter_stats(change, len(tokens))
             else:

