@@ -84,12 +84,14 @@ def _units(
     labels: Sequence[str],
     methods: dict[str, DecodingMethod],
     indices: Sequence[int] | None = None,
+    method_major: bool = False,
 ) -> list[tuple[_Task, ...]]:
     """What one call decodes: a prompt, or a batch of prompts for a batched method.
 
     Ordered prompt-major (run, first prompt, then method), so every method sees the machine
-    in the same state; a batched method's unit sits at its first prompt. ``indices`` are the
-    prompts' positions in the whole set (a shard holds some of them): seeds come from them.
+    in the same state; a batched method's unit sits at its first prompt. ``method_major``
+    orders by method first. ``indices`` are the prompts' positions in the whole set (a shard
+    holds some of them): seeds come from them.
     """
     positions = list(indices) if indices is not None else list(range(len(prompts)))
     units = []
@@ -102,7 +104,12 @@ def _units(
                     for i in range(start, min(start + size, len(prompts)))
                 )
                 units.append(((run, start, order), chunk))
-    return [chunk for _, chunk in sorted(units, key=lambda item: item[0])]
+
+    def key(item: tuple[tuple[int, int, int], tuple[_Task, ...]]) -> tuple[int, int, int]:
+        run, start, order = item[0]
+        return (order, run, start) if method_major else (run, start, order)
+
+    return [chunk for _, chunk in sorted(units, key=key)]
 
 
 def sample_seed(base_seed: int, prompt_index: int, run: int) -> int:
@@ -288,6 +295,9 @@ class Session:
     done: set[tuple[str, str, int]]
     context: _Context
     where: str = "starting"
+    #: Prepares one method (method-major runs prepare each just before its turn).
+    prepare: Callable[[str], None] = lambda label: None
+    closed: set[str] = field(default_factory=set)
 
     @property
     def todo(self) -> list[_Task]:
@@ -314,29 +324,40 @@ class Session:
         models = load_models(preset.models, on_message, roles)
         baseline = preset.runs.baseline
         methods = instantiate_methods(resolved, models)
+
+        def prepare(label: str) -> None:
+            methods[label].prepare(
+                run_context(resolved, label, prompts, train_missing, False, on_message, output)
+            )
+
+        method_major = preset.runs.order == "method"
         try:
             references = method_references(methods, baseline, on_message)
             # The baseline first, then every other method's reference, then the rest.
             order = {label: 0 if label == baseline else 1 for label in references.values()}
             labels = sorted((m.label for m in resolved.methods), key=lambda x: order.get(x, 2))
-            for label, method in methods.items():
-                method.prepare(
-                    run_context(resolved, label, prompts, train_missing, False, on_message, output)
-                )
+            if not method_major:
+                for label in methods:
+                    prepare(label)
         except BaseException:
             close_methods(methods)
             raise
-        units = _units(prompts, preset.runs.count, labels, methods, indices)
+        units = _units(prompts, preset.runs.count, labels, methods, indices, method_major)
         tasks = [task for unit in units for task in unit]
         todo_units = [unit for unit in units if any(t.key not in done for t in unit)]
         context = _Context(preset, models, run_id, previous_samples, references)
-        return cls(
+        session = cls(
             resolved, prompts, models, methods, labels, tasks, todo_units, set(done), context
         )
+        if method_major:
+            session.prepare = prepare
+        return session
 
     def close(self) -> None:
-        """Release what the methods hold (engine processes); safe to call twice."""
-        close_methods(self.methods)
+        """Release what the methods hold (engine processes); each method's ``close`` runs
+        once, also when method-major decoding closed some already."""
+        close_methods({k: m for k, m in self.methods.items() if k not in self.closed})
+        self.closed.update(self.methods)
 
     def decode(
         self,
@@ -344,16 +365,37 @@ class Session:
         on_record: Callable[[SampleRecord], None],
     ) -> None:
         """Warm up each method with work left, then decode every unit left; every new record
-        goes to ``on_record`` as it finishes."""
+        goes to ``on_record`` as it finishes.
+
+        ``runs.order = "method"`` decodes one method at a time instead: prepared just before
+        its warm-up and closed after its last prompt, so only one external engine holds
+        memory at a time."""
+        pending = [label for label in self.labels if label in {t.label for t in self.todo}]
+        if self.resolved.preset.runs.order != "method":
+            for label in pending:
+                self._warm_up(label, on_warmup)
+            self._decode_units(self.todo_units, on_record)
+            return
+        for label in pending:
+            self.where = f"starting {label}"
+            self.prepare(label)
+            self._warm_up(label, on_warmup)
+            self._decode_units([u for u in self.todo_units if u[0].label == label], on_record)
+            self.closed.add(label)
+            self.methods[label].close()
+
+    def _warm_up(self, label: str, on_warmup: Callable[[str, int], None]) -> None:
+        for w in range(self.resolved.preset.runs.warmup):
+            self.where = f"warm-up of {label}"
+            on_warmup(label, w + 1)
+            self.context.warm_up(self.methods[label], self.prompts[0], w)
+        self.methods[label].end_warmup()
+
+    def _decode_units(
+        self, units: Sequence[tuple[_Task, ...]], on_record: Callable[[SampleRecord], None]
+    ) -> None:
         preset = self.resolved.preset
-        pending = {t.label for t in self.todo}
-        for label in (label for label in self.labels if label in pending):
-            for w in range(preset.runs.warmup):
-                self.where = f"warm-up of {label}"
-                on_warmup(label, w + 1)
-                self.context.warm_up(self.methods[label], self.prompts[0], w)
-            self.methods[label].end_warmup()
-        for unit in self.todo_units:
+        for unit in units:
             first = unit[0]
             self.where = f"{first.label} on prompt {first.prompt.id} (run {first.run})"
             if len(unit) > 1:

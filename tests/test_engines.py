@@ -200,3 +200,36 @@ def test_gguf_paths_of_model_specs(tmp_path: Path) -> None:
     pytest.importorskip("huggingface_hub")
     with pytest.raises(ModelLoadError, match="is not in the hub cache"):
         gguf_path(HFModelSpec(model="org/absent", gguf_file="m.gguf"), "target")
+
+
+@pytest.mark.usefixtures("engine_plugins")
+def test_method_order_runs_one_engine_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine_plugins
+
+    events: list[str] = []
+    original_prepare = engine_plugins.FakeRemoteMethod.prepare
+    original_generate = engine_plugins.FakeRemoteMethod.generate
+
+    def prepare(self: object, context: object) -> None:
+        events.append(f"prepare {context.label}")  # type: ignore[attr-defined]
+        original_prepare(self, context)  # type: ignore[arg-type]
+
+    def generate(self: object, request: object) -> object:
+        events.append(f"generate {self.label}")  # type: ignore[attr-defined]
+        return original_generate(self, request)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_plugins.FakeRemoteMethod, "prepare", prepare)
+    monkeypatch.setattr(engine_plugins.FakeRemoteMethod, "generate", generate)
+    path = _preset(tmp_path, ENGINE_ROWS, baseline="plain")
+    path.write_text(path.read_text().replace("warmup = 1", 'warmup = 1\norder = "method"'))
+    outcome = run_preset(load_preset(str(path), discover_methods()), tmp_path / "out.jsonl")
+    per_engine = ["generate"] * 4  # a warm-up and three prompts
+    expected = []
+    for label in ("plain", "spec", "drift"):
+        expected += [f"prepare {label}"] + [f"{e} {label}" for e in per_engine]
+    assert events == expected
+    assert CLOSED == ["plain", "spec", "drift"]  # each closed before the next starts
+    spec = {s.method: s for s in outcome.summaries}["spec"]
+    assert spec.greedy_match_rate == 1.0 and spec.reference == "plain"

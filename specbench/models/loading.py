@@ -52,7 +52,7 @@ def load_models(
     if on_progress:
         on_progress("loading target model")
     target = load_model(spec.target, "target")
-    if spec.draft is None or ModelRole.DRAFT not in roles:
+    if spec.draft is None:  # a preset's draft loads with its target (methods may opt in)
         return MethodModels(target=target, specs=spec)
     if on_progress:
         on_progress("loading draft model")

@@ -1,0 +1,129 @@
+"""Hugging Face ``generate`` and assisted generation: transformers' own loops, as a reference row.
+
+Runs ``model.generate`` on the preset's in-process target (and, with ``assisted``, the
+draft as ``assistant_model``), so a table shows how specbench's loops compare with the
+implementation most users start from, on the same weights and prompts. Forward hooks
+count the target's and the draft's calls, which gives tokens per target call and the
+drafts accepted (tokens - calls) without changing what transformers does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from specbench.decoding.types import DecodeStats, StopReason
+from specbench.errors import PluginError
+from specbench.models.base import LanguageModel
+from specbench.plugins import (
+    DecodingMethod,
+    GenerationRequest,
+    GenerationResult,
+    MethodParams,
+    ModelRole,
+)
+
+
+class HFGenerateParams(MethodParams):
+    assisted: bool = Field(False, description="Assisted generation with the preset's draft.")
+    num_assistant_tokens: int = Field(4, ge=1, le=64, description="Draft tokens per step.")
+
+
+class HFGenerateMethod(DecodingMethod):
+    """transformers' ``generate`` (plain or assisted) on the in-process models."""
+
+    name = "hf-generate"
+    description = "transformers' own generate / assisted generation (a reference implementation)."
+    needs = frozenset({ModelRole.TARGET})  # the draft too when assisted (require_draft)
+    Params = HFGenerateParams
+    in_all = False
+    not_in_all_reason = "a reference implementation (transformers' generate): name it to compare"
+
+    def own_baseline(self) -> MethodParams | None:
+        params = self.params
+        assert isinstance(params, HFGenerateParams)
+        return params.model_copy(update={"assisted": False})
+
+    def engine_info(self) -> dict[str, Any] | None:
+        import transformers
+
+        return {
+            "name": "transformers",
+            "version": transformers.__version__,
+            "options": self.params.model_dump(),
+        }
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        params = self.params
+        assert isinstance(params, HFGenerateParams)
+        target = _hf_module(self.models.target)
+        kwargs: dict[str, Any] = {}
+        draft = None
+        if params.assisted:
+            draft = _hf_module(self.models.require_draft())
+            config = draft.generation_config
+            config.num_assistant_tokens = params.num_assistant_tokens
+            config.num_assistant_tokens_schedule = "constant"
+            config.assistant_confidence_threshold = 0.0
+            kwargs["assistant_model"] = draft
+        sampling = request.sampling
+        if sampling.greedy:
+            kwargs |= {"do_sample": False}
+        else:
+            kwargs |= {
+                "do_sample": True,
+                "temperature": sampling.temperature,
+                "top_k": sampling.top_k or 0,
+                "top_p": sampling.top_p if sampling.top_p is not None else 1.0,
+            }
+            torch.manual_seed(request.seed)  # generate draws from the global generator
+        stops = sorted(request.stop_token_ids)
+        device = next(target.parameters()).device
+        ids = torch.tensor([request.prompt_ids], device=device)
+        calls = {"target": 0, "draft": 0}
+        hooks = [target.register_forward_hook(lambda *a: _count(calls, "target"))]
+        if draft is not None:
+            hooks.append(draft.register_forward_hook(lambda *a: _count(calls, "draft")))
+        try:
+            from specbench.models.hf import quiet_transformers
+
+            with torch.inference_mode(), quiet_transformers():
+                out = target.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=request.max_new_tokens,
+                    eos_token_id=stops or None,
+                    pad_token_id=stops[0] if stops else 0,
+                    **kwargs,
+                )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        tokens = [int(t) for t in out[0, len(request.prompt_ids) :]]
+        stop: StopReason = "length"
+        for index, token in enumerate(tokens):
+            if token in request.stop_token_ids:
+                tokens, stop = tokens[: index + 1], "eos"
+                break
+        stats = DecodeStats(steps=calls["target"], target_calls=calls["target"])
+        if draft is not None:
+            stats.draft_calls = calls["draft"]
+            stats.accepted = max(0, len(tokens) - calls["target"])
+            stats.proposed = calls["draft"]
+        return GenerationResult(tokens=tokens, stop_reason=stop, stats=stats)
+
+
+def _count(calls: dict[str, int], key: str) -> None:
+    calls[key] += 1
+
+
+def _hf_module(model: LanguageModel) -> Any:
+    module = getattr(model, "model", None)
+    if module is None or not hasattr(module, "generate"):
+        raise PluginError(
+            f"hf-generate needs Hugging Face models, not {model.name}",
+            "use backend = 'hf' or 'dummy' for the target and draft",
+        )
+    return module

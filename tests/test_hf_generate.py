@@ -1,0 +1,42 @@
+"""transformers' own generate and assisted generation as a reference method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from helpers import hf_pair, make_method, request
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_hf: dict[str, Any]) -> Any:
+    return hf_pair(tiny_hf)
+
+
+PROMPTS = [[5, 9, 23, 7], [40, 41, 42, 43, 44, 45], [100, 3, 17]]
+
+
+def test_hf_generate_greedy_equals_specbench_baseline_token_for_token(pair: Any) -> None:
+    baseline = make_method("baseline", pair)
+    plain = make_method("hf-generate", pair)
+    assisted = make_method("hf-generate", pair, assisted=True, num_assistant_tokens=3)
+    for prompt in PROMPTS:
+        ours = baseline.generate(request(prompt, 20)).tokens
+        assert plain.generate(request(prompt, 20)).tokens == ours
+        result = assisted.generate(request(prompt, 20))
+        assert result.tokens == ours
+        stats = result.stats
+        assert stats.draft_calls > 0 and stats.target_calls < len(result.tokens) + 1
+        assert stats.accepted == len(result.tokens) - stats.target_calls
+
+
+def test_hf_generate_counts_one_target_call_per_token_and_stops_at_eos(pair: Any) -> None:
+    plain = make_method("hf-generate", pair)
+    result = plain.generate(request(PROMPTS[0], 12))
+    assert result.stats.target_calls == len(result.tokens) == 12
+    stop = frozenset({result.tokens[4]})
+    stopped = plain.generate(request(PROMPTS[0], 12, stop=stop))
+    assert stopped.stop_reason == "eos" and stopped.tokens == result.tokens[: result.tokens.index(result.tokens[4]) + 1]
+    info = plain.engine_info()
+    assert info is not None and info["name"] == "transformers"
+    assert make_method("hf-generate", pair, assisted=True).own_baseline() == plain.params
