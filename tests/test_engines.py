@@ -233,3 +233,37 @@ def test_method_order_runs_one_engine_at_a_time(
     assert CLOSED == ["plain", "spec", "drift"]  # each closed before the next starts
     spec = {s.method: s for s in outcome.summaries}["spec"]
     assert spec.greedy_match_rate == 1.0 and spec.reference == "plain"
+
+
+@pytest.mark.usefixtures("engine_plugins")
+def test_audit_compares_engine_rows_with_their_own_plain_decoding(tmp_path: Path) -> None:
+    from specbench.audit.run import AuditOptions, audit_preset
+
+    path = _preset(tmp_path, ENGINE_ROWS, baseline="plain")
+    path.write_text(path.read_text().replace("warmup = 1", 'warmup = 1\norder = "method"'))
+    resolved = load_preset(str(path), discover_methods())
+    outcome = audit_preset(resolved, AuditOptions(prompts=3), tmp_path / "audit.jsonl")
+    verdicts = {r.method: r for r in outcome.records}
+    assert set(verdicts) == {"spec", "drift"}  # greedy: the plain row is the reference
+    assert verdicts["spec"].verdict == "pass"
+    assert (
+        "3/3 outputs identical to the engine's own plain decoding (plain)"
+        in verdicts["spec"].detail
+    )
+    drift = verdicts["drift"]
+    assert drift.verdict == "fail" and "first difference at token 3" in drift.detail
+    # The margin where they part comes from the in-process copy of the target.
+    assert LOADS == ["target"] and drift.statistic is not None
+    assert CLOSED == ["plain", "spec", "drift"]  # one engine alive at a time
+
+
+def test_an_engine_plugin_not_installed_names_its_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from specbench.errors import PluginError
+    from specbench.plugins import MethodRegistry
+
+    with pytest.raises(PluginError) as error:
+        MethodRegistry().get("llama-cpp")
+    assert "pip install -e plugins/specbench-llamacpp" in (error.value.hint or "")
+    assert "specbench-llamacpp-build" in (error.value.hint or "")

@@ -135,10 +135,13 @@ def audit_preset(
     if any(not ids for ids in encoded):
         raise SpecbenchError("a prompt encodes to no tokens", "remove or fix that prompt")
     methods = instantiate_methods(resolved, models)
+    closed: set[str] = set()  # method-major audits close each method after its draws
     try:
-        return _audit_methods(resolved, options, output, report, models, methods, prompts, encoded)
+        return _audit_methods(
+            resolved, options, output, report, models, methods, prompts, encoded, closed
+        )
     finally:
-        close_methods(methods)
+        close_methods({label: m for label, m in methods.items() if label not in closed})
 
 
 def _audit_methods(
@@ -150,6 +153,7 @@ def _audit_methods(
     methods: dict[str, DecodingMethod],
     prompts: Sequence[Prompt],
     encoded: list[list[int]],
+    closed: set[str],
 ) -> AuditOutcome:
     preset = resolved.preset
     sampling = SamplingParams(
@@ -202,45 +206,57 @@ def _audit_methods(
         for label, reference in method_references(methods, baseline_label).items()
         if methods[label].own_baseline() is not None
     }
-    needed = labels + [
-        r for label in labels if (r := references.get(label)) and r not in labels and r
-    ]
+    referenced = {r for label in labels if (r := references.get(label)) and r != label}
+    needed = labels + sorted(referenced - set(labels))
+    # Like the runner: the baseline first, then references (their draws are cached for the
+    # rows that need them), then the rest.
+    needed.sort(key=lambda x: 0 if x == baseline_label else 1 if x in referenced else 2)
+    method_major = preset.runs.order == "method"  # one engine alive at a time
     prepared: dict[str, str | None] = {}
-    for label in needed:
-        try:
-            methods[label].prepare(run_context(resolved, label, prompts, on_message=report))
-            prepared[label] = None
-        except SpecbenchError as error:
-            prepared[label] = str(error)
+
+    def ensure(label: str) -> str | None:
+        if label not in prepared:
+            try:
+                methods[label].prepare(run_context(resolved, label, prompts, on_message=report))
+                prepared[label] = None
+            except SpecbenchError as error:
+                prepared[label] = str(error)
+        return prepared[label]
+
+    if not method_major:
+        for label in needed:
+            ensure(label)
 
     baseline_draws: list[_Draws] | None = None
-    if baseline_label in methods and (mode == "greedy" or _lossy_present(labels, methods)):
+    wants_baseline = mode == "greedy" or _lossy_present(labels, methods)
+    if baseline_label in methods and wants_baseline and ensure(baseline_label) is None:
         baseline_draws = draw_all(baseline_label, methods[baseline_label])
 
     pending: list[tuple[str, DecodingMethod, list[TestResult], str]] = []
     records: list[AuditRecord] = []
-    for label in labels:
+
+    def audit_one(label: str) -> None:
         method = methods[label]
         if prepared[label] is not None:
             records.append(_error_record(label, method, mode, prepared[label] or ""))
-            continue
+            return
         if not method.exact or method.synthetic:
             draws = draw_all(label, method)
             records.append(_lossy_record(label, method, draws, baseline_draws, n_tokens))
-            continue
+            return
         reference = method.reference_method()
         reference_label = references.get(label)
         if reference is not None and reference_label == label:
             # An engine's own plain decoding: the reference of its speculative rows.
             if mode == "sampling":
                 records.append(_reference_record(label, method, mode))
-            continue
+            return
         reference_key = f"{label} (reference)"
         if reference is not None and reference_label is not None:
             reference, reference_key = methods[reference_label], reference_label
             if prepared.get(reference_label) is not None:
                 records.append(_error_record(label, method, mode, prepared[reference_label] or ""))
-                continue
+                return
         elif reference is not None:  # not in the preset: start it for the audit
             reference.prepare(run_context(resolved, reference_key, prompts, on_message=report))
             methods[reference_key] = reference  # closed with the others
@@ -253,10 +269,10 @@ def _audit_methods(
                 label, method, draws, reference_draws, models.target, tie_margin(), against
             )
             records.append(record)
-            continue
+            return
         if mode == "greedy":
             if label == baseline_label:
-                continue
+                return
             if baseline_draws is None:
                 raise SpecbenchError(
                     f"greedy audit needs the baseline '{baseline_label}' in the preset",
@@ -266,7 +282,7 @@ def _audit_methods(
             records.append(
                 _greedy_record(label, method, draws, baseline_draws, models.target, tie_margin())
             )
-            continue
+            return
         draws = draw_all(label, method)
         if reference is None:
             report(f"{label}: teacher-forcing the target")
@@ -277,6 +293,22 @@ def _audit_methods(
             tests = _homogeneity_tests(label, draws, reference_draws, n_tokens)
             kind = "two-sample chi-square vs the same engine's plain decoding"
         pending.append((label, method, tests, kind))
+
+    for label in needed:
+        method = methods[label]
+        error = ensure(label)
+        if error is None and label in referenced:
+            if mode == "greedy":
+                draw_all(label, method)
+            else:
+                draw_all(f"{label} (independent seeds)", method, 1)
+        try:
+            if label in labels:
+                audit_one(label)
+        finally:
+            if method_major:
+                closed.add(label)
+                method.close()
 
     total_tests = sum(len(tests) for _, _, tests, _ in pending)
     per_test = options.alpha / max(total_tests, 1)

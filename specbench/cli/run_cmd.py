@@ -89,7 +89,7 @@ def run(
         None,
         "--ray",
         help="Run on Ray: 'local' (a cluster on this machine), 'auto' (the running one) or an "
-        "address; shards and resources from the preset's [cluster].",
+        "address; shards and resources from the preset's \\[cluster] table.",
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:

@@ -42,9 +42,7 @@ class HFGenerateMethod(DecodingMethod):
     not_in_all_reason = "a reference implementation (transformers' generate): name it to compare"
 
     def own_baseline(self) -> MethodParams | None:
-        params = self.params
-        assert isinstance(params, HFGenerateParams)
-        return params.model_copy(update={"assisted": False})
+        return HFGenerateParams()  # plain generate: the assisted settings do not apply
 
     def engine_info(self) -> dict[str, Any] | None:
         import transformers

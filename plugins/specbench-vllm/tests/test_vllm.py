@@ -116,3 +116,24 @@ def test_the_cpu_sampling_bug_is_recorded_not_hidden(
         issues = (s.engine or {}).get("known_issues", [])
         speculative_on_cpu = s.method != "vllm" and not torch.cuda.is_available()
         assert (CPU_SAMPLING_BUG in issues) == speculative_on_cpu
+
+
+def test_batches_decode_together_with_per_sequence_records(
+    tmp_path: Path, folders: dict[str, Path]
+) -> None:
+    text = PRESET.format(
+        target=folders["target"], draft=folders["draft"], temperature=0.0, tokens=16
+    )
+    # The plain row decodes the three prompts in one generate call.
+    text = text.replace("kv_cache_space_gib = 1 }", "kv_cache_space_gib = 1, batch_size = 3 }", 1)
+    path = tmp_path / "batch.toml"
+    path.write_text(text)
+    out = tmp_path / "batch.jsonl"
+    run_preset(load_preset(str(path), discover_methods()), out)
+    samples = [r for r in read_records(out) if isinstance(r, SampleRecord)]
+    plain = [s for s in samples if s.method == "vllm"]
+    assert len(plain) == 3 and {s.batch_size for s in plain} == {3}
+    assert len({s.batch_id for s in plain}) == 1
+    assert all(s.batch_wall_s is not None and s.new_tokens > 0 for s in plain)
+    # Batched or not, greedy outputs agree in float32.
+    assert all(s.matches_baseline for s in samples if s.method != "vllm")

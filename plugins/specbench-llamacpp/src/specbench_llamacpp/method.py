@@ -122,7 +122,7 @@ class LlamaCppMethod(DecodingMethod):
         props = self._props()
         self._version = str(props.get("build_info") or "unknown")
         if "unknown" in self._version:  # built from the sdist: no git metadata
-            self._version = f"{self._version} ({binary_version(binary)})"
+            self._version = binary_version(binary)
 
     def _props(self) -> dict[str, Any]:
         assert self.server is not None
