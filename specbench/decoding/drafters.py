@@ -53,8 +53,17 @@ class Drafter(ABC):
     def propose(self, sequence: Sequence[int], max_tokens: int) -> Proposal:
         """Up to ``max_tokens`` tokens to follow ``sequence`` (prompt plus accepted output)."""
 
+    #: Set by drafters that read the target's last hidden state (trained heads): the loop
+    #: then asks the verification call for it and hands over the committed position's row.
+    wants_target_hidden: bool = False
+
     def observe(self, proposed: int, accepted: int) -> None:  # noqa: B027 - optional hook
         """Hear how a proposal fared; the default ignores it."""
+
+    def observe_target_hidden(self, hidden: torch.Tensor) -> None:  # noqa: B027 - optional hook
+        """The target's last hidden state at the position whose logits gave the token just
+        committed (only for drafters with ``wants_target_hidden``): the verification call
+        computed it already, so heads need no target call of their own."""
 
 
 class NoDrafter(Drafter):

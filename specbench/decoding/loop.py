@@ -76,14 +76,14 @@ def speculative_generate(
         output = session.forward_from(
             state.sequence + proposal.tokens,
             len(state.sequence) - 1,
-            hidden=verifier.needs_features,
+            hidden=verifier.needs_features or drafter.wants_target_hidden,
         )
         state.stats.target_calls += 1
         target_probs = logits_to_probs(output.logits, request.sampling)
         draft_probs = proposal.draft_probs(target_probs.shape[-1], target_probs.device)
         draft_tokens = torch.tensor([proposal.tokens], dtype=torch.long, device=target.device)
         features = None
-        if output.hidden is not None:
+        if output.hidden is not None and verifier.needs_features:
             draft_hidden = None if proposal.hidden is None else proposal.hidden.unsqueeze(0)
             features = StepFeatures(output.hidden.unsqueeze(0), draft_hidden)
         verdict = verifier.verify(
@@ -97,5 +97,7 @@ def speculative_generate(
         expected = None if verdict.expected_accept is None else verdict.expected_accept[0].tolist()
         state.stats.record_step(k, accepted, expected)
         drafter.observe(k, accepted)
+        if drafter.wants_target_hidden and output.hidden is not None:
+            drafter.observe_target_hidden(output.hidden[accepted])
         state.commit([*proposal.tokens[:accepted], int(verdict.next_tokens[0])])
     return state.result(drafter.calls)

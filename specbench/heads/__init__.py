@@ -1,0 +1,1 @@
+"""Trained drafting heads that read the target's hidden states (Medusa)."""

@@ -1,0 +1,184 @@
+"""Medusa-1 heads: residual blocks on the target's last hidden state, one head per future
+position (Cai et al., 2024), in the hub layout the Medusa repository publishes.
+
+A folder (or hub repository) holds ``config.json`` with ``medusa_num_heads`` and
+``medusa_num_layers`` (and usually ``base_model_name_or_path``), and the heads' weights as
+``medusa_lm_head.safetensors`` or ``medusa_lm_head.pt``: the state dict of a list of heads,
+head ``i`` being ``medusa_num_layers`` residual blocks (``i.j.linear.weight/bias``: x + SiLU(Wx
++ b)) and a vocabulary projection without bias (``i.{layers}.weight``). Keys may carry a
+``medusa_head.`` prefix (checkpoints saved with the base model).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from specbench.errors import ModelLoadError
+
+CONFIG = "config.json"
+WEIGHTS = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
+PREFIX = "medusa_head."
+
+
+@dataclass(frozen=True)
+class MedusaConfig:
+    num_heads: int
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    base_model: str | None = None
+
+
+class ResBlock(nn.Module):
+    """x + SiLU(W x + b): Medusa's residual block (W starts at zero when training)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, hidden_size)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = x + self.act(self.linear(x))
+        return out
+
+
+class MedusaHeads(nn.Module):
+    """The heads; ``forward(hidden [..., H])`` gives logits ``[heads, ..., V]``."""
+
+    def __init__(self, config: MedusaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.heads = nn.ModuleList(
+            nn.Sequential(
+                *[ResBlock(config.hidden_size) for _ in range(config.num_layers)],
+                nn.Linear(config.hidden_size, config.vocab_size, bias=False),
+            )
+            for _ in range(config.num_heads)
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.stack([head(hidden) for head in self.heads])
+
+
+def resolve_folder(source: str, local_only: bool = False) -> Path:
+    """A local folder, or a hub repository id fetched (or found in the hub cache) through
+    huggingface_hub, the same path for both."""
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists() or source.startswith((".", "/", "~")) or "/" not in source:
+        raise ModelLoadError(
+            f"Medusa heads {source!r} are not a folder here", "give a folder or a hub id (org/name)"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as error:
+        hint = "pip install 'specbench[hf]'"
+        raise ModelLoadError("hub ids need huggingface_hub", hint) from error
+    try:
+        found = snapshot_download(
+            source, allow_patterns=[CONFIG, "medusa_lm_head.*"], local_files_only=local_only
+        )
+    except Exception as error:
+        raise ModelLoadError(
+            f"Medusa heads {source} could not be found ({type(error).__name__})",
+            "download them first, or give a local folder",
+        ) from error
+    return Path(found)
+
+
+def load_medusa(source: str, local_only: bool = False) -> MedusaHeads:
+    """Medusa heads from a folder or hub id in the hub layout (see the module docstring)."""
+    folder = resolve_folder(source, local_only)
+    config_path = folder / CONFIG
+    if not config_path.is_file():
+        raise ModelLoadError(f"{folder} has no {CONFIG}", "a Medusa folder needs its config.json")
+    raw = json.loads(config_path.read_text())
+    if "medusa_num_heads" not in raw:
+        raise ModelLoadError(
+            f"{config_path} is not a Medusa config (no medusa_num_heads)",
+            "point heads at a Medusa checkpoint",
+        )
+    state = _read_weights(folder)
+    layers = int(raw.get("medusa_num_layers", 1))
+    heads = int(raw["medusa_num_heads"])
+    final = state.get(f"0.{layers}.weight")
+    if final is None:
+        raise ModelLoadError(
+            f"{folder}: no weight 0.{layers}.weight for {layers} residual layer(s)",
+            "check medusa_num_layers against the checkpoint",
+        )
+    vocab, hidden = final.shape
+    config = MedusaConfig(heads, layers, hidden, vocab, raw.get("base_model_name_or_path"))
+    model = MedusaHeads(config)
+    try:
+        model.heads.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ModelLoadError(
+            f"{folder}: weights do not fit {heads} heads x {layers} layers: {first}",
+            "check medusa_num_heads and medusa_num_layers",
+        ) from error
+    return model.eval()
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    for name in WEIGHTS:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: dict[str, Any] = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        return {key.removeprefix(PREFIX): value.float() for key, value in state.items()}
+    raise ModelLoadError(
+        f"{folder} holds no {' or '.join(WEIGHTS)}", "a Medusa folder needs its head weights"
+    )
+
+
+def save_medusa(heads: MedusaHeads, folder: Path, base_model: str | None = None) -> Path:
+    """Write ``heads`` in the hub layout (config.json + medusa_lm_head.safetensors)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = heads.config
+    (folder / CONFIG).write_text(
+        json.dumps(
+            {
+                "medusa_num_heads": config.num_heads,
+                "medusa_num_layers": config.num_layers,
+                "hidden_size": config.hidden_size,
+                "vocab_size": config.vocab_size,
+                "base_model_name_or_path": base_model or config.base_model,
+            },
+            indent=2,
+        )
+    )
+    state = {k: v.detach().contiguous() for k, v in heads.heads.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS[0]))
+    return folder
+
+
+def check_fits(heads: MedusaHeads, hidden_size: int, vocab_size: int, source: str) -> None:
+    """One-line errors when heads were trained for another model."""
+    config = heads.config
+    if config.hidden_size != hidden_size:
+        raise ModelLoadError(
+            f"Medusa heads {source} read hidden size {config.hidden_size}, the target has "
+            f"{hidden_size}",
+            "use heads trained for this target",
+        )
+    if config.vocab_size < vocab_size:
+        raise ModelLoadError(
+            f"Medusa heads {source} score {config.vocab_size} tokens, the target {vocab_size}",
+            "use heads trained for this target",
+        )

@@ -1,0 +1,98 @@
+"""Medusa: trained heads on the target's last hidden state propose the next tokens.
+
+The verification call already computes the hidden state of the position that produced the
+token just committed; the heads turn it into the next ``k`` draft tokens (head ``i`` guesses
+the token ``i + 1`` places after the committed one). Drafts are the heads' top-1 tokens, a
+deterministic proposal, so the shared verifier keeps the method exact at any temperature
+(greedy: equal to greedy decoding). Medusa's own "typical acceptance" is lossy and is not
+offered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+
+from specbench.decoding.drafters import Drafter, Proposal
+from specbench.decoding.loop import speculative_generate
+from specbench.decoding.types import GenerationRequest
+from specbench.decoding.verify import RejectionVerifier
+from specbench.errors import PluginError
+from specbench.heads.medusa import MedusaHeads, check_fits, load_medusa
+from specbench.plugins import (
+    DecodingMethod,
+    GenerationResult,
+    MethodModels,
+    MethodParams,
+    ModelRole,
+)
+
+
+class MedusaParams(MethodParams):
+    heads: str = Field(description="Medusa heads: a folder or a hub id (Medusa's hub layout).")
+    k: int | None = Field(None, ge=1, le=16, description="Heads used per step (default: all).")
+
+
+class MedusaDrafter(Drafter):
+    """Top-1 tokens of the heads at the target's last committed hidden state."""
+
+    wants_target_hidden = True
+
+    def __init__(self, heads: MedusaHeads, k: int, vocab_size: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.k = k
+        self.vocab_size = vocab_size
+        self._hidden: torch.Tensor | None = None
+
+    def start(self, request: GenerationRequest) -> None:
+        super().start(request)
+        self._hidden = None  # the first (prompt) call proposes nothing and brings the state
+
+    def observe_target_hidden(self, hidden: torch.Tensor) -> None:
+        self._hidden = hidden
+
+    def propose(self, sequence: Sequence[int], max_tokens: int) -> Proposal:
+        hidden, self._hidden = self._hidden, None
+        limit = min(self.k, max_tokens)
+        if hidden is None or limit <= 0:
+            return Proposal(tokens=[])
+        weight = next(self.heads.parameters())
+        with torch.inference_mode():
+            logits = self.heads(hidden.to(weight.device, weight.dtype))[:limit]
+        self.calls += 1
+        return Proposal(tokens=logits[:, : self.vocab_size].argmax(-1).tolist())
+
+
+class MedusaMethod(DecodingMethod):
+    """Medusa-1 heads drafting a chain for the shared exact verifier."""
+
+    name = "medusa"
+    description = "Medusa heads on the target's hidden state draft a chain (exact verifier)."
+    needs = frozenset({ModelRole.TARGET})
+    Params = MedusaParams
+    accept_length_model = "chain_analytic"
+    in_all = False
+    not_in_all_reason = "needs trained heads: set params.heads to a Medusa folder or hub id"
+
+    def __init__(self, params: MethodParams, models: MethodModels) -> None:
+        super().__init__(params, models)
+        assert isinstance(params, MedusaParams)
+        target = models.target
+        module = getattr(target, "model", None)
+        config = getattr(module, "config", None)
+        if config is None:
+            raise PluginError(
+                f"medusa needs a Hugging Face target, not {target.name}",
+                "use backend = 'hf' (or 'dummy') for the target",
+            )
+        heads = load_medusa(params.heads)
+        check_fits(heads, int(config.hidden_size), int(config.vocab_size), params.heads)
+        heads.to(target.device)
+        k = min(params.k or heads.config.num_heads, heads.config.num_heads)
+        self.drafter = MedusaDrafter(heads, k, target.vocab_size)
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        return speculative_generate(request, self.models.target, self.drafter, RejectionVerifier())

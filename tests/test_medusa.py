@@ -1,0 +1,161 @@
+"""Medusa heads: the hub layout round-trips, wrong heads fail in one line, the heads read the
+target's hidden state of the right position (from the verification call), and the method is
+exact: greedy token for token, sampling by a chi-square test (ALPHA = 1e-3, fixed seeds)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import hf_pair, make_method, request
+from stats_utils import chi_square_pvalue
+
+pytest.importorskip("transformers")
+
+import itertools
+
+from specbench.errors import ModelLoadError
+from specbench.heads.medusa import MedusaConfig, MedusaHeads, load_medusa, save_medusa
+from specbench.methods.medusa import MedusaDrafter
+
+ALPHA = 1e-3
+
+
+def _random_heads(
+    hidden: int, vocab: int, heads: int = 3, layers: int = 1, seed: int = 0
+) -> MedusaHeads:
+    torch.manual_seed(seed)
+    model = MedusaHeads(MedusaConfig(heads, layers, hidden, vocab))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_hf: dict[str, Any]) -> Any:
+    return hf_pair(tiny_hf)
+
+
+@pytest.fixture(scope="module")
+def heads_folder(tmp_path_factory: pytest.TempPathFactory, pair: Any) -> Path:
+    config = pair.target.model.config
+    folder = tmp_path_factory.mktemp("medusa")
+    save_medusa(_random_heads(config.hidden_size, config.vocab_size), folder, "tiny-llama")
+    return folder
+
+
+def test_hub_layout_round_trips_in_safetensors_and_pt(tmp_path: Path) -> None:
+    heads = _random_heads(16, 40, heads=4, layers=2)
+    save_medusa(heads, tmp_path / "st")
+    loaded = load_medusa(str(tmp_path / "st"))
+    assert loaded.config == MedusaConfig(4, 2, 16, 40, None)
+    x = torch.randn(3, 16)
+    assert torch.equal(loaded(x), heads(x))
+    # The original repository's layout: a .pt state dict, keys optionally prefixed.
+    pt = tmp_path / "pt"
+    pt.mkdir()
+    state = {f"medusa_head.{k}": v for k, v in heads.heads.state_dict().items()}
+    torch.save(state, pt / "medusa_lm_head.pt")
+    (pt / "config.json").write_text(json.dumps({"medusa_num_heads": 4, "medusa_num_layers": 2}))
+    assert torch.equal(load_medusa(str(pt))(x), heads(x))
+
+
+def test_wrong_heads_fail_in_one_line(tmp_path: Path, pair: Any) -> None:
+    save_medusa(_random_heads(32, 300), tmp_path / "small")
+    with pytest.raises(ModelLoadError, match="read hidden size 32, the target has 64"):
+        make_method("medusa", pair, heads=str(tmp_path / "small"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match=r"has no config\.json"):
+        load_medusa(str(tmp_path / "empty"))
+    bad = tmp_path / "bad"
+    save_medusa(_random_heads(16, 40, heads=2), bad)
+    (bad / "config.json").write_text(json.dumps({"medusa_num_heads": 3, "medusa_num_layers": 1}))
+    with pytest.raises(ModelLoadError, match="do not fit 3 heads x 1 layers"):
+        load_medusa(str(bad))
+    with pytest.raises(ModelLoadError, match="could not be found"):
+        load_medusa("nobody/no-such-medusa-heads", local_only=True)
+
+
+@pytest.fixture(scope="module")
+def small_medusa(tiny_hf: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The 12-token target of the HF exactness tests, with heads that guess "the same token
+    again" (the target's own projection): often right, often wrong, so drafts are both
+    accepted and rejected."""
+    from hf_fixtures import build_model
+    from test_hf_exactness import VOCAB
+
+    from specbench.models.hf import HFLanguageModel, HFTokenizer
+    from specbench.plugins import MethodModels
+
+    target = build_model("llama", VOCAB, seed=3)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(0.25)
+    models = MethodModels(target=HFLanguageModel(target, HFTokenizer(tiny_hf["tokenizer"]), "t"))
+    heads = MedusaHeads(MedusaConfig(2, 1, target.config.hidden_size, VOCAB))
+    with torch.no_grad():
+        for head in heads.heads:
+            head[0].linear.weight.zero_()
+            head[0].linear.bias.fill_(-30.0)  # SiLU(-30) ~ 0: the block passes x through
+            head[1].weight.copy_(target.lm_head.weight)
+    folder = save_medusa(heads, tmp_path_factory.mktemp("same-token-heads"))
+    return models, target, make_method("medusa", models, heads=str(folder))
+
+
+def test_heads_read_the_hidden_state_of_the_committed_position(small_medusa: Any) -> None:
+    _models, target, method = small_medusa
+    drafter: MedusaDrafter = method.drafter
+    seen: list[tuple[list[int], torch.Tensor]] = []
+    original_propose = drafter.propose
+
+    def propose(sequence: Any, max_tokens: int) -> Any:
+        if drafter._hidden is not None:
+            seen.append((list(sequence), drafter._hidden.clone()))
+        return original_propose(sequence, max_tokens)
+
+    drafter.propose = propose  # type: ignore[method-assign]
+    try:
+        for seed in range(5):
+            method.generate(request([3, 7, 1], 16, seed, temperature=1.0))
+    finally:
+        drafter.propose = original_propose  # type: ignore[method-assign]
+    steps = [len(b) - len(a) for (a, _), (b, _) in itertools.pairwise(seen)]
+    assert any(step > 1 for step in steps)  # some steps accepted drafts: rows other than 0
+    for sequence, hidden in seen:
+        # The state whose logits gave the last committed token: position len - 2.
+        with torch.no_grad():
+            out = target(torch.tensor([sequence[:-1]]), output_hidden_states=True)
+        assert torch.allclose(hidden, out.hidden_states[-1][0, -1].float(), atol=1e-4)
+
+
+def test_medusa_greedy_equals_the_baseline_token_for_token(pair: Any, heads_folder: Path) -> None:
+    baseline = make_method("baseline", pair)
+    medusa = make_method("medusa", pair, heads=str(heads_folder), k=2)
+    for prompt in ([5, 9, 23, 7], [40, 41, 42, 43], [100, 3, 17]):
+        ours = medusa.generate(request(prompt, 24))
+        assert ours.tokens == baseline.generate(request(prompt, 24)).tokens
+        assert ours.stats.proposed > 0
+
+
+def test_medusa_sampling_matches_the_target(small_medusa: Any) -> None:
+    from test_hf_exactness import LENGTH, PROMPT, _exact_joint, _pair_probs
+
+    from specbench.decoding.sampling import SamplingParams
+
+    _, target, method = small_medusa
+    joint = _exact_joint(target, SamplingParams(temperature=1.0, top_p=1.0))
+    counts: dict[int, Counter[Any]] = {0: Counter(), 2: Counter()}
+    accepted = rejected = 0
+    for seed in range(2500):
+        result = method.generate(request(PROMPT, LENGTH, seed, 1.0, None, 1.0))
+        accepted += result.stats.accepted
+        rejected += result.stats.rejections
+        for first in counts:
+            counts[first][tuple(result.tokens[first : first + 2])] += 1
+    assert accepted > 100 and rejected > 100
+    pvalues = [chi_square_pvalue(counts[f], _pair_probs(joint, f)) for f in counts]
+    assert min(pvalues) > ALPHA / len(pvalues), pvalues
