@@ -159,3 +159,24 @@ def test_medusa_sampling_matches_the_target(small_medusa: Any) -> None:
     assert accepted > 100 and rejected > 100
     pvalues = [chi_square_pvalue(counts[f], _pair_probs(joint, f)) for f in counts]
     assert min(pvalues) > ALPHA / len(pvalues), pvalues
+
+
+def test_typical_acceptance_is_offered_as_lossy_and_is(small_medusa: Any, tmp_path: Path) -> None:
+    from test_hf_exactness import LENGTH, PROMPT, _exact_joint, _pair_probs
+
+    from specbench.decoding.sampling import SamplingParams
+    from specbench.methods.medusa import MedusaTypicalMethod
+
+    models, target, exact_method = small_medusa
+    folder = save_medusa(exact_method.drafter.heads, tmp_path / "heads")
+    typical = make_method("medusa-typical", models, heads=str(folder))
+    assert isinstance(typical, MedusaTypicalMethod) and typical.exact is False
+    assert exact_method.exact is True
+    joint = _exact_joint(target, SamplingParams(temperature=1.0, top_p=1.0))
+    counts: Counter[Any] = Counter()
+    for seed in range(2500):
+        result = typical.generate(request(PROMPT, LENGTH, seed, 1.0, None, 1.0))
+        counts[tuple(result.tokens[2:4])] += 1
+    # Tokens above the threshold are kept outright instead of with probability p: the
+    # output leaves the target's distribution (what the exact default guards against).
+    assert chi_square_pvalue(counts, _pair_probs(joint, 2)) < 1e-6

@@ -158,3 +158,43 @@ class SyntheticVerifier:
         return Verdict(
             accepted=accepted, next_tokens=sample(target_probs[rows, accepted], generator)
         )
+
+
+class TypicalAcceptanceVerifier:
+    """Medusa's typical acceptance (Cai et al., 2024), **lossy**: keep draft token ``x_i``
+    while the target gives it ``p_i(x_i) > min(epsilon, delta * exp(-H(p_i)))``, then sample
+    the next token from ``p`` at the first position kept no further. Confident rows accept
+    only their likely tokens; flat rows accept more. Output follows neither the target's
+    distribution nor, at temperature 0, its greedy choice: methods using it set
+    ``exact = False``.
+    """
+
+    needs_features = False
+
+    def __init__(self, epsilon: float = 0.09, delta: float = 0.3) -> None:
+        self.epsilon = epsilon
+        self.delta = delta
+
+    def verify(
+        self,
+        draft_tokens: torch.Tensor,
+        draft_probs: torch.Tensor,
+        target_probs: torch.Tensor,
+        generator: torch.Generator | None,
+        features: StepFeatures | None = None,
+    ) -> Verdict:
+        batch, k = draft_tokens.shape
+        device = target_probs.device
+        if k == 0:
+            accepted = torch.zeros(batch, dtype=torch.long, device=device)
+        else:
+            p = target_probs[:, :k]
+            entropy = -(p * p.clamp(min=1e-30).log()).sum(dim=-1)
+            threshold = torch.minimum(
+                torch.full_like(entropy, self.epsilon), self.delta * torch.exp(-entropy)
+            )
+            chosen = p.gather(-1, draft_tokens.long().unsqueeze(-1)).squeeze(-1)
+            accepted = leading_accepts(chosen > threshold)
+        rows = torch.arange(batch, device=device)
+        next_tokens = sample(target_probs[rows, accepted], generator)
+        return Verdict(accepted=accepted, next_tokens=next_tokens)

@@ -4,8 +4,8 @@ The verification call already computes the hidden state of the position that pro
 token just committed; the heads turn it into the next ``k`` draft tokens (head ``i`` guesses
 the token ``i + 1`` places after the committed one). Drafts are the heads' top-1 tokens, a
 deterministic proposal, so the shared verifier keeps the method exact at any temperature
-(greedy: equal to greedy decoding). Medusa's own "typical acceptance" is lossy and is not
-offered here.
+(greedy: equal to greedy decoding). Medusa's own "typical acceptance" is lossy: it is the
+separate method ``medusa-typical``, never marked exact.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import Field
 from specbench.decoding.drafters import Drafter, Proposal
 from specbench.decoding.loop import speculative_generate
 from specbench.decoding.types import GenerationRequest
-from specbench.decoding.verify import RejectionVerifier
+from specbench.decoding.verify import RejectionVerifier, TypicalAcceptanceVerifier
 from specbench.errors import PluginError
 from specbench.heads.medusa import MedusaHeads, check_fits, load_medusa
 from specbench.plugins import (
@@ -95,4 +95,27 @@ class MedusaMethod(DecodingMethod):
         self.drafter = MedusaDrafter(heads, k, target.vocab_size)
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        return speculative_generate(request, self.models.target, self.drafter, RejectionVerifier())
+        return speculative_generate(request, self.models.target, self.drafter, self.verifier())
+
+    def verifier(self) -> RejectionVerifier | TypicalAcceptanceVerifier:
+        return RejectionVerifier()
+
+
+class MedusaTypicalParams(MedusaParams):
+    epsilon: float = Field(0.09, gt=0, le=1, description="Hard acceptance threshold.")
+    delta: float = Field(0.3, gt=0, le=1, description="Entropy-scaled threshold factor.")
+
+
+class MedusaTypicalMethod(MedusaMethod):
+    """Medusa with its typical acceptance: more tokens per call, not the target's output."""
+
+    name = "medusa-typical"
+    description = "Medusa heads with Medusa's typical acceptance (LOSSY: not the target's output)."
+    Params = MedusaTypicalParams
+    exact = False
+    accept_length_model = "measured_per_k"
+
+    def verifier(self) -> RejectionVerifier | TypicalAcceptanceVerifier:
+        params = self.params
+        assert isinstance(params, MedusaTypicalParams)
+        return TypicalAcceptanceVerifier(params.epsilon, params.delta)
