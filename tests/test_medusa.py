@@ -180,3 +180,61 @@ def test_typical_acceptance_is_offered_as_lossy_and_is(small_medusa: Any, tmp_pa
     # Tokens above the threshold are kept outright instead of with probability p: the
     # output leaves the target's distribution (what the exact default guards against).
     assert chi_square_pvalue(counts, _pair_probs(joint, 2)) < 1e-6
+
+
+def test_heads_train_caches_and_runs_use_the_trained_heads(
+    tiny_hf: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from specbench.cli.main import app
+    from specbench.records import SampleRecord, read_records
+
+    monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path / "cache"))
+    preset = tmp_path / "medusa.toml"
+    preset.write_text(
+        f"""
+name = "medusa-tiny"
+[models.target]
+backend = "hf"
+model = "{tiny_hf["llama"]["target"]}"
+dtype = "float32"
+device = "cpu"
+[[methods]]
+name = "baseline"
+[[methods]]
+name = "medusa"
+params = {{ num_heads = 2, train_texts = 10, train_steps = 60 }}
+[prompts]
+source = "inline"
+prompts = ["def add(a, b):", "hello there"]
+[sampling]
+temperature = 0.0
+max_new_tokens = 16
+"""
+    )
+    runner = CliRunner()
+    # Without trained heads a run stops at once, naming the command that trains them.
+    missing = runner.invoke(app, ["run", "-p", str(preset), "-o", str(tmp_path / "a.jsonl")])
+    assert missing.exit_code != 0
+    assert "specbench heads train" in " ".join(missing.output.split())
+    trained = runner.invoke(app, ["heads", "train", "-p", str(preset)])
+    assert trained.exit_code == 0, trained.output
+    assert "holdout top-1 per head" in trained.output
+    listed = runner.invoke(app, ["heads", "list"])
+    assert "2 x 1" in listed.output and "medusa" in listed.output
+    (folder,) = [p for p in (tmp_path / "cache" / "heads").iterdir() if p.is_dir()]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["train_texts"] == 9 and meta["holdout_texts"] == 1
+    assert len(meta["holdout_top1"]) == 2 and not (folder.parent / f"{folder.name}.work").exists()
+    assert load_medusa(str(folder)).config.num_heads == 2  # Medusa's hub layout
+    # A second train finds them; a run uses them, token for token equal to the baseline.
+    again = runner.invoke(app, ["heads", "train", "-p", str(preset)])
+    assert "step" not in again.output
+    out = tmp_path / "run.jsonl"
+    ran = runner.invoke(app, ["run", "-p", str(preset), "-o", str(out), "-q"])
+    assert ran.exit_code == 0, ran.output
+    medusa = [r for r in read_records(out) if isinstance(r, SampleRecord) and r.method == "medusa"]
+    assert all(r.matches_baseline for r in medusa) and sum(r.proposed for r in medusa) > 0
+    cleared = runner.invoke(app, ["heads", "clear", "--all"])
+    assert "deleted 1" in cleared.output

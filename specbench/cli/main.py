@@ -6,6 +6,7 @@ import typer
 
 from specbench.cli import (
     audit_cmd,
+    heads_cmd,
     judge_cmd,
     methods_cmd,
     models_cmd,
@@ -30,6 +31,7 @@ app.command("methods")(methods_cmd.methods)
 app.add_typer(presets_cmd.app, name="presets")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(judge_cmd.app, name="judge")
+app.add_typer(heads_cmd.app, name="heads")
 app.command("report")(report_cmd.report)
 app.command("replay")(replay_cmd.replay_command)
 

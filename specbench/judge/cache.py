@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from specbench.errors import SpecbenchError
 from specbench.judge.classifier import JudgeClassifier, TrainReport
 from specbench.judge.mining import MinedData, example_rows
+from specbench.keyed_store import KeyedStore
 from specbench.models.catalog import cache_root
 from specbench.models.specs import ModelSpec
 
@@ -94,36 +94,19 @@ def load_judge(key: str) -> StoredJudge | None:
     )
 
 
+STORE = KeyedStore("judge", judges_dir, "specbench judge cache list")
+
+
 def list_judges() -> list[dict[str, Any]]:
     """Metadata of every stored judge, newest first."""
-    root = judges_dir()
-    if not root.is_dir():
-        return []
-    metas = []
-    for folder in root.iterdir():
-        meta_file = folder / "meta.json"
-        if folder.is_dir() and meta_file.is_file():
-            metas.append(json.loads(meta_file.read_text()))
-    return sorted(metas, key=lambda m: m.get("created_at", ""), reverse=True)
+    return STORE.list()
 
 
 def resolve_key(prefix: str) -> str:
     """A full key from a unique prefix (as ``judge cache show`` accepts)."""
-    matches = [str(m["key"]) for m in list_judges() if str(m["key"]).startswith(prefix)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise SpecbenchError(
-            f"no stored judge with key {prefix}", "see `specbench judge cache list`"
-        )
-    raise SpecbenchError(f"{len(matches)} judges start with {prefix}", "give more of the key")
+    return STORE.resolve(prefix)
 
 
 def clear(key: str | None = None) -> int:
     """Delete one judge (by key prefix) or all of them; returns how many were deleted."""
-    if key is not None:
-        shutil.rmtree(judges_dir() / resolve_key(key))
-        return 1
-    metas = list_judges()
-    shutil.rmtree(judges_dir(), ignore_errors=True)
-    return len(metas)
+    return STORE.clear(key)

@@ -10,6 +10,7 @@ separate method ``medusa-typical``, never marked exact.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import torch
@@ -19,20 +20,46 @@ from specbench.decoding.drafters import Drafter, Proposal
 from specbench.decoding.loop import speculative_generate
 from specbench.decoding.types import GenerationRequest
 from specbench.decoding.verify import RejectionVerifier, TypicalAcceptanceVerifier
-from specbench.errors import PluginError
+from specbench.errors import PluginError, SpecbenchError
 from specbench.heads.medusa import MedusaHeads, check_fits, load_medusa
+from specbench.heads.training import (
+    MedusaTraining,
+    heads_dir,
+    heads_key,
+    train_medusa,
+    trained_folder,
+)
 from specbench.plugins import (
     DecodingMethod,
     GenerationResult,
     MethodModels,
     MethodParams,
     ModelRole,
+    RunContext,
 )
 
 
 class MedusaParams(MethodParams):
-    heads: str = Field(description="Medusa heads: a folder or a hub id (Medusa's hub layout).")
+    heads: str | None = Field(
+        None,
+        description="Medusa heads: a folder or a hub id (Medusa's hub layout); unset: heads "
+        "`specbench heads train` trained for this target with the settings below.",
+    )
     k: int | None = Field(None, ge=1, le=16, description="Heads used per step (default: all).")
+    num_heads: int = Field(3, ge=1, le=8, description="Training: heads to train.")
+    num_layers: int = Field(1, ge=1, le=4, description="Training: residual blocks per head.")
+    train_texts: int = Field(200, ge=10, description="Training: GSM8K train texts.")
+    train_steps: int = Field(300, ge=1, description="Training: optimizer steps.")
+    seed: int = Field(0, ge=0, description="Training: seed.")
+
+    def training(self) -> MedusaTraining:
+        return MedusaTraining(
+            num_heads=self.num_heads,
+            num_layers=self.num_layers,
+            texts=self.train_texts,
+            steps=self.train_steps,
+            seed=self.seed,
+        )
 
 
 class MedusaDrafter(Drafter):
@@ -88,13 +115,59 @@ class MedusaMethod(DecodingMethod):
                 f"medusa needs a Hugging Face target, not {target.name}",
                 "use backend = 'hf' (or 'dummy') for the target",
             )
-        heads = load_medusa(params.heads)
-        check_fits(heads, int(config.hidden_size), int(config.vocab_size), params.heads)
+        self._config = config
+        self.drafter: MedusaDrafter | None = None
+        if params.heads is not None:
+            self._use(load_medusa(params.heads), params.heads)
+
+    def _use(self, heads: MedusaHeads, source: str) -> None:
+        params = self.params
+        assert isinstance(params, MedusaParams)
+        config, target = self._config, self.models.target
+        check_fits(heads, int(config.hidden_size), int(config.vocab_size), source)
         heads.to(target.device)
         k = min(params.k or heads.config.num_heads, heads.config.num_heads)
         self.drafter = MedusaDrafter(heads, k, target.vocab_size)
 
+    def _trained(self, context: RunContext, train: bool, force: bool = False) -> str | None:
+        """Use the heads trained for this target and these settings; train them when
+        ``train``. Returns a one-line summary when it trained (or found) them."""
+        from specbench.judge.cache import model_identity
+
+        params = self.params
+        assert isinstance(params, MedusaParams)
+        identity = model_identity(context.models_spec.target)
+        key = heads_key(identity, params.training())
+        if trained_folder(key) is None or force:
+            if not train:
+                raise SpecbenchError(
+                    f"{context.label}: no Medusa heads trained for this target and settings",
+                    f"run `specbench heads train -p {context.preset_source}` (or "
+                    "`run --train-judge`), or set params.heads to a folder",
+                )
+            train_medusa(
+                self.models.target, identity, params.training(), force, context.on_progress
+            )
+        folder = heads_dir() / key
+        meta = json.loads((folder / "meta.json").read_text())
+        self._use(load_medusa(str(folder)), str(folder))
+        accuracy = ", ".join("-" if a is None else f"{a:.2f}" for a in meta["holdout_top1"])
+        return f"{context.label}: Medusa heads {key} (holdout top-1 per head: {accuracy})"
+
+    def prepare(self, context: RunContext) -> None:
+        if self.drafter is None:
+            self._trained(context, train=context.train_missing)
+
+    def train(self, context: RunContext) -> str | None:
+        params = self.params
+        assert isinstance(params, MedusaParams)
+        if params.heads is not None:
+            return None  # given heads: nothing to train
+        return self._trained(context, train=True, force=context.force_train)
+
     def generate(self, request: GenerationRequest) -> GenerationResult:
+        if self.drafter is None:
+            raise SpecbenchError("medusa was used before prepare()", "call prepare(context)")
         return speculative_generate(request, self.models.target, self.drafter, self.verifier())
 
     def verifier(self) -> RejectionVerifier | TypicalAcceptanceVerifier:
