@@ -50,6 +50,7 @@ class MedusaParams(MethodParams):
     num_layers: int = Field(1, ge=1, le=4, description="Training: residual blocks per head.")
     train_texts: int = Field(200, ge=10, description="Training: GSM8K train texts.")
     train_steps: int = Field(300, ge=1, description="Training: optimizer steps.")
+    train_batch: int = Field(128, ge=8, description="Training: positions per head and step.")
     seed: int = Field(0, ge=0, description="Training: seed.")
 
     def training(self) -> MedusaTraining:
@@ -58,6 +59,7 @@ class MedusaParams(MethodParams):
             num_layers=self.num_layers,
             texts=self.train_texts,
             steps=self.train_steps,
+            batch=self.train_batch,
             seed=self.seed,
         )
 
