@@ -119,6 +119,26 @@ def per_position(
     return [int(values.get(i, 0)) for i in range(width)]
 
 
+def engine_model(spec: ModelSpecBase, role: str, engine: str) -> tuple[HFModelSpec, Any]:
+    """The Hugging Face spec an engine builds from, and its catalogue entry (fetched) when it
+    names one (else ``None``); one-line errors for other backends and unfetched models."""
+    if not isinstance(spec, HFModelSpec):
+        raise ModelLoadError(
+            f"models.{role}: {engine} needs a Hugging Face model or GGUF, not backend "
+            f"{spec.backend}",
+            f"set [models.{role}] to backend = 'hf' with a catalogue model, folder or hub id",
+        )
+    from specbench.models.catalog import CATALOG
+
+    entry = CATALOG.get(spec.model)
+    if entry is not None and not entry.fetched:
+        raise ModelLoadError(
+            f"catalogue model {spec.model} is not fetched",
+            f"run `specbench models fetch {spec.model}`",
+        )
+    return spec, entry
+
+
 def gguf_path(spec: ModelSpecBase, role: str, local_only: bool = True) -> Path:
     """The GGUF file a model spec names, for engines that read GGUF natively.
 
@@ -126,21 +146,10 @@ def gguf_path(spec: ModelSpecBase, role: str, local_only: bool = True) -> Path:
     (or its only ``.gguf``); a hub id with ``gguf_file`` is found in (or, with
     ``local_only=False``, downloaded to) the hub cache, through the same code path.
     """
-    if not isinstance(spec, HFModelSpec):
-        raise ModelLoadError(
-            f"models.{role}: the {spec.backend} backend has no GGUF file for an engine",
-            f"set [models.{role}] to backend = 'hf' with a catalogue model or a GGUF file",
-        )
-    from specbench.models.catalog import CATALOG
-
-    if spec.model in CATALOG:
-        entry = CATALOG[spec.model]
-        if not entry.fetched:
-            raise ModelLoadError(
-                f"catalogue model {spec.model} is not fetched",
-                f"run `specbench models fetch {spec.model}`",
-            )
-        return entry.gguf_path()
+    spec, entry = engine_model(spec, role, "a GGUF engine")
+    if entry is not None:
+        path: Path = entry.gguf_path()
+        return path
     local = Path(spec.model).expanduser()
     if local.is_file() and local.suffix == ".gguf":
         return local

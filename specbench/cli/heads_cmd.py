@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from specbench.cli.common import EXIT_FAILURE, EXIT_INVALID_INPUT, console, fail_with
+from specbench.cli.common import EXIT_INVALID_INPUT, console, fail_with
+from specbench.cli.judge_cmd import train_preset
 from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
 from specbench.heads.training import STORE, heads_dir
-from specbench.plugins import discover_methods
-from specbench.presets import load_preset
-from specbench.training import train_methods
 
 app = typer.Typer(help="Train Medusa heads and manage the trained ones.")
 
@@ -21,30 +19,7 @@ def train(
     force: bool = typer.Option(False, "--force", help="Train again even if cached."),
 ) -> None:
     """Train (or find) the heads of every method of a preset that needs some."""
-    try:
-        resolved = load_preset(preset, discover_methods())
-    except SpecbenchError as error:
-        fail_with(error, EXIT_INVALID_INPUT)
-    with console.status("starting") as status:
-
-        def say(message: str) -> None:
-            status.update(message)
-            console.print(message, highlight=False, markup=False)
-
-        try:
-            summaries = train_methods(resolved, force=force, on_message=say)
-        except SpecbenchError as error:
-            fail_with(error, EXIT_FAILURE)
-    if not summaries:
-        fail_with(
-            SpecbenchError(
-                f"preset '{resolved.name}' has no method to train",
-                "add a medusa method without params.heads",
-            ),
-            EXIT_INVALID_INPUT,
-        )
-    for line in summaries:
-        console.print(line, highlight=False, markup=False)
+    train_preset(preset, force, "add a medusa method without params.heads")
 
 
 @app.command("list")

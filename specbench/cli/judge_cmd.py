@@ -25,6 +25,12 @@ def train(
     force: bool = typer.Option(False, "--force", help="Mine and train again even if cached."),
 ) -> None:
     """Mine labels, train and cache the judge of every autojudge method of a preset."""
+    train_preset(preset, force, "add an autojudge method")
+
+
+def train_preset(preset: str, force: bool, nothing_hint: str) -> None:
+    """Train what every method of ``preset`` needs (judges, heads), printing progress; the
+    body of ``judge train`` and ``heads train``."""
     try:
         resolved = load_preset(preset, discover_methods())
     except SpecbenchError as error:
@@ -41,9 +47,7 @@ def train(
             fail_with(error, EXIT_FAILURE)
     if not summaries:
         fail_with(
-            SpecbenchError(
-                f"preset '{resolved.name}' has no method to train", "add an autojudge method"
-            ),
+            SpecbenchError(f"preset '{resolved.name}' has no method to train", nothing_hint),
             EXIT_INVALID_INPUT,
         )
     for line in summaries:

@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import Field
 
 from specbench.decoding.types import GenerationRequest, GenerationResult, StopReason
-from specbench.engines import SpecCounters, counter_stats
-from specbench.errors import ModelLoadError, SpecbenchError
+from specbench.engines import SpecCounters, counter_stats, engine_model
+from specbench.errors import SpecbenchError
 from specbench.models.specs import HFModelSpec, ModelSpecBase
 from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
 
@@ -252,20 +252,8 @@ def _scaled(change: SpecCounters, share: float) -> SpecCounters:
 def model_source(spec: ModelSpecBase, role: str) -> str:
     """What vLLM loads for a model spec: a catalogue model's converted folder, a local
     folder, or a hub id (vLLM resolves it through the hub cache, like transformers)."""
-    if not isinstance(spec, HFModelSpec):
-        raise ModelLoadError(
-            f"models.{role}: vLLM needs a Hugging Face model, not backend {spec.backend}",
-            f"set [models.{role}] to backend = 'hf'",
-        )
-    from specbench.models.catalog import CATALOG
-
-    if spec.model in CATALOG:
-        entry = CATALOG[spec.model]
-        if not entry.fetched:
-            raise ModelLoadError(
-                f"catalogue model {spec.model} is not fetched",
-                f"run `specbench models fetch {spec.model}`",
-            )
+    spec, entry = engine_model(spec, role, "vLLM")
+    if entry is not None:
         return str(entry.hf_dir())
     local = Path(spec.model).expanduser()
     if local.exists():
