@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -64,6 +64,31 @@ class MedusaHeads(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.stack([head(hidden) for head in self.heads])
+
+    def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of every head at one hidden state, ``[heads, V]``. Heads that share one
+        vocabulary projection (as trained here: the target's, frozen) run their residual
+        blocks and then one matrix product, reading the ``V x H`` weights once per step
+        instead of once per head (on a CPU that read is most of the heads' cost)."""
+        parts = self._parts()
+        if not self._shared_projection():
+            return torch.stack([projection(blocks(hidden)) for blocks, projection in parts])
+        states = torch.stack([blocks(hidden) for blocks, _ in parts])
+        return states @ parts[0][1].weight.T
+
+    def _parts(self) -> list[tuple[nn.Module, nn.Linear]]:
+        """Each head as (its residual blocks, its vocabulary projection)."""
+        out: list[tuple[nn.Module, nn.Linear]] = []
+        for head in self.heads:
+            layers = list(cast(nn.Sequential, head))
+            out.append((nn.Sequential(*layers[:-1]), cast(nn.Linear, layers[-1])))
+        return out
+
+    def _shared_projection(self) -> bool:
+        if not hasattr(self, "_shared"):
+            weights = [projection.weight for _, projection in self._parts()]
+            self._shared = all(torch.equal(w, weights[0]) for w in weights)
+        return self._shared
 
 
 def resolve_folder(source: str, local_only: bool = False) -> Path:

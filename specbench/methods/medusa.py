@@ -90,7 +90,7 @@ class MedusaDrafter(Drafter):
             return Proposal(tokens=[])
         weight = next(self.heads.parameters())
         with torch.inference_mode():
-            logits = self.heads(hidden.to(weight.device, weight.dtype))[:limit]
+            logits = self.heads.draft_logits(hidden.to(weight.device, weight.dtype))[:limit]
         self.calls += 1
         return Proposal(tokens=logits[:, : self.vocab_size].argmax(-1).tolist())
 
@@ -127,7 +127,10 @@ class MedusaMethod(DecodingMethod):
         assert isinstance(params, MedusaParams)
         config, target = self._config, self.models.target
         check_fits(heads, int(config.hidden_size), int(config.vocab_size), source)
-        heads.to(target.device)
+        # The target's dtype halves the bytes a bf16 target's heads read per step; drafts
+        # are deterministic, so the dtype changes which tokens are proposed, never exactness.
+        dtype = next(target.model.parameters()).dtype  # type: ignore[attr-defined]
+        heads.to(target.device, dtype)
         k = min(params.k or heads.config.num_heads, heads.config.num_heads)
         self.drafter = MedusaDrafter(heads, k, target.vocab_size)
 
