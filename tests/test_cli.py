@@ -36,7 +36,7 @@ def test_methods_shows_one_methods_parameters() -> None:
     result = invoke("methods", "speculative")
     assert result.exit_code == 0
     assert "Draft tokens proposed per target call" in result.output
-    assert invoke("methods", "medusa").exit_code == 2
+    assert invoke("methods", "no-such-method").exit_code == 2
 
 
 def test_presets_lists_and_shows() -> None:

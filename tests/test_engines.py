@@ -193,7 +193,9 @@ def test_gguf_paths_of_model_specs(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"holds 2 \.gguf files and gguf_file is not set"):
         gguf_path(HFModelSpec(model=str(folder)), "target")
     assert gguf_path(HFModelSpec(model=str(folder), gguf_file="b.gguf"), "draft").name == "b.gguf"
-    with pytest.raises(ModelLoadError, match="a GGUF engine needs a Hugging Face model or GGUF, not backend toy"):
+    with pytest.raises(
+        ModelLoadError, match="a GGUF engine needs a Hugging Face model or GGUF, not backend toy"
+    ):
         gguf_path(ToyModelSpec(), "target")
     with pytest.raises(ModelLoadError, match="is not a GGUF model"):
         gguf_path(HFModelSpec(model="org/not-gguf"), "target")

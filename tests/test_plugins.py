@@ -78,7 +78,7 @@ def test_plugin_that_raises_on_import_is_reported_and_others_load(
 
 def test_unknown_method_error_lists_what_is_installed() -> None:
     with pytest.raises(PluginError, match=r"installed: .*baseline.*speculative"):
-        discover_methods().get("medusa")
+        discover_methods().get("no-such-method")
 
 
 def test_example_plugin_is_discovered_validated_and_run(tmp_path: Path) -> None:

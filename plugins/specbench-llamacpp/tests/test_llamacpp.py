@@ -300,3 +300,9 @@ def test_real_llama_server_speculative_sampling_passes_the_two_sample_audit(
         assert "two-sample" in records[label].test
         assert records[label].verdict == "pass", records[label].detail
     assert not outcome.failed
+
+
+def test_all_methods_leaves_the_engine_out() -> None:
+    resolved = load_preset("quickstart", discover_methods())
+    assert "llama-cpp" not in {m.info.name for m in resolved.methods}
+    assert "external engine" in LlamaCppMethod.not_in_all_reason

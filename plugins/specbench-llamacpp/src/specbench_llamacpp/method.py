@@ -73,6 +73,8 @@ class LlamaCppMethod(DecodingMethod):
     name = "llama-cpp"
     description = "llama.cpp llama-server (GGUF): plain, draft-model or n-gram speculation."
     needs = frozenset()  # the server loads the models itself
+    in_all = False
+    not_in_all_reason = "an external engine (llama-server): name it in a preset's methods"
     Params = LlamaCppParams
 
     def __init__(self, params: MethodParams, models: MethodModels) -> None:

@@ -72,6 +72,8 @@ class VllmMethod(DecodingMethod):
     name = "vllm"
     description = "vLLM offline engine: plain, or any speculative_config (ngram, draft, EAGLE)."
     needs = frozenset()  # the engine loads the models itself
+    in_all = False
+    not_in_all_reason = "an external engine (vLLM): name it in a preset's methods"
     Params = VllmParams
 
     def __init__(self, params: MethodParams, models: MethodModels) -> None:
