@@ -135,5 +135,7 @@ def test_batches_decode_together_with_per_sequence_records(
     assert len(plain) == 3 and {s.batch_size for s in plain} == {3}
     assert len({s.batch_id for s in plain}) == 1
     assert all(s.batch_wall_s is not None and s.new_tokens > 0 for s in plain)
-    # Batched or not, greedy outputs agree in float32.
-    assert all(s.matches_baseline for s in samples if s.method != "vllm")
+    # A row's reference is the plain row with the same settings, batch size included: the
+    # one-request speculative rows have none here (batched decoding may round differently).
+    assert all(s.reference == "vllm" for s in plain)
+    assert all(s.reference is None for s in samples if s.method != "vllm")
