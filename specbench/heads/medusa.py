@@ -70,25 +70,24 @@ class MedusaHeads(nn.Module):
         vocabulary projection (as trained here: the target's, frozen) run their residual
         blocks and then one matrix product, reading the ``V x H`` weights once per step
         instead of once per head (on a CPU that read is most of the heads' cost)."""
-        parts = self._parts()
-        if not self._shared_projection():
+        parts, shared = self._split()
+        if not shared:
             return torch.stack([projection(blocks(hidden)) for blocks, projection in parts])
         states = torch.stack([blocks(hidden) for blocks, _ in parts])
         return states @ parts[0][1].weight.T
 
-    def _parts(self) -> list[tuple[nn.Module, nn.Linear]]:
-        """Each head as (its residual blocks, its vocabulary projection)."""
-        out: list[tuple[nn.Module, nn.Linear]] = []
-        for head in self.heads:
-            layers = list(cast(nn.Sequential, head))
-            out.append((nn.Sequential(*layers[:-1]), cast(nn.Linear, layers[-1])))
-        return out
-
-    def _shared_projection(self) -> bool:
-        if not hasattr(self, "_shared"):
-            weights = [projection.weight for _, projection in self._parts()]
-            self._shared = all(torch.equal(w, weights[0]) for w in weights)
-        return self._shared
+    def _split(self) -> tuple[list[tuple[nn.Module, nn.Linear]], bool]:
+        """Each head as (its residual blocks, its vocabulary projection), and whether all
+        projections are equal; worked out once, on the first draft (after any ``.to``)."""
+        if not hasattr(self, "_parts"):
+            parts: list[tuple[nn.Module, nn.Linear]] = []
+            for head in self.heads:
+                layers = list(cast(nn.Sequential, head))
+                parts.append((nn.Sequential(*layers[:-1]), cast(nn.Linear, layers[-1])))
+            first = parts[0][1].weight
+            self._parts = parts
+            self._shared = all(torch.equal(p.weight, first) for _, p in parts)
+        return self._parts, self._shared
 
 
 def resolve_folder(source: str, local_only: bool = False) -> Path:

@@ -145,12 +145,6 @@ class LlamaCppMethod(DecodingMethod):
             plain.pop(name)
         return LlamaCppParams(**plain)
 
-    def reference_method(self) -> DecodingMethod | None:
-        reference = super().reference_method()
-        if isinstance(reference, LlamaCppMethod) and reference.params == self.params:
-            reference.server, reference._version = self.server, self._version
-        return reference
-
     def engine_info(self) -> dict[str, Any] | None:
         binary = self.server.binary if self.server is not None else None
         return {

@@ -154,8 +154,7 @@ class VllmMethod(DecodingMethod):
     def engine_info(self) -> dict[str, Any] | None:
         import vllm
 
-        options = {k: v for k, v in self.engine_kwargs().items() if k != "model"}
-        options["model"] = str(self.engine_kwargs()["model"])
+        options = self.engine_kwargs()
         options["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
         info: dict[str, Any] = {"name": "vllm", "version": vllm.__version__, "options": options}
         if self._known_issues:
