@@ -222,7 +222,7 @@ max_new_tokens = 16
     assert trained.exit_code == 0, trained.output
     assert "holdout top-1 per head" in trained.output
     listed = runner.invoke(app, ["heads", "list"])
-    assert "2 x 1" in listed.output and "medusa" in listed.output
+    assert "2 heads x 1 blocks" in listed.output and "medusa" in listed.output
     (folder,) = [p for p in (tmp_path / "cache" / "heads").iterdir() if p.is_dir()]
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["train_texts"] == 9 and meta["holdout_texts"] == 1

@@ -10,16 +10,16 @@ from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
 from specbench.heads.training import STORE, heads_dir
 
-app = typer.Typer(help="Train Medusa heads and manage the trained ones.")
+app = typer.Typer(help="Train drafting heads (EAGLE-3, Medusa) and manage the trained ones.")
 
 
 @app.command("train")
 def train(
-    preset: str = typer.Option(..., "--preset", "-p", help="Preset with a medusa method."),
+    preset: str = typer.Option(..., "--preset", "-p", help="Preset with an eagle3 or medusa method."),
     force: bool = typer.Option(False, "--force", help="Train again even if cached."),
 ) -> None:
     """Train (or find) the heads of every method of a preset that needs some."""
-    train_preset(preset, force, "add a medusa method without params.heads")
+    train_preset(preset, force, "add an eagle3 method without params.head, or medusa without params.heads")
 
 
 @app.command("list")
@@ -28,7 +28,7 @@ def list_heads() -> None:
     metas = STORE.list()
     table = listing_table(
         f"Trained heads ({heads_dir()})",
-        ("key", "created", "kind", "target", "heads x layers", "steps", "holdout top-1"),
+        ("key", "created", "kind", "target", "shape", "steps", "holdout top-1"),
         [meta["key"] for meta in metas],
     )
     for meta in metas:
@@ -39,7 +39,7 @@ def list_heads() -> None:
             meta.get("created_at", ""),
             meta.get("kind", ""),
             str((meta.get("target") or {}).get("model")),
-            f"{training.get('num_heads')} x {training.get('num_layers')}",
+            meta.get("shape") or f"{training.get('num_heads')} heads x {training.get('num_layers')}",
             str(training.get("steps")),
             ", ".join("-" if a is None else f"{a:.2f}" for a in accuracy),
         )

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from specbench.errors import ModelLoadError
+from specbench.heads.hub import resolve_folder
 
 CONFIG = "config.json"
 WEIGHTS = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
@@ -90,36 +91,9 @@ class MedusaHeads(nn.Module):
         return self._parts, self._shared
 
 
-def resolve_folder(source: str, local_only: bool = False) -> Path:
-    """A local folder, or a hub repository id fetched (or found in the hub cache) through
-    huggingface_hub, the same path for both."""
-    local = Path(source).expanduser()
-    if local.is_dir():
-        return local
-    if local.exists() or source.startswith((".", "/", "~")) or "/" not in source:
-        raise ModelLoadError(
-            f"Medusa heads {source!r} are not a folder here", "give a folder or a hub id (org/name)"
-        )
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as error:
-        hint = "pip install 'specbench[hf]'"
-        raise ModelLoadError("hub ids need huggingface_hub", hint) from error
-    try:
-        found = snapshot_download(
-            source, allow_patterns=[CONFIG, "medusa_lm_head.*"], local_files_only=local_only
-        )
-    except Exception as error:
-        raise ModelLoadError(
-            f"Medusa heads {source} could not be found ({type(error).__name__})",
-            "download them first, or give a local folder",
-        ) from error
-    return Path(found)
-
-
 def load_medusa(source: str, local_only: bool = False) -> MedusaHeads:
     """Medusa heads from a folder or hub id in the hub layout (see the module docstring)."""
-    folder = resolve_folder(source, local_only)
+    folder = resolve_folder(source, "Medusa heads", [CONFIG, "medusa_lm_head.*"], local_only)
     config_path = folder / CONFIG
     if not config_path.is_file():
         raise ModelLoadError(f"{folder} has no {CONFIG}", "a Medusa folder needs its config.json")

@@ -63,9 +63,11 @@ class MedusaTraining:
     seed: int = 0
 
 
-def heads_key(target_identity: dict[str, Any], training: MedusaTraining) -> str:
+def heads_key(target_identity: dict[str, Any], training: Any, kind: str = "medusa") -> str:
+    """The cache key of heads of ``kind`` trained for a target with ``training`` (a
+    dataclass of the settings that determine them)."""
     blob = json.dumps(
-        {"format": HEADS_FORMAT, "kind": "medusa", "data": DATA, "target": target_identity}
+        {"format": HEADS_FORMAT, "kind": kind, "data": DATA, "target": target_identity}
         | asdict(training),
         sort_keys=True,
         default=str,
@@ -214,6 +216,7 @@ def train_medusa(
         "train_texts": len(train),
         "holdout_texts": len(holdout),
         "holdout_top1": accuracy,
+        "shape": f"{training.num_heads} heads x {training.num_layers} blocks",
         "final_loss": losses[-1] if losses else None,
     }
     partial = heads_dir() / f"{key}.partial"

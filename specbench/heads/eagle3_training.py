@@ -1,0 +1,455 @@
+"""Train an EAGLE-3 head on the CPU from the target's own answers, cached and resumable.
+
+Data: GSM8K training questions (shipped in the package) in the target's chat template,
+answered by the target itself (greedy, batched). The same ``generate`` call records what the
+head learns from at every position: the inputs of the three feature layers and the target's
+final (normed) hidden state, whose projection by the target's output layer is the target's
+next-token distribution. Each answered question is one file (resumable question by
+question); training checkpoints every 50 steps and resumes from there.
+
+The head: the target's embedding (frozen, not saved), ``fc`` starting as "pass the highest
+feature layer through", ``lm_head`` and ``norm`` starting as the target's (rows of the draft
+vocabulary), the decoder layer's output projections at zero. The draft vocabulary is the
+``draft_vocab`` most frequent tokens of the data (then the lowest ids), as EAGLE-3 does.
+
+The loss is EAGLE's, over ``ttt_steps`` steps of training-time test (the head fed its own
+output, with the attention a draft chain has at inference): cross-entropy against the
+target's distribution over the draft vocabulary plus ``regression_weight`` times a smooth-L1
+regression of the head's normed state onto the target's, step ``j`` weighted ``0.8**j``.
+A holdout split (every tenth question) gives each step's top-1 agreement with the target.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specbench.heads.eagle3 import (
+    Eagle3Config,
+    Eagle3Head,
+    _rotate_half,
+    default_aux_layers,
+    load_eagle3,
+    save_eagle3,
+)
+from specbench.heads.features import decoder_layers
+from specbench.heads.training import HEADS_FORMAT, heads_dir, heads_key, trained_folder
+from specbench.models.base import LanguageModel
+
+DATA = "gsm8k-train-target-answers"
+INSTRUCTION = (
+    "Solve the problem. Reason briefly, step by step, then end with 'The answer is N.'"
+    "\n\nProblem: {question}"
+)
+
+
+@dataclass(frozen=True)
+class Eagle3Training:
+    """What determines a trained head (besides the target)."""
+
+    draft_vocab: int = 8192
+    intermediate_size: int = 2048
+    texts: int = 160
+    answer_tokens: int = 160
+    steps: int = 400
+    sequences_per_step: int = 2
+    ttt_steps: int = 3
+    lr: float = 1e-3
+    regression_weight: float = 0.2
+    seed: int = 0
+
+
+def questions(count: int) -> list[str]:
+    from importlib.resources import files
+
+    path = files("specbench.data").joinpath("prompts/gsm8k_train.jsonl")
+    rows = path.read_text().splitlines()[:count]
+    return [INSTRUCTION.format(question=json.loads(row)["question"]) for row in rows]
+
+
+def collect(
+    target: LanguageModel,
+    training: Eagle3Training,
+    layer_ids: tuple[int, ...],
+    folder: Path,
+    say: Callable[[str], None],
+    batch_size: int = 8,
+) -> list[dict[str, torch.Tensor]]:
+    """Per question: ``tokens`` (prompt + the target's answer), ``aux`` (feature layers'
+    inputs, ``[n - 1, 3H]``) and ``final`` (the target's normed last state, ``[n - 1, H]``),
+    bfloat16, one cached file each."""
+    module = target.model  # type: ignore[attr-defined]
+    tokenizer = target.tokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    prompts = []
+    for text in questions(training.texts):
+        ids = tokenizer.chat_ids([{"role": "user", "content": text}])
+        prompts.append(ids if ids is not None else tokenizer.encode(text))
+    todo = [i for i in range(len(prompts)) if not (folder / f"{i:05d}.pt").is_file()]
+    stop = sorted(tokenizer.eos_token_ids)
+    pad = getattr(getattr(tokenizer, "hf", None), "pad_token_id", None) or (stop or [0])[0]
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        say(f"target answers and features: question {start + 1}/{len(todo)} still to do")
+        width = max(len(prompts[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        with torch.inference_mode():
+            out = module.generate(
+                input_ids=ids.to(target.device),
+                attention_mask=mask.to(target.device),
+                max_new_tokens=training.answer_tokens,
+                do_sample=False,
+                eos_token_id=stop or None,
+                pad_token_id=pad,
+                output_hidden_states=True,
+                return_dict_in_generate=True,
+            )
+        steps = out.hidden_states  # per generation step, per layer [B, T, H]
+        for row, i in enumerate(batch):
+            answer: list[int] = []
+            for token in out.sequences[row, width:].tolist():
+                answer.append(token)
+                if token in stop:
+                    break
+            tokens = prompts[i] + answer
+            usable = len(tokens) - 1  # positions with a feature: all but the last token
+            first = width - len(prompts[i])
+
+            def rows(layer: int, row: int = row, first: int = first, usable: int = usable) -> Any:
+                parts = [steps[0][layer][row, first:]]
+                parts += [step[layer][row, -1:] for step in steps[1:]]
+                return torch.cat(parts)[:usable]
+
+            saved = {
+                "tokens": torch.tensor(tokens),
+                "aux": torch.cat([rows(layer) for layer in layer_ids], -1).to(torch.bfloat16),
+                "final": rows(len(steps[0]) - 1).to(torch.bfloat16),
+            }
+            path = folder / f"{i:05d}.pt"
+            partial = path.with_suffix(".partial")
+            torch.save({k: v.cpu() for k, v in saved.items()}, partial)
+            partial.replace(path)
+    return [torch.load(folder / f"{i:05d}.pt") for i in range(len(prompts))]
+
+
+def draft_vocabulary(data: list[dict[str, torch.Tensor]], size: int, vocab: int) -> torch.Tensor:
+    """Target ids of the draft vocabulary, ascending: the most frequent tokens of the data,
+    then the lowest ids not yet in."""
+    counts: Counter[int] = Counter()
+    for item in data:
+        counts.update(item["tokens"].tolist())
+    size = min(size, vocab)
+    chosen = [token for token, _ in counts.most_common(size)]
+    taken = set(chosen)
+    filler = (i for i in range(vocab) if i not in taken)
+    while len(chosen) < size:
+        chosen.append(next(filler))
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+def initial_head(
+    target: LanguageModel, training: Eagle3Training, layer_ids: tuple[int, ...], ids: torch.Tensor
+) -> Eagle3Head:
+    module = target.model  # type: ignore[attr-defined]
+    config = module.config
+    hidden = int(config.hidden_size)
+    rope = getattr(config, "rope_parameters", None) or {}
+    head_config = Eagle3Config(
+        hidden_size=hidden,
+        intermediate_size=training.intermediate_size,
+        num_attention_heads=int(config.num_attention_heads),
+        num_key_value_heads=int(getattr(config, "num_key_value_heads", None) or 1),
+        vocab_size=int(config.vocab_size),
+        draft_vocab_size=len(ids),
+        target_hidden_size=hidden,
+        head_dim=getattr(config, "head_dim", None),
+        rms_norm_eps=float(getattr(config, "rms_norm_eps", 1e-6)),
+        rope_theta=float(getattr(config, "rope_theta", None) or rope.get("rope_theta") or 1e4),
+        max_position_embeddings=int(getattr(config, "max_position_embeddings", 32768)),
+        aux_layer_ids=layer_ids,
+        norm_before_residual=False,
+    )
+    generator = torch.Generator().manual_seed(training.seed)
+    head = Eagle3Head(head_config)
+    lm_head = module.get_output_embeddings().weight.detach().float().cpu()
+    final_norm = _final_norm_weight(module, hidden)
+    with torch.no_grad():
+        for name, parameter in head.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.fill_(1.0)
+            else:
+                parameter.normal_(0.0, 0.02, generator=generator)
+        for linear in (head.layers[0].self_attn.o_proj, head.layers[0].mlp.down_proj):
+            linear.weight.zero_()
+        head.fc.weight.zero_()
+        head.fc.weight[:, 2 * hidden : 3 * hidden] = torch.eye(hidden)
+        head.lm_head.weight.copy_(lm_head[ids])
+        if final_norm is not None:
+            head.norm.weight.copy_(final_norm)
+        head.d2t.copy_(ids - torch.arange(len(ids)))
+        head.t2d.zero_()
+        head.t2d[ids] = True
+    return head
+
+
+def _final_norm_weight(module: Any, hidden: int) -> torch.Tensor | None:
+    norm = getattr(getattr(module, "model", None), "norm", None)
+    weight = getattr(norm, "weight", None)
+    if weight is None or weight.shape != (hidden,):
+        return None
+    return weight.detach().float().cpu()
+
+
+class _Sequence:
+    """One training sequence as tensors the training step reads."""
+
+    def __init__(self, item: dict[str, torch.Tensor], draft_index: torch.Tensor) -> None:
+        self.tokens = item["tokens"]
+        self.aux = item["aux"].float()
+        self.final = item["final"].float()
+        self.draft_index = draft_index  # target id -> draft id, -1 outside
+
+
+def ttt_losses(
+    head: Eagle3Head,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    target_lm_head: torch.Tensor,
+    sequence: _Sequence,
+    steps: int,
+    regression_weight: float,
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The loss of one sequence over ``steps`` steps of training-time test, and per step
+    (top-1 agreements with the target, positions scored)."""
+    layer = head.layers[0]
+    attention = layer.self_attn
+    tokens, final = sequence.tokens, sequence.final
+    length = final.shape[0]  # positions 0 .. n - 2
+    hidden = head.combine(sequence.aux)
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    total = torch.zeros(())
+    agreement: list[tuple[int, int]] = []
+    for step in range(steps):
+        scored = length - 1 - step  # positions t whose target state t + 1 + step exists
+        if scored <= 0:
+            break
+        index = torch.arange(length).clamp(max=len(tokens) - 2 - step) + 1 + step
+        embeds = embed(tokens[index])
+        normed = layer.hidden_norm(hidden)
+        residual = normed if layer.norm_before_residual else hidden
+        x = torch.cat([layer.input_layernorm(embeds), normed], dim=-1)
+        out, k, v = _ttt_attention(attention, head, x, step, keys, values)
+        keys.append(k)
+        values.append(v)
+        state = residual + out
+        state = state + layer.mlp(layer.post_attention_layernorm(state))
+        rows = slice(0, scored)
+        logits = head.draft_logits(state[rows])
+        reference = final[1 + step : 1 + step + scored]
+        with torch.no_grad():
+            target_probs = torch.softmax(reference @ target_lm_head.T, dim=-1)
+            target_probs = target_probs / target_probs.sum(-1, keepdim=True)
+        cross_entropy = -(target_probs * torch.log_softmax(logits, -1)).sum(-1).mean()
+        regression = torch.nn.functional.smooth_l1_loss(head.norm(state[rows]), reference)
+        total = total + 0.8**step * (cross_entropy + regression_weight * regression)
+        with torch.no_grad():
+            agree = int((logits.argmax(-1) == target_probs.argmax(-1)).sum())
+        agreement.append((agree, scored))
+        hidden = state
+    return total, agreement
+
+
+def _ttt_attention(
+    attention: Any,
+    head: Eagle3Head,
+    x: torch.Tensor,
+    step: int,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step ``step``'s attention: query ``t`` (position ``t + step``) reads the step-0 keys
+    of positions ``<= t`` (the committed pairs at inference) and, of each later step, only
+    its own row (the drafts before it in its chain)."""
+    length = x.shape[0]
+    heads, kv_heads, dim = attention.heads, attention.kv_heads, attention.dim
+    cos, sin = head.rope(torch.arange(length) + step, x.dtype)
+    q = attention.q_proj(x).view(length, heads, dim).transpose(0, 1)
+    k = attention.k_proj(x).view(length, kv_heads, dim).transpose(0, 1)
+    v = attention.v_proj(x).view(length, kv_heads, dim).transpose(0, 1)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    groups = heads // kv_heads
+    all_keys = [kk.repeat_interleave(groups, 0) for kk in [*keys, k]]
+    all_values = [vv.repeat_interleave(groups, 0) for vv in [*values, v]]
+    scale = 1.0 / math.sqrt(dim)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    scores = [(q @ all_keys[0].transpose(1, 2) * scale).masked_fill(~causal, float("-inf"))]
+    scores += [(q * kk).sum(-1, keepdim=True) * scale for kk in all_keys[1:]]
+    weights = torch.softmax(torch.cat(scores, dim=-1), dim=-1)
+    out = weights[..., :length] @ all_values[0]
+    for i, vv in enumerate(all_values[1:]):
+        out = out + weights[..., length + i : length + i + 1] * vv
+    result = attention.o_proj(out.transpose(0, 1).reshape(length, -1))
+    return result, k, v
+
+
+def train_eagle3(
+    target: LanguageModel,
+    target_identity: dict[str, Any],
+    training: Eagle3Training,
+    force: bool = False,
+    say: Callable[[str], None] = lambda message: None,
+) -> tuple[Path, dict[str, Any]]:
+    """Train (or find) an EAGLE-3 head for ``target``; returns its folder and metadata."""
+    key = heads_key(target_identity, training, kind="eagle3")
+    folder = heads_dir() / key
+    if force:
+        shutil.rmtree(folder, ignore_errors=True)
+    if trained_folder(key) is not None:
+        return folder, json.loads((folder / "meta.json").read_text())
+    started = time.perf_counter()
+    module = target.model  # type: ignore[attr-defined]
+    layer_ids = default_aux_layers(len(decoder_layers(module)))
+    # Features depend on the target and the questions, not on the training settings.
+    data_key = heads_key(target_identity, _DataKey(training.texts, training.answer_tokens), DATA)
+    data = collect(target, training, layer_ids, heads_dir() / f"{data_key}.features", say)
+    collected = time.perf_counter()
+    ids = draft_vocabulary(data, training.draft_vocab, int(module.config.vocab_size))
+    head = initial_head(target, training, layer_ids, ids)
+    draft_index = torch.full((int(module.config.vocab_size),), -1, dtype=torch.long)
+    draft_index[ids] = torch.arange(len(ids))
+    sequences = [_Sequence(item, draft_index) for item in data]
+    holdout = [s for i, s in enumerate(sequences) if i % 10 == 9]
+    train = [s for i, s in enumerate(sequences) if i % 10 != 9]
+    embedding = module.get_input_embeddings()
+
+    def embed(tokens: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the target's table: looked up, never trained
+            return embedding(tokens.to(target.device)).float().cpu()
+
+    target_lm_head = head.lm_head.weight.detach().clone()
+    trainable = [p for name, p in head.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=training.lr, weight_decay=0.0)
+    work = heads_dir() / f"{key}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = work / "checkpoint.pt"
+    step = 0
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint)
+        head.load_state_dict(saved["head"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step = int(saved["step"])
+        say(f"resuming EAGLE-3 training at step {step}")
+    generator = torch.Generator().manual_seed(training.seed + step)
+    losses: list[float] = []
+    while step < training.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(training, step)
+        optimizer.zero_grad()
+        picks = torch.randint(len(train), (training.sequences_per_step,), generator=generator)
+        loss_value = 0.0
+        for pick in picks.tolist():
+            loss, _ = ttt_losses(
+                head,
+                embed,
+                target_lm_head,
+                train[pick],
+                training.ttt_steps,
+                training.regression_weight,
+            )
+            (loss / len(picks)).backward()  # type: ignore[no-untyped-call]
+            loss_value += float(loss.detach()) / len(picks)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(loss_value)
+        if step % 10 == 0 or step == training.steps:
+            recent = sum(losses[-10:]) / len(losses[-10:])
+            say(f"training EAGLE-3 head: step {step}/{training.steps}, loss {recent:.3f}")
+        if step % 50 == 0 or step == training.steps:
+            torch.save(
+                {"head": head.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
+                checkpoint,
+            )
+    accuracy = holdout_agreement(head, embed, target_lm_head, holdout, training)
+    finished = time.perf_counter()
+    meta = {
+        "key": key,
+        "kind": "eagle3",
+        "format": HEADS_FORMAT,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": target_identity,
+        "data": DATA,
+        "training": asdict(training),
+        "aux_layer_ids": list(layer_ids),
+        "train_texts": len(train),
+        "holdout_texts": len(holdout),
+        "train_positions": sum(s.final.shape[0] for s in train),
+        "holdout_top1": accuracy,
+        "shape": f"1 layer, MLP {training.intermediate_size}, draft vocab {len(ids)}",
+        "final_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+        "seconds": {
+            "features": round(collected - started, 1),
+            "training": round(finished - collected, 1),
+        },
+    }
+    partial = heads_dir() / f"{key}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    verifier = str(target_identity.get("model", "")) or None
+    architectures = list(getattr(module.config, "architectures", None) or [])
+    save_eagle3(head, partial, verifier, architectures)
+    (partial / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.replace(folder)
+    shutil.rmtree(work, ignore_errors=True)
+    load_eagle3(str(folder))  # what was written loads back
+    return folder, meta
+
+
+@dataclass(frozen=True)
+class _DataKey:
+    texts: int
+    answer_tokens: int
+
+
+def _learning_rate(training: Eagle3Training, step: int) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to a tenth."""
+    warmup = max(1, training.steps // 20)
+    if step < warmup:
+        return training.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, training.steps - warmup)
+    return training.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def holdout_agreement(
+    head: Eagle3Head,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    target_lm_head: torch.Tensor,
+    holdout: list[_Sequence],
+    training: Eagle3Training,
+) -> list[float]:
+    """Per training-time-test step, how often the head's top-1 is the target's."""
+    totals = [[0, 0] for _ in range(training.ttt_steps)]
+    with torch.no_grad():
+        for sequence in holdout:
+            _, agreement = ttt_losses(
+                head, embed, target_lm_head, sequence, training.ttt_steps, 0.0
+            )
+            for step, (agree, scored) in enumerate(agreement):
+                totals[step][0] += agree
+                totals[step][1] += scored
+    return [round(agree / scored, 4) if scored else 0.0 for agree, scored in totals]

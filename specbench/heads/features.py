@@ -1,0 +1,78 @@
+"""The target's intermediate hidden states, collected from the calls it makes anyway.
+
+A trained head (EAGLE-3) reads the inputs of a few target layers at every position the
+target processes. Forward pre-hooks on those layers record them during the verification
+call itself, so no position is run through the target twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def decoder_layers(module: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a transformers causal LM (``model.layers`` in most)."""
+    for holder in (getattr(module, "model", None), module):
+        layers = getattr(holder, "layers", None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    decoder = module.get_decoder() if hasattr(module, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if isinstance(layers, nn.ModuleList):
+        return layers
+    raise ValueError(f"{type(module).__name__} has no decoder layers to read features from")
+
+
+class LayerInputCapture:
+    """While active, records the input hidden states of ``layer_ids`` at every forward call.
+
+    ``take()`` returns the last call's states concatenated in ``layer_ids`` order,
+    ``[positions, len(layer_ids) * H]`` (batch row 0), and forgets them.
+    """
+
+    def __init__(self, module: nn.Module, layer_ids: Sequence[int]) -> None:
+        self.layers = decoder_layers(module)
+        self.layer_ids = tuple(layer_ids)
+        self._parts: dict[int, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> LayerInputCapture:
+        self._parts = {}
+        for layer_id in self.layer_ids:
+            hook = self._hook(layer_id)
+            self._handles.append(
+                self.layers[layer_id].register_forward_pre_hook(hook, with_kwargs=True)
+            )
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._parts = {}
+
+    def _hook(self, layer_id: int) -> Any:
+        def record(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if layer_id == min(self.layer_ids):
+                self._parts = {}  # a new forward call starts
+            self._parts[layer_id] = hidden[0].detach()
+
+        return record
+
+    def take(self) -> torch.Tensor | None:
+        if len(self._parts) != len(set(self.layer_ids)):
+            return None
+        out = torch.cat([self._parts[i] for i in self.layer_ids], dim=-1)
+        self._parts = {}
+        return out

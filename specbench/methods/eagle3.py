@@ -1,0 +1,165 @@
+"""EAGLE-3: a trained head on the target's own features drafts chains or EAGLE-2 trees.
+
+The head reads the inputs of three target layers, recorded during the verification call
+(the target never runs twice). Chains go through the shared exact verifier, trees through
+the shared tree walk; both are exact (greedy: token for token equal to greedy decoding).
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import Field
+
+from specbench.decoding.eagle import Eagle3Drafter, Eagle3TreeProposer, HeadState
+from specbench.decoding.loop import speculative_generate
+from specbench.decoding.tree import tree_generate
+from specbench.decoding.types import GenerationRequest
+from specbench.decoding.verify import RejectionVerifier
+from specbench.errors import PluginError, SpecbenchError
+from specbench.heads.eagle3 import Eagle3Head, aux_layers, check_fits, load_eagle3
+from specbench.heads.eagle3_training import Eagle3Training, train_eagle3
+from specbench.heads.features import LayerInputCapture, decoder_layers
+from specbench.heads.training import heads_dir, heads_key, trained_folder
+from specbench.plugins import (
+    DecodingMethod,
+    GenerationResult,
+    MethodModels,
+    MethodParams,
+    ModelRole,
+    RunContext,
+)
+
+
+class Eagle3Params(MethodParams):
+    head: str | None = Field(
+        None,
+        description="EAGLE-3 head: a folder or hub id (speculators or EAGLE layout); unset: "
+        "the head `specbench heads train` trained for this target with the settings below.",
+    )
+    tree: bool = Field(False, description="EAGLE-2 dynamic trees instead of chains.")
+    k: int = Field(4, ge=1, le=16, description="Chain: drafts per step.")
+    sample_drafts: bool = Field(
+        True, description="Chain, temperature > 0: sample drafts (q reported) instead of argmax."
+    )
+    top_k: int = Field(4, ge=1, le=16, description="Tree: children per node, nodes per level.")
+    depth: int = Field(5, ge=1, le=16, description="Tree: levels.")
+    budget: int = Field(16, ge=1, le=256, description="Tree: nodes verified per target call.")
+    draft_vocab: int = Field(8192, ge=64, description="Training: draft vocabulary size.")
+    intermediate_size: int = Field(2048, ge=16, description="Training: the layer's MLP width.")
+    train_texts: int = Field(160, ge=10, description="Training: GSM8K train questions.")
+    answer_tokens: int = Field(
+        160, ge=8, description="Training: target-generated answer tokens per question."
+    )
+    train_steps: int = Field(400, ge=1, description="Training: optimizer steps.")
+    seed: int = Field(0, ge=0, description="Training: seed.")
+
+    def training(self) -> Eagle3Training:
+        return Eagle3Training(
+            draft_vocab=self.draft_vocab,
+            intermediate_size=self.intermediate_size,
+            texts=self.train_texts,
+            answer_tokens=self.answer_tokens,
+            steps=self.train_steps,
+            seed=self.seed,
+        )
+
+
+class Eagle3Method(DecodingMethod):
+    """An EAGLE-3 head drafting chains (shared verifier) or EAGLE-2 trees (shared tree walk)."""
+
+    name = "eagle3"
+    description = "EAGLE-3 head on the target's features: chains or EAGLE-2 trees (exact)."
+    needs = frozenset({ModelRole.TARGET})
+    Params = Eagle3Params
+    in_all = False
+    not_in_all_reason = "needs a trained head: set params.head, or run `specbench heads train`"
+
+    def __init__(self, params: MethodParams, models: MethodModels) -> None:
+        super().__init__(params, models)
+        assert isinstance(params, Eagle3Params)
+        module = getattr(models.target, "model", None)
+        if getattr(module, "config", None) is None:
+            raise PluginError(
+                f"eagle3 needs a Hugging Face target, not {models.target.name}",
+                "use backend = 'hf' (or 'dummy') for the target",
+            )
+        self._module = module
+        self.state: HeadState | None = None
+        self._layers: tuple[int, ...] = ()
+        if params.head is not None:
+            self._use(load_eagle3(params.head), params.head)
+
+    @property
+    def head(self) -> Eagle3Head | None:
+        return None if self.state is None else self.state.head
+
+    def _use(self, head: Eagle3Head, source: str) -> None:
+        target = self.models.target
+        module = self._module
+        config = module.config  # type: ignore[union-attr]
+        layers = len(decoder_layers(module))  # type: ignore[arg-type]
+        check_fits(head, int(config.hidden_size), int(config.vocab_size), layers, source)
+        # The target's dtype: drafts are deterministic or their q is reported, so the
+        # head's precision changes which tokens are proposed, never exactness.
+        dtype = next(module.parameters()).dtype  # type: ignore[union-attr]
+        head.to(target.device, dtype)
+        self._layers = aux_layers(head, layers)
+        self.state = HeadState(head, module, target.vocab_size)  # type: ignore[arg-type]
+
+    def _trained(self, context: RunContext, train: bool, force: bool = False) -> str | None:
+        from specbench.judge.cache import model_identity
+
+        params = self.params
+        assert isinstance(params, Eagle3Params)
+        identity = model_identity(context.models_spec.target)
+        key = heads_key(identity, params.training(), kind="eagle3")
+        if trained_folder(key) is None or force:
+            if not train:
+                raise SpecbenchError(
+                    f"{context.label}: no EAGLE-3 head trained for this target and settings",
+                    f"run `specbench heads train -p {context.preset_source}` (or "
+                    "`run --train-judge`), or set params.head to a folder",
+                )
+            train_eagle3(
+                self.models.target, identity, params.training(), force, context.on_progress
+            )
+        folder = heads_dir() / key
+        meta = json.loads((folder / "meta.json").read_text())
+        self._use(load_eagle3(str(folder)), str(folder))
+        accuracy = ", ".join(f"{a:.2f}" for a in meta["holdout_top1"])
+        return f"{context.label}: EAGLE-3 head {key} (holdout top-1 per draft step: {accuracy})"
+
+    def prepare(self, context: RunContext) -> None:
+        if self.state is None:
+            self._trained(context, train=context.train_missing)
+
+    def train(self, context: RunContext) -> str | None:
+        params = self.params
+        assert isinstance(params, Eagle3Params)
+        if params.head is not None:
+            return None
+        return self._trained(context, train=True, force=context.force_train)
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        params = self.params
+        assert isinstance(params, Eagle3Params)
+        state = self.state
+        if state is None:
+            raise SpecbenchError("eagle3 was used before prepare()", "call prepare(context)")
+        target = self.models.target
+        with LayerInputCapture(self._module, self._layers) as capture:  # type: ignore[arg-type]
+            state.capture = capture
+            try:
+                if params.tree:
+                    proposer = Eagle3TreeProposer(state, params.top_k, params.depth, params.budget)
+                    result = tree_generate(request, target, proposer)
+                else:
+                    drafter = Eagle3Drafter(state, params.k, params.sample_drafts)
+                    result = speculative_generate(request, target, drafter, RejectionVerifier())
+            finally:
+                state.capture = None
+        if state.recomputes:
+            result.stats.extra["feature_recomputes"] = float(state.recomputes)
+            state.recomputes = 0
+        return result
