@@ -77,6 +77,7 @@ threshold = {threshold}
 [methods.params.judge]
 max_new_tokens = 24
 max_mismatches_per_prompt = 12
+require_finished = false  # the toy chain never ends; its last character is always an answer
 [methods.params.judge.prompts]
 source = "inline"
 task = "toy-last"
@@ -140,7 +141,9 @@ def test_mining_labels_mismatches_by_answer_change() -> None:
         prompts,
         PromptEncoder(models.target.tokenizer),
         LastCharTask().answer,
-        MiningSettings(max_new_tokens=24, max_mismatches_per_prompt=12, batch_size=4),
+        MiningSettings(
+            max_new_tokens=24, max_mismatches_per_prompt=12, batch_size=4, require_finished=False
+        ),
     )
     assert len(data.labels) == len(data.examples) == data.features.shape[0] > 10
     counts = data.counts()
@@ -161,6 +164,80 @@ def test_mining_labels_mismatches_by_answer_change() -> None:
     assert example.important == (decode(alternative)[-1] != decode(reference)[-1])
 
 
+def _mine(prompts: list[Prompt], models: object, **settings: object) -> object:
+    from specbench.plugins import MethodModels
+
+    assert isinstance(models, MethodModels)
+    base = dict(max_new_tokens=24, max_mismatches_per_prompt=12, batch_size=4)
+    mining_cache = settings.pop("_cache", None)
+    return mine_labels(
+        models.target,
+        models.require_draft(),
+        prompts,
+        PromptEncoder(models.target.tokenizer),
+        LastCharTask().answer,
+        MiningSettings(**(base | {"require_finished": False} | settings)),  # type: ignore[arg-type]
+        cache=mining_cache,  # type: ignore[arg-type]
+    )
+
+
+def test_semi_greedy_search_goes_on_from_the_alternative_answer() -> None:
+    """After an unimportant mismatch the search reads the alternative answer (the paper's
+    semi-greedy search); the independent search reads the target's own answer throughout."""
+    models = toy_pair(vocab_size=24, order=1, seed=5, distance=3.0, sharpness=3.0)
+    prompts = InlinePromptSet(
+        prompts=[f"{w} {e}" for w in WORDS[:4] for e in ENDINGS], task="toy-last"
+    ).load(Path())
+    encoder = PromptEncoder(models.target.tokenizer)
+    references = {
+        p.id: models.target.greedy_continuations([encoder.encode([], p.text)], 24, frozenset())[
+            0
+        ].tokens
+        for p in prompts
+    }
+
+    def off_reference(data: object) -> int:
+        return sum(
+            references[e.prompt_id][e.position] != e.target_token
+            for e in data.examples  # type: ignore[attr-defined]
+        )
+
+    independent = _mine(prompts, models, semi_greedy=False, max_mismatches_per_prompt=24)
+    semi = _mine(prompts, models, semi_greedy=True, max_mismatches_per_prompt=24)
+    assert off_reference(independent) == 0
+    assert off_reference(semi) > 0
+    # Each departure from the reference follows an unimportant mismatch of the same prompt.
+    for i, example in enumerate(semi.examples):  # type: ignore[attr-defined]
+        if references[example.prompt_id][example.position] != example.target_token:
+            earlier = [e for e in semi.examples[:i] if e.prompt_id == example.prompt_id]  # type: ignore[attr-defined]
+            assert any(not e.important for e in earlier)
+
+
+def test_mining_resumes_from_its_cache_and_grows(tmp_path: Path) -> None:
+    from specbench.judge.mining import MiningCache
+
+    models = toy_pair(vocab_size=24, order=1, seed=21, distance=1.5, sharpness=3.0)
+    prompts = InlinePromptSet(
+        prompts=[f"{w} {e}" for w in WORDS[:3] for e in ENDINGS], task="toy-last"
+    ).load(Path())
+    mining_cache = MiningCache(tmp_path / "mined")
+    first = _mine(prompts[:5], models, _cache=mining_cache)
+    assert first.prompts_from_cache == 0  # type: ignore[attr-defined]
+    grown = _mine(prompts, models, _cache=mining_cache)
+    fresh = _mine(prompts, models)
+    assert grown.prompts_from_cache == 5  # type: ignore[attr-defined]
+    assert grown.examples == fresh.examples  # type: ignore[attr-defined]
+    assert torch.allclose(grown.features, fresh.features, atol=1e-2)  # type: ignore[attr-defined]
+
+
+def test_answers_that_do_not_finish_are_not_labelled() -> None:
+    """A reference that stops at the length limit has no reliable final answer."""
+    models = toy_pair(vocab_size=24, order=1, seed=21, distance=1.5, sharpness=3.0)
+    prompts = InlinePromptSet(prompts=["alpha one", "bravo two"], task="toy-last").load(Path())
+    with pytest.raises(ValueError, match="no mismatches"):
+        _mine(prompts, models, require_finished=True)
+
+
 def test_judge_cache_key_changes_with_every_determinant(tmp_path: Path) -> None:
     base = load_preset(str(_write_preset(tmp_path)), discover_methods())
     prompts = base.preset.prompts.load(base.base_dir)
@@ -179,7 +256,9 @@ def test_judge_cache_key_changes_with_every_determinant(tmp_path: Path) -> None:
         ("methods.2.params.judge.prompts.template", "Q {prompt}"),
         ("methods.2.params.judge.max_new_tokens", 30),
         ("methods.2.params.judge.max_mismatches_per_prompt", 3),
-        ("methods.2.params.judge.features", "target+draft"),
+        ("methods.2.params.judge.features", "target"),
+        ("methods.2.params.judge.search", "independent"),
+        ("methods.2.params.judge.require_finished", True),
         ("methods.2.params.judge.classifier", "mlp"),
         ("methods.2.params.judge.c_grid", [1.0]),
         ("methods.2.params.judge.seed", 1),

@@ -66,3 +66,17 @@ def test_regularisation_is_chosen_by_validation_auc() -> None:
 def test_one_class_is_refused() -> None:
     with pytest.raises(ValueError, match="both classes"):
         train_classifier(torch.randn(10, 3), torch.zeros(10, dtype=torch.long))
+
+
+def test_group_split_holds_out_whole_prompts() -> None:
+    torch.manual_seed(0)
+    groups = [f"p{i // 7}" for i in range(140)]  # 20 prompts, 7 mismatches each
+    features = torch.randn(140, 6)
+    labels = (features[:, 0] > 0).long()
+    _, report = train_classifier(features, labels, groups=groups, c_grid=(1e-5, 1.0))
+    assert report.validation_samples == 4 * 7  # 20% of the prompts, all their rows
+    from specbench.judge.classifier import _group_split
+
+    train, val = _group_split(groups, 0.2, 0)
+    assert {groups[i] for i in train.tolist()}.isdisjoint({groups[i] for i in val.tolist()})
+    assert set(report.grid) == {"1e-05", "1"}

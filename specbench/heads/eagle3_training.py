@@ -324,8 +324,9 @@ def train_eagle3(
     started = time.perf_counter()
     module = target.model  # type: ignore[attr-defined]
     layer_ids = default_aux_layers(len(decoder_layers(module)))
-    # Features depend on the target and the questions, not on the training settings.
-    data_key = heads_key(target_identity, _DataKey(training.texts, training.answer_tokens), DATA)
+    # Features depend on the target and the answer length only: one file per question, so
+    # a later run with more questions reuses the ones already answered.
+    data_key = heads_key(target_identity, _DataKey(training.answer_tokens), DATA)
     data = collect(target, training, layer_ids, heads_dir() / f"{data_key}.features", say)
     collected = time.perf_counter()
     ids = draft_vocabulary(data, training.draft_vocab, int(module.config.vocab_size))
@@ -422,7 +423,6 @@ def train_eagle3(
 
 @dataclass(frozen=True)
 class _DataKey:
-    texts: int
     answer_tokens: int
 
 

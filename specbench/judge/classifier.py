@@ -15,6 +15,9 @@ from typing import Any, Literal
 import torch
 
 Kind = Literal["logistic", "mlp"]
+#: Down to 1e-5: hidden states have thousands of dimensions and a judge sees hundreds to a few
+#: thousand mismatches, so strong regularisation is where the best C is expected.
+C_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
 
 
 @dataclass
@@ -77,11 +80,15 @@ def train_classifier(
     features: torch.Tensor,
     labels: torch.Tensor,
     kind: Kind = "logistic",
-    c_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0),
+    c_grid: Sequence[float] = C_GRID,
     validation_fraction: float = 0.2,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> tuple[JudgeClassifier, TrainReport]:
-    """Choose C on a held-out split by ROC-AUC, then refit on everything."""
+    """Choose C on a held-out split by ROC-AUC, then refit on everything.
+
+    With ``groups`` (each row's prompt) the split holds out whole prompts, so the validation
+    ROC-AUC measures mismatches of prompts the judge has not seen, as decoding meets them."""
     x = features.double()
     y = labels.double()
     if len(y) < 4 or int(y.sum()) in (0, len(y)):
@@ -89,7 +96,10 @@ def train_classifier(
             f"need examples of both classes to train a judge (got {int(y.sum())} important "
             f"of {len(y)})"
         )
-    train_idx, val_idx = _stratified_split(y, validation_fraction, seed)
+    if groups is not None and len(set(groups)) >= 5:
+        train_idx, val_idx = _group_split(list(groups), validation_fraction, seed)
+    else:
+        train_idx, val_idx = _stratified_split(y, validation_fraction, seed)
     grid: dict[str, float | None] = {}
     best_c, best_auc = c_grid[0], -1.0
     for c in c_grid:
@@ -125,6 +135,19 @@ def _stratified_split(
         val.append(idx[:cut])
         train.append(idx[cut:])
     return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def _group_split(
+    groups: list[str], fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hold out ``fraction`` of the groups (prompts), chosen at random with ``seed``."""
+    names = sorted(set(groups))
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(names), generator=generator).tolist()
+    held = {names[i] for i in order[: max(1, round(len(names) * fraction))]}
+    val = [i for i, g in enumerate(groups) if g in held]
+    train = [i for i, g in enumerate(groups) if g not in held]
+    return torch.tensor(train, dtype=torch.long), torch.tensor(val, dtype=torch.long)
 
 
 def _fit(kind: Kind, x: torch.Tensor, y: torch.Tensor, c: float, seed: int) -> JudgeClassifier:

@@ -1,20 +1,30 @@
 """Label mining for AutoJudge: which draft/target mismatches change the final answer?
 
-For each training prompt: the target answers greedily; the draft, teacher-forced on that
-answer, proposes its own argmax at every position; at each position where it disagrees, the
-draft's token is substituted and the target continues greedily. The mismatch is
-*unimportant* (label 0) when the final answer is unchanged, *important* (label 1) otherwise.
-The feature of a mismatch is the target's last hidden state at the substituted token (what
-the verifier sees at decode time), optionally joined with the draft's.
+For each training prompt the target answers greedily (a reference that does not finish within
+``max_new_tokens`` has no reliable answer: the prompt is skipped). The draft, teacher-forced
+on the current response, proposes its argmax at every position; at a position where it
+disagrees, its token is substituted and the target continues greedily. The mismatch is
+*unimportant* (label 0) when the final answer is unchanged, *important* (label 1) otherwise;
+a continuation that does not finish is dropped (its answer is unknown).
 
-Continuations of all mismatches of a prompt are independent, so they run in batches
-(``batch_size``): on a CPU that is what makes mining affordable.
+The search is the paper's semi-greedy one (Garipov et al., 2025): after an unimportant
+mismatch the response *becomes* the alternative and the search goes on after it, the way
+decoding goes on after the judge kept a draft token; after an important one it goes on in
+the target's response. At most ``max_mismatches_per_prompt`` mismatches are evaluated, spread
+over the answer. The feature of a mismatch is what the verifier sees at decode time: the
+target's last hidden state at the substituted token, joined with the draft's.
+
+Prompts are mined ``batch_size`` at a time in lockstep, so every round's continuations (one
+per prompt) run as one batch. Each finished prompt's examples are written to a
+:class:`MiningCache`; mining resumes there and grows with the prompt set.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,9 +39,13 @@ AnswerFn = Callable[[Prompt, str], Hashable | None]
 @dataclass
 class MiningSettings:
     max_new_tokens: int = 256
-    max_mismatches_per_prompt: int = 32
+    max_mismatches_per_prompt: int = 16
     batch_size: int = 8
-    draft_features: bool = False
+    draft_features: bool = True
+    semi_greedy: bool = True
+    #: Answers (and continuations) that stop at the length limit have no reliable final
+    #: answer; tasks whose answer is defined at any length (toy tests) turn this off.
+    require_finished: bool = True
 
 
 @dataclass
@@ -54,17 +68,97 @@ class MiningProgress:
 
 @dataclass
 class MinedData:
-    """Features ``[N, H]``, labels ``[N]`` (1 = important) and what each row is."""
+    """Features ``[N, F]``, labels ``[N]`` (1 = important) and what each row is."""
 
     features: torch.Tensor
     labels: torch.Tensor
     examples: list[MinedExample]
     prompts_used: int
     prompts_without_answer: list[str] = field(default_factory=list)
+    unfinished: int = 0
+    prompts_from_cache: int = 0
 
     def counts(self) -> dict[str, int]:
         important = int(self.labels.sum())
         return {"important": important, "unimportant": len(self.labels) - important}
+
+    @property
+    def groups(self) -> list[str]:
+        """Each row's prompt, for splits that keep a prompt's mismatches together."""
+        return [e.prompt_id for e in self.examples]
+
+
+@dataclass
+class PromptMined:
+    """One prompt's mining result, as cached."""
+
+    features: list[torch.Tensor] = field(default_factory=list)
+    examples: list[MinedExample] = field(default_factory=list)
+    answered: bool = True
+    unfinished: int = 0
+
+
+class MiningCache:
+    """Per-prompt mining results in ``folder`` (one file per prompt id)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, prompt_id: str) -> Path:
+        digest = hashlib.sha256(prompt_id.encode()).hexdigest()[:16]
+        return self.folder / f"{digest}.pt"
+
+    def load(self, prompt_id: str) -> PromptMined | None:
+        path = self._path(prompt_id)
+        if not path.is_file():
+            return None
+        saved = torch.load(path)
+        return PromptMined(
+            features=list(saved["features"].float()) if len(saved["examples"]) else [],
+            examples=[MinedExample(**e) for e in saved["examples"]],
+            answered=bool(saved["answered"]),
+            unfinished=int(saved["unfinished"]),
+        )
+
+    def save(self, prompt_id: str, mined: PromptMined) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(prompt_id)
+        features = torch.stack(mined.features).half() if mined.features else torch.zeros(0)
+        partial = path.with_suffix(".partial")
+        torch.save(
+            {
+                "prompt_id": prompt_id,
+                "features": features,
+                "examples": [asdict(e) for e in mined.examples],
+                "answered": mined.answered,
+                "unfinished": mined.unfinished,
+            },
+            partial,
+        )
+        partial.replace(path)
+
+
+@dataclass
+class _Search:
+    """The semi-greedy search on one prompt."""
+
+    prompt: Prompt
+    ids: list[int]
+    response: list[int] = field(default_factory=list)
+    answer: Hashable | None = None
+    cursor: int = 0  # positions before it are settled
+    spacing: int = 1
+    draft_choice: list[int] | None = None  # the draft's argmax per response position
+    mined: PromptMined = field(default_factory=PromptMined)
+    done: bool = False
+
+    def next_mismatch(self, draft: LanguageModel) -> tuple[int, int] | None:
+        if self.draft_choice is None:
+            self.draft_choice = _draft_argmax(draft, self.ids, self.response)
+        for position in range(self.cursor, len(self.response)):
+            if self.draft_choice[position] != self.response[position]:
+                return position, self.draft_choice[position]
+        return None
 
 
 def mine_labels(
@@ -75,53 +169,42 @@ def mine_labels(
     answer: AnswerFn,
     settings: MiningSettings,
     on_progress: Callable[[MiningProgress], None] | None = None,
+    cache: MiningCache | None = None,
 ) -> MinedData:
     """Mine labelled mismatches from ``prompts`` (see the module docstring)."""
     report = on_progress or (lambda progress: None)
-    stop_ids = frozenset(target.tokenizer.eos_token_ids)
+    results: dict[str, PromptMined] = {}
+    from_cache = 0
+    todo: list[Prompt] = []
+    for prompt in prompts:
+        cached = cache.load(prompt.id) if cache is not None else None
+        if cached is None:
+            todo.append(prompt)
+        else:
+            results[prompt.id] = cached
+            from_cache += 1
+    if from_cache:
+        report(_progress(results, len(prompts), f"{from_cache} prompts mined before (cache)"))
+    for start in range(0, len(todo), settings.batch_size):
+        group = todo[start : start + settings.batch_size]
+        searches = [_Search(p, encoder.encode([], p.turns[0], p.system)) for p in group]
+        _mine_group(target, draft, searches, answer, settings)
+        for search in searches:
+            results[search.prompt.id] = search.mined
+            if cache is not None:
+                cache.save(search.prompt.id, search.mined)
+        report(_progress(results, len(prompts), f"{len(group)} more prompts mined"))
     features: list[torch.Tensor] = []
     examples: list[MinedExample] = []
     without_answer: list[str] = []
-    for index, prompt in enumerate(prompts):
-        prompt_ids = encoder.encode([], prompt.turns[0], prompt.system)
-        reference = target.greedy_continuations([prompt_ids], settings.max_new_tokens, stop_ids)[0]
-        response = reference.tokens
-        reference_answer = answer(prompt, target.tokenizer.decode(response))
-        if reference_answer is None:
+    unfinished = 0
+    for prompt in prompts:
+        mined = results[prompt.id]
+        if not mined.answered:
             without_answer.append(prompt.id)
-            report(_progress(index + 1, len(prompts), examples, f"{prompt.id}: no answer, skipped"))
-            continue
-        positions, draft_tokens = _mismatches(draft, prompt_ids, response)
-        positions, draft_tokens = _spread(
-            positions, draft_tokens, settings.max_mismatches_per_prompt
-        )
-        prefixes = [
-            prompt_ids + response[:position] + [token]
-            for position, token in zip(positions, draft_tokens, strict=True)
-        ]
-        continuations = target.greedy_continuations(
-            prefixes,
-            max(1, settings.max_new_tokens - min(positions, default=0) - 1),
-            stop_ids,
-            batch_size=settings.batch_size,
-        )
-        draft_states = _draft_states(draft, prefixes) if settings.draft_features else None
-        for i, (position, token, continuation) in enumerate(
-            zip(positions, draft_tokens, continuations, strict=True)
-        ):
-            budget = settings.max_new_tokens - position - 1
-            alternative = response[:position] + [token] + continuation.tokens[:budget]
-            changed = answer(prompt, target.tokenizer.decode(alternative)) != reference_answer
-            feature = continuation.prefix_hidden
-            if draft_states is not None:
-                feature = torch.cat([feature, draft_states[i]])
-            features.append(feature.float().cpu())
-            examples.append(MinedExample(prompt.id, position, token, response[position], changed))
-        report(
-            _progress(
-                index + 1, len(prompts), examples, f"{prompt.id}: {len(positions)} mismatches"
-            )
-        )
+        features += mined.features
+        examples += mined.examples
+        unfinished += mined.unfinished
     if not examples:
         raise ValueError("mining found no mismatches: are the target and draft identical?")
     return MinedData(
@@ -130,25 +213,92 @@ def mine_labels(
         examples=examples,
         prompts_used=len(prompts) - len(without_answer),
         prompts_without_answer=without_answer,
+        unfinished=unfinished,
+        prompts_from_cache=from_cache,
     )
 
 
-def _mismatches(
-    draft: LanguageModel, prompt_ids: list[int], response: list[int]
-) -> tuple[list[int], list[int]]:
-    """Positions where the draft's argmax, teacher-forced on ``response``, differs from it."""
+def _mine_group(
+    target: LanguageModel,
+    draft: LanguageModel,
+    searches: list[_Search],
+    answer: AnswerFn,
+    settings: MiningSettings,
+) -> None:
+    """Run the searches of a group of prompts in lockstep, one batch of continuations a round."""
+    stop_ids = frozenset(target.tokenizer.eos_token_ids)
+    limit = settings.max_new_tokens
+    references = target.greedy_continuations(
+        [s.ids for s in searches], limit, stop_ids, batch_size=settings.batch_size
+    )
+    for search, reference in zip(searches, references, strict=True):
+        search.response = reference.tokens
+        finished = bool(reference.tokens) and reference.tokens[-1] in stop_ids
+        finished = finished or not settings.require_finished
+        text = target.tokenizer.decode(reference.tokens)
+        search.answer = answer(search.prompt, text) if finished else None
+        if search.answer is None:
+            search.mined.answered = False
+            search.done = True
+        search.spacing = max(1, len(search.response) // settings.max_mismatches_per_prompt)
+    while True:
+        picks: list[tuple[_Search, int, int]] = []
+        for search in searches:
+            if search.done:
+                continue
+            found = search.next_mismatch(draft)
+            if found is None:
+                search.done = True
+                continue
+            picks.append((search, *found))
+        if not picks:
+            return
+        prefixes = [s.ids + s.response[:t] + [d] for s, t, d in picks]
+        continuations = target.greedy_continuations(
+            prefixes,
+            max(1, limit - min(t for _, t, _ in picks) - 1),
+            stop_ids,
+            batch_size=settings.batch_size,
+        )
+        draft_states = _draft_states(draft, prefixes) if settings.draft_features else None
+        for i, ((search, position, token), continuation) in enumerate(
+            zip(picks, continuations, strict=True)
+        ):
+            budget = limit - position - 1
+            tail = continuation.tokens[:budget]
+            alternative = search.response[:position] + [token] + tail
+            search.cursor = position + search.spacing
+            finished = (token in stop_ids) or (bool(tail) and tail[-1] in stop_ids)
+            finished = finished or not settings.require_finished
+            if not finished:
+                search.mined.unfinished += 1  # its answer is unknown: no label
+            else:
+                text = target.tokenizer.decode(alternative)
+                important = answer(search.prompt, text) != search.answer
+                feature = continuation.prefix_hidden.float().cpu()
+                if draft_states is not None:
+                    feature = torch.cat([feature, draft_states[i]])
+                search.mined.features.append(feature)
+                search.mined.examples.append(
+                    MinedExample(
+                        search.prompt.id, position, token, search.response[position], important
+                    )
+                )
+                if not important and settings.semi_greedy:
+                    search.response = alternative
+                    search.draft_choice = None  # a new response: the draft reads it again
+            if len(search.mined.examples) + search.mined.unfinished >= (
+                settings.max_mismatches_per_prompt
+            ):
+                search.done = True
+
+
+def _draft_argmax(draft: LanguageModel, prompt_ids: list[int], response: list[int]) -> list[int]:
+    """The draft's argmax at every position of ``response``, teacher-forced on it."""
+    if not response:
+        return []
     logits = draft.new_session().logits_from(prompt_ids + response, len(prompt_ids) - 1)
-    predictions = logits[: len(response)].argmax(-1).tolist()
-    pairs = [(j, p) for j, (p, r) in enumerate(zip(predictions, response, strict=True)) if p != r]
-    return [j for j, _ in pairs], [p for _, p in pairs]
-
-
-def _spread(positions: list[int], tokens: list[int], limit: int) -> tuple[list[int], list[int]]:
-    """At most ``limit`` mismatches, evenly spaced over the answer (deterministic)."""
-    if len(positions) <= limit:
-        return positions, tokens
-    picks = sorted({round(i * (len(positions) - 1) / (limit - 1)) for i in range(limit)})
-    return [positions[i] for i in picks], [tokens[i] for i in picks]
+    return [int(t) for t in logits[: len(response)].argmax(-1).tolist()]
 
 
 def _draft_states(draft: LanguageModel, prefixes: list[list[int]]) -> list[torch.Tensor]:
@@ -162,9 +312,10 @@ def _draft_states(draft: LanguageModel, prefixes: list[list[int]]) -> list[torch
     return states
 
 
-def _progress(done: int, total: int, examples: list[MinedExample], message: str) -> MiningProgress:
+def _progress(results: dict[str, PromptMined], total: int, message: str) -> MiningProgress:
+    examples = [e for mined in results.values() for e in mined.examples]
     important = sum(e.important for e in examples)
-    return MiningProgress(done, total, len(examples), important, message)
+    return MiningProgress(len(results), total, len(examples), important, message)
 
 
 def example_rows(data: MinedData) -> list[dict[str, Any]]:

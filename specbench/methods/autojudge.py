@@ -20,9 +20,16 @@ from specbench.decoding.drafters import ModelDrafter
 from specbench.decoding.loop import speculative_generate
 from specbench.decoding.verify import StepFeatures, Verdict, leading_accepts
 from specbench.errors import SpecbenchError
-from specbench.judge.cache import StoredJudge, judge_key, load_judge, model_identity, save_judge
-from specbench.judge.classifier import JudgeClassifier, train_classifier
-from specbench.judge.mining import MiningProgress, MiningSettings, mine_labels
+from specbench.judge.cache import (
+    StoredJudge,
+    judge_key,
+    judges_dir,
+    load_judge,
+    model_identity,
+    save_judge,
+)
+from specbench.judge.classifier import C_GRID, JudgeClassifier, train_classifier
+from specbench.judge.mining import MiningCache, MiningProgress, MiningSettings, mine_labels
 from specbench.plugins import (
     DecodingMethod,
     GenerationRequest,
@@ -45,12 +52,27 @@ class JudgeSettings(BaseModel):
         None,
         description="Training prompts; default: the run's GSM8K set with split = 'train'.",
     )
-    max_new_tokens: int = Field(256, ge=8, description="Length of mined answers.")
-    max_mismatches_per_prompt: int = Field(32, ge=1)
-    batch_size: int = Field(8, ge=1, description="Continuations generated together.")
-    features: Literal["target", "target+draft"] = "target"
+    max_new_tokens: int = Field(
+        320,
+        ge=8,
+        description="Length of mined answers; answers that do not finish within it are "
+        "skipped (no reliable final answer), so keep most of them inside.",
+    )
+    require_finished: bool = Field(
+        True,
+        description="Skip answers and continuations that stop at max_new_tokens (their final "
+        "answer is unknown); off only for tasks whose answer exists at any length.",
+    )
+    max_mismatches_per_prompt: int = Field(16, ge=1, description="Spread over the answer.")
+    batch_size: int = Field(8, ge=1, description="Prompts mined together (one batch a round).")
+    search: Literal["semi-greedy", "independent"] = Field(
+        "semi-greedy",
+        description="semi-greedy: after an unimportant mismatch go on from the alternative "
+        "answer (the paper); independent: every mismatch in the target's own answer.",
+    )
+    features: Literal["target", "target+draft"] = "target+draft"
     classifier: Literal["logistic", "mlp"] = "logistic"
-    c_grid: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
+    c_grid: list[float] = Field(default_factory=lambda: list(C_GRID))
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
 
@@ -148,19 +170,33 @@ class AutoJudgeMethod(DecodingMethod):
             "set methods.params.judge.prompts (a set with answers, disjoint from the run's)",
         )
 
+    def mining_determinants(self, context: RunContext) -> dict[str, Any]:
+        """What the mined examples of a prompt depend on: not how many prompts are used."""
+        prompts = self.training_prompts(context).model_dump(mode="json")
+        draft_spec = context.models_spec.draft
+        return {
+            "target": model_identity(context.models_spec.target),
+            "draft": None if draft_spec is None else model_identity(draft_spec),
+            "prompts": {k: v for k, v in prompts.items() if k not in ("limit", "skip")},
+            "mining": {
+                "max_new_tokens": self.settings.max_new_tokens,
+                "max_mismatches_per_prompt": self.settings.max_mismatches_per_prompt,
+                "features": self.settings.features,
+                "search": self.settings.search,
+                "require_finished": self.settings.require_finished,
+            },
+        }
+
+    def mining_cache(self, context: RunContext) -> MiningCache:
+        """Mined prompts, kept across judges: mining resumes and grows there."""
+        return MiningCache(judges_dir() / "mined" / judge_key(self.mining_determinants(context)))
+
     def key(self, context: RunContext) -> str:
         prompts = self.training_prompts(context)
-        draft_spec = context.models_spec.draft
         return judge_key(
             {
-                "target": model_identity(context.models_spec.target),
-                "draft": None if draft_spec is None else model_identity(draft_spec),
+                **self.mining_determinants(context),
                 "prompts": prompts.model_dump(mode="json"),
-                "mining": {
-                    "max_new_tokens": self.settings.max_new_tokens,
-                    "max_mismatches_per_prompt": self.settings.max_mismatches_per_prompt,
-                    "features": self.settings.features,
-                },
                 "classifier": {
                     "kind": self.settings.classifier,
                     "c_grid": self.settings.c_grid,
@@ -209,8 +245,11 @@ class AutoJudgeMethod(DecodingMethod):
                 max_mismatches_per_prompt=self.settings.max_mismatches_per_prompt,
                 batch_size=self.settings.batch_size,
                 draft_features=self.settings.features != "target",
+                semi_greedy=self.settings.search == "semi-greedy",
+                require_finished=self.settings.require_finished,
             ),
             on_progress=progress,
+            cache=self.mining_cache(context),
         )
         context.on_progress(
             f"training a {self.settings.classifier} judge on {len(data.labels)} mismatches"
@@ -222,6 +261,7 @@ class AutoJudgeMethod(DecodingMethod):
             c_grid=self.settings.c_grid,
             validation_fraction=self.settings.validation_fraction,
             seed=self.settings.seed,
+            groups=data.groups,
         )
         meta: dict[str, Any] = {
             "method": context.label,
@@ -229,6 +269,11 @@ class AutoJudgeMethod(DecodingMethod):
             "target": target.name,
             "draft": draft.name,
             "training_prompts": f"{getattr(spec, 'source', '?')} ({len(prompts)} prompts)",
+            "mining": {
+                "prompts_from_cache": data.prompts_from_cache,
+                "prompts_without_answer": len(data.prompts_without_answer),
+                "unfinished_dropped": data.unfinished,
+            },
             "settings": self.settings.model_dump(mode="json"),
         }
         save_judge(key, classifier, report, data, meta)
@@ -236,7 +281,10 @@ class AutoJudgeMethod(DecodingMethod):
         return (
             f"{context.label}: judge {key} trained on {report.samples} mismatches "
             f"({report.important} important, {report.unimportant} unimportant) from "
-            f"{data.prompts_used} prompts; validation ROC-AUC {auc}, C = {report.chosen_c:g}"
+            f"{data.prompts_used} prompts ({data.prompts_from_cache} mined before, "
+            f"{len(data.prompts_without_answer)} skipped: no finished answer; "
+            f"{data.unfinished} unfinished continuations dropped); validation ROC-AUC {auc} "
+            f"on held-out prompts, C = {report.chosen_c:g}"
         )
 
     # -- decoding ------------------------------------------------------------------------
