@@ -141,6 +141,36 @@ def test_medusa_greedy_equals_the_baseline_token_for_token(pair: Any, heads_fold
         assert ours.stats.proposed > 0
 
 
+def test_medusa_trees_equal_the_baseline_token_for_token(pair: Any, heads_folder: Path) -> None:
+    baseline = make_method("baseline", pair)
+    medusa = make_method("medusa", pair, heads=str(heads_folder), tree=True, top_k=3, budget=10)
+    for prompt in ([5, 9, 23, 7], [40, 41, 42, 43], [100, 3, 17]):
+        ours = medusa.generate(request(prompt, 24))
+        assert ours.tokens == baseline.generate(request(prompt, 24)).tokens
+        assert ours.stats.proposed > 0 and ours.stats.extra["tree_size"] <= 10
+
+
+def test_medusa_tree_sampling_matches_the_target(small_medusa: Any, tmp_path: Path) -> None:
+    from test_hf_exactness import LENGTH, PROMPT, _exact_joint, _pair_probs
+
+    from specbench.decoding.sampling import SamplingParams
+
+    models, target, chain_method = small_medusa
+    folder = save_medusa(chain_method.drafter.heads, tmp_path / "heads")
+    method = make_method("medusa", models, heads=str(folder), tree=True, top_k=3, budget=6)
+    joint = _exact_joint(target, SamplingParams(temperature=1.0, top_p=1.0))
+    counts: dict[int, Counter[Any]] = {0: Counter(), 2: Counter()}
+    accepted = 0
+    for seed in range(2500):
+        result = method.generate(request(PROMPT, LENGTH, seed, 1.0, None, 1.0))
+        accepted += result.stats.accepted
+        for first in counts:
+            counts[first][tuple(result.tokens[first : first + 2])] += 1
+    assert accepted > 100
+    pvalues = [chi_square_pvalue(counts[f], _pair_probs(joint, f)) for f in counts]
+    assert min(pvalues) > ALPHA / len(pvalues), pvalues
+
+
 def test_medusa_sampling_matches_the_target(small_medusa: Any) -> None:
     from test_hf_exactness import LENGTH, PROMPT, _exact_joint, _pair_probs
 

@@ -76,3 +76,41 @@ class LayerInputCapture:
         out = torch.cat([self._parts[i] for i in self.layer_ids], dim=-1)
         self._parts = {}
         return out
+
+
+class FinalStateCapture:
+    """While active, records the target's final normed hidden states (the output of its last
+    norm, what the output layer reads) at every forward call; ``take()`` returns the last
+    call's ``[positions, H]`` and forgets them. Medusa heads read these."""
+
+    def __init__(self, module: nn.Module) -> None:
+        holder = getattr(module, "model", module)
+        norm = getattr(holder, "norm", None)
+        if not isinstance(norm, nn.Module):
+            raise ValueError(f"{type(module).__name__} has no final norm to read states from")
+        self.norm = norm
+        self._last: torch.Tensor | None = None
+        self._handle: Any = None
+
+    def __enter__(self) -> FinalStateCapture:
+        def record(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            self._last = hidden[0].detach()
+
+        self._handle = self.norm.register_forward_hook(record)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None
+        self._last = None
+
+    def take(self) -> torch.Tensor | None:
+        out, self._last = self._last, None
+        return out

@@ -18,9 +18,11 @@ from pydantic import Field
 
 from specbench.decoding.drafters import Drafter, Proposal
 from specbench.decoding.loop import speculative_generate
+from specbench.decoding.tree import TokenTree, TreeProposer, tree_generate
 from specbench.decoding.types import GenerationRequest
 from specbench.decoding.verify import RejectionVerifier, TypicalAcceptanceVerifier
 from specbench.errors import PluginError, SpecbenchError
+from specbench.heads.features import FinalStateCapture
 from specbench.heads.medusa import MedusaHeads, check_fits, load_medusa
 from specbench.heads.training import (
     MedusaTraining,
@@ -46,6 +48,9 @@ class MedusaParams(MethodParams):
         "`specbench heads train` trained for this target with the settings below.",
     )
     k: int | None = Field(None, ge=1, le=16, description="Heads used per step (default: all).")
+    tree: bool = Field(False, description="Candidate trees (top_k per head) instead of a chain.")
+    top_k: int = Field(4, ge=1, le=32, description="Tree: candidates per head.")
+    budget: int = Field(16, ge=1, le=256, description="Tree: nodes verified per target call.")
     num_heads: int = Field(3, ge=1, le=8, description="Training: heads to train.")
     num_layers: int = Field(1, ge=1, le=4, description="Training: residual blocks per head.")
     train_texts: int = Field(200, ge=10, description="Training: GSM8K train texts.")
@@ -95,6 +100,75 @@ class MedusaDrafter(Drafter):
         return Proposal(tokens=logits[:, : self.vocab_size].argmax(-1).tolist())
 
 
+class MedusaTreeProposer(TreeProposer):
+    """Medusa's candidate tree: head ``i``'s ``top_k`` tokens at depth ``i + 1`` under every
+    kept node of depth ``i``, the ``budget`` paths of highest product of head probabilities
+    kept (a child never outscores its parent, so they form a tree). The target walks it with
+    its own samples: exact."""
+
+    def __init__(self, heads: MedusaHeads, k: int, top_k: int, budget: int, vocab: int) -> None:
+        self.heads = heads
+        self.max_depth = k
+        self.top_k = top_k
+        self.budget = budget
+        self.vocab_size = vocab
+        self.capture: FinalStateCapture | None = None
+        self._hidden: torch.Tensor | None = None
+
+    def start(self, request: GenerationRequest) -> None:
+        super().start(request)
+        self._hidden = None
+
+    def observe(
+        self,
+        sequence: list[int],
+        tree: TokenTree,
+        logits: torch.Tensor,
+        path: list[int],
+        token: int,
+    ) -> None:
+        rows = None if self.capture is None else self.capture.take()
+        if rows is None:
+            self._hidden = None
+            return
+        chain = rows.shape[0] - len(tree)
+        # The state whose logits gave ``token``: the last kept node's, else the chain's last.
+        self._hidden = rows[chain + path[-1]] if path else rows[chain - 1]
+
+    def grow(self, sequence: list[int], max_depth: int) -> TokenTree:
+        tree = TokenTree()
+        hidden, self._hidden = self._hidden, None
+        depth_limit = min(max_depth, self.max_depth)
+        if hidden is None or depth_limit <= 0:
+            return tree
+        weight = next(self.heads.parameters())
+        with torch.inference_mode():
+            logits = self.heads.draft_logits(hidden.to(weight.device, weight.dtype))
+            log_probs = torch.log_softmax(logits[:depth_limit, : self.vocab_size].float(), -1)
+            top = torch.topk(log_probs, min(self.top_k, log_probs.shape[-1]), dim=-1)
+        self.calls += 1
+        values, tokens = top.values.tolist(), top.indices.tolist()
+        # (score, depth, parent candidate, token); each level expands the best ``budget``.
+        pool: list[tuple[float, int, int, int]] = []
+        level = [-1]
+        for depth in range(depth_limit):
+            added = []
+            for parent in level:
+                base = 0.0 if parent == -1 else pool[parent][0]
+                for value, token in zip(values[depth], tokens[depth], strict=True):
+                    pool.append((base + value, depth + 1, parent, token))
+                    added.append(len(pool) - 1)
+            level = sorted(added, key=lambda i: -pool[i][0])[: self.budget]
+        kept = sorted(range(len(pool)), key=lambda i: (-pool[i][0], pool[i][1]))[: self.budget]
+        node_of: dict[int, int] = {}
+        for i in sorted(kept, key=lambda i: (pool[i][1], i)):
+            _, depth, parent, token = pool[i]
+            node_of[i] = tree.add(-1 if parent == -1 else node_of[parent], token, depth)
+        tree.candidates = len(pool)
+        tree.rounds = depth_limit
+        return tree
+
+
 class MedusaMethod(DecodingMethod):
     """Medusa-1 heads drafting a chain for the shared exact verifier."""
 
@@ -105,6 +179,8 @@ class MedusaMethod(DecodingMethod):
     accept_length_model = "chain_analytic"
     in_all = False
     not_in_all_reason = "needs trained heads: set params.heads to a Medusa folder or hub id"
+    #: Trees go through the shared (exact) tree walk; a lossy verifier has no tree form here.
+    verifies_trees = True
 
     def __init__(self, params: MethodParams, models: MethodModels) -> None:
         super().__init__(params, models)
@@ -173,7 +249,22 @@ class MedusaMethod(DecodingMethod):
     def generate(self, request: GenerationRequest) -> GenerationResult:
         if self.drafter is None:
             raise SpecbenchError("medusa was used before prepare()", "call prepare(context)")
-        return speculative_generate(request, self.models.target, self.drafter, self.verifier())
+        params = self.params
+        assert isinstance(params, MedusaParams)
+        target = self.models.target
+        if not params.tree:
+            return speculative_generate(request, target, self.drafter, self.verifier())
+        if not self.verifies_trees:
+            raise SpecbenchError(
+                f"{self.name} verifies chains only", "set tree = false, or use method medusa"
+            )
+        drafter = self.drafter
+        proposer = MedusaTreeProposer(
+            drafter.heads, drafter.k, params.top_k, params.budget, drafter.vocab_size
+        )
+        with FinalStateCapture(target.model) as capture:  # type: ignore[attr-defined]
+            proposer.capture = capture
+            return tree_generate(request, target, proposer)
 
     def verifier(self) -> RejectionVerifier | TypicalAcceptanceVerifier:
         return RejectionVerifier()
@@ -191,6 +282,7 @@ class MedusaTypicalMethod(MedusaMethod):
     description = "Medusa heads with Medusa's typical acceptance (LOSSY: not the target's output)."
     Params = MedusaTypicalParams
     exact = False
+    verifies_trees = False
     accept_length_model = "measured_per_k"
 
     def verifier(self) -> RejectionVerifier | TypicalAcceptanceVerifier:
