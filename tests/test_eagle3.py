@@ -24,7 +24,9 @@ from specbench.heads.features import LayerInputCapture
 ALPHA = 1e-3
 
 
-def _config(hidden: int, vocab: int, draft_vocab: int, layers: tuple[int, ...], **extra: Any) -> Eagle3Config:
+def _config(
+    hidden: int, vocab: int, draft_vocab: int, layers: tuple[int, ...], **extra: Any
+) -> Eagle3Config:
     return Eagle3Config(
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -256,7 +258,9 @@ def test_a_reduced_draft_vocabulary_maps_drafts_to_target_ids(pair: Any, tmp_pat
 
 
 @pytest.mark.parametrize("tree", [False, True])
-def test_eagle3_sampling_matches_the_target(small_eagle: Any, echo_folder: Path, tree: bool) -> None:
+def test_eagle3_sampling_matches_the_target(
+    small_eagle: Any, echo_folder: Path, tree: bool
+) -> None:
     from test_hf_exactness import LENGTH, PROMPT, _exact_joint, _pair_probs
 
     from specbench.decoding.sampling import SamplingParams
@@ -303,7 +307,7 @@ def test_heads_train_writes_a_speculators_head_that_runs_exactly(
 
     monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path / "cache"))
     preset = tmp_path / "eagle.toml"
-    TRAINING = (  # noqa: N806
+    TRAINING = (
         "train_texts = 10\nanswer_tokens = 12\ntrain_steps = 20\n"
         "draft_vocab = 128\nintermediate_size = 32"
     )
@@ -354,6 +358,10 @@ max_new_tokens = 16
     out = tmp_path / "run.jsonl"
     ran = runner.invoke(app, ["run", "-p", str(preset), "-o", str(out), "-q"])
     assert ran.exit_code == 0, ran.output
-    rows = [r for r in read_records(out) if isinstance(r, SampleRecord) and r.method.startswith("eagle3")]
+    rows = [
+        r
+        for r in read_records(out)
+        if isinstance(r, SampleRecord) and r.method.startswith("eagle3")
+    ]
     assert len(rows) == 4 and all(r.matches_baseline for r in rows)
     assert sum(r.proposed for r in rows) > 0

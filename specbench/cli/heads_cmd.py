@@ -15,11 +15,15 @@ app = typer.Typer(help="Train drafting heads (EAGLE-3, Medusa) and manage the tr
 
 @app.command("train")
 def train(
-    preset: str = typer.Option(..., "--preset", "-p", help="Preset with an eagle3 or medusa method."),
+    preset: str = typer.Option(
+        ..., "--preset", "-p", help="Preset with an eagle3 or medusa method."
+    ),
     force: bool = typer.Option(False, "--force", help="Train again even if cached."),
 ) -> None:
     """Train (or find) the heads of every method of a preset that needs some."""
-    train_preset(preset, force, "add an eagle3 method without params.head, or medusa without params.heads")
+    train_preset(
+        preset, force, "add an eagle3 method without params.head, or medusa without params.heads"
+    )
 
 
 @app.command("list")
@@ -39,7 +43,8 @@ def list_heads() -> None:
             meta.get("created_at", ""),
             meta.get("kind", ""),
             str((meta.get("target") or {}).get("model")),
-            meta.get("shape") or f"{training.get('num_heads')} heads x {training.get('num_layers')}",
+            meta.get("shape")
+            or f"{training.get('num_heads')} heads x {training.get('num_layers')}",
             str(training.get("steps")),
             ", ".join("-" if a is None else f"{a:.2f}" for a in accuracy),
         )

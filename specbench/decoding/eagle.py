@@ -89,9 +89,14 @@ class HeadState:
         else:
             positions = torch.tensor(list(first_position))
         self.calls += 1
-        return self.head(
-            self.embed(tokens), hidden.to(self.dtype), positions.to(self.device), self.cache, allowed
+        out: torch.Tensor = self.head(
+            self.embed(tokens),
+            hidden.to(self.dtype),
+            positions.to(self.device),
+            self.cache,
+            allowed,
         )
+        return out
 
     def absorb(self, sequence: Sequence[int]) -> torch.Tensor | None:
         """Add the pairs of newly committed positions; the head's state at the last one

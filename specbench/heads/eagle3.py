@@ -226,6 +226,10 @@ class DecoderLayer(nn.Module):
 class Eagle3Head(nn.Module):
     """The head's weights and its forward pass (one sequence at a time, rows ``[T, ...]``)."""
 
+    d2t: torch.Tensor
+    t2d: torch.Tensor
+    _rotary: tuple[nn.Module]
+
     def __init__(self, config: Eagle3Config) -> None:
         super().__init__()
         self.config = config
@@ -265,8 +269,14 @@ class Eagle3Head(nn.Module):
     ) -> torch.Tensor:
         """Output states before ``norm`` (fed back as the next feature), ``[T, H]``."""
         rope = self.rope(positions, embeds.dtype)
-        out: torch.Tensor = self.layers[0](embeds, hidden, rope, cache, allowed)
+        out: torch.Tensor = self.layer(embeds, hidden, rope, cache, allowed)
         return out
+
+    @property
+    def layer(self) -> DecoderLayer:
+        layer = self.layers[0]
+        assert isinstance(layer, DecoderLayer)
+        return layer
 
     def draft_logits(self, prenorm: torch.Tensor) -> torch.Tensor:
         """Logits over the draft vocabulary, ``[..., draft_vocab_size]``."""

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from specbench.heads.eagle3 import (
+    Attention,
     Eagle3Config,
     Eagle3Head,
     _rotate_half,
@@ -102,14 +103,14 @@ def collect(
         batch = todo[start : start + batch_size]
         say(f"target answers and features: question {start + 1}/{len(todo)} still to do")
         width = max(len(prompts[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, i in enumerate(batch):
-            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             mask[row, width - len(prompts[i]) :] = 1
         with torch.inference_mode():
             out = module.generate(
-                input_ids=ids.to(target.device),
+                input_ids=input_ids.to(target.device),
                 attention_mask=mask.to(target.device),
                 max_new_tokens=training.answer_tokens,
                 do_sample=False,
@@ -129,21 +130,26 @@ def collect(
             usable = len(tokens) - 1  # positions with a feature: all but the last token
             first = width - len(prompts[i])
 
-            def rows(layer: int, row: int = row, first: int = first, usable: int = usable) -> Any:
-                parts = [steps[0][layer][row, first:]]
-                parts += [step[layer][row, -1:] for step in steps[1:]]
-                return torch.cat(parts)[:usable]
-
             saved = {
                 "tokens": torch.tensor(tokens),
-                "aux": torch.cat([rows(layer) for layer in layer_ids], -1).to(torch.bfloat16),
-                "final": rows(len(steps[0]) - 1).to(torch.bfloat16),
+                "aux": torch.cat(
+                    [_rows(steps, layer, row, first, usable) for layer in layer_ids], -1
+                ).to(torch.bfloat16),
+                "final": _rows(steps, len(steps[0]) - 1, row, first, usable).to(torch.bfloat16),
             }
             path = folder / f"{i:05d}.pt"
             partial = path.with_suffix(".partial")
             torch.save({k: v.cpu() for k, v in saved.items()}, partial)
             partial.replace(path)
     return [torch.load(folder / f"{i:05d}.pt") for i in range(len(prompts))]
+
+
+def _rows(steps: Any, layer: int, row: int, first: int, usable: int) -> torch.Tensor:
+    """One batch row's states of ``layer`` over a ``generate`` call: the prompt's positions
+    from the first step, then one position per later step; the first ``usable`` of them."""
+    parts = [steps[0][layer][row, first:]]
+    parts += [step[layer][row, -1:] for step in steps[1:]]
+    return torch.cat(parts)[:usable]
 
 
 def draft_vocabulary(data: list[dict[str, torch.Tensor]], size: int, vocab: int) -> torch.Tensor:
@@ -193,7 +199,7 @@ def initial_head(
                 parameter.fill_(1.0)
             else:
                 parameter.normal_(0.0, 0.02, generator=generator)
-        for linear in (head.layers[0].self_attn.o_proj, head.layers[0].mlp.down_proj):
+        for linear in (head.layer.self_attn.o_proj, head.layer.mlp.down_proj):
             linear.weight.zero_()
         head.fc.weight.zero_()
         head.fc.weight[:, 2 * hidden : 3 * hidden] = torch.eye(hidden)
@@ -209,7 +215,7 @@ def initial_head(
 def _final_norm_weight(module: Any, hidden: int) -> torch.Tensor | None:
     norm = getattr(getattr(module, "model", None), "norm", None)
     weight = getattr(norm, "weight", None)
-    if weight is None or weight.shape != (hidden,):
+    if not isinstance(weight, torch.Tensor) or weight.shape != (hidden,):
         return None
     return weight.detach().float().cpu()
 
@@ -234,7 +240,7 @@ def ttt_losses(
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """The loss of one sequence over ``steps`` steps of training-time test, and per step
     (top-1 agreements with the target, positions scored)."""
-    layer = head.layers[0]
+    layer = head.layer
     attention = layer.self_attn
     tokens, final = sequence.tokens, sequence.final
     length = final.shape[0]  # positions 0 .. n - 2
@@ -274,7 +280,7 @@ def ttt_losses(
 
 
 def _ttt_attention(
-    attention: Any,
+    attention: Attention,
     head: Eagle3Head,
     x: torch.Tensor,
     step: int,
@@ -340,7 +346,8 @@ def train_eagle3(
 
     def embed(tokens: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # the target's table: looked up, never trained
-            return embedding(tokens.to(target.device)).float().cpu()
+            rows: torch.Tensor = embedding(tokens.to(target.device))
+            return rows.float().cpu()
 
     target_lm_head = head.lm_head.weight.detach().clone()
     trainable = [p for name, p in head.named_parameters() if p.requires_grad]

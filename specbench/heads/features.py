@@ -21,7 +21,8 @@ def decoder_layers(module: nn.Module) -> nn.ModuleList:
         layers = getattr(holder, "layers", None)
         if isinstance(layers, nn.ModuleList):
             return layers
-    decoder = module.get_decoder() if hasattr(module, "get_decoder") else None
+    get_decoder = getattr(module, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
     layers = getattr(decoder, "layers", None)
     if isinstance(layers, nn.ModuleList):
         return layers

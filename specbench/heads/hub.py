@@ -7,9 +7,7 @@ from pathlib import Path
 from specbench.errors import ModelLoadError
 
 
-def resolve_folder(
-    source: str, kind: str, patterns: list[str], local_only: bool = False
-) -> Path:
+def resolve_folder(source: str, kind: str, patterns: list[str], local_only: bool = False) -> Path:
     """A local folder, or a hub repository id fetched (or found in the hub cache) through
     huggingface_hub with only the files matching ``patterns``. ``kind`` names the head in
     errors ("Medusa heads", "EAGLE-3 head")."""
