@@ -130,3 +130,41 @@ def write_gguf(model: Any, tokenizer: Any, path: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def eagle3_echo_head(target: Any, layers: tuple[int, ...]) -> Any:
+    """A head that passes the highest feature through to the target's own output layer:
+    it guesses what the target would say at the *previous* position, often right on a
+    12-token target, often wrong, so drafts are both accepted and rejected."""
+    from specbench.heads.eagle3 import Eagle3Config, Eagle3Head
+
+    config = target.config
+    hidden, vocab = config.hidden_size, config.vocab_size
+    head = Eagle3Head(
+        Eagle3Config(
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_attention_heads=config.num_attention_heads,
+            num_key_value_heads=config.num_key_value_heads,
+            vocab_size=vocab,
+            draft_vocab_size=vocab,
+            target_hidden_size=hidden,
+            rms_norm_eps=config.rms_norm_eps,
+            max_position_embeddings=config.max_position_embeddings,
+            aux_layer_ids=layers,
+        )
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.normal_(0, 0.02)
+        for name, parameter in head.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.fill_(1.0)
+        head.layers[0].self_attn.o_proj.weight.mul_(0.1)
+        head.layers[0].mlp.down_proj.weight.mul_(0.1)
+        head.fc.weight.zero_()
+        head.fc.weight[:, 2 * hidden :] = torch.eye(hidden)
+        head.lm_head.weight.copy_(target.lm_head.weight)
+        head.norm.weight.copy_(target.model.norm.weight)
+    return head.eval()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from helpers import hf_pair, make_method, request
+from hf_fixtures import eagle3_echo_head as echo_head
 from stats_utils import chi_square_pvalue
 
 pytest.importorskip("transformers")
@@ -52,28 +53,6 @@ def random_head(config: Eagle3Config, seed: int = 0) -> Eagle3Head:
         head.d2t.copy_(ids - torch.arange(config.draft_vocab_size))
         head.t2d.zero_()
         head.t2d[ids] = True
-    return head.eval()
-
-
-def echo_head(target: Any, layers: tuple[int, ...]) -> Eagle3Head:
-    """A head that passes the highest feature through to the target's own output layer:
-    it guesses what the target would say at the *previous* position, often right on a
-    12-token target, often wrong, so drafts are both accepted and rejected."""
-    config = target.config
-    hidden, vocab = config.hidden_size, config.vocab_size
-    head = Eagle3Head(_config(hidden, vocab, vocab, layers))
-    with torch.no_grad():
-        for parameter in head.parameters():
-            parameter.normal_(0, 0.02)
-        for name, parameter in head.named_parameters():
-            if name.endswith("norm.weight"):
-                parameter.fill_(1.0)
-        head.layers[0].self_attn.o_proj.weight.mul_(0.1)
-        head.layers[0].mlp.down_proj.weight.mul_(0.1)
-        head.fc.weight.zero_()
-        head.fc.weight[:, 2 * hidden :] = torch.eye(hidden)
-        head.lm_head.weight.copy_(target.lm_head.weight)
-        head.norm.weight.copy_(target.model.norm.weight)
     return head.eval()
 
 

@@ -139,3 +139,73 @@ def test_batches_decode_together_with_per_sequence_records(
     # one-request speculative rows have none here (batched decoding may round differently).
     assert all(s.reference == "vllm" for s in plain)
     assert all(s.reference is None for s in samples if s.method != "vllm")
+
+
+EAGLE_PRESET = """
+name = "vllm-eagle3"
+
+[models.target]
+backend = "hf"
+model = "{target}"
+dtype = "float32"
+device = "cpu"
+
+[[methods]]
+name = "eagle3"
+label = "specbench-eagle3"
+params = {{ head = "{head}", k = 3, sample_drafts = false }}
+
+[[methods]]
+name = "vllm"
+params = {{ dtype = "float32", max_model_len = 512, kv_cache_space_gib = 1 }}
+
+[[methods]]
+name = "vllm"
+label = "vllm-eagle3"
+params = {{ dtype = "float32", max_model_len = 512, kv_cache_space_gib = 1, speculative = {{ method = "eagle3", model = "{head}", num_speculative_tokens = 3 }} }}
+
+[prompts]
+source = "inline"
+prompts = ["def add(a, b):", "count: 1 2 3 1 2 3 1 2", "hello there, how are you"]
+
+[sampling]
+temperature = 0.0
+max_new_tokens = 24
+
+[runs]
+warmup = 0
+
+[output]
+save_tokens = true
+"""
+
+
+def test_a_head_specbench_writes_runs_in_vllm_with_the_same_acceptance(
+    tmp_path: Path,
+) -> None:
+    """specbench's speculators-format EAGLE-3 head loads in vLLM's eagle3 method, and the two
+    implementations accept the same drafts (float32, greedy, same prompts)."""
+    from hf_fixtures import build_model, build_tokenizer, eagle3_echo_head, save
+
+    from specbench.heads.eagle3 import save_eagle3
+
+    tokenizer = build_tokenizer()
+    target = build_model("llama", len(tokenizer), seed=0, layers=4, heads=2)
+    target_folder = save(target, tokenizer, tmp_path / "target")
+    head = save_eagle3(eagle3_echo_head(target, (1, 2, 3)), tmp_path / "head", str(target_folder))
+    path = tmp_path / "eagle.toml"
+    path.write_text(EAGLE_PRESET.format(target=target_folder, head=head))
+    out = tmp_path / "eagle.jsonl"
+    run_preset(load_preset(str(path), discover_methods()), out)
+    samples = [r for r in read_records(out) if isinstance(r, SampleRecord)]
+    ours = {s.prompt_id: s for s in samples if s.method == "specbench-eagle3"}
+    theirs = {s.prompt_id: s for s in samples if s.method == "vllm-eagle3"}
+    plain = {s.prompt_id: s for s in samples if s.method == "vllm"}
+    assert len(ours) == len(theirs) == 3
+    for prompt_id, mine in ours.items():
+        assert theirs[prompt_id].tokens == plain[prompt_id].tokens == mine.tokens
+    accepted_ours = sum(s.accepted for s in ours.values())
+    accepted_theirs = sum(s.accepted for s in theirs.values())
+    assert accepted_ours > 0
+    # The same head on the same features: the same drafts, up to float32 rounding.
+    assert abs(accepted_ours - accepted_theirs) <= max(2, accepted_ours // 10)
