@@ -124,3 +124,15 @@ def bench_toy(session: nox.Session) -> None:
     """Measured vs predicted speedup on the toy pair; prints one table."""
     install_project(session)
     session.run("python", "benchmarks/toy.py", *session.posargs)
+
+
+@nox.session(name="bench-heads")
+def bench_heads(session: nox.Session) -> None:
+    """Trained heads on the Qwen pair (CPU): train the EAGLE-3 and Medusa heads (cached),
+    then the table of baseline, 0.5B draft, EAGLE-3 chains and trees, Medusa chain and tree."""
+    install_project(session, "dev,hf,report")
+    session.run("specbench", "models", "fetch", "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
+    session.run("specbench", "heads", "train", "-p", "qwen-coder-eagle3")
+    out = "benchmarks/results/qwen-coder-eagle3.jsonl"
+    session.run("specbench", "run", "-p", "qwen-coder-eagle3", "-o", out, *session.posargs)
+    session.run("specbench", "report", out)

@@ -326,3 +326,48 @@ def test_audit_never_appends_to_an_existing_file(tmp_path: Path) -> None:
     _audit(path, tmp_path, samples=20, prompts=1)
     with pytest.raises(SpecbenchError, match="already holds results"):
         _audit(path, tmp_path, samples=20, prompts=1)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_audit_passes_trained_head_methods(
+    tiny_hf: dict, tmp_path: Path, temperature: float
+) -> None:
+    """EAGLE-3 chains and trees and Medusa trees, through ``specbench audit`` itself."""
+    from hf_fixtures import eagle3_echo_head
+
+    from specbench.heads.eagle3 import save_eagle3
+
+    target = tiny_hf["llama"]["target_model"]
+    head = save_eagle3(eagle3_echo_head(target, (0, 1, 1)), tmp_path / "head")
+    path = tmp_path / "heads.toml"
+    path.write_text(
+        f"""
+[models.target]
+backend = "hf"
+model = "{tiny_hf["llama"]["target"]}"
+dtype = "float32"
+device = "cpu"
+[[methods]]
+name = "baseline"
+[[methods]]
+name = "eagle3"
+params = {{ head = "{head}", k = 2 }}
+[[methods]]
+name = "eagle3"
+label = "eagle3-tree"
+params = {{ head = "{head}", tree = true, depth = 2, budget = 4 }}
+[prompts]
+source = "inline"
+prompts = ["hello world", "def add(a, b):"]
+chat_template = false
+[sampling]
+temperature = {temperature}
+top_k = 20
+max_new_tokens = 8
+"""
+    )
+    outcome = _audit(path, tmp_path, samples=400, tokens=2, prompts=1, alpha=ALPHA)
+    verdicts = {r.method: r.verdict for r in outcome.records if r.method != "baseline"}
+    assert verdicts == {"eagle3": "pass", "eagle3-tree": "pass"}, [
+        r.detail for r in outcome.records
+    ]
