@@ -437,3 +437,22 @@ def test_threshold_zero_equals_greedy_speculative_on_hf(
     method.verifier = JudgeVerifier(always_unimportant, 0.5, False)
     lossy = method.generate(request(tiny_hf["tokenizer"].encode("the quick brown"), 30))
     assert lossy.stats.rejections == 0  # the judge keeps every mismatch
+
+
+def test_speculative_continuations_equal_plain_greedy(tiny_hf: dict) -> None:
+    """Mining's continuations by batched greedy speculative decoding: the same tokens and
+    the same prefix states as plain batched generate."""
+    from helpers import hf_pair
+
+    from specbench.judge.mining import _continue
+
+    models = hf_pair(tiny_hf)
+    target, draft = models.target, models.require_draft()
+    prefixes = [[5, 9, 23, 7], [40, 41, 42, 43, 44, 45], [100, 3, 17]]
+    plain = _continue(target, draft, prefixes, 12, frozenset(), MiningSettings(batch_size=2))
+    fast = _continue(
+        target, draft, prefixes, 12, frozenset(), MiningSettings(batch_size=2, speculative_k=3)
+    )
+    assert [c.tokens for c in fast] == [c.tokens for c in plain]
+    for a, b in zip(fast, plain, strict=True):
+        assert torch.allclose(a.prefix_hidden, b.prefix_hidden, atol=1e-4)

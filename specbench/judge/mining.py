@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from specbench.conversation import PromptEncoder
-from specbench.models.base import LanguageModel
+from specbench.models.base import Continuation, LanguageModel
 from specbench.prompts import Prompt
 
 AnswerFn = Callable[[Prompt, str], Hashable | None]
@@ -46,6 +46,9 @@ class MiningSettings:
     #: Answers (and continuations) that stop at the length limit have no reliable final
     #: answer; tasks whose answer is defined at any length (toy tests) turn this off.
     require_finished: bool = True
+    #: Continuations by batched greedy speculative decoding with the draft (``k`` drafts):
+    #: the same tokens as plain greedy decoding, fewer target calls. 0: plain ``generate``.
+    speculative_k: int = 0
 
 
 @dataclass
@@ -254,11 +257,13 @@ def _mine_group(
         if not picks:
             return
         prefixes = [s.ids + s.response[:t] + [d] for s, t, d in picks]
-        continuations = target.greedy_continuations(
+        continuations = _continue(
+            target,
+            draft,
             prefixes,
             max(1, limit - min(t for _, t, _ in picks) - 1),
             stop_ids,
-            batch_size=settings.batch_size,
+            settings,
         )
         draft_states = _draft_states(draft, prefixes) if settings.draft_features else None
         for i, ((search, position, token), continuation) in enumerate(
@@ -291,6 +296,75 @@ def _mine_group(
                 settings.max_mismatches_per_prompt
             ):
                 search.done = True
+
+
+def _continue(
+    target: LanguageModel,
+    draft: LanguageModel,
+    prefixes: list[list[int]],
+    max_new_tokens: int,
+    stop_ids: frozenset[int],
+    settings: MiningSettings,
+) -> list[Continuation]:
+    """Greedy continuations of ``prefixes`` with the target's state at each prefix's end."""
+    if settings.speculative_k <= 0 or not _FirstCallStates.supports(target):
+        return target.greedy_continuations(
+            prefixes, max_new_tokens, stop_ids, batch_size=settings.batch_size
+        )
+    from specbench.decoding.batch import BatchModelDrafter, batched_generate
+    from specbench.decoding.sampling import SamplingParams
+    from specbench.decoding.types import GenerationRequest
+
+    out: list[Continuation] = []
+    for start in range(0, len(prefixes), settings.batch_size):
+        chunk = prefixes[start : start + settings.batch_size]
+        requests = [
+            GenerationRequest(p, max_new_tokens, SamplingParams(), seed=0, stop_token_ids=stop_ids)
+            for p in chunk
+        ]
+        drafter = BatchModelDrafter(draft, settings.speculative_k)
+        with _FirstCallStates(target) as first:
+            results = batched_generate(requests, target, drafter)
+        # The first call is every row's prefill, rows left-aligned: the state at the
+        # prefix's last token is at its length - 1.
+        states = first.states
+        assert states is not None
+        for row, (prefix, result) in enumerate(zip(chunk, results, strict=True)):
+            out.append(Continuation(result.tokens, states[row, len(prefix) - 1].float().cpu()))
+    return out
+
+
+class _FirstCallStates:
+    """The target's final normed states of the first forward call made while active."""
+
+    def __init__(self, target: LanguageModel) -> None:
+        norm = self._norm(target)
+        if norm is None:
+            raise ValueError(f"{target.name}: speculative continuations need an HF target")
+        self.norm = norm
+        self.states: torch.Tensor | None = None
+        self._handle: Any = None
+
+    @staticmethod
+    def _norm(target: LanguageModel) -> torch.nn.Module | None:
+        module = getattr(target, "model", None)
+        norm = getattr(getattr(module, "model", module), "norm", None)
+        return norm if isinstance(norm, torch.nn.Module) else None
+
+    @classmethod
+    def supports(cls, target: LanguageModel) -> bool:
+        return cls._norm(target) is not None
+
+    def __enter__(self) -> _FirstCallStates:
+        def record(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+            if self.states is None:
+                self.states = (output[0] if isinstance(output, tuple) else output).detach()
+
+        self._handle = self.norm.register_forward_hook(record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
 
 
 def _draft_argmax(draft: LanguageModel, prompt_ids: list[int], response: list[int]) -> list[int]:

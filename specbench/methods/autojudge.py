@@ -65,6 +65,13 @@ class JudgeSettings(BaseModel):
     )
     max_mismatches_per_prompt: int = Field(16, ge=1, description="Spread over the answer.")
     batch_size: int = Field(8, ge=1, description="Prompts mined together (one batch a round).")
+    speculative_k: int = Field(
+        4,
+        ge=0,
+        le=16,
+        description="Continue mismatches by batched greedy speculative decoding with the draft "
+        "(k drafts; the same tokens, fewer target calls); 0: plain generate.",
+    )
     search: Literal["semi-greedy", "independent"] = Field(
         "semi-greedy",
         description="semi-greedy: after an unimportant mismatch go on from the alternative "
@@ -247,6 +254,7 @@ class AutoJudgeMethod(DecodingMethod):
                 draft_features=self.settings.features != "target",
                 semi_greedy=self.settings.search == "semi-greedy",
                 require_finished=self.settings.require_finished,
+                speculative_k=self.settings.speculative_k,
             ),
             on_progress=progress,
             cache=self.mining_cache(context),
