@@ -173,7 +173,7 @@ class MedusaMethod(DecodingMethod):
     """Medusa-1 heads drafting a chain for the shared exact verifier."""
 
     name = "medusa"
-    description = "Medusa heads on the target's hidden state draft a chain (exact verifier)."
+    description = "Medusa heads on the target's hidden state draft a chain or a tree (exact)."
     needs = frozenset({ModelRole.TARGET})
     Params = MedusaParams
     accept_length_model = "chain_analytic"
