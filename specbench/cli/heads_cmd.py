@@ -8,7 +8,7 @@ from specbench.cli.common import EXIT_INVALID_INPUT, console, fail_with
 from specbench.cli.judge_cmd import train_preset
 from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
-from specbench.heads.training import STORE, heads_dir
+from specbench.heads.store import STORE, heads_dir
 
 app = typer.Typer(help="Train drafting heads (EAGLE-3, Medusa) and manage the trained ones.")
 

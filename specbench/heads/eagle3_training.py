@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from specbench.heads.data import collect, features_folder
 from specbench.heads.eagle3 import (
     Attention,
     Eagle3Config,
@@ -44,14 +45,8 @@ from specbench.heads.eagle3 import (
     save_eagle3,
 )
 from specbench.heads.features import decoder_layers
-from specbench.heads.training import HEADS_FORMAT, heads_dir, heads_key, trained_folder
+from specbench.heads.store import HEADS_FORMAT, heads_dir, heads_key, trained_folder
 from specbench.models.base import LanguageModel
-
-DATA = "gsm8k-train-target-answers"
-INSTRUCTION = (
-    "Solve the problem. Reason briefly, step by step, then end with 'The answer is N.'"
-    "\n\nProblem: {question}"
-)
 
 
 @dataclass(frozen=True)
@@ -68,88 +63,6 @@ class Eagle3Training:
     lr: float = 1e-3
     regression_weight: float = 0.2
     seed: int = 0
-
-
-def questions(count: int) -> list[str]:
-    from importlib.resources import files
-
-    path = files("specbench.data").joinpath("prompts/gsm8k_train.jsonl")
-    rows = path.read_text().splitlines()[:count]
-    return [INSTRUCTION.format(question=json.loads(row)["question"]) for row in rows]
-
-
-def collect(
-    target: LanguageModel,
-    training: Eagle3Training,
-    layer_ids: tuple[int, ...],
-    folder: Path,
-    say: Callable[[str], None],
-    batch_size: int = 8,
-) -> list[dict[str, torch.Tensor]]:
-    """Per question: ``tokens`` (prompt + the target's answer), ``aux`` (feature layers'
-    inputs, ``[n - 1, 3H]``) and ``final`` (the target's normed last state, ``[n - 1, H]``),
-    bfloat16, one cached file each."""
-    module = target.model  # type: ignore[attr-defined]
-    tokenizer = target.tokenizer
-    folder.mkdir(parents=True, exist_ok=True)
-    prompts = []
-    for text in questions(training.texts):
-        ids = tokenizer.chat_ids([{"role": "user", "content": text}])
-        prompts.append(ids if ids is not None else tokenizer.encode(text))
-    todo = [i for i in range(len(prompts)) if not (folder / f"{i:05d}.pt").is_file()]
-    stop = sorted(tokenizer.eos_token_ids)
-    pad = getattr(getattr(tokenizer, "hf", None), "pad_token_id", None) or (stop or [0])[0]
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        say(f"target answers and features: question {start + 1}/{len(todo)} still to do")
-        width = max(len(prompts[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]) :] = 1
-        with torch.inference_mode():
-            out = module.generate(
-                input_ids=input_ids.to(target.device),
-                attention_mask=mask.to(target.device),
-                max_new_tokens=training.answer_tokens,
-                do_sample=False,
-                eos_token_id=stop or None,
-                pad_token_id=pad,
-                output_hidden_states=True,
-                return_dict_in_generate=True,
-            )
-        steps = out.hidden_states  # per generation step, per layer [B, T, H]
-        for row, i in enumerate(batch):
-            answer: list[int] = []
-            for token in out.sequences[row, width:].tolist():
-                answer.append(token)
-                if token in stop:
-                    break
-            tokens = prompts[i] + answer
-            usable = len(tokens) - 1  # positions with a feature: all but the last token
-            first = width - len(prompts[i])
-
-            saved = {
-                "tokens": torch.tensor(tokens),
-                "aux": torch.cat(
-                    [_rows(steps, layer, row, first, usable) for layer in layer_ids], -1
-                ).to(torch.bfloat16),
-                "final": _rows(steps, len(steps[0]) - 1, row, first, usable).to(torch.bfloat16),
-            }
-            path = folder / f"{i:05d}.pt"
-            partial = path.with_suffix(".partial")
-            torch.save({k: v.cpu() for k, v in saved.items()}, partial)
-            partial.replace(path)
-    return [torch.load(folder / f"{i:05d}.pt") for i in range(len(prompts))]
-
-
-def _rows(steps: Any, layer: int, row: int, first: int, usable: int) -> torch.Tensor:
-    """One batch row's states of ``layer`` over a ``generate`` call: the prompt's positions
-    from the first step, then one position per later step; the first ``usable`` of them."""
-    parts = [steps[0][layer][row, first:]]
-    parts += [step[layer][row, -1:] for step in steps[1:]]
-    return torch.cat(parts)[:usable]
 
 
 def draft_vocabulary(data: list[dict[str, torch.Tensor]], size: int, vocab: int) -> torch.Tensor:
@@ -330,10 +243,8 @@ def train_eagle3(
     started = time.perf_counter()
     module = target.model  # type: ignore[attr-defined]
     layer_ids = default_aux_layers(len(decoder_layers(module)))
-    # Features depend on the target and the answer length only: one file per question, so
-    # a later run with more questions reuses the ones already answered.
-    data_key = heads_key(target_identity, _DataKey(training.answer_tokens), DATA)
-    data = collect(target, training, layer_ids, heads_dir() / f"{data_key}.features", say)
+    folder_ = features_folder(target_identity, training.answer_tokens)
+    data = collect(target, training.texts, training.answer_tokens, layer_ids, folder_, say)
     collected = time.perf_counter()
     ids = draft_vocabulary(data, training.draft_vocab, int(module.config.vocab_size))
     head = initial_head(target, training, layer_ids, ids)
@@ -401,7 +312,7 @@ def train_eagle3(
         "format": HEADS_FORMAT,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "target": target_identity,
-        "data": DATA,
+        "data": "gsm8k-train-target-answers",
         "training": asdict(training),
         "aux_layer_ids": list(layer_ids),
         "train_texts": len(train),
@@ -426,11 +337,6 @@ def train_eagle3(
     shutil.rmtree(work, ignore_errors=True)
     load_eagle3(str(folder))  # what was written loads back
     return folder, meta
-
-
-@dataclass(frozen=True)
-class _DataKey:
-    answer_tokens: int
 
 
 def _learning_rate(training: Eagle3Training, step: int) -> float:

@@ -20,7 +20,7 @@ from specbench.errors import PluginError, SpecbenchError
 from specbench.heads.eagle3 import Eagle3Head, aux_layers, check_fits, load_eagle3
 from specbench.heads.eagle3_training import Eagle3Training, train_eagle3
 from specbench.heads.features import LayerInputCapture, decoder_layers
-from specbench.heads.training import heads_dir, heads_key, trained_folder
+from specbench.heads.store import heads_dir, heads_key, trained_folder
 from specbench.plugins import (
     DecodingMethod,
     GenerationResult,

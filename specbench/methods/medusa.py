@@ -24,13 +24,8 @@ from specbench.decoding.verify import RejectionVerifier, TypicalAcceptanceVerifi
 from specbench.errors import PluginError, SpecbenchError
 from specbench.heads.features import FinalStateCapture
 from specbench.heads.medusa import MedusaHeads, check_fits, load_medusa
-from specbench.heads.training import (
-    MedusaTraining,
-    heads_dir,
-    heads_key,
-    train_medusa,
-    trained_folder,
-)
+from specbench.heads.medusa_training import MedusaTraining, train_medusa
+from specbench.heads.store import heads_dir, heads_key, trained_folder
 from specbench.plugins import (
     DecodingMethod,
     GenerationResult,
@@ -53,7 +48,12 @@ class MedusaParams(MethodParams):
     budget: int = Field(16, ge=1, le=256, description="Tree: nodes verified per target call.")
     num_heads: int = Field(3, ge=1, le=8, description="Training: heads to train.")
     num_layers: int = Field(1, ge=1, le=4, description="Training: residual blocks per head.")
-    train_texts: int = Field(200, ge=10, description="Training: GSM8K train texts.")
+    train_texts: int = Field(
+        200, ge=10, description="Training: GSM8K train questions the target answers."
+    )
+    answer_tokens: int = Field(
+        160, ge=8, description="Training: target-generated answer tokens per question."
+    )
     train_steps: int = Field(300, ge=1, description="Training: optimizer steps.")
     train_batch: int = Field(128, ge=8, description="Training: positions per head and step.")
     seed: int = Field(0, ge=0, description="Training: seed.")
@@ -63,6 +63,7 @@ class MedusaParams(MethodParams):
             num_heads=self.num_heads,
             num_layers=self.num_layers,
             texts=self.train_texts,
+            answer_tokens=self.answer_tokens,
             steps=self.train_steps,
             batch=self.train_batch,
             seed=self.seed,
@@ -218,7 +219,7 @@ class MedusaMethod(DecodingMethod):
         params = self.params
         assert isinstance(params, MedusaParams)
         identity = model_identity(context.models_spec.target)
-        key = heads_key(identity, params.training())
+        key = heads_key(identity, params.training(), kind="medusa")
         if trained_folder(key) is None or force:
             if not train:
                 raise SpecbenchError(

@@ -1,13 +1,13 @@
 """Train Medusa heads on the CPU from the target's own outputs, cached and resumable.
 
-Data: GSM8K training questions with their answers (shipped in the package), tokenized and
-run through the target once each; the target's last hidden states and its own greedy next
-tokens are cached per text on disk (the expensive part, resumable text by text). Head ``i``
-learns, at position ``t``, the token the target itself predicts at ``t + i + 2``
-(self-distillation). Heads start as Medusa's do: residual blocks at zero and the vocabulary
-projection copied from the target's output layer, kept frozen (so a CPU step only trains
-the residual blocks). Training checkpoints every 50 steps and resumes from there. A holdout
-split (every tenth text) gives each head's top-1 accuracy.
+Data: the target's own answers to GSM8K training questions with its final states, from the
+cache :mod:`specbench.heads.data` shares with EAGLE-3 training (the expensive part, resumable
+question by question). Head ``i`` learns, at position ``t``, the token at ``t + i + 2``: in
+the answers, the target's own greedy choice (self-distillation). Heads start as Medusa's do:
+residual blocks at zero and the vocabulary projection copied from the target's output layer,
+kept frozen (so a CPU step only trains the residual blocks). Training checkpoints every 50
+steps and resumes from there. A holdout split (every tenth question) gives each head's top-1
+accuracy.
 
 Trained heads are folders in Medusa's hub layout under ``<cache>/heads/<key>``; the key
 hashes the target's identity, the head shape, the data and the training settings.
@@ -15,7 +15,6 @@ hashes the target's identity, the head shape, the data and the training settings
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch
 
+from specbench.heads.data import DATA, collect, features_folder
 from specbench.heads.medusa import (
     MedusaConfig,
     MedusaHeads,
@@ -33,20 +33,8 @@ from specbench.heads.medusa import (
     load_medusa,
     save_medusa,
 )
-from specbench.keyed_store import KeyedStore
+from specbench.heads.store import HEADS_FORMAT, heads_dir, heads_key, trained_folder
 from specbench.models.base import LanguageModel
-
-HEADS_FORMAT = 1
-DATA = "gsm8k-train"
-
-
-def heads_dir() -> Path:
-    from specbench.models.catalog import cache_root
-
-    return cache_root() / "heads"
-
-
-STORE = KeyedStore("head", heads_dir, "specbench heads list")
 
 
 @dataclass(frozen=True)
@@ -56,79 +44,34 @@ class MedusaTraining:
     num_heads: int = 3
     num_layers: int = 1
     texts: int = 200
-    max_tokens: int = 256
+    answer_tokens: int = 160
     steps: int = 300
     batch: int = 128
     lr: float = 1e-3
     seed: int = 0
+    data: str = DATA
 
 
-def heads_key(target_identity: dict[str, Any], training: Any, kind: str = "medusa") -> str:
-    """The cache key of heads of ``kind`` trained for a target with ``training`` (a
-    dataclass of the settings that determine them)."""
-    blob = json.dumps(
-        {"format": HEADS_FORMAT, "kind": kind, "data": DATA, "target": target_identity}
-        | asdict(training),
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def trained_folder(key: str) -> Path | None:
-    """The folder of finished heads under ``key``, or ``None``."""
-    folder = heads_dir() / key
-    return folder if (folder / "meta.json").is_file() else None
-
-
-def training_texts(tokenizer: Any, training: MedusaTraining) -> list[list[int]]:
-    """Token ids of the first ``texts`` GSM8K training questions with their answers."""
-    from importlib.resources import files
-
-    path = files("specbench.data").joinpath("prompts/gsm8k_train.jsonl")
-    texts: list[list[int]] = []
-    for line in path.read_text().splitlines():
-        if len(texts) >= training.texts:
-            break
-        row = json.loads(line)
-        ids = tokenizer.encode(f"{row['question']}\n{row['answer']}")
-        texts.append(ids[: training.max_tokens])
-    return texts
-
-
-def _features(
-    target: LanguageModel,
-    texts: list[list[int]],
-    folder: Path,
-    say: Callable[[str], None],
+def _medusa_data(
+    target: LanguageModel, training: MedusaTraining, identity: dict[str, Any], say: Any
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(last hidden states [T, H] float16, greedy next tokens [T]) per text, cached."""
+    """(final states [n - 1, H], the token after each [n - 1]) per answered question, from the
+    shared cache of the target's answers (the same files EAGLE-3 training reads)."""
+    from specbench.heads.eagle3 import default_aux_layers
+    from specbench.heads.features import decoder_layers
+
     module = target.model  # type: ignore[attr-defined]
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for index, ids in enumerate(texts):
-        path = folder / f"{index:05d}.pt"
-        if not path.is_file():
-            if index % 10 == 0:
-                say(f"target features: text {index + 1}/{len(texts)}")
-            with torch.inference_mode():
-                result = module(
-                    torch.tensor([ids], device=target.device), output_hidden_states=True
-                )
-            hidden = result.hidden_states[-1][0].to(torch.float16).cpu()
-            greedy = result.logits[0, :, : target.vocab_size].argmax(-1).cpu()
-            partial = path.with_suffix(".partial")
-            torch.save({"hidden": hidden, "greedy": greedy}, partial)
-            partial.replace(path)
-        saved = torch.load(path)
-        out.append((saved["hidden"], saved["greedy"]))
-    return out
+    layers = default_aux_layers(len(decoder_layers(module)))
+    folder = features_folder(identity, training.answer_tokens)
+    items = collect(target, training.texts, training.answer_tokens, layers, folder, say)
+    return [(item["final"], item["tokens"][1:]) for item in items]
 
 
 def _pairs(
     data: list[tuple[torch.Tensor, torch.Tensor]], head: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs (hidden at t) and labels (the target's token at t + head + 2) of one head."""
+    """Inputs (state at t) and labels (the token at t + head + 2) of one head; ``after[t]``
+    is the token after position ``t``, the target's own greedy choice in its answers."""
     xs, ys = [], []
     for hidden, greedy in data:
         shift = head + 1
@@ -146,15 +89,15 @@ def train_medusa(
     say: Callable[[str], None] = lambda message: None,
 ) -> tuple[Path, dict[str, Any]]:
     """Train (or find) heads for ``target``; returns their folder and metadata."""
-    key = heads_key(target_identity, training)
+    key = heads_key(target_identity, training, kind="medusa")
     folder = heads_dir() / key
     if force:
         shutil.rmtree(folder, ignore_errors=True)
     if trained_folder(key) is not None:
         return folder, json.loads((folder / "meta.json").read_text())
     work = heads_dir() / f"{key}.work"
-    texts = training_texts(target.tokenizer, training)
-    data = _features(target, texts, work / "features", say)
+    work.mkdir(parents=True, exist_ok=True)
+    data = _medusa_data(target, training, target_identity, say)
     holdout = [d for i, d in enumerate(data) if i % 10 == 9]
     train = [d for i, d in enumerate(data) if i % 10 != 9]
     module = target.model  # type: ignore[attr-defined]
