@@ -132,10 +132,11 @@ def write_gguf(model: Any, tokenizer: Any, path: Path) -> Path:
     return path
 
 
-def eagle3_echo_head(target: Any, layers: tuple[int, ...]) -> Any:
+def eagle3_echo_head(target: Any, layers: tuple[int, ...], mix: float = 0.1) -> Any:
     """A head that passes the highest feature through to the target's own output layer:
     it guesses what the target would say at the *previous* position, often right on a
-    12-token target, often wrong, so drafts are both accepted and rejected."""
+    12-token target, often wrong, so drafts are both accepted and rejected. ``mix`` scales
+    what its own layer adds (its output projections)."""
     from specbench.heads.eagle3 import Eagle3Config, Eagle3Head
 
     config = target.config
@@ -161,10 +162,22 @@ def eagle3_echo_head(target: Any, layers: tuple[int, ...]) -> Any:
         for name, parameter in head.named_parameters():
             if name.endswith("norm.weight"):
                 parameter.fill_(1.0)
-        head.layers[0].self_attn.o_proj.weight.mul_(0.1)
-        head.layers[0].mlp.down_proj.weight.mul_(0.1)
+        head.layers[0].self_attn.o_proj.weight.mul_(mix)
+        head.layers[0].mlp.down_proj.weight.mul_(mix)
         head.fc.weight.zero_()
         head.fc.weight[:, 2 * hidden :] = torch.eye(hidden)
         head.lm_head.weight.copy_(target.lm_head.weight)
         head.norm.weight.copy_(target.model.norm.weight)
     return head.eval()
+
+
+def copy_model(vocab_size: int, layers: int = 4) -> Any:
+    """A llama whose layers add nothing and whose output layer is its embedding: greedy
+    decoding repeats the last token, so what a draft must guess is known."""
+    model = build_model("llama", vocab_size, seed=0, layers=layers, heads=2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.copy_(model.model.embed_tokens.weight * 50)
+    return model

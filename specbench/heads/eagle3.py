@@ -487,7 +487,11 @@ def save_eagle3(
         prefix = "layers.0."
     (folder / CONFIG).write_text(json.dumps(raw, indent=2))
     state = {}
+    # A full draft vocabulary needs no mapping, and vLLM rejects one it has no slot for.
+    identity = config.draft_vocab_size == config.vocab_size and not bool(head.d2t.any())
     for key, value in head.state_dict().items():
+        if identity and key in ("d2t", "t2d"):
+            continue
         if key.startswith("layers.0."):
             key = prefix + key.removeprefix("layers.0.")
         state[key] = value.detach().contiguous()

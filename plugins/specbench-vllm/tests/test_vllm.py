@@ -185,14 +185,17 @@ def test_a_head_specbench_writes_runs_in_vllm_with_the_same_acceptance(
 ) -> None:
     """specbench's speculators-format EAGLE-3 head loads in vLLM's eagle3 method, and the two
     implementations accept the same drafts (float32, greedy, same prompts)."""
-    from hf_fixtures import build_model, build_tokenizer, eagle3_echo_head, save
+    from hf_fixtures import build_tokenizer, copy_model, eagle3_echo_head, save
 
     from specbench.heads.eagle3 import save_eagle3
 
     tokenizer = build_tokenizer()
-    target = build_model("llama", len(tokenizer), seed=0, layers=4, heads=2)
+    # The target repeats its last token; the head's own layer makes about half its guesses
+    # wrong, so equal acceptance means the two compute the same drafts.
+    target = copy_model(len(tokenizer))
     target_folder = save(target, tokenizer, tmp_path / "target")
-    head = save_eagle3(eagle3_echo_head(target, (1, 2, 3)), tmp_path / "head", str(target_folder))
+    echo = eagle3_echo_head(target, (1, 2, 3), mix=1.0)
+    head = save_eagle3(echo, tmp_path / "head", str(target_folder))
     path = tmp_path / "eagle.toml"
     path.write_text(EAGLE_PRESET.format(target=target_folder, head=head))
     out = tmp_path / "eagle.jsonl"
@@ -206,6 +209,7 @@ def test_a_head_specbench_writes_runs_in_vllm_with_the_same_acceptance(
         assert theirs[prompt_id].tokens == plain[prompt_id].tokens == mine.tokens
     accepted_ours = sum(s.accepted for s in ours.values())
     accepted_theirs = sum(s.accepted for s in theirs.values())
-    assert accepted_ours > 0
+    proposed = sum(s.proposed for s in ours.values())
+    assert 0 < accepted_ours < proposed
     # The same head on the same features: the same drafts, up to float32 rounding.
     assert abs(accepted_ours - accepted_theirs) <= max(2, accepted_ours // 10)
