@@ -21,9 +21,7 @@ A holdout split (every tenth question) gives each step's top-1 agreement with th
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -45,7 +43,14 @@ from specbench.heads.eagle3 import (
     save_eagle3,
 )
 from specbench.heads.features import decoder_layers
-from specbench.heads.store import HEADS_FORMAT, heads_dir, heads_key, trained_folder
+from specbench.heads.store import (
+    HEADS_FORMAT,
+    Checkpoint,
+    heads_dir,
+    heads_key,
+    publish,
+    stored_meta,
+)
 from specbench.models.base import LanguageModel
 
 
@@ -235,11 +240,9 @@ def train_eagle3(
 ) -> tuple[Path, dict[str, Any]]:
     """Train (or find) an EAGLE-3 head for ``target``; returns its folder and metadata."""
     key = heads_key(target_identity, training, kind="eagle3")
-    folder = heads_dir() / key
-    if force:
-        shutil.rmtree(folder, ignore_errors=True)
-    if trained_folder(key) is not None:
-        return folder, json.loads((folder / "meta.json").read_text())
+    found = stored_meta(key, force)
+    if found is not None:
+        return heads_dir() / key, found
     started = time.perf_counter()
     module = target.model  # type: ignore[attr-defined]
     layer_ids = default_aux_layers(len(decoder_layers(module)))
@@ -263,15 +266,9 @@ def train_eagle3(
     target_lm_head = head.lm_head.weight.detach().clone()
     trainable = [p for name, p in head.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=training.lr, weight_decay=0.0)
-    work = heads_dir() / f"{key}.work"
-    work.mkdir(parents=True, exist_ok=True)
-    checkpoint = work / "checkpoint.pt"
-    step = 0
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint)
-        head.load_state_dict(saved["head"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step = int(saved["step"])
+    checkpoint = Checkpoint(key)
+    step = checkpoint.resume(head, optimizer)
+    if step:
         say(f"resuming EAGLE-3 training at step {step}")
     generator = torch.Generator().manual_seed(training.seed + step)
     losses: list[float] = []
@@ -300,10 +297,7 @@ def train_eagle3(
             recent = sum(losses[-10:]) / len(losses[-10:])
             say(f"training EAGLE-3 head: step {step}/{training.steps}, loss {recent:.3f}")
         if step % 50 == 0 or step == training.steps:
-            torch.save(
-                {"head": head.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
-                checkpoint,
-            )
+            checkpoint.save(head, optimizer, step)
     accuracy = holdout_agreement(head, embed, target_lm_head, holdout, training)
     finished = time.perf_counter()
     meta = {
@@ -326,15 +320,9 @@ def train_eagle3(
             "training": round(finished - collected, 1),
         },
     }
-    partial = heads_dir() / f"{key}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
     verifier = str(target_identity.get("model", "")) or None
     architectures = list(getattr(module.config, "architectures", None) or [])
-    save_eagle3(head, partial, verifier, architectures)
-    (partial / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.replace(folder)
-    shutil.rmtree(work, ignore_errors=True)
+    folder = publish(key, lambda out: save_eagle3(head, out, verifier, architectures), meta)
     load_eagle3(str(folder))  # what was written loads back
     return folder, meta
 

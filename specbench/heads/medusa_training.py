@@ -15,8 +15,6 @@ hashes the target's identity, the head shape, the data and the training settings
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -33,7 +31,14 @@ from specbench.heads.medusa import (
     load_medusa,
     save_medusa,
 )
-from specbench.heads.store import HEADS_FORMAT, heads_dir, heads_key, trained_folder
+from specbench.heads.store import (
+    HEADS_FORMAT,
+    Checkpoint,
+    heads_dir,
+    heads_key,
+    publish,
+    stored_meta,
+)
 from specbench.models.base import LanguageModel
 
 
@@ -90,13 +95,9 @@ def train_medusa(
 ) -> tuple[Path, dict[str, Any]]:
     """Train (or find) heads for ``target``; returns their folder and metadata."""
     key = heads_key(target_identity, training, kind="medusa")
-    folder = heads_dir() / key
-    if force:
-        shutil.rmtree(folder, ignore_errors=True)
-    if trained_folder(key) is not None:
-        return folder, json.loads((folder / "meta.json").read_text())
-    work = heads_dir() / f"{key}.work"
-    work.mkdir(parents=True, exist_ok=True)
+    found = stored_meta(key, force)
+    if found is not None:
+        return heads_dir() / key, found
     data = _medusa_data(target, training, target_identity, say)
     holdout = [d for i, d in enumerate(data) if i % 10 == 9]
     train = [d for i, d in enumerate(data) if i % 10 != 9]
@@ -117,13 +118,9 @@ def train_medusa(
                 module_.weight.requires_grad_(False)
     trainable = [p for p in heads.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=training.lr)
-    checkpoint = work / "checkpoint.pt"
-    step = 0
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint)
-        heads.load_state_dict(saved["heads"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step = int(saved["step"])
+    checkpoint = Checkpoint(key)
+    step = checkpoint.resume(heads, optimizer)
+    if step:
         say(f"resuming training at step {step}")
     pairs = [_pairs(train, i) for i in range(training.num_heads)]
     generator = torch.Generator().manual_seed(training.seed + step)
@@ -143,10 +140,7 @@ def train_medusa(
         if step % 25 == 0 or step == training.steps:
             say(f"training Medusa heads: step {step}/{training.steps}, loss {losses[-1]:.3f}")
         if step % 50 == 0 or step == training.steps:
-            torch.save(
-                {"heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
-                checkpoint,
-            )
+            checkpoint.save(heads, optimizer, step)
     accuracy = _holdout_accuracy(heads, holdout, training.num_heads)
     meta = {
         "key": key,
@@ -162,13 +156,8 @@ def train_medusa(
         "shape": f"{training.num_heads} heads x {training.num_layers} blocks",
         "final_loss": losses[-1] if losses else None,
     }
-    partial = heads_dir() / f"{key}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    save_medusa(heads, partial, str(target_identity.get("model", "")))
-    (partial / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.replace(folder)
-    shutil.rmtree(work, ignore_errors=True)
+    base_model = str(target_identity.get("model", ""))
+    folder = publish(key, lambda out: save_medusa(heads, out, base_model), meta)
     load_medusa(str(folder))  # what was written loads back
     return folder, meta
 

@@ -7,8 +7,6 @@ the shared tree walk; both are exact (greedy: token for token equal to greedy de
 
 from __future__ import annotations
 
-import json
-
 from pydantic import Field
 
 from specbench.decoding.eagle import Eagle3Drafter, Eagle3TreeProposer, HeadState
@@ -20,7 +18,7 @@ from specbench.errors import PluginError, SpecbenchError
 from specbench.heads.eagle3 import Eagle3Head, aux_layers, check_fits, load_eagle3
 from specbench.heads.eagle3_training import Eagle3Training, train_eagle3
 from specbench.heads.features import LayerInputCapture, decoder_layers
-from specbench.heads.store import heads_dir, heads_key, trained_folder
+from specbench.heads.store import heads_for
 from specbench.plugins import (
     DecodingMethod,
     GenerationResult,
@@ -108,27 +106,18 @@ class Eagle3Method(DecodingMethod):
         self.state = HeadState(head, module, target.vocab_size)  # type: ignore[arg-type]
 
     def _trained(self, context: RunContext, train: bool, force: bool = False) -> str | None:
-        from specbench.judge.cache import model_identity
-
+        """Use the head trained for this target and these settings (training it when
+        ``train``); a one-line summary of it."""
         params = self.params
         assert isinstance(params, Eagle3Params)
-        identity = model_identity(context.models_spec.target)
-        key = heads_key(identity, params.training(), kind="eagle3")
-        if trained_folder(key) is None or force:
-            if not train:
-                raise SpecbenchError(
-                    f"{context.label}: no EAGLE-3 head trained for this target and settings",
-                    f"run `specbench heads train -p {context.preset_source}` (or "
-                    "`run --train-judge`), or set params.head to a folder",
-                )
-            train_eagle3(
-                self.models.target, identity, params.training(), force, context.on_progress
-            )
-        folder = heads_dir() / key
-        meta = json.loads((folder / "meta.json").read_text())
+        target = self.models.target
+        folder, meta = heads_for(
+            context, target, "eagle3", params.training(), train_eagle3, train, force
+        )
         self._use(load_eagle3(str(folder)), str(folder))
         accuracy = ", ".join(f"{a:.2f}" for a in meta["holdout_top1"])
-        return f"{context.label}: EAGLE-3 head {key} (holdout top-1 per draft step: {accuracy})"
+        head = f"EAGLE-3 head {folder.name}"
+        return f"{context.label}: {head} (holdout top-1 per draft step: {accuracy})"
 
     def prepare(self, context: RunContext) -> None:
         if self.state is None:

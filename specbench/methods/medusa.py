@@ -10,7 +10,6 @@ separate method ``medusa-typical``, never marked exact.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import torch
@@ -25,7 +24,7 @@ from specbench.errors import PluginError, SpecbenchError
 from specbench.heads.features import FinalStateCapture
 from specbench.heads.medusa import MedusaHeads, check_fits, load_medusa
 from specbench.heads.medusa_training import MedusaTraining, train_medusa
-from specbench.heads.store import heads_dir, heads_key, trained_folder
+from specbench.heads.store import heads_for
 from specbench.plugins import (
     DecodingMethod,
     GenerationResult,
@@ -212,29 +211,17 @@ class MedusaMethod(DecodingMethod):
         self.drafter = MedusaDrafter(heads, k, target.vocab_size)
 
     def _trained(self, context: RunContext, train: bool, force: bool = False) -> str | None:
-        """Use the heads trained for this target and these settings; train them when
-        ``train``. Returns a one-line summary when it trained (or found) them."""
-        from specbench.judge.cache import model_identity
-
+        """Use the heads trained for this target and these settings (training them when
+        ``train``); a one-line summary of them."""
         params = self.params
         assert isinstance(params, MedusaParams)
-        identity = model_identity(context.models_spec.target)
-        key = heads_key(identity, params.training(), kind="medusa")
-        if trained_folder(key) is None or force:
-            if not train:
-                raise SpecbenchError(
-                    f"{context.label}: no Medusa heads trained for this target and settings",
-                    f"run `specbench heads train -p {context.preset_source}` (or "
-                    "`run --train-judge`), or set params.heads to a folder",
-                )
-            train_medusa(
-                self.models.target, identity, params.training(), force, context.on_progress
-            )
-        folder = heads_dir() / key
-        meta = json.loads((folder / "meta.json").read_text())
+        target = self.models.target
+        folder, meta = heads_for(
+            context, target, "medusa", params.training(), train_medusa, train, force
+        )
         self._use(load_medusa(str(folder)), str(folder))
         accuracy = ", ".join("-" if a is None else f"{a:.2f}" for a in meta["holdout_top1"])
-        return f"{context.label}: Medusa heads {key} (holdout top-1 per head: {accuracy})"
+        return f"{context.label}: Medusa heads {folder.name} (holdout top-1 per head: {accuracy})"
 
     def prepare(self, context: RunContext) -> None:
         if self.drafter is None:
