@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from specbench.errors import ModelLoadError
-from specbench.heads.hub import resolve_folder
+from specbench.heads.hub import read_state, resolve_folder
 
 CONFIG = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -406,29 +406,16 @@ def load_eagle3(source: str, local_only: bool = False) -> Eagle3Head:
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    for name in WEIGHT_FILES:
-        path = folder / name
-        if not path.is_file():
-            continue
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: dict[str, torch.Tensor] = load_file(str(path))
+    out = {}
+    for key, value in read_state(folder, WEIGHT_FILES, "EAGLE-3 folder").items():
+        key = key.removeprefix("model.").replace("midlayer.", "layers.0.")
+        if key == "d2t":
+            out[key] = value.long()
+        elif key == "t2d":
+            out[key] = value.bool()
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        out = {}
-        for key, value in state.items():
-            key = key.removeprefix("model.").replace("midlayer.", "layers.0.")
-            if key == "d2t":
-                out[key] = value.long()
-            elif key == "t2d":
-                out[key] = value.bool()
-            else:
-                out[key] = value.float()
-        return out
-    raise ModelLoadError(
-        f"{folder} holds no {' or '.join(WEIGHT_FILES)}", "an EAGLE-3 folder needs its weights"
-    )
+            out[key] = value.float()
+    return out
 
 
 def save_eagle3(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from specbench.errors import ModelLoadError
 
@@ -31,3 +34,20 @@ def resolve_folder(source: str, kind: str, patterns: list[str], local_only: bool
             "download it first, or give a local folder",
         ) from error
     return Path(found)
+
+
+def read_state(folder: Path, names: Sequence[str], kind: str) -> dict[str, torch.Tensor]:
+    """The state dict in the first of ``names`` found in ``folder`` (safetensors, or a
+    PyTorch file read with ``weights_only``); a one-line error when none is there."""
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: dict[str, torch.Tensor] = load_file(str(path))
+            return state
+        loaded: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+        return loaded
+    raise ModelLoadError(f"{folder} holds no {' or '.join(names)}", f"a {kind} needs its weights")

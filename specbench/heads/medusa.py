@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import nn
 
 from specbench.errors import ModelLoadError
-from specbench.heads.hub import resolve_folder
+from specbench.heads.hub import read_state, resolve_folder
 
 CONFIG = "config.json"
 WEIGHTS = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
@@ -127,20 +127,8 @@ def load_medusa(source: str, local_only: bool = False) -> MedusaHeads:
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    for name in WEIGHTS:
-        path = folder / name
-        if not path.is_file():
-            continue
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: dict[str, Any] = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        return {key.removeprefix(PREFIX): value.float() for key, value in state.items()}
-    raise ModelLoadError(
-        f"{folder} holds no {' or '.join(WEIGHTS)}", "a Medusa folder needs its head weights"
-    )
+    state = read_state(folder, WEIGHTS, "Medusa folder")
+    return {key.removeprefix(PREFIX): value.float() for key, value in state.items()}
 
 
 def save_medusa(heads: MedusaHeads, folder: Path, base_model: str | None = None) -> Path:
