@@ -24,7 +24,7 @@ import torch
 
 from specbench.decoding.drafters import Drafter, Proposal
 from specbench.decoding.sampling import SamplingParams, logits_to_probs, sample
-from specbench.decoding.tree import TokenTree, TreeProposer
+from specbench.decoding.tree import Candidate, TokenTree, TreeProposer, best_subtree
 from specbench.decoding.types import GenerationRequest
 from specbench.heads.eagle3 import Eagle3Head, KVCache
 from specbench.heads.features import LayerInputCapture
@@ -196,12 +196,8 @@ class Eagle3Drafter(Drafter):
 
 
 @dataclass
-class _Candidate:
-    score: float
-    depth: int
-    parent: int  # candidate index, -1: the root
-    token: int
-    source: int  # row of ``sources`` holding the state it is fed with
+class _Candidate(Candidate):
+    source: int = 0  # row of ``sources`` holding the state it is fed with
     slot: int = -1  # its cache slot once expanded
 
 
@@ -267,14 +263,7 @@ class Eagle3TreeProposer(TreeProposer):
                 tree.rounds += 1
         state.cache.crop(committed)
         self.calls = state.calls
-        kept = sorted(range(len(pool)), key=lambda i: (-pool[i].score, pool[i].depth))
-        kept = sorted(kept[: self.budget], key=lambda i: (pool[i].depth, i))
-        node_of: dict[int, int] = {}
-        for i in kept:
-            candidate = pool[i]
-            parent = -1 if candidate.parent == -1 else node_of[candidate.parent]
-            node_of[i] = tree.add(parent, candidate.token, candidate.depth)
-        tree.candidates = len(pool)
+        best_subtree(tree, pool, self.budget)
         return tree
 
     def _children(

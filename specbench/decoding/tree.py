@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +77,30 @@ class TokenTree:
             nodes.append(existing)
             parent = existing
         return nodes
+
+
+@dataclass
+class Candidate:
+    """A node a tree proposer may keep: its cumulative draft log-probability, depth, parent
+    (an index into the same candidate list, ``-1``: the root) and token."""
+
+    score: float
+    depth: int
+    parent: int
+    token: int
+
+
+def best_subtree(tree: TokenTree, pool: Sequence[Candidate], budget: int) -> None:
+    """Add the ``budget`` candidates of highest score to ``tree``, parents first. A child
+    never outscores its parent and ties go to the shallower, so the kept set is a tree (the
+    reranking of EAGLE-2 and of Medusa's candidate trees)."""
+    ranked = sorted(range(len(pool)), key=lambda i: (-pool[i].score, pool[i].depth))
+    node_of: dict[int, int] = {}
+    for i in sorted(ranked[:budget], key=lambda i: (pool[i].depth, i)):
+        candidate = pool[i]
+        parent = -1 if candidate.parent == -1 else node_of[candidate.parent]
+        node_of[i] = tree.add(parent, candidate.token, candidate.depth)
+    tree.candidates = len(pool)
 
 
 class TreeProposer:

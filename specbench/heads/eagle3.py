@@ -150,6 +150,18 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(inputs, kv * d, bias=bias)
         self.o_proj = nn.Linear(heads * d, config.hidden_size, bias=False)
 
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of ``x`` (``[T, 2H]``) per head, ``[heads, T, d]``, with
+        the rotary embedding applied to queries and keys."""
+        length = x.shape[0]
+        cos, sin = rope
+        q = self.q_proj(x).view(length, self.heads, self.dim).transpose(0, 1)
+        k = self.k_proj(x).view(length, self.kv_heads, self.dim).transpose(0, 1)
+        v = self.v_proj(x).view(length, self.kv_heads, self.dim).transpose(0, 1)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
     def forward(
         self,
         x: torch.Tensor,
@@ -160,12 +172,7 @@ class Attention(nn.Module):
         """``x`` is ``[T, 2H]`` (one sequence); ``allowed[i, j]``: query ``i`` may read key
         ``j`` of the cache followed by these ``T`` positions (``None``: causal)."""
         length = x.shape[0]
-        cos, sin = rope
-        q = self.q_proj(x).view(length, self.heads, self.dim).transpose(0, 1)
-        k = self.k_proj(x).view(length, self.kv_heads, self.dim).transpose(0, 1)
-        v = self.v_proj(x).view(length, self.kv_heads, self.dim).transpose(0, 1)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q, k, v = self.project(x, rope)
         before = 0 if cache is None else len(cache)
         if cache is not None:
             k, v = cache.append(k, v)

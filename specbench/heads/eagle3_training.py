@@ -37,7 +37,6 @@ from specbench.heads.eagle3 import (
     Attention,
     Eagle3Config,
     Eagle3Head,
-    _rotate_half,
     default_aux_layers,
     load_eagle3,
     save_eagle3,
@@ -210,12 +209,7 @@ def _ttt_attention(
     its own row (the drafts before it in its chain)."""
     length = x.shape[0]
     heads, kv_heads, dim = attention.heads, attention.kv_heads, attention.dim
-    cos, sin = head.rope(torch.arange(length) + step, x.dtype)
-    q = attention.q_proj(x).view(length, heads, dim).transpose(0, 1)
-    k = attention.k_proj(x).view(length, kv_heads, dim).transpose(0, 1)
-    v = attention.v_proj(x).view(length, kv_heads, dim).transpose(0, 1)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    q, k, v = attention.project(x, head.rope(torch.arange(length) + step, x.dtype))
     groups = heads // kv_heads
     all_keys = [kk.repeat_interleave(groups, 0) for kk in [*keys, k]]
     all_values = [vv.repeat_interleave(groups, 0) for vv in [*values, v]]

@@ -79,24 +79,32 @@ class LayerInputCapture:
         return out
 
 
+def final_norm(module: Any) -> nn.Module | None:
+    """A transformers causal LM's last norm (``model.norm`` in most), or ``None``."""
+    norm = getattr(getattr(module, "model", module), "norm", None)
+    return norm if isinstance(norm, nn.Module) else None
+
+
 class FinalStateCapture:
     """While active, records the target's final normed hidden states (the output of its last
-    norm, what the output layer reads) at every forward call; ``take()`` returns the last
-    call's ``[positions, H]`` and forgets them. Medusa heads read these."""
+    norm, what the output layer reads): ``states`` holds the last call's ``[batch, positions,
+    H]`` (with ``first_call``: the first call's, a batch's prefill), ``take()`` returns batch
+    row 0 of it and forgets it. Medusa trees and AutoJudge mining read these."""
 
-    def __init__(self, module: nn.Module) -> None:
-        holder = getattr(module, "model", module)
-        norm = getattr(holder, "norm", None)
-        if not isinstance(norm, nn.Module):
+    def __init__(self, module: nn.Module, first_call: bool = False) -> None:
+        norm = final_norm(module)
+        if norm is None:
             raise ValueError(f"{type(module).__name__} has no final norm to read states from")
         self.norm = norm
-        self._last: torch.Tensor | None = None
+        self.first_call = first_call
+        self.states: torch.Tensor | None = None
         self._handle: Any = None
 
     def __enter__(self) -> FinalStateCapture:
         def record(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            self._last = hidden[0].detach()
+            if self.first_call and self.states is not None:
+                return
+            self.states = (output[0] if isinstance(output, tuple) else output).detach()
 
         self._handle = self.norm.register_forward_hook(record)
         return self
@@ -110,8 +118,8 @@ class FinalStateCapture:
         if self._handle is not None:
             self._handle.remove()
         self._handle = None
-        self._last = None
 
     def take(self) -> torch.Tensor | None:
-        out, self._last = self._last, None
+        out = None if self.states is None else self.states[0]
+        self.states = None
         return out

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from specbench.conversation import PromptEncoder
+from specbench.heads.features import FinalStateCapture, final_norm
 from specbench.models.base import Continuation, LanguageModel
 from specbench.prompts import Prompt
 
@@ -307,7 +308,8 @@ def _continue(
     settings: MiningSettings,
 ) -> list[Continuation]:
     """Greedy continuations of ``prefixes`` with the target's state at each prefix's end."""
-    if settings.speculative_k <= 0 or not _FirstCallStates.supports(target):
+    module = getattr(target, "model", None)
+    if settings.speculative_k <= 0 or final_norm(module) is None:
         return target.greedy_continuations(
             prefixes, max_new_tokens, stop_ids, batch_size=settings.batch_size
         )
@@ -323,7 +325,7 @@ def _continue(
             for p in chunk
         ]
         drafter = BatchModelDrafter(draft, settings.speculative_k)
-        with _FirstCallStates(target) as first:
+        with FinalStateCapture(module, first_call=True) as first:  # type: ignore[arg-type]
             results = batched_generate(requests, target, drafter)
         # The first call is every row's prefill, rows left-aligned: the state at the
         # prefix's last token is at its length - 1.
@@ -332,39 +334,6 @@ def _continue(
         for row, (prefix, result) in enumerate(zip(chunk, results, strict=True)):
             out.append(Continuation(result.tokens, states[row, len(prefix) - 1].float().cpu()))
     return out
-
-
-class _FirstCallStates:
-    """The target's final normed states of the first forward call made while active."""
-
-    def __init__(self, target: LanguageModel) -> None:
-        norm = self._norm(target)
-        if norm is None:
-            raise ValueError(f"{target.name}: speculative continuations need an HF target")
-        self.norm = norm
-        self.states: torch.Tensor | None = None
-        self._handle: Any = None
-
-    @staticmethod
-    def _norm(target: LanguageModel) -> torch.nn.Module | None:
-        module = getattr(target, "model", None)
-        norm = getattr(getattr(module, "model", module), "norm", None)
-        return norm if isinstance(norm, torch.nn.Module) else None
-
-    @classmethod
-    def supports(cls, target: LanguageModel) -> bool:
-        return cls._norm(target) is not None
-
-    def __enter__(self) -> _FirstCallStates:
-        def record(_module: torch.nn.Module, _args: Any, output: Any) -> None:
-            if self.states is None:
-                self.states = (output[0] if isinstance(output, tuple) else output).detach()
-
-        self._handle = self.norm.register_forward_hook(record)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._handle.remove()
 
 
 def _draft_argmax(draft: LanguageModel, prompt_ids: list[int], response: list[int]) -> list[int]:

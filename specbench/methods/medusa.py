@@ -17,7 +17,13 @@ from pydantic import Field
 
 from specbench.decoding.drafters import Drafter, Proposal
 from specbench.decoding.loop import speculative_generate
-from specbench.decoding.tree import TokenTree, TreeProposer, tree_generate
+from specbench.decoding.tree import (
+    Candidate,
+    TokenTree,
+    TreeProposer,
+    best_subtree,
+    tree_generate,
+)
 from specbench.decoding.types import GenerationRequest
 from specbench.decoding.verify import RejectionVerifier, TypicalAcceptanceVerifier
 from specbench.errors import PluginError, SpecbenchError
@@ -148,23 +154,18 @@ class MedusaTreeProposer(TreeProposer):
             top = torch.topk(log_probs, min(self.top_k, log_probs.shape[-1]), dim=-1)
         self.calls += 1
         values, tokens = top.values.tolist(), top.indices.tolist()
-        # (score, depth, parent candidate, token); each level expands the best ``budget``.
-        pool: list[tuple[float, int, int, int]] = []
+        # Each level expands its best ``budget`` candidates.
+        pool: list[Candidate] = []
         level = [-1]
         for depth in range(depth_limit):
             added = []
             for parent in level:
-                base = 0.0 if parent == -1 else pool[parent][0]
+                base = 0.0 if parent == -1 else pool[parent].score
                 for value, token in zip(values[depth], tokens[depth], strict=True):
-                    pool.append((base + value, depth + 1, parent, token))
+                    pool.append(Candidate(base + value, depth + 1, parent, token))
                     added.append(len(pool) - 1)
-            level = sorted(added, key=lambda i: -pool[i][0])[: self.budget]
-        kept = sorted(range(len(pool)), key=lambda i: (-pool[i][0], pool[i][1]))[: self.budget]
-        node_of: dict[int, int] = {}
-        for i in sorted(kept, key=lambda i: (pool[i][1], i)):
-            _, depth, parent, token = pool[i]
-            node_of[i] = tree.add(-1 if parent == -1 else node_of[parent], token, depth)
-        tree.candidates = len(pool)
+            level = sorted(added, key=lambda i: -pool[i].score)[: self.budget]
+        best_subtree(tree, pool, self.budget)
         tree.rounds = depth_limit
         return tree
 
