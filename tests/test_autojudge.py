@@ -93,6 +93,8 @@ temperature = 0.0
 max_new_tokens = 24
 [runs]
 warmup = 0
+[output]
+save_tokens = true  # the tests compare tokens
 """
 ENDINGS = ("one", "two", "six", "ten")  # prompts' last characters steer an order-1 chain
 WORDS = [
@@ -262,6 +264,8 @@ def test_judge_cache_key_changes_with_every_determinant(tmp_path: Path) -> None:
         ("methods.2.params.judge.classifier", "mlp"),
         ("methods.2.params.judge.c_grid", [1.0]),
         ("methods.2.params.judge.seed", 1),
+        ("methods.2.params.judge.token_features", True),
+        ("methods.2.params.judge.folds", 3),
     ]
     keys = {reference}
     for dotted, value in changes:
@@ -308,7 +312,7 @@ def test_threshold_zero_equals_greedy_speculative_and_acceptance_grows(tmp_path:
     for s in samples:
         by.setdefault(s.method, {})[s.prompt_id] = s
     for prompt_id, spec in by["speculative"].items():
-        assert by["autojudge-threshold=0"][prompt_id].tokens == spec.tokens
+        assert spec.tokens and by["autojudge-threshold=0"][prompt_id].tokens == spec.tokens
     per_step = []
     for label in (
         "autojudge-threshold=0",
@@ -319,6 +323,67 @@ def test_threshold_zero_equals_greedy_speculative_and_acceptance_grows(tmp_path:
         rows = by[label].values()
         per_step.append(sum(r.new_tokens for r in rows) / sum(r.target_calls for r in rows))
     assert per_step == sorted(per_step) and per_step[-1] > per_step[0]
+
+
+def test_token_features_train_and_decode_with_the_same_columns(tmp_path: Path) -> None:
+    """A judge with token features trains, decodes (its classifier reads hidden states plus
+    the token columns), and at threshold 0 still equals greedy speculative decoding; the
+    mining cache is shared with the judge without token features."""
+    path = _write_preset(tmp_path)
+    preset = load_preset(
+        str(path), discover_methods(), [("methods.2.params.judge.token_features", True)]
+    )
+    swept = sweep_parameter(preset, "threshold", [0.0, 1.0])
+    out = tmp_path / "tokens.jsonl"
+    run_preset(swept, output=out, train_missing=True)
+    (stored,) = cache.list_judges()
+    assert stored["settings"]["token_features"] is True
+    samples = [r for r in read_records(out) if isinstance(r, SampleRecord)]
+    by: dict[str, dict[str, SampleRecord]] = {}
+    for s in samples:
+        by.setdefault(s.method, {})[s.prompt_id] = s
+    for prompt_id, spec in by["speculative"].items():
+        assert by["autojudge-threshold=0"][prompt_id].tokens == spec.tokens
+    lossy = by["autojudge-threshold=1"]
+    assert any(lossy[p].tokens != spec.tokens for p, spec in by["speculative"].items())
+    mined = list((cache.judges_dir() / "mined").iterdir())
+    plain = load_preset(str(path), discover_methods())
+    run_preset(plain, output=tmp_path / "plain.jsonl", train_missing=True)
+    assert list((cache.judges_dir() / "mined").iterdir()) == mined  # mined once, used twice
+    assert len(cache.list_judges()) == 2
+
+
+def test_the_verifier_sees_each_draft_tokens_position_in_the_response() -> None:
+    from specbench.decoding.drafters import ModelDrafter
+    from specbench.decoding.loop import speculative_generate
+    from specbench.decoding.verify import Verdict, leading_accepts
+
+    class Recording:
+        """Greedy verification that records what it was told of positions."""
+
+        needs_features = True
+
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, list[int]]] = []
+
+        def verify(self, draft_tokens, draft_probs, target_probs, generator, features=None):  # type: ignore[no-untyped-def]
+            assert features is not None and features.draft_positions is not None
+            self.seen.append((committed[0], features.draft_positions[0].tolist()))
+            choice = target_probs.argmax(-1)
+            k = draft_tokens.shape[1]
+            accepted = leading_accepts(draft_tokens == choice[:, :k])
+            committed[0] += int(accepted[0]) + 1
+            return Verdict(accepted=accepted, next_tokens=choice[0, accepted])
+
+    committed = [0]
+    models = toy_pair(vocab_size=24, order=1, seed=21, distance=1.5, sharpness=3.0)
+    verifier = Recording()
+    result = speculative_generate(
+        request([1, 2, 3], 30), models.target, ModelDrafter(models.require_draft(), k=4), verifier
+    )
+    assert len(result.tokens) == 30 and len(verifier.seen) > 3
+    for before, positions in verifier.seen:
+        assert positions == list(range(before, before + len(positions)))
 
 
 def test_verifier_acceptance_is_monotone_in_the_threshold() -> None:
@@ -449,10 +514,12 @@ def test_speculative_continuations_equal_plain_greedy(tiny_hf: dict) -> None:
     models = hf_pair(tiny_hf)
     target, draft = models.target, models.require_draft()
     prefixes = [[5, 9, 23, 7], [40, 41, 42, 43, 44, 45], [100, 3, 17]]
-    plain = _continue(target, draft, prefixes, 12, frozenset(), MiningSettings(batch_size=2))
+    budgets = [12, 7, 12]
+    plain = _continue(target, draft, prefixes, budgets, frozenset(), MiningSettings(batch_size=2))
     fast = _continue(
-        target, draft, prefixes, 12, frozenset(), MiningSettings(batch_size=2, speculative_k=3)
+        target, draft, prefixes, budgets, frozenset(), MiningSettings(batch_size=2, speculative_k=3)
     )
+    assert [len(c.tokens) for c in fast] == budgets
     assert [c.tokens for c in fast] == [c.tokens for c in plain]
     for a, b in zip(fast, plain, strict=True):
         assert torch.allclose(a.prefix_hidden, b.prefix_hidden, atol=1e-4)

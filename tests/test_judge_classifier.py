@@ -1,4 +1,5 @@
-"""The judge classifier: ROC-AUC, deterministic training, C chosen on held-out data."""
+"""The judge classifier: ROC-AUC, deterministic training, C chosen on held-out data, nested
+K-fold validation over prompts; the token features it can add."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import itertools
 import pytest
 import torch
 
-from specbench.judge.classifier import JudgeClassifier, roc_auc, train_classifier
+from specbench.judge.classifier import (
+    JudgeClassifier,
+    roc_auc,
+    stratified_roc_auc,
+    train_classifier,
+)
+from specbench.judge.token_features import FEATURE_NAMES, TokenFeaturizer
 
 
 def _brute_force_auc(scores: list[float], labels: list[int]) -> float:
@@ -73,10 +80,80 @@ def test_group_split_holds_out_whole_prompts() -> None:
     groups = [f"p{i // 7}" for i in range(140)]  # 20 prompts, 7 mismatches each
     features = torch.randn(140, 6)
     labels = (features[:, 0] > 0).long()
-    _, report = train_classifier(features, labels, groups=groups, c_grid=(1e-5, 1.0))
+    _, report = train_classifier(features, labels, groups=groups, c_grid=(1e-5, 1.0), folds=0)
+    assert report.validation == "held-out prompts"
     assert report.validation_samples == 4 * 7  # 20% of the prompts, all their rows
     from specbench.judge.classifier import _group_split
 
     train, val = _group_split(groups, 0.2, 0)
     assert {groups[i] for i in train.tolist()}.isdisjoint({groups[i] for i in val.tolist()})
     assert set(report.grid) == {"1e-05", "1"}
+
+
+def test_stratified_auc_compares_rows_within_a_fold_only() -> None:
+    # Each fold ranks perfectly, but fold 1's scores all sit below fold 0's: pooled, its
+    # positives lose to fold 0's negatives.
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    labels = torch.tensor([1, 0, 0, 1, 1, 0])
+    folds = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert roc_auc(scores, labels) == pytest.approx(5 / 9)
+    assert stratified_roc_auc(scores, labels, folds) == 1.0
+    one_class = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert stratified_roc_auc(scores, torch.tensor([0, 0, 0, 1, 0, 0]), one_class) == 1.0
+    assert stratified_roc_auc(scores, torch.zeros(6, dtype=torch.long), folds) is None
+
+
+def _grouped(n_prompts: int, per_prompt: int, signal: float, seed: int) -> tuple:
+    generator = torch.Generator().manual_seed(seed)
+    groups = [f"p{i // per_prompt}" for i in range(n_prompts * per_prompt)]
+    x = torch.randn(len(groups), 30, generator=generator)
+    noise = torch.randn(len(groups), generator=generator)
+    y = (signal * x[:, 0] + noise > 1.0).long()
+    return x, y, groups
+
+
+def test_kfold_validation_scores_every_row_with_c_chosen_inside_each_fold() -> None:
+    x, y, groups = _grouped(40, 6, signal=3.0, seed=0)
+    _, report = train_classifier(x, y, groups=groups, c_grid=(1e-3, 1.0), folds=5)
+    assert report.validation == "5-fold by prompt, C chosen inside each fold"
+    assert report.validation_samples == len(y)
+    assert report.roc_auc is not None and report.roc_auc > 0.85
+    assert report.roc_auc_interval is not None
+    low, high = report.roc_auc_interval
+    assert low < report.roc_auc < high and high - low < 0.2
+    points = report.operating_points
+    assert [p["threshold"] for p in points] == sorted(p["threshold"] for p in points)
+    for name in ("kept_unimportant", "kept_important"):
+        assert [p[name] for p in points] == sorted(p[name] for p in points)
+    middle = next(p for p in points if p["threshold"] == 0.5)
+    assert middle["kept_unimportant"] > 0.8 > 0.3 > middle["kept_important"]
+
+
+def test_nested_validation_is_not_flattered_by_picking_the_best_c() -> None:
+    """Without signal, the best of a grid scores above chance on the data that chose it;
+    the nested estimate stays at chance (its 95% interval holds 0.5)."""
+    x, y, groups = _grouped(30, 5, signal=0.0, seed=4)
+    grid = (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
+    _, report = train_classifier(x, y, groups=groups, c_grid=grid, folds=5)
+    best_of_grid = max(v for v in report.grid.values() if v is not None)
+    assert report.roc_auc is not None and report.roc_auc < best_of_grid
+    assert report.roc_auc_interval is not None
+    assert report.roc_auc_interval[0] < 0.5 < report.roc_auc_interval[1]
+
+
+def test_token_features_describe_both_tokens_and_how_they_relate() -> None:
+    texts = {1: "3", 2: "1", 3: " the", 4: " The", 5: "\n\n", 6: " +", 7: " total"}
+    featurizer = TokenFeaturizer(lambda ids: texts[ids[0]])
+    rows = featurizer.features([1, 3, 5, 6], [2, 4, 7, 7], [0, 10, 99, 3])
+    named = [dict(zip(FEATURE_NAMES, row.tolist(), strict=True)) for row in rows]
+    assert rows.shape == (4, TokenFeaturizer.width)
+    digits, case, blank, symbol = named
+    assert (
+        digits["draft_has_digit"] == digits["target_has_digit"] == digits["both_have_digits"] == 1
+    )
+    assert digits["log_position"] == 0.0 and case["log_position"] == pytest.approx(2.3979, abs=1e-4)
+    assert case["same_when_normalised"] == 1 and case["draft_leading_space"] == 1
+    assert case["draft_word"] == case["target_word"] == 1 and case["draft_has_digit"] == 0
+    assert blank["draft_blank"] == blank["draft_has_newline"] == 1 and blank["target_blank"] == 0
+    assert symbol["draft_math_symbol"] == 1 and symbol["target_math_symbol"] == 0
+    assert symbol["same_when_normalised"] == symbol["one_extends_other"] == 0

@@ -85,7 +85,8 @@ def speculative_generate(
         features = None
         if output.hidden is not None and verifier.needs_features:
             draft_hidden = None if proposal.hidden is None else proposal.hidden.unsqueeze(0)
-            features = StepFeatures(output.hidden.unsqueeze(0), draft_hidden)
+            positions = torch.arange(k, device=target.device) + len(state.new_tokens)
+            features = StepFeatures(output.hidden.unsqueeze(0), draft_hidden, positions[None])
         verdict = verifier.verify(
             draft_tokens,
             draft_probs.unsqueeze(0),

@@ -40,11 +40,13 @@ class StepFeatures:
     ``target_hidden[b, i]`` is the target's last hidden state at row ``i`` of the step: row 0
     is the last committed token, row ``i`` the draft token ``i`` (which it has seen).
     ``draft_hidden[b, i - 1]`` is the draft's hidden state at draft token ``i``, when the
-    drafter collected it.
+    drafter collected it. ``draft_positions[b, i - 1]`` is draft token ``i``'s position in
+    the response (0 = the first generated token).
     """
 
     target_hidden: torch.Tensor
     draft_hidden: torch.Tensor | None = None
+    draft_positions: torch.Tensor | None = None
 
 
 class Verifier(Protocol):

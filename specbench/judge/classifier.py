@@ -2,8 +2,12 @@
 
 Logistic regression with an L2 penalty (sklearn's ``C`` convention: loss = C * sum(BCE) +
 ||w||^2 / 2), fitted by L-BFGS in float64 from zeros, so a seed fully determines it. ``C``
-is chosen by ROC-AUC on a stratified held-out split, then the model is refitted on all data.
-An MLP (one hidden layer) is available with ``kind = "mlp"``.
+is chosen by validation ROC-AUC, then the model is refitted on all data. With prompts
+(groups) the validation is K-fold over whole prompts: every mismatch is scored once by a
+model that never saw its prompt, and the ROC-AUC is taken over all those scores, so a few
+hundred mismatches give a usable estimate (a single 20% split of 50 positives does not); a
+bootstrap over prompts gives its 95% interval. An MLP (one hidden layer) is available with
+``kind = "mlp"``.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ class JudgeClassifier:
     state: dict[str, torch.Tensor]
 
     def prob_important(self, features: torch.Tensor) -> torch.Tensor:
-        """``features`` ``[..., H]`` to probabilities ``[...]``."""
+        """``features`` ``[..., H]`` to probabilities ``[...]``, float64 on the CPU: in float32
+        a confident judge's probabilities round to 1.0, and ties distort both the ROC-AUC and
+        a threshold sweep near 1."""
         x = (features.double().cpu() - self.mean) / self.std
-        return torch.sigmoid(_logits(self.kind, self.state, x)).to(features.device).float()
+        return torch.sigmoid(_logits(self.kind, self.state, x))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "mean": self.mean, "std": self.std, "state": self.state}
@@ -54,6 +60,13 @@ class TrainReport:
     train_loss: float
     chosen_c: float
     grid: dict[str, float | None] = field(default_factory=dict)
+    #: How the ROC-AUC was measured, e.g. "5-fold by prompt" or "held-out rows".
+    validation: str = "held-out split"
+    #: 95% bootstrap interval of the chosen C's ROC-AUC (resampling prompts), when measured.
+    roc_auc_interval: tuple[float, float] | None = None
+    #: For choosing a threshold: at each threshold, the share of held-out unimportant and of
+    #: important mismatches the judge would keep (score below it), from the nested scores.
+    operating_points: list[dict[str, float]] = field(default_factory=list)
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
@@ -76,6 +89,28 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
+def stratified_roc_auc(
+    scores: torch.Tensor, labels: torch.Tensor, strata: torch.Tensor
+) -> float | None:
+    """ROC-AUC over the pairs that share a stratum (a validation fold).
+
+    Scores of different folds come from different models whose base rates differ with what
+    each left out; comparing them across folds ranks folds, not mismatches, and pulls the
+    pooled AUC of a weak model far below 0.5. This is the per-fold AUC weighted by each
+    fold's positive-negative pairs; folds with one class count for nothing."""
+    total, weight = 0.0, 0
+    for stratum in set(strata.tolist()):
+        mask = strata == stratum
+        auc = roc_auc(scores[mask], labels[mask])
+        if auc is None:
+            continue
+        positives = int(labels[mask].sum())
+        pairs = positives * (int(mask.sum()) - positives)
+        total += auc * pairs
+        weight += pairs
+    return total / weight if weight else None
+
+
 def train_classifier(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -84,11 +119,16 @@ def train_classifier(
     validation_fraction: float = 0.2,
     seed: int = 0,
     groups: Sequence[str] | None = None,
+    folds: int = 5,
 ) -> tuple[JudgeClassifier, TrainReport]:
-    """Choose C on a held-out split by ROC-AUC, then refit on everything.
+    """Choose C by validation ROC-AUC, then refit on everything.
 
-    With ``groups`` (each row's prompt) the split holds out whole prompts, so the validation
-    ROC-AUC measures mismatches of prompts the judge has not seen, as decoding meets them."""
+    With ``groups`` (each row's prompt) validation holds out whole prompts, so the ROC-AUC
+    measures mismatches of prompts the judge has not seen, as decoding meets them. With
+    ``folds`` >= 2 and enough prompts it is K-fold, and the reported ROC-AUC is nested: each
+    fold's model has its C chosen by an inner K-fold on the other folds alone, so picking
+    the best of the grid does not flatter it (``grid`` holds the plain K-fold AUC per C).
+    Otherwise one ``validation_fraction`` split both chooses C and reports its AUC."""
     x = features.double()
     y = labels.double()
     if len(y) < 4 or int(y.sum()) in (0, len(y)):
@@ -96,31 +136,104 @@ def train_classifier(
             f"need examples of both classes to train a judge (got {int(y.sum())} important "
             f"of {len(y)})"
         )
-    if groups is not None and len(set(groups)) >= 5:
-        train_idx, val_idx = _group_split(list(groups), validation_fraction, seed)
+    names = None if groups is None else list(groups)
+    if names is not None and folds >= 2 and len(set(names)) >= folds:
+        fold_of = _group_folds(names, folds, seed)
+        grid, best_c = _grid_search(kind, x, y, fold_of, c_grid, seed)
+        scores = torch.empty(len(y), dtype=torch.float64)
+        for fold in range(folds):
+            train_idx = torch.nonzero(fold_of != fold).flatten()
+            held_idx = torch.nonzero(fold_of == fold).flatten()
+            inner_names = [names[i] for i in train_idx.tolist()]
+            c = best_c
+            if len(set(inner_names)) >= folds:
+                inner_folds = _group_folds(inner_names, folds, seed)
+                _, c = _grid_search(kind, x[train_idx], y[train_idx], inner_folds, c_grid, seed)
+            model = _fit(kind, x[train_idx], y[train_idx], c, seed)
+            scores[held_idx] = model.prob_important(x[held_idx]).double()
+        auc = stratified_roc_auc(scores, y, fold_of)
+        interval = _bootstrap_interval(scores, y, fold_of, names, seed)
+        points = operating_points(scores, y)
+        validation = f"{folds}-fold by prompt, C chosen inside each fold"
+        validation_samples = len(y)
     else:
-        train_idx, val_idx = _stratified_split(y, validation_fraction, seed)
-    grid: dict[str, float | None] = {}
-    best_c, best_auc = c_grid[0], -1.0
-    for c in c_grid:
-        model = _fit(kind, x[train_idx], y[train_idx], c, seed)
-        auc = roc_auc(model.prob_important(x[val_idx]), y[val_idx]) if len(val_idx) else None
-        grid[f"{c:g}"] = auc
-        if auc is not None and auc > best_auc:
-            best_c, best_auc = c, auc
+        if names is not None and len(set(names)) >= 5:
+            train_idx, val_idx = _group_split(names, validation_fraction, seed)
+            validation = "held-out prompts"
+        else:
+            train_idx, val_idx = _stratified_split(y, validation_fraction, seed)
+            validation = "held-out rows"
+        fold_of = torch.full((len(y),), -1, dtype=torch.long)
+        fold_of[val_idx] = 0
+        grid, best_c = _grid_search(kind, x, y, fold_of, c_grid, seed)
+        auc, interval, validation_samples = grid.get(f"{best_c:g}"), None, len(val_idx)
+        points = []
     final = _fit(kind, x, y, best_c, seed)
     loss = float(torch.nn.functional.binary_cross_entropy(final.prob_important(x).double(), y))
     report = TrainReport(
         samples=len(y),
         important=int(y.sum()),
         unimportant=len(y) - int(y.sum()),
-        validation_samples=len(val_idx),
-        roc_auc=grid.get(f"{best_c:g}"),
+        validation_samples=validation_samples,
+        roc_auc=auc,
         train_loss=loss,
         chosen_c=best_c,
         grid=grid,
+        validation=validation,
+        roc_auc_interval=interval,
+        operating_points=points,
     )
     return final, report
+
+
+THRESHOLDS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7)
+
+
+def operating_points(
+    scores: torch.Tensor, labels: torch.Tensor, thresholds: Sequence[float] = THRESHOLDS
+) -> list[dict[str, float]]:
+    """What a threshold keeps: the share of unimportant and important mismatches scored below
+    it (a judge is good where the first is high and the second low)."""
+    important = labels.bool()
+    points = []
+    for threshold in thresholds:
+        kept = scores < threshold
+        points.append(
+            {
+                "threshold": threshold,
+                "kept_unimportant": float(kept[~important].double().mean()),
+                "kept_important": float(kept[important].double().mean()),
+            }
+        )
+    return points
+
+
+def _grid_search(
+    kind: Kind,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fold_of: torch.Tensor,
+    c_grid: Sequence[float],
+    seed: int,
+) -> tuple[dict[str, float | None], float]:
+    """Validation ROC-AUC of every C (fold ``f`` scored by a model fitted on the rows of the
+    other folds; rows in fold -1 are only trained on) and the best C."""
+    folds = sorted(f for f in set(fold_of.tolist()) if f >= 0)
+    scored = fold_of >= 0
+    grid: dict[str, float | None] = {}
+    best_c, best_auc = c_grid[0], -1.0
+    for c in c_grid:
+        scores = torch.empty(len(y), dtype=torch.float64)
+        for fold in folds:
+            train_idx = torch.nonzero(fold_of != fold).flatten()
+            held_idx = torch.nonzero(fold_of == fold).flatten()
+            model = _fit(kind, x[train_idx], y[train_idx], c, seed)
+            scores[held_idx] = model.prob_important(x[held_idx]).double()
+        auc = stratified_roc_auc(scores[scored], y[scored], fold_of[scored])
+        grid[f"{c:g}"] = auc
+        if auc is not None and auc > best_auc:
+            best_c, best_auc = c, auc
+    return grid, best_c
 
 
 def _stratified_split(
@@ -135,6 +248,41 @@ def _stratified_split(
         val.append(idx[:cut])
         train.append(idx[cut:])
     return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def _group_folds(groups: list[str], folds: int, seed: int) -> torch.Tensor:
+    """Each row's fold: the prompts, shuffled with ``seed``, dealt round-robin to folds."""
+    names = sorted(set(groups))
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    fold_of_name = {names[i]: n % folds for n, i in enumerate(order)}
+    return torch.tensor([fold_of_name[g] for g in groups], dtype=torch.long)
+
+
+def _bootstrap_interval(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    strata: torch.Tensor,
+    groups: list[str],
+    seed: int,
+    rounds: int = 1000,
+) -> tuple[float, float] | None:
+    """95% percentile interval of the ROC-AUC, resampling whole prompts with replacement."""
+    names = sorted(set(groups))
+    rows_of: dict[str, list[int]] = {name: [] for name in names}
+    for i, g in enumerate(groups):
+        rows_of[g].append(i)
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(rounds):
+        picks = torch.randint(len(names), (len(names),), generator=generator).tolist()
+        rows = torch.tensor([r for p in picks for r in rows_of[names[p]]], dtype=torch.long)
+        auc = stratified_roc_auc(scores[rows], labels[rows], strata[rows])
+        if auc is not None:
+            values.append(auc)
+    if len(values) < rounds // 2:
+        return None
+    ordered = sorted(values)
+    return ordered[int(0.025 * len(ordered))], ordered[int(0.975 * len(ordered)) - 1]
 
 
 def _group_split(

@@ -14,9 +14,12 @@ the target's response. At most ``max_mismatches_per_prompt`` mismatches are eval
 over the answer. The feature of a mismatch is what the verifier sees at decode time: the
 target's last hidden state at the substituted token, joined with the draft's.
 
-Prompts are mined ``batch_size`` at a time in lockstep, so every round's continuations (one
-per prompt) run as one batch. Each finished prompt's examples are written to a
-:class:`MiningCache`; mining resumes there and grows with the prompt set.
+Up to ``batch_size`` prompts are searched at once and every round's generations (a new
+prompt's reference answer, or one continuation per prompt in search) run as one batch; a
+prompt that is done leaves its row to the next prompt at once, so the batch stays full
+instead of waiting for the prompt with the most mismatches. Each finished prompt's examples
+are written to a :class:`MiningCache` right away; mining resumes there and grows with the
+prompt set.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 
 from specbench.conversation import PromptEncoder
 from specbench.heads.features import FinalStateCapture, final_norm
+from specbench.judge.token_features import TokenFeaturizer
 from specbench.models.base import Continuation, LanguageModel
 from specbench.prompts import Prompt
 
@@ -148,7 +152,7 @@ class _Search:
 
     prompt: Prompt
     ids: list[int]
-    response: list[int] = field(default_factory=list)
+    response: list[int] | None = None  # None until the reference answer is generated
     answer: Hashable | None = None
     cursor: int = 0  # positions before it are settled
     spacing: int = 1
@@ -157,6 +161,7 @@ class _Search:
     done: bool = False
 
     def next_mismatch(self, draft: LanguageModel) -> tuple[int, int] | None:
+        assert self.response is not None
         if self.draft_choice is None:
             self.draft_choice = _draft_argmax(draft, self.ids, self.response)
         for position in range(self.cursor, len(self.response)):
@@ -189,15 +194,15 @@ def mine_labels(
             from_cache += 1
     if from_cache:
         report(_progress(results, len(prompts), f"{from_cache} prompts mined before (cache)"))
-    for start in range(0, len(todo), settings.batch_size):
-        group = todo[start : start + settings.batch_size]
-        searches = [_Search(p, encoder.encode([], p.turns[0], p.system)) for p in group]
-        _mine_group(target, draft, searches, answer, settings)
-        for search in searches:
-            results[search.prompt.id] = search.mined
-            if cache is not None:
-                cache.save(search.prompt.id, search.mined)
-        report(_progress(results, len(prompts), f"{len(group)} more prompts mined"))
+
+    def finished(search: _Search) -> None:
+        results[search.prompt.id] = search.mined
+        if cache is not None:
+            cache.save(search.prompt.id, search.mined)
+        report(_progress(results, len(prompts), f"mined {search.prompt.id}"))
+
+    searches = [_Search(p, encoder.encode([], p.turns[0], p.system)) for p in todo]
+    _mine_pool(target, draft, searches, answer, settings, finished)
     features: list[torch.Tensor] = []
     examples: list[MinedExample] = []
     without_answer: list[str] = []
@@ -222,97 +227,146 @@ def mine_labels(
     )
 
 
-def _mine_group(
+def _mine_pool(
     target: LanguageModel,
     draft: LanguageModel,
     searches: list[_Search],
     answer: AnswerFn,
     settings: MiningSettings,
+    finished: Callable[[_Search], None],
 ) -> None:
-    """Run the searches of a group of prompts in lockstep, one batch of continuations a round."""
+    """Run the searches, ``batch_size`` at a time, one batch of generations a round."""
     stop_ids = frozenset(target.tokenizer.eos_token_ids)
+    decode = target.tokenizer.decode
     limit = settings.max_new_tokens
-    references = target.greedy_continuations(
-        [s.ids for s in searches], limit, stop_ids, batch_size=settings.batch_size
-    )
-    for search, reference in zip(searches, references, strict=True):
-        search.response = reference.tokens
-        finished = bool(reference.tokens) and reference.tokens[-1] in stop_ids
-        finished = finished or not settings.require_finished
-        text = target.tokenizer.decode(reference.tokens)
-        search.answer = answer(search.prompt, text) if finished else None
-        if search.answer is None:
-            search.mined.answered = False
-            search.done = True
-        search.spacing = max(1, len(search.response) // settings.max_mismatches_per_prompt)
-    while True:
-        picks: list[tuple[_Search, int, int]] = []
-        for search in searches:
-            if search.done:
-                continue
-            found = search.next_mismatch(draft)
-            if found is None:
-                search.done = True
-                continue
-            picks.append((search, *found))
-        if not picks:
-            return
-        prefixes = [s.ids + s.response[:t] + [d] for s, t, d in picks]
-        continuations = _continue(
-            target,
-            draft,
-            prefixes,
-            max(1, limit - min(t for _, t, _ in picks) - 1),
-            stop_ids,
-            settings,
-        )
-        draft_states = _draft_states(draft, prefixes) if settings.draft_features else None
-        for i, ((search, position, token), continuation) in enumerate(
-            zip(picks, continuations, strict=True)
-        ):
-            budget = limit - position - 1
-            tail = continuation.tokens[:budget]
-            alternative = search.response[:position] + [token] + tail
-            search.cursor = position + search.spacing
-            finished = (token in stop_ids) or (bool(tail) and tail[-1] in stop_ids)
-            finished = finished or not settings.require_finished
-            if not finished:
-                search.mined.unfinished += 1  # its answer is unknown: no label
+    waiting = list(reversed(searches))
+    active: list[_Search] = []
+    while waiting or active:
+        # A round's jobs: (search, None, None) generates the reference answer, (search,
+        # position, token) continues after the draft's token substituted at position.
+        jobs: list[tuple[_Search, int | None, int | None]] = []
+        while not jobs or (len(active) < settings.batch_size and waiting):
+            while len(active) < settings.batch_size and waiting:
+                active.append(waiting.pop())
+            jobs, done = [], []
+            for search in active:
+                if search.response is None:
+                    jobs.append((search, None, None))
+                    continue
+                found = None if search.done else search.next_mismatch(draft)
+                if found is None:
+                    done.append(search)
+                else:
+                    jobs.append((search, *found))
+            for search in done:
+                active.remove(search)
+                finished(search)
+            if not jobs and not waiting:
+                return
+        prefixes = [_job_prefix(*job) for job in jobs]
+        budgets = [limit if t is None else max(1, limit - t - 1) for _, t, _ in jobs]
+        outputs = _continue(target, draft, prefixes, budgets, stop_ids, settings)
+        mismatch_rows = [i for i, (_, t, _) in enumerate(jobs) if t is not None]
+        draft_states: dict[int, torch.Tensor] = {}
+        if settings.draft_features and mismatch_rows:
+            states = _draft_states(draft, [prefixes[i] for i in mismatch_rows])
+            draft_states = dict(zip(mismatch_rows, states, strict=True))
+        for i, ((search, position, token), output) in enumerate(zip(jobs, outputs, strict=True)):
+            if position is None or token is None:
+                _take_reference(search, output.tokens, answer, decode, stop_ids, settings)
             else:
-                text = target.tokenizer.decode(alternative)
-                important = answer(search.prompt, text) != search.answer
-                feature = continuation.prefix_hidden.float().cpu()
-                if draft_states is not None:
-                    feature = torch.cat([feature, draft_states[i]])
-                search.mined.features.append(feature)
-                search.mined.examples.append(
-                    MinedExample(
-                        search.prompt.id, position, token, search.response[position], important
-                    )
+                _take_continuation(
+                    search,
+                    position,
+                    token,
+                    output,
+                    draft_states.get(i),
+                    answer,
+                    decode,
+                    stop_ids,
+                    settings,
                 )
-                if not important and settings.semi_greedy:
-                    search.response = alternative
-                    search.draft_choice = None  # a new response: the draft reads it again
-            if len(search.mined.examples) + search.mined.unfinished >= (
-                settings.max_mismatches_per_prompt
-            ):
-                search.done = True
+
+
+def _job_prefix(search: _Search, position: int | None, token: int | None) -> list[int]:
+    """A reference job reads the prompt; a mismatch job the response up to the draft's token."""
+    if position is None or token is None or search.response is None:
+        return search.ids
+    return search.ids + search.response[:position] + [token]
+
+
+def _take_reference(
+    search: _Search,
+    tokens: list[int],
+    answer: AnswerFn,
+    decode: Callable[[list[int]], str],
+    stop_ids: frozenset[int],
+    settings: MiningSettings,
+) -> None:
+    """The target's own answer: the one every alternative is compared with."""
+    search.response = tokens
+    finished = (bool(tokens) and tokens[-1] in stop_ids) or not settings.require_finished
+    search.answer = answer(search.prompt, decode(tokens)) if finished else None
+    if search.answer is None:
+        search.mined.answered = False
+        search.done = True
+    search.spacing = max(1, len(tokens) // settings.max_mismatches_per_prompt)
+
+
+def _take_continuation(
+    search: _Search,
+    position: int,
+    token: int,
+    output: Continuation,
+    draft_state: torch.Tensor | None,
+    answer: AnswerFn,
+    decode: Callable[[list[int]], str],
+    stop_ids: frozenset[int],
+    settings: MiningSettings,
+) -> None:
+    """Label the mismatch at ``position`` by the answer of its continuation."""
+    assert search.response is not None
+    tail = output.tokens[: settings.max_new_tokens - position - 1]
+    alternative = search.response[:position] + [token] + tail
+    search.cursor = position + search.spacing
+    finished = (token in stop_ids) or (bool(tail) and tail[-1] in stop_ids)
+    if not (finished or not settings.require_finished):
+        search.mined.unfinished += 1  # its answer is unknown: no label
+    else:
+        important = answer(search.prompt, decode(alternative)) != search.answer
+        feature = output.prefix_hidden.float().cpu()
+        if draft_state is not None:
+            feature = torch.cat([feature, draft_state])
+        search.mined.features.append(feature)
+        search.mined.examples.append(
+            MinedExample(search.prompt.id, position, token, search.response[position], important)
+        )
+        if not important and settings.semi_greedy:
+            search.response = alternative
+            search.draft_choice = None  # a new response: the draft reads it again
+    if len(search.mined.examples) + search.mined.unfinished >= settings.max_mismatches_per_prompt:
+        search.done = True
 
 
 def _continue(
     target: LanguageModel,
     draft: LanguageModel,
     prefixes: list[list[int]],
-    max_new_tokens: int,
+    budgets: list[int],
     stop_ids: frozenset[int],
     settings: MiningSettings,
 ) -> list[Continuation]:
-    """Greedy continuations of ``prefixes`` with the target's state at each prefix's end."""
+    """Greedy continuations of ``prefixes`` (at most ``budgets`` tokens each) with the
+    target's state at each prefix's end."""
     module = getattr(target, "model", None)
     if settings.speculative_k <= 0 or final_norm(module) is None:
-        return target.greedy_continuations(
-            prefixes, max_new_tokens, stop_ids, batch_size=settings.batch_size
+        outputs = target.greedy_continuations(
+            prefixes, max(budgets), stop_ids, batch_size=settings.batch_size
         )
+        return [
+            Continuation(o.tokens[:budget], o.prefix_hidden)
+            for o, budget in zip(outputs, budgets, strict=True)
+        ]
     from specbench.decoding.batch import BatchModelDrafter, batched_generate
     from specbench.decoding.sampling import SamplingParams
     from specbench.decoding.types import GenerationRequest
@@ -321,8 +375,8 @@ def _continue(
     for start in range(0, len(prefixes), settings.batch_size):
         chunk = prefixes[start : start + settings.batch_size]
         requests = [
-            GenerationRequest(p, max_new_tokens, SamplingParams(), seed=0, stop_token_ids=stop_ids)
-            for p in chunk
+            GenerationRequest(p, budget, SamplingParams(), seed=0, stop_token_ids=stop_ids)
+            for p, budget in zip(chunk, budgets[start : start + settings.batch_size], strict=True)
         ]
         drafter = BatchModelDrafter(draft, settings.speculative_k)
         with FinalStateCapture(module, first_call=True) as first:  # type: ignore[arg-type]
@@ -359,6 +413,16 @@ def _progress(results: dict[str, PromptMined], total: int, message: str) -> Mini
     examples = [e for mined in results.values() for e in mined.examples]
     important = sum(e.important for e in examples)
     return MiningProgress(len(results), total, len(examples), important, message)
+
+
+def mined_token_features(data: MinedData, tokenizer: Any) -> torch.Tensor:
+    """The token features (:mod:`specbench.judge.token_features`) of every mined example."""
+    featurizer = TokenFeaturizer(tokenizer.decode)
+    return featurizer.features(
+        [e.draft_token for e in data.examples],
+        [e.target_token for e in data.examples],
+        [e.position for e in data.examples],
+    )
 
 
 def example_rows(data: MinedData) -> list[dict[str, Any]]:

@@ -29,7 +29,14 @@ from specbench.judge.cache import (
     save_judge,
 )
 from specbench.judge.classifier import C_GRID, JudgeClassifier, train_classifier
-from specbench.judge.mining import MiningCache, MiningProgress, MiningSettings, mine_labels
+from specbench.judge.mining import (
+    MiningCache,
+    MiningProgress,
+    MiningSettings,
+    mine_labels,
+    mined_token_features,
+)
+from specbench.judge.token_features import TokenFeaturizer
 from specbench.plugins import (
     DecodingMethod,
     GenerationRequest,
@@ -77,9 +84,26 @@ class JudgeSettings(BaseModel):
         description="semi-greedy: after an unimportant mismatch go on from the alternative "
         "answer (the paper); independent: every mismatch in the target's own answer.",
     )
-    features: Literal["target", "target+draft"] = "target+draft"
+    features: Literal["target", "target+draft"] = Field(
+        "target+draft",
+        description="Hidden states the judge reads at a mismatch: the target's, or both "
+        "models' (the paper's DD-DT).",
+    )
+    token_features: bool = Field(
+        False,
+        description="Add what the two tokens look like (digits, blanks, words, symbols, how "
+        "they relate) and the position in the response: a few columns a judge trained on "
+        "hundreds of mismatches can use, where thousands of hidden dimensions are too many.",
+    )
     classifier: Literal["logistic", "mlp"] = "logistic"
     c_grid: list[float] = Field(default_factory=lambda: list(C_GRID))
+    folds: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="Validate by K-fold over whole training prompts (every mismatch scored "
+        "by a model that never saw its prompt); below 2: one validation_fraction split.",
+    )
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
 
@@ -97,10 +121,17 @@ class JudgeVerifier:
 
     needs_features = True
 
-    def __init__(self, classifier: JudgeClassifier, threshold: float, draft_features: bool) -> None:
+    def __init__(
+        self,
+        classifier: JudgeClassifier,
+        threshold: float,
+        draft_features: bool,
+        token_features: TokenFeaturizer | None = None,
+    ) -> None:
         self.classifier = classifier
         self.threshold = threshold
         self.draft_features = draft_features
+        self.token_features = token_features
         self.mismatches = 0
         self.judge_accepted = 0
 
@@ -128,7 +159,14 @@ class JudgeVerifier:
             if features.draft_hidden is None:
                 raise ValueError("target+draft features need the draft's hidden states")
             states = torch.cat([states, features.draft_hidden.to(states.device)], dim=-1)
-        unimportant = self.classifier.prob_important(states) < self.threshold
+        if self.token_features is not None:
+            if features.draft_positions is None:
+                raise ValueError("token features need the draft tokens' positions")
+            traits = self.token_features.features(
+                draft_tokens.flatten(), choice[:, :k].flatten(), features.draft_positions.flatten()
+            )
+            states = torch.cat([states, traits.reshape(batch, k, -1).to(states)], dim=-1)
+        unimportant = (self.classifier.prob_important(states) < self.threshold).to(match.device)
         accepted = leading_accepts(match | unimportant)
         for row in range(batch):
             n = int(accepted[row])
@@ -207,6 +245,8 @@ class AutoJudgeMethod(DecodingMethod):
                 "classifier": {
                     "kind": self.settings.classifier,
                     "c_grid": self.settings.c_grid,
+                    "token_features": self.settings.token_features,
+                    "folds": self.settings.folds,
                     "validation_fraction": self.settings.validation_fraction,
                     "seed": self.settings.seed,
                 },
@@ -262,14 +302,18 @@ class AutoJudgeMethod(DecodingMethod):
         context.on_progress(
             f"training a {self.settings.classifier} judge on {len(data.labels)} mismatches"
         )
+        features = data.features
+        if self.settings.token_features:
+            features = torch.cat([features, mined_token_features(data, target.tokenizer)], dim=-1)
         classifier, report = train_classifier(
-            data.features,
+            features,
             data.labels,
             kind=self.settings.classifier,
             c_grid=self.settings.c_grid,
             validation_fraction=self.settings.validation_fraction,
             seed=self.settings.seed,
             groups=data.groups,
+            folds=self.settings.folds,
         )
         meta: dict[str, Any] = {
             "method": context.label,
@@ -286,13 +330,16 @@ class AutoJudgeMethod(DecodingMethod):
         }
         save_judge(key, classifier, report, data, meta)
         auc = "n/a" if report.roc_auc is None else f"{report.roc_auc:.3f}"
+        if report.roc_auc_interval is not None:
+            low, high = report.roc_auc_interval
+            auc += f" [95% {low:.2f}-{high:.2f}]"
         return (
             f"{context.label}: judge {key} trained on {report.samples} mismatches "
             f"({report.important} important, {report.unimportant} unimportant) from "
             f"{data.prompts_used} prompts ({data.prompts_from_cache} mined before, "
             f"{len(data.prompts_without_answer)} skipped: no finished answer; "
             f"{data.unfinished} unfinished continuations dropped); validation ROC-AUC {auc} "
-            f"on held-out prompts, C = {report.chosen_c:g}"
+            f"({report.validation}), C = {report.chosen_c:g}"
         )
 
     # -- decoding ------------------------------------------------------------------------
@@ -318,7 +365,14 @@ class AutoJudgeMethod(DecodingMethod):
             assert stored is not None
         self.stored = stored
         self.verifier = JudgeVerifier(
-            stored.classifier, self.threshold, draft_features=self.settings.features != "target"
+            stored.classifier,
+            self.threshold,
+            draft_features=self.settings.features != "target",
+            token_features=(
+                TokenFeaturizer(self.models.target.tokenizer.decode)
+                if self.settings.token_features
+                else None
+            ),
         )
 
     def generate(self, request: GenerationRequest) -> GenerationResult:

@@ -1,0 +1,100 @@
+"""Which features let an AutoJudge judge rank mismatches? A table of validation ROC-AUCs.
+
+Reads a trained judge's mined data (``<cache>/judges/<key>/mined.pt`` and ``examples.jsonl``:
+the target's and the draft's hidden states and each mismatch's tokens), or a mining cache
+folder (``<cache>/judges/mined/<key>``, every prompt mined so far, also while mining runs),
+and trains the same classifier on every feature set, with the same validation (nested K-fold
+over prompts) and C grid. Nothing runs the models: the target's HF folder gives the tokenizer
+and the hidden size.
+
+    python benchmarks/judge_features.py --judge KEY \
+        --model-dir ~/.cache/specbench/models/qwen2.5-coder-1.5b/hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from specbench.judge.cache import judges_dir, resolve_key
+from specbench.judge.classifier import C_GRID, train_classifier
+from specbench.judge.token_features import TokenFeaturizer
+
+FEATURE_SETS = (
+    "target",
+    "draft",
+    "target+draft",
+    "tokens",
+    "target+tokens",
+    "target+draft+tokens",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--judge", help="a trained judge's key (or a prefix)")
+    source.add_argument("--mined", type=Path, help="a mining cache folder")
+    parser.add_argument("--sets", default=",".join(FEATURE_SETS), help="feature sets to try")
+    parser.add_argument("--model-dir", type=Path, required=True, help="the target's HF folder")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    if args.mined is not None:
+        name, hidden, labels, examples = _read_mining_cache(args.mined)
+    else:
+        folder = judges_dir() / resolve_key(args.judge)
+        mined = torch.load(folder / "mined.pt")
+        examples = [json.loads(line) for line in (folder / "examples.jsonl").open()]
+        name, hidden, labels = f"judge {folder.name}", mined["features"].float(), mined["labels"]
+    target_width = json.loads((args.model_dir / "config.json").read_text())["hidden_size"]
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    tokens = TokenFeaturizer(tokenizer.decode).features(
+        [e["draft_token"] for e in examples],
+        [e["target_token"] for e in examples],
+        [e["position"] for e in examples],
+    )
+    parts = {
+        "target": hidden[:, :target_width],
+        "draft": hidden[:, target_width:],
+        "tokens": tokens,
+    }
+    groups = [e["prompt_id"] for e in examples]
+    print(
+        f"{name}: {len(labels)} mismatches, {int(labels.sum())} important, "
+        f"{len(set(groups))} prompts; {args.folds}-fold by prompt, C grid {list(C_GRID)}"
+    )
+    print("| features | columns | ROC-AUC | 95% interval (prompts bootstrapped) | C |")
+    print("|---|---|---|---|---|")
+    for name in args.sets.split(","):
+        columns = [parts[p] for p in name.split("+")]
+        if any(c.shape[1] == 0 for c in columns):
+            continue
+        x = torch.cat(columns, dim=-1)
+        _, report = train_classifier(x, labels, groups=groups, folds=args.folds, seed=args.seed)
+        low, high = report.roc_auc_interval or (float("nan"), float("nan"))
+        print(
+            f"| {name} | {x.shape[1]} | {report.roc_auc:.3f} | {low:.2f}-{high:.2f} "
+            f"| {report.chosen_c:g} |"
+        )
+
+
+def _read_mining_cache(folder: Path) -> tuple[str, torch.Tensor, torch.Tensor, list[dict]]:
+    features, examples = [], []
+    for path in sorted(folder.glob("*.pt")):
+        saved = torch.load(path)
+        if saved["examples"]:
+            features.append(saved["features"].float())
+            examples += saved["examples"]
+    labels = torch.tensor([e["important"] for e in examples], dtype=torch.long)
+    prompts = len(list(folder.glob("*.pt")))
+    return f"mined {folder.name} ({prompts} prompts)", torch.cat(features), labels, examples
+
+
+if __name__ == "__main__":
+    main()
