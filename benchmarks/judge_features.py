@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from transformers import AutoTokenizer
 
 from specbench.judge.cache import judges_dir, resolve_key
 from specbench.judge.classifier import C_GRID, train_classifier
+from specbench.judge.mining import MiningCache
 from specbench.judge.token_features import TokenFeaturizer
 
 FEATURE_SETS = (
@@ -85,15 +87,11 @@ def main() -> None:
 
 
 def _read_mining_cache(folder: Path) -> tuple[str, torch.Tensor, torch.Tensor, list[dict]]:
-    features, examples = [], []
-    for path in sorted(folder.glob("*.pt")):
-        saved = torch.load(path)
-        if saved["examples"]:
-            features.append(saved["features"].float())
-            examples += saved["examples"]
+    mined = MiningCache(folder).all()
+    features = [torch.stack(m.features) for m in mined if m.features]
+    examples = [asdict(e) for m in mined for e in m.examples]
     labels = torch.tensor([e["important"] for e in examples], dtype=torch.long)
-    prompts = len(list(folder.glob("*.pt")))
-    return f"mined {folder.name} ({prompts} prompts)", torch.cat(features), labels, examples
+    return f"mined {folder.name} ({len(mined)} prompts)", torch.cat(features), labels, examples
 
 
 if __name__ == "__main__":

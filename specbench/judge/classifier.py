@@ -12,7 +12,7 @@ bootstrap over prompts gives its 95% interval. An MLP (one hidden layer) is avai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -140,17 +140,15 @@ def train_classifier(
     if names is not None and folds >= 2 and len(set(names)) >= folds:
         fold_of = _group_folds(names, folds, seed)
         grid, best_c = _grid_search(kind, x, y, fold_of, c_grid, seed)
-        scores = torch.empty(len(y), dtype=torch.float64)
-        for fold in range(folds):
-            train_idx = torch.nonzero(fold_of != fold).flatten()
-            held_idx = torch.nonzero(fold_of == fold).flatten()
+
+        def inner_best_c(train_idx: torch.Tensor) -> float:
             inner_names = [names[i] for i in train_idx.tolist()]
-            c = best_c
-            if len(set(inner_names)) >= folds:
-                inner_folds = _group_folds(inner_names, folds, seed)
-                _, c = _grid_search(kind, x[train_idx], y[train_idx], inner_folds, c_grid, seed)
-            model = _fit(kind, x[train_idx], y[train_idx], c, seed)
-            scores[held_idx] = model.prob_important(x[held_idx]).double()
+            if len(set(inner_names)) < folds:
+                return best_c
+            inner_folds = _group_folds(inner_names, folds, seed)
+            return _grid_search(kind, x[train_idx], y[train_idx], inner_folds, c_grid, seed)[1]
+
+        scores = _out_of_fold_scores(kind, x, y, fold_of, inner_best_c, seed)
         auc = stratified_roc_auc(scores, y, fold_of)
         interval = _bootstrap_interval(scores, y, fold_of, names, seed)
         points = operating_points(scores, y)
@@ -158,10 +156,10 @@ def train_classifier(
         validation_samples = len(y)
     else:
         if names is not None and len(set(names)) >= 5:
-            train_idx, val_idx = _group_split(names, validation_fraction, seed)
+            _, val_idx = _group_split(names, validation_fraction, seed)
             validation = "held-out prompts"
         else:
-            train_idx, val_idx = _stratified_split(y, validation_fraction, seed)
+            _, val_idx = _stratified_split(y, validation_fraction, seed)
             validation = "held-out rows"
         fold_of = torch.full((len(y),), -1, dtype=torch.long)
         fold_of[val_idx] = 0
@@ -169,7 +167,7 @@ def train_classifier(
         auc, interval, validation_samples = grid.get(f"{best_c:g}"), None, len(val_idx)
         points = []
     final = _fit(kind, x, y, best_c, seed)
-    loss = float(torch.nn.functional.binary_cross_entropy(final.prob_important(x).double(), y))
+    loss = float(torch.nn.functional.binary_cross_entropy(final.prob_important(x), y))
     report = TrainReport(
         samples=len(y),
         important=int(y.sum()),
@@ -218,22 +216,39 @@ def _grid_search(
 ) -> tuple[dict[str, float | None], float]:
     """Validation ROC-AUC of every C (fold ``f`` scored by a model fitted on the rows of the
     other folds; rows in fold -1 are only trained on) and the best C."""
-    folds = sorted(f for f in set(fold_of.tolist()) if f >= 0)
     scored = fold_of >= 0
     grid: dict[str, float | None] = {}
     best_c, best_auc = c_grid[0], -1.0
     for c in c_grid:
-        scores = torch.empty(len(y), dtype=torch.float64)
-        for fold in folds:
-            train_idx = torch.nonzero(fold_of != fold).flatten()
-            held_idx = torch.nonzero(fold_of == fold).flatten()
-            model = _fit(kind, x[train_idx], y[train_idx], c, seed)
-            scores[held_idx] = model.prob_important(x[held_idx]).double()
+        scores = _out_of_fold_scores(kind, x, y, fold_of, _constant(c), seed)
         auc = stratified_roc_auc(scores[scored], y[scored], fold_of[scored])
         grid[f"{c:g}"] = auc
         if auc is not None and auc > best_auc:
             best_c, best_auc = c, auc
     return grid, best_c
+
+
+def _out_of_fold_scores(
+    kind: Kind,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fold_of: torch.Tensor,
+    choose_c: Callable[[torch.Tensor], float],
+    seed: int,
+) -> torch.Tensor:
+    """Each row of fold ``f >= 0`` scored by a model fitted on every other row, with the C
+    ``choose_c`` picks from those training rows' indices; rows of fold -1 stay NaN."""
+    scores = torch.full((len(y),), float("nan"), dtype=torch.float64)
+    for fold in sorted(f for f in set(fold_of.tolist()) if f >= 0):
+        train_idx = torch.nonzero(fold_of != fold).flatten()
+        held_idx = torch.nonzero(fold_of == fold).flatten()
+        model = _fit(kind, x[train_idx], y[train_idx], choose_c(train_idx), seed)
+        scores[held_idx] = model.prob_important(x[held_idx])
+    return scores
+
+
+def _constant(c: float) -> Callable[[torch.Tensor], float]:
+    return lambda _train_idx: c
 
 
 def _stratified_split(

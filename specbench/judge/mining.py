@@ -118,8 +118,14 @@ class MiningCache:
 
     def load(self, prompt_id: str) -> PromptMined | None:
         path = self._path(prompt_id)
-        if not path.is_file():
-            return None
+        return self._read(path) if path.is_file() else None
+
+    def all(self) -> list[PromptMined]:
+        """Every prompt mined so far (file order), e.g. to study a cache while mining runs."""
+        return [self._read(path) for path in sorted(self.folder.glob("*.pt"))]
+
+    @staticmethod
+    def _read(path: Path) -> PromptMined:
         saved = torch.load(path)
         return PromptMined(
             features=list(saved["features"].float()) if len(saved["examples"]) else [],
@@ -330,7 +336,7 @@ def _take_continuation(
     alternative = search.response[:position] + [token] + tail
     search.cursor = position + search.spacing
     finished = (token in stop_ids) or (bool(tail) and tail[-1] in stop_ids)
-    if not (finished or not settings.require_finished):
+    if settings.require_finished and not finished:
         search.mined.unfinished += 1  # its answer is unknown: no label
     else:
         important = answer(search.prompt, decode(alternative)) != search.answer
