@@ -523,3 +523,100 @@ def test_speculative_continuations_equal_plain_greedy(tiny_hf: dict) -> None:
     assert [c.tokens for c in fast] == [c.tokens for c in plain]
     for a, b in zip(fast, plain, strict=True):
         assert torch.allclose(a.prefix_hidden, b.prefix_hidden, atol=1e-4)
+
+
+def _random_judge(dim: int, seed: int, scale: float = 1.0) -> JudgeClassifier:
+    generator = torch.Generator().manual_seed(seed)
+    return JudgeClassifier(
+        "logistic",
+        torch.zeros(dim, dtype=torch.float64),
+        torch.ones(dim, dtype=torch.float64),
+        {
+            "w": scale * torch.randn(dim, dtype=torch.float64, generator=generator),
+            "b": torch.zeros((), dtype=torch.float64),
+        },
+    )
+
+
+def test_the_last_draft_state_is_computed_only_when_the_judge_needs_it() -> None:
+    """Leaving the draft's state at the last token to a callback changes no verdict, and the
+    callback runs only when some row reaches a mismatch at the last token."""
+    generator = torch.Generator().manual_seed(3)
+    batch, k, vocab, dim = 64, 5, 8, 4
+    drafts = torch.randint(vocab, (batch, k), generator=generator)
+    target_tokens = torch.randint(vocab, (batch, k + 1), generator=generator)
+    agree = torch.rand(batch, k, generator=generator) < 0.6
+    target_tokens[:, :k] = torch.where(agree, drafts, target_tokens[:, :k])
+    target = torch.nn.functional.one_hot(target_tokens, vocab).float()
+    target_hidden = torch.randn(batch, k + 1, dim, generator=generator)
+    draft_hidden = torch.randn(batch, k, dim, generator=generator)
+    classifier = _random_judge(2 * dim, seed=4)
+    calls = []
+
+    def last() -> torch.Tensor:
+        calls.append(1)
+        return draft_hidden[:, -1]
+
+    for threshold in (0.0, 0.3, 0.6, 1.0):
+        eager = JudgeVerifier(classifier, threshold, True).verify(
+            drafts, target[:, :k], target, None, StepFeatures(target_hidden, draft_hidden)
+        )
+        calls.clear()
+        lazy = JudgeVerifier(classifier, threshold, True).verify(
+            drafts,
+            target[:, :k],
+            target,
+            None,
+            StepFeatures(target_hidden, draft_hidden[:, :-1], draft_hidden_last=last),
+        )
+        assert torch.equal(eager.accepted, lazy.accepted)
+        assert torch.equal(eager.next_tokens, lazy.next_tokens)
+        matches = drafts == target_tokens[:, :k]
+        reach_last_mismatch = (eager.accepted >= k - 1) & ~matches[:, -1]
+        assert len(calls) == int(bool(reach_last_mismatch.any()))
+    assert threshold == 1.0 and len(calls) == 1  # everything kept: the last token is judged
+
+    # A batch where every row rejects before the last token never computes it.
+    early = drafts.clone()
+    early[:, 0] = (target_tokens[:, 0] + 1) % vocab
+    calls.clear()
+    JudgeVerifier(classifier, 0.0, True).verify(
+        early,
+        target[:, :k],
+        target,
+        None,
+        StepFeatures(target_hidden, draft_hidden[:, :-1], draft_hidden_last=last),
+    )
+    assert calls == []
+
+
+def test_autojudge_with_draft_states_skips_the_extra_draft_forward(tiny_hf: dict) -> None:
+    """Decoding with the last draft state on demand gives the tokens an always-computed
+    state gives, with fewer draft forwards."""
+    from helpers import hf_pair
+
+    from specbench.decoding.drafters import ModelDrafter, Proposal
+    from specbench.decoding.loop import speculative_generate
+
+    class EagerDrafter(ModelDrafter):
+        def propose(self, sequence, max_tokens):  # type: ignore[no-untyped-def]
+            proposal = super().propose(sequence, max_tokens)
+            if proposal.last_hidden is None:
+                return proposal
+            last = proposal.last_hidden()[None]
+            hidden = last if proposal.hidden is None else torch.cat([proposal.hidden, last])
+            return Proposal(proposal.tokens, proposal.probs, hidden)
+
+    models = hf_pair(tiny_hf)
+    dim = models.target.model.config.hidden_size + models.require_draft().model.config.hidden_size
+    prompt = tiny_hf["tokenizer"].encode("the quick brown")
+    results = {}
+    for name, drafter_class in (("lazy", ModelDrafter), ("eager", EagerDrafter)):
+        verifier = JudgeVerifier(_random_judge(dim, seed=5, scale=0.05), 0.5, True)
+        drafter = drafter_class(models.require_draft(), k=4, collect_hidden=True)
+        result = speculative_generate(request(prompt, 40), models.target, drafter, verifier)
+        results[name] = (result, verifier.judge_accepted)
+    (lazy, lazy_kept), (eager, eager_kept) = results["lazy"], results["eager"]
+    assert lazy.tokens == eager.tokens and lazy_kept == eager_kept > 0
+    assert lazy.stats.target_calls == eager.stats.target_calls
+    assert lazy.stats.draft_calls < eager.stats.draft_calls

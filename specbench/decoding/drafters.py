@@ -10,7 +10,7 @@ the verifier stay the same.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,11 +26,15 @@ class Proposal:
 
     ``probs`` is ``None`` for a deterministic drafter; the verifier then uses one-hot rows,
     which is exact: the draft distribution of a deterministic proposal is a point mass.
+    ``hidden[i]`` is the draft's last hidden state at draft token ``i`` (drafters asked to
+    collect it). The state at the last token costs one more draft forward, so a drafter may
+    leave it out of ``hidden`` and hand over ``last_hidden``, which computes it on demand.
     """
 
     tokens: list[int]
     probs: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
+    last_hidden: Callable[[], torch.Tensor] | None = None
 
     def draft_probs(self, vocab_size: int, device: torch.device) -> torch.Tensor:
         """``probs`` on ``device``, or one-hot rows for a deterministic proposal."""
@@ -77,7 +81,8 @@ class ModelDrafter(Drafter):
     """Samples ``k`` tokens autoregressively from a draft model, keeping its KV cache.
 
     Tokens are drawn through the same logits processing as the target's, so ``q`` is exactly
-    the distribution each draft token came from.
+    the distribution each draft token came from. With ``collect_hidden`` the proposal carries
+    the draft's states at its tokens; the one at the last token is left to ``last_hidden``.
     """
 
     def __init__(self, model: LanguageModel, k: int, collect_hidden: bool = False) -> None:
@@ -112,17 +117,26 @@ class ModelDrafter(Drafter):
             tokens.append(token)
             probs.append(q)
             draft.append(token)
-        if self.collect_hidden and tokens:
-            # One more forward gives the state at the last draft token.
-            output = self._session.forward_from(draft, len(draft) - 1, hidden=True)
-            self.calls += 1
-            assert output.hidden is not None
-            hidden.append(output.hidden[-1])
         return Proposal(
             tokens=tokens,
             probs=torch.stack(probs) if probs else None,
             hidden=torch.stack(hidden) if hidden else None,
+            last_hidden=self._last_hidden(draft) if self.collect_hidden and tokens else None,
         )
+
+    def _last_hidden(self, draft: list[int]) -> Callable[[], torch.Tensor]:
+        """The state at the last draft token: one more forward, made only when a verifier
+        asks (a judge scoring a mismatch there), since most steps reject earlier."""
+        session = self._session
+        assert session is not None
+
+        def compute() -> torch.Tensor:
+            output = session.forward_from(draft, len(draft) - 1, hidden=True)
+            self.calls += 1
+            assert output.hidden is not None
+            return output.hidden[-1]
+
+        return compute
 
 
 class NgramDrafter(Drafter):

@@ -11,6 +11,8 @@ statistics); the tree loop of SpecExec uses it too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from specbench.decoding.drafters import Drafter, Proposal
@@ -84,9 +86,13 @@ def speculative_generate(
         draft_tokens = torch.tensor([proposal.tokens], dtype=torch.long, device=target.device)
         features = None
         if output.hidden is not None and verifier.needs_features:
-            draft_hidden = None if proposal.hidden is None else proposal.hidden.unsqueeze(0)
             positions = torch.arange(k, device=target.device) + len(state.new_tokens)
-            features = StepFeatures(output.hidden.unsqueeze(0), draft_hidden, positions[None])
+            features = StepFeatures(
+                output.hidden.unsqueeze(0),
+                None if proposal.hidden is None else proposal.hidden.unsqueeze(0),
+                positions[None],
+                _batch_of_one(proposal.last_hidden),
+            )
         verdict = verifier.verify(
             draft_tokens,
             draft_probs.unsqueeze(0),
@@ -102,3 +108,12 @@ def speculative_generate(
             drafter.observe_target_hidden(output.hidden[accepted])
         state.commit([*proposal.tokens[:accepted], int(verdict.next_tokens[0])])
     return state.result(drafter.calls)
+
+
+def _batch_of_one(
+    compute: Callable[[], torch.Tensor] | None,
+) -> Callable[[], torch.Tensor] | None:
+    """A drafter's on-demand ``[D]`` state as the ``[1, D]`` a batch-first verifier reads."""
+    if compute is None:
+        return None
+    return lambda: compute().unsqueeze(0)

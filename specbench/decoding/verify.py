@@ -9,6 +9,7 @@ verification). All tensors are batch-first so the same code serves batch size 1 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,13 +41,16 @@ class StepFeatures:
     ``target_hidden[b, i]`` is the target's last hidden state at row ``i`` of the step: row 0
     is the last committed token, row ``i`` the draft token ``i`` (which it has seen).
     ``draft_hidden[b, i - 1]`` is the draft's hidden state at draft token ``i``, when the
-    drafter collected it. ``draft_positions[b, i - 1]`` is draft token ``i``'s position in
-    the response (0 = the first generated token).
+    drafter collected it; it may stop one token short, with ``draft_hidden_last`` to compute
+    the last token's ``[B, D]`` (a draft forward: call it only when that token matters).
+    ``draft_positions[b, i - 1]`` is draft token ``i``'s position in the response (0 = the
+    first generated token).
     """
 
     target_hidden: torch.Tensor
     draft_hidden: torch.Tensor | None = None
     draft_positions: torch.Tensor | None = None
+    draft_hidden_last: Callable[[], torch.Tensor] | None = None
 
 
 class Verifier(Protocol):

@@ -155,18 +155,20 @@ class JudgeVerifier:
             raise ValueError("the judge needs the target's hidden states")
         match = draft_tokens == choice[:, :k]
         states = features.target_hidden[:, 1 : k + 1]
-        if self.draft_features:
-            if features.draft_hidden is None:
-                raise ValueError("target+draft features need the draft's hidden states")
-            states = torch.cat([states, features.draft_hidden.to(states.device)], dim=-1)
         if self.token_features is not None:
             if features.draft_positions is None:
                 raise ValueError("token features need the draft tokens' positions")
             traits = self.token_features.features(
                 draft_tokens.flatten(), choice[:, :k].flatten(), features.draft_positions.flatten()
             )
-            states = torch.cat([states, traits.reshape(batch, k, -1).to(states)], dim=-1)
-        unimportant = (self.classifier.prob_important(states) < self.threshold).to(match.device)
+            traits = traits.reshape(batch, k, -1).to(states)
+        else:
+            traits = states[..., :0]
+        if not self.draft_features:
+            unimportant = self._unimportant(torch.cat([states, traits], dim=-1))
+        else:
+            unimportant = self._unimportant_with_draft(states, traits, match, features)
+        unimportant = unimportant.to(match.device)
         accepted = leading_accepts(match | unimportant)
         for row in range(batch):
             n = int(accepted[row])
@@ -175,6 +177,46 @@ class JudgeVerifier:
             self.judge_accepted += int((~match[row, :n]).sum())
         rows = torch.arange(batch, device=choice.device)
         return Verdict(accepted=accepted, next_tokens=choice[rows, accepted])
+
+    def _unimportant(self, columns: torch.Tensor) -> torch.Tensor:
+        """Mismatches the judge lets through, for feature rows ``[B, n, D]``."""
+        return self.classifier.prob_important(columns) < self.threshold
+
+    def _unimportant_with_draft(
+        self,
+        target: torch.Tensor,
+        traits: torch.Tensor,
+        match: torch.Tensor,
+        features: StepFeatures,
+    ) -> torch.Tensor:
+        """The judge with the draft's states, columns ``[target, draft, traits]``.
+
+        When the drafter left the last token's state for later, the judge first scores the
+        others and asks for it only in rows that reach a mismatch at the last token."""
+        if features.draft_hidden is None and features.draft_hidden_last is None:
+            raise ValueError("target+draft features need the draft's hidden states")
+        k = match.shape[1]
+        draft = (
+            target.new_zeros(target.shape[0], 0, 0)
+            if features.draft_hidden is None
+            else features.draft_hidden.to(target)
+        )
+        known = draft.shape[1]
+        unimportant = match.new_zeros(match.shape)
+        if known:
+            unimportant[:, :known] = self._unimportant(
+                torch.cat([target[:, :known], draft, traits[:, :known]], dim=-1)
+            ).to(match.device)
+        if known < k:
+            if known != k - 1 or features.draft_hidden_last is None:
+                raise ValueError(f"the draft's states cover {known} of {k} draft tokens")
+            reaches = leading_accepts(match[:, :known] | unimportant[:, :known]) == known
+            if bool((reaches & ~match[:, known]).any()):
+                last = features.draft_hidden_last().to(target)[:, None]
+                unimportant[:, known:] = self._unimportant(
+                    torch.cat([target[:, known:], last, traits[:, known:]], dim=-1)
+                ).to(match.device)
+        return unimportant
 
 
 class AutoJudgeMethod(DecodingMethod):
