@@ -9,12 +9,17 @@ and the hidden size.
 
     python benchmarks/judge_features.py --judge KEY \
         --model-dir ~/.cache/specbench/models/qwen2.5-coder-1.5b/hf
+
+``--curve 100,200,300`` prints a learning curve instead: the first feature set of ``--sets``
+trained on the first N training prompts (by the number that ends each prompt id, e.g.
+``gsm8k-train-57``), for each N.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,6 +50,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, required=True, help="the target's HF folder")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--curve", help="prompt counts N: a learning curve of the first set")
     args = parser.parse_args()
 
     if args.mined is not None:
@@ -71,6 +77,9 @@ def main() -> None:
         f"{name}: {len(labels)} mismatches, {int(labels.sum())} important, "
         f"{len(set(groups))} prompts; {args.folds}-fold by prompt, C grid {list(C_GRID)}"
     )
+    if args.curve:
+        _learning_curve(args, parts, labels, groups)
+        return
     print("| features | columns | ROC-AUC | 95% interval (prompts bootstrapped) | C |")
     print("|---|---|---|---|---|")
     for name in args.sets.split(","):
@@ -84,6 +93,38 @@ def main() -> None:
             f"| {name} | {x.shape[1]} | {report.roc_auc:.3f} | {low:.2f}-{high:.2f} "
             f"| {report.chosen_c:g} |"
         )
+
+
+def _learning_curve(
+    args: argparse.Namespace,
+    parts: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    groups: list[str],
+) -> None:
+    name = args.sets.split(",")[0]
+    x = torch.cat([parts[p] for p in name.split("+")], dim=-1)
+    ordinal = torch.tensor([_prompt_number(g) for g in groups])
+    print(f"learning curve of {name} ({x.shape[1]} columns)")
+    print("| first N prompts | mismatches | important | ROC-AUC | 95% interval | C |")
+    print("|---:|---:|---:|---:|---|---:|")
+    for n in (int(v) for v in args.curve.split(",")):
+        keep = ordinal < n
+        kept_groups = [g for g, k in zip(groups, keep.tolist(), strict=True) if k]
+        _, report = train_classifier(
+            x[keep], labels[keep], groups=kept_groups, folds=args.folds, seed=args.seed
+        )
+        low, high = report.roc_auc_interval or (float("nan"), float("nan"))
+        print(
+            f"| {n} | {int(keep.sum())} | {int(labels[keep].sum())} | {report.roc_auc:.3f} "
+            f"| {low:.2f}-{high:.2f} | {report.chosen_c:g} |"
+        )
+
+
+def _prompt_number(prompt_id: str) -> int:
+    found = re.search(r"(\d+)$", prompt_id)
+    if found is None:
+        raise SystemExit(f"--curve needs prompt ids that end in a number, not {prompt_id!r}")
+    return int(found.group(1))
 
 
 def _read_mining_cache(folder: Path) -> tuple[str, torch.Tensor, torch.Tensor, list[dict]]:
