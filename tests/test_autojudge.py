@@ -620,3 +620,21 @@ def test_autojudge_with_draft_states_skips_the_extra_draft_forward(tiny_hf: dict
     assert lazy.tokens == eager.tokens and lazy_kept == eager_kept > 0
     assert lazy.stats.target_calls == eager.stats.target_calls
     assert lazy.stats.draft_calls < eager.stats.draft_calls
+
+
+def test_draft_features_without_the_draft_states_are_refused() -> None:
+    classifier = _random_judge(8, seed=6)
+    drafts = torch.tensor([[1, 2, 3]])
+    target = torch.nn.functional.one_hot(torch.tensor([[0, 0, 0, 0]]), 5).float()
+    hidden = torch.randn(1, 4, 4)
+    short = torch.randn(1, 2, 4)
+    for features in (StepFeatures(hidden), StepFeatures(hidden, short[:, :1])):
+        with pytest.raises(ValueError, match="need the draft's hidden states"):
+            JudgeVerifier(classifier, 0.5, True).verify(
+                drafts, target[:, :3], target, None, features
+            )
+    # k - 1 states without a way to compute the last are refused as well.
+    with pytest.raises(ValueError, match="2 of 3 draft tokens"):
+        JudgeVerifier(classifier, 0.5, True).verify(
+            drafts, target[:, :3], target, None, StepFeatures(hidden, short)
+        )

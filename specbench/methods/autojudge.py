@@ -193,23 +193,22 @@ class JudgeVerifier:
 
         When the drafter left the last token's state for later, the judge first scores the
         others and asks for it only in rows that reach a mismatch at the last token."""
-        if features.draft_hidden is None and features.draft_hidden_last is None:
-            raise ValueError("target+draft features need the draft's hidden states")
         k = match.shape[1]
-        draft = (
-            target.new_zeros(target.shape[0], 0, 0)
-            if features.draft_hidden is None
-            else features.draft_hidden.to(target)
-        )
-        known = draft.shape[1]
+        known = 0 if features.draft_hidden is None else features.draft_hidden.shape[1]
+        if known < k and (known != k - 1 or features.draft_hidden_last is None):
+            raise ValueError(
+                f"target+draft features need the draft's hidden states (got {known} of {k} "
+                "draft tokens and no way to compute the last)"
+            )
         unimportant = match.new_zeros(match.shape)
-        if known:
+        if features.draft_hidden is not None and known:
             unimportant[:, :known] = self._unimportant(
-                torch.cat([target[:, :known], draft, traits[:, :known]], dim=-1)
+                torch.cat(
+                    [target[:, :known], features.draft_hidden.to(target), traits[:, :known]],
+                    dim=-1,
+                )
             ).to(match.device)
-        if known < k:
-            if known != k - 1 or features.draft_hidden_last is None:
-                raise ValueError(f"the draft's states cover {known} of {k} draft tokens")
+        if known < k and features.draft_hidden_last is not None:
             reaches = leading_accepts(match[:, :known] | unimportant[:, :known]) == known
             if bool((reaches & ~match[:, known]).any()):
                 last = features.draft_hidden_last().to(target)[:, None]
