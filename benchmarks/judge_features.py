@@ -1,7 +1,8 @@
 """Which features let an AutoJudge judge rank mismatches? A table of validation ROC-AUCs.
 
 Reads a trained judge's mined data (``<cache>/judges/<key>/mined.pt`` and ``examples.jsonl``:
-the target's and the draft's hidden states and each mismatch's tokens), or a mining cache
+the target's and the draft's hidden states, the target's confidence at the mismatch when the
+judge read it, and each mismatch's tokens), or a mining cache
 folder (``<cache>/judges/mined/<key>``, every prompt mined so far, also while mining runs),
 and trains the same classifier on every feature set, with the same validation (nested K-fold
 over prompts) and C grid. Nothing runs the models: the target's HF folder gives the tokenizer
@@ -22,6 +23,7 @@ import json
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer
@@ -38,6 +40,11 @@ FEATURE_SETS = (
     "tokens",
     "target+tokens",
     "target+draft+tokens",
+    "confidence",
+    "tokens+confidence",
+    "target+confidence",
+    "target+tokens+confidence",
+    "target+draft+tokens+confidence",
 )
 
 
@@ -54,12 +61,13 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.mined is not None:
-        name, hidden, labels, examples = _read_mining_cache(args.mined)
+        name, hidden, labels, examples, confidence = _read_mining_cache(args.mined)
     else:
         folder = judges_dir() / resolve_key(args.judge)
         mined = torch.load(folder / "mined.pt")
         examples = [json.loads(line) for line in (folder / "examples.jsonl").open()]
         name, hidden, labels = f"judge {folder.name}", mined["features"].float(), mined["labels"]
+        confidence = mined.get("confidence", torch.zeros(len(labels), 0))
     target_width = json.loads((args.model_dir / "config.json").read_text())["hidden_size"]
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     tokens = TokenFeaturizer(tokenizer.decode).features(
@@ -71,6 +79,7 @@ def main() -> None:
         "target": hidden[:, :target_width],
         "draft": hidden[:, target_width:],
         "tokens": tokens,
+        "confidence": confidence,  # no columns when the data has none: those sets are skipped
     }
     groups = [e["prompt_id"] for e in examples]
     print(
@@ -127,12 +136,30 @@ def _prompt_number(prompt_id: str) -> int:
     return int(found.group(1))
 
 
-def _read_mining_cache(folder: Path) -> tuple[str, torch.Tensor, torch.Tensor, list[dict]]:
-    mined = MiningCache(folder).all()
-    features = [torch.stack(m.features) for m in mined if m.features]
+def _read_mining_cache(
+    folder: Path,
+) -> tuple[str, torch.Tensor, torch.Tensor, list[dict[str, Any]], torch.Tensor]:
+    """Every mined prompt; once some have the confidence columns, only those."""
+    mined = [m for m in MiningCache(folder).all() if m.examples]
+    with_confidence = [m for m in mined if m.has_confidence]
+    name = f"mined {folder.name} ({len(mined)} prompts with mismatches"
+    if with_confidence:
+        left = [e for m in mined if not m.has_confidence for e in m.examples]
+        important = sum(e.important for e in left)
+        name += (
+            f", {len(mined) - len(with_confidence)} without confidence left out: "
+            f"{len(left)} mismatches, {important} important"
+        )
+        mined = with_confidence
+    features = torch.cat([torch.stack(m.features) for m in mined])
     examples = [asdict(e) for m in mined for e in m.examples]
     labels = torch.tensor([e["important"] for e in examples], dtype=torch.long)
-    return f"mined {folder.name} ({len(mined)} prompts)", torch.cat(features), labels, examples
+    confidence = (
+        torch.stack([c for m in mined for c in m.confidence])
+        if with_confidence
+        else torch.zeros(len(labels), 0)
+    )
+    return name + ")", features, labels, examples, confidence
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ answer is unchanged: an unimportant mismatch) and sometimes do not (important).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from pathlib import Path
 
@@ -325,27 +326,33 @@ def test_threshold_zero_equals_greedy_speculative_and_acceptance_grows(tmp_path:
     assert per_step == sorted(per_step) and per_step[-1] > per_step[0]
 
 
-def test_token_features_train_and_decode_with_the_same_columns(tmp_path: Path) -> None:
-    """A judge with token features trains, decodes (its classifier reads hidden states plus
-    the token columns), and at threshold 0 still equals greedy speculative decoding; the
-    mining cache is shared with the judge without token features."""
+def _run_judge_option_at_thresholds_0_and_1(tmp_path: Path, option: str) -> Path:
+    """Train a judge with ``judge.<option> = true`` and run it at thresholds 0 and 1: at 0
+    it must equal greedy speculative decoding token for token, at 1 it must not."""
     path = _write_preset(tmp_path)
     preset = load_preset(
-        str(path), discover_methods(), [("methods.2.params.judge.token_features", True)]
+        str(path), discover_methods(), [(f"methods.2.params.judge.{option}", True)]
     )
-    swept = sweep_parameter(preset, "threshold", [0.0, 1.0])
-    out = tmp_path / "tokens.jsonl"
-    run_preset(swept, output=out, train_missing=True)
+    out = tmp_path / f"{option}.jsonl"
+    run_preset(sweep_parameter(preset, "threshold", [0.0, 1.0]), output=out, train_missing=True)
     (stored,) = cache.list_judges()
-    assert stored["settings"]["token_features"] is True
-    samples = [r for r in read_records(out) if isinstance(r, SampleRecord)]
+    assert stored["settings"][option] is True
     by: dict[str, dict[str, SampleRecord]] = {}
-    for s in samples:
-        by.setdefault(s.method, {})[s.prompt_id] = s
+    for record in read_records(out):
+        if isinstance(record, SampleRecord):
+            by.setdefault(record.method, {})[record.prompt_id] = record
     for prompt_id, spec in by["speculative"].items():
         assert by["autojudge-threshold=0"][prompt_id].tokens == spec.tokens
     lossy = by["autojudge-threshold=1"]
     assert any(lossy[p].tokens != spec.tokens for p, spec in by["speculative"].items())
+    return path
+
+
+def test_token_features_train_and_decode_with_the_same_columns(tmp_path: Path) -> None:
+    """A judge with token features trains, decodes (its classifier reads hidden states plus
+    the token columns), and at threshold 0 still equals greedy speculative decoding; the
+    mining cache is shared with the judge without token features."""
+    path = _run_judge_option_at_thresholds_0_and_1(tmp_path, "token_features")
     mined = list((cache.judges_dir() / "mined").iterdir())
     plain = load_preset(str(path), discover_methods())
     run_preset(plain, output=tmp_path / "plain.jsonl", train_missing=True)
@@ -638,3 +645,118 @@ def test_draft_features_without_the_draft_states_are_refused() -> None:
         JudgeVerifier(classifier, 0.5, True).verify(
             drafts, target[:, :3], target, None, StepFeatures(hidden, short)
         )
+
+
+def test_confidence_features_by_hand() -> None:
+    from specbench.judge.confidence_features import CONFIDENCE_FEATURE_NAMES, confidence_features
+
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    logits = probs.log()  # a zero probability is a -inf logit: no NaN may come of it
+    columns = confidence_features(logits, torch.tensor([2, 1]), torch.tensor([0, 0]))
+    assert columns.shape == (2, len(CONFIDENCE_FEATURE_NAMES))
+    named = dict(zip(CONFIDENCE_FEATURE_NAMES, columns.T, strict=True))
+    assert torch.allclose(named["p_draft"], torch.tensor([0.2, 0.25]))
+    assert torch.allclose(named["p_target"], torch.tensor([0.5, 0.25]))
+    assert torch.allclose(named["log_ratio"], torch.tensor([math.log(2.5), 0.0]), atol=1e-6)
+    entropy = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))
+    assert torch.allclose(named["entropy"], torch.tensor([entropy, math.log(4)]), atol=1e-6)
+    # Two tokens rank above the draft's in row 0, none above it (a tie) in row 1.
+    assert named["log_rank_draft"].tolist() == pytest.approx([math.log(3), 0.0])
+    assert not columns.isnan().any()
+
+
+def test_continuations_carry_the_logits_the_last_prefix_token_came_from(tiny_hf: dict) -> None:
+    """Mining reads the target's logits at the mismatch from its continuation's prefill:
+    the same logits a session computes there, in the toy default, in batched generate and
+    in batched speculative continuations."""
+    from helpers import hf_pair
+
+    from specbench.judge.mining import _continue
+
+    toy = toy_pair(vocab_size=24, order=1, seed=21, distance=1.5, sharpness=3.0).target
+    prefix = [3, 7, 11, 2]
+    (continuation,) = toy.greedy_continuations([prefix], 5, frozenset())
+    expected = toy.new_session().logits_from(prefix, len(prefix) - 2)[0]
+    assert continuation.prefix_logits is not None
+    assert torch.allclose(continuation.prefix_logits, expected)
+
+    models = hf_pair(tiny_hf)
+    target, draft = models.target, models.require_draft()
+    prefixes = [[5, 9, 23, 7], [40, 41, 42, 43, 44, 45], [100, 3, 17]]
+    for k in (0, 3):
+        outputs = _continue(
+            target,
+            draft,
+            prefixes,
+            [6, 6, 6],
+            frozenset(),
+            MiningSettings(batch_size=2, speculative_k=k),
+        )
+        for prefix, output in zip(prefixes, outputs, strict=True):
+            expected = target.new_session().logits_from(prefix, len(prefix) - 2)[0]
+            assert output.prefix_logits is not None
+            assert torch.allclose(output.prefix_logits, expected.float(), atol=1e-4), k
+
+
+def test_mining_records_confidence_and_replays_prompts_cached_without_it(tmp_path: Path) -> None:
+    """New mining stores the target's confidence at each mismatch; a prompt cached without
+    it is replayed once to the same columns; a prompt whose replay disagrees with its mined
+    examples is marked and left out (not replayed again) of judges that read confidence."""
+    from specbench.judge.mining import MiningCache
+
+    # Order 3: the logits at a mismatch depend on more than the token before it, so a
+    # replay that rebuilt the path wrongly could not match by chance.
+    models = toy_pair(vocab_size=24, order=3, seed=21, distance=1.5, sharpness=3.0)
+    prompts = InlinePromptSet(
+        prompts=[f"{w} {e}" for w in WORDS[:3] for e in ENDINGS], task="toy-last"
+    ).load(Path())
+    mining_cache = MiningCache(tmp_path / "mined")
+    inline = _mine(prompts, models, _cache=mining_cache, confidence=True)
+    assert inline.confidence is not None  # type: ignore[attr-defined]
+    assert inline.confidence.shape == (len(inline.examples), 7)  # type: ignore[attr-defined]
+    # At every mismatch the target's own token is its first choice: ratio >= 0, rank >= 1.
+    assert (inline.confidence[:, 4] >= 0).all() and (inline.confidence[:, 6] > 0).all()  # type: ignore[attr-defined]
+
+    with_examples = [p.id for p in prompts if mining_cache.load(p.id).examples]  # type: ignore[union-attr]
+    for prompt_id in with_examples:  # as written before the confidence columns existed
+        mined = mining_cache.load(prompt_id)
+        assert mined is not None
+        mined.confidence = []
+        mining_cache.save(prompt_id, mined)
+    broken = with_examples[0]
+    mined = mining_cache.load(broken)
+    assert mined is not None
+    mined.examples[-1].target_token = mined.examples[-1].draft_token  # not what replay finds
+    mining_cache.save(broken, mined)
+
+    without = _mine(prompts, models, _cache=mining_cache)  # a judge without confidence
+    assert without.prompts_replayed == 0 and without.confidence is None  # type: ignore[attr-defined]
+    replayed = _mine(prompts, models, _cache=mining_cache, confidence=True)
+    assert replayed.prompts_replayed == len(with_examples) - 1  # type: ignore[attr-defined]
+    assert replayed.prompts_left_out == [broken]  # type: ignore[attr-defined]
+    assert mining_cache.load(broken).replay_failed  # type: ignore[union-attr]
+    kept = [i for i, e in enumerate(inline.examples) if e.prompt_id != broken]  # type: ignore[attr-defined]
+    assert replayed.examples == [inline.examples[i] for i in kept]  # type: ignore[attr-defined]
+    assert torch.allclose(replayed.confidence, inline.confidence[kept], atol=1e-5)  # type: ignore[attr-defined]
+    again = _mine(prompts, models, _cache=mining_cache, confidence=True)
+    assert again.prompts_replayed == 0 and again.prompts_left_out == [broken]  # type: ignore[attr-defined]
+
+
+def test_confidence_judge_trains_and_decodes_with_the_same_columns(tmp_path: Path) -> None:
+    """A judge that reads the target's confidence trains (its classifier has 7 more
+    columns), decodes, and at threshold 0 still equals greedy speculative decoding."""
+    _run_judge_option_at_thresholds_0_and_1(tmp_path, "confidence_features")
+
+
+def test_confidence_features_without_the_target_logits_are_refused() -> None:
+    hidden = torch.randn(1, 3, 4)
+    verifier = JudgeVerifier(_random_judge(4 + 7, seed=1), 0.5, False, confidence=True)
+    drafts = torch.tensor([[1, 2]])
+    target = torch.nn.functional.one_hot(torch.tensor([[3, 2, 1]]), 8).float()
+    with pytest.raises(ValueError, match="target's logits"):
+        verifier.verify(drafts, target[:, :2], target, None, StepFeatures(hidden))
+    logits = torch.randn(1, 3, 8)
+    verdict = verifier.verify(
+        drafts, target[:, :2], target, None, StepFeatures(hidden, target_logits=logits)
+    )
+    assert int(verdict.accepted[0]) in (0, 1, 2)

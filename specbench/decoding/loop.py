@@ -92,6 +92,7 @@ def speculative_generate(
                 None if proposal.hidden is None else proposal.hidden.unsqueeze(0),
                 positions[None],
                 _batch_of_one(proposal.last_hidden),
+                target_logits=output.logits.unsqueeze(0),
             )
         verdict = verifier.verify(
             draft_tokens,

@@ -44,13 +44,15 @@ class StepFeatures:
     drafter collected it; it may stop one token short, with ``draft_hidden_last`` to compute
     the last token's ``[B, D]`` (a draft forward: call it only when that token matters).
     ``draft_positions[b, i - 1]`` is draft token ``i``'s position in the response (0 = the
-    first generated token).
+    first generated token). ``target_logits[b, i]`` are the target's raw logits at row ``i``
+    (before temperature and filtering, which at temperature 0 leave one-hot rows).
     """
 
     target_hidden: torch.Tensor
     draft_hidden: torch.Tensor | None = None
     draft_positions: torch.Tensor | None = None
     draft_hidden_last: Callable[[], torch.Tensor] | None = None
+    target_logits: torch.Tensor | None = None
 
 
 class Verifier(Protocol):

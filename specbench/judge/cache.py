@@ -64,7 +64,10 @@ def save_judge(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     torch.save(classifier.to_dict(), partial / "classifier.pt")
-    torch.save({"features": data.features.half(), "labels": data.labels}, partial / "mined.pt")
+    mined: dict[str, torch.Tensor] = {"features": data.features.half(), "labels": data.labels}
+    if data.confidence is not None:
+        mined["confidence"] = data.confidence.float()
+    torch.save(mined, partial / "mined.pt")
     with (partial / "examples.jsonl").open("w") as handle:
         for row in example_rows(data):
             handle.write(json.dumps(row) + "\n")

@@ -12,7 +12,9 @@ mismatch the response *becomes* the alternative and the search goes on after it,
 decoding goes on after the judge kept a draft token; after an important one it goes on in
 the target's response. At most ``max_mismatches_per_prompt`` mismatches are evaluated, spread
 over the answer. The feature of a mismatch is what the verifier sees at decode time: the
-target's last hidden state at the substituted token, joined with the draft's.
+target's last hidden state at the substituted token, joined with the draft's, and the
+target's confidence at the mismatch (:mod:`specbench.judge.confidence_features`, from its
+logits there).
 
 Up to ``batch_size`` prompts are searched at once and every round's generations (a new
 prompt's reference answer, or one continuation per prompt in search) run as one batch; a
@@ -20,6 +22,17 @@ prompt that is done leaves its row to the next prompt at once, so the batch stay
 instead of waiting for the prompt with the most mismatches. Each finished prompt's examples
 are written to a :class:`MiningCache` right away; mining resumes there and grows with the
 prompt set.
+
+Prompts cached before the confidence columns existed get them by a *replay* when a judge
+asks for them: the search's final path is rebuilt by greedy decoding with the kept
+substitutions put back at their positions (every continuation stops just past the next
+mismatch: one answer's decoding per prompt plus a prefill per mismatch, not a continuation
+to the end per mismatch), and the target's logits at each
+mismatch come from the same prefills mining reads. A replay checks each mismatch's target
+token. Greedy decoding is not bit-for-bit the same in every batch (padding, call shapes), so
+a near-tie can go the other way and the replayed path part from the mined one: such a
+prompt is marked in the cache and left out of judges that read confidence (mining it again
+would cost as much as mining it did); judges without confidence still use it.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ import torch
 
 from specbench.conversation import PromptEncoder
 from specbench.heads.features import FinalStateCapture, final_norm
+from specbench.judge.confidence_features import confidence_features
 from specbench.judge.token_features import TokenFeaturizer
 from specbench.models.base import Continuation, LanguageModel
 from specbench.prompts import Prompt
@@ -54,6 +68,9 @@ class MiningSettings:
     #: Continuations by batched greedy speculative decoding with the draft (``k`` drafts):
     #: the same tokens as plain greedy decoding, fewer target calls. 0: plain ``generate``.
     speculative_k: int = 0
+    #: The judge reads the target's confidence at each mismatch: cached prompts mined
+    #: without it are replayed (see the module docstring).
+    confidence: bool = False
 
 
 @dataclass
@@ -85,6 +102,12 @@ class MinedData:
     prompts_without_answer: list[str] = field(default_factory=list)
     unfinished: int = 0
     prompts_from_cache: int = 0
+    #: ``[N, 7]`` confidence columns: with ``MiningSettings.confidence``, or when every
+    #: prompt has them.
+    confidence: torch.Tensor | None = None
+    prompts_replayed: int = 0
+    #: Prompts without confidence (their replay disagreed), left out of the data.
+    prompts_left_out: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         important = int(self.labels.sum())
@@ -104,6 +127,13 @@ class PromptMined:
     examples: list[MinedExample] = field(default_factory=list)
     answered: bool = True
     unfinished: int = 0
+    confidence: list[torch.Tensor] = field(default_factory=list)
+    #: Its replay for confidence disagreed with the mined path (see the module docstring).
+    replay_failed: bool = False
+
+    @property
+    def has_confidence(self) -> bool:
+        return len(self.confidence) == len(self.examples)
 
 
 class MiningCache:
@@ -127,28 +157,35 @@ class MiningCache:
     @staticmethod
     def _read(path: Path) -> PromptMined:
         saved = torch.load(path)
+        found = len(saved["examples"])
         return PromptMined(
-            features=list(saved["features"].float()) if len(saved["examples"]) else [],
+            features=list(saved["features"].float()) if found else [],
             examples=[MinedExample(**e) for e in saved["examples"]],
             answered=bool(saved["answered"]),
             unfinished=int(saved["unfinished"]),
+            # Files written before the confidence columns have none: replayed on demand.
+            confidence=list(saved["confidence"]) if found and "confidence" in saved else [],
+            replay_failed=bool(saved.get("replay_failed", False)),
         )
 
     def save(self, prompt_id: str, mined: PromptMined) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(prompt_id)
         features = torch.stack(mined.features).half() if mined.features else torch.zeros(0)
+        saved: dict[str, Any] = {
+            "prompt_id": prompt_id,
+            "features": features,
+            "examples": [asdict(e) for e in mined.examples],
+            "answered": mined.answered,
+            "unfinished": mined.unfinished,
+            "replay_failed": mined.replay_failed,
+        }
+        if mined.has_confidence:
+            saved["confidence"] = (
+                torch.stack(mined.confidence).float() if mined.confidence else torch.zeros(0)
+            )
         partial = path.with_suffix(".partial")
-        torch.save(
-            {
-                "prompt_id": prompt_id,
-                "features": features,
-                "examples": [asdict(e) for e in mined.examples],
-                "answered": mined.answered,
-                "unfinished": mined.unfinished,
-            },
-            partial,
-        )
+        torch.save(saved, partial)
         partial.replace(path)
 
 
@@ -200,6 +237,29 @@ def mine_labels(
             from_cache += 1
     if from_cache:
         report(_progress(results, len(prompts), f"{from_cache} prompts mined before (cache)"))
+    replay = [
+        p
+        for p in prompts
+        if settings.confidence
+        and p.id in results
+        and not (results[p.id].has_confidence or results[p.id].replay_failed)
+    ]
+    if replay:
+        searches = [
+            _Search(p, encoder.encode([], p.turns[0], p.system), mined=results[p.id])
+            for p in replay
+        ]
+
+        def replayed_one(search: _Search, agreed: bool) -> None:
+            if not agreed:
+                search.mined.confidence = []
+                search.mined.replay_failed = True
+            if cache is not None:
+                cache.save(search.prompt.id, search.mined)
+            verdict = "replayed" if agreed else "replay disagreed, left out:"
+            report(_progress(results, len(prompts), f"{verdict} {search.prompt.id}"))
+
+        _replay_pool(target, draft, searches, settings, replayed_one)
 
     def finished(search: _Search) -> None:
         results[search.prompt.id] = search.mined
@@ -210,14 +270,20 @@ def mine_labels(
     searches = [_Search(p, encoder.encode([], p.turns[0], p.system)) for p in todo]
     _mine_pool(target, draft, searches, answer, settings, finished)
     features: list[torch.Tensor] = []
+    confidence: list[torch.Tensor] = []
     examples: list[MinedExample] = []
     without_answer: list[str] = []
+    left_out: list[str] = []
     unfinished = 0
     for prompt in prompts:
         mined = results[prompt.id]
         if not mined.answered:
             without_answer.append(prompt.id)
+        if settings.confidence and not mined.has_confidence:
+            left_out.append(prompt.id)
+            continue
         features += mined.features
+        confidence += mined.confidence
         examples += mined.examples
         unfinished += mined.unfinished
     if not examples:
@@ -226,10 +292,13 @@ def mine_labels(
         features=torch.stack(features),
         labels=torch.tensor([e.important for e in examples], dtype=torch.long),
         examples=examples,
-        prompts_used=len(prompts) - len(without_answer),
+        prompts_used=len(prompts) - len(without_answer) - len(left_out),
         prompts_without_answer=without_answer,
         unfinished=unfinished,
         prompts_from_cache=from_cache,
+        confidence=torch.stack(confidence) if len(confidence) == len(examples) else None,
+        prompts_replayed=sum(p.id in results and results[p.id].has_confidence for p in replay),
+        prompts_left_out=left_out,
     )
 
 
@@ -294,6 +363,75 @@ def _mine_pool(
                 )
 
 
+def _replay_pool(
+    target: LanguageModel,
+    draft: LanguageModel,
+    searches: list[_Search],
+    settings: MiningSettings,
+    replayed: Callable[[_Search, bool], None],
+) -> None:
+    """Rebuild each cached search's path and the target's confidence at its mismatches.
+
+    Job 0 generates the answer up to the first mismatch; job ``j`` puts mismatch ``j``'s kept
+    token after the path, reads the target's logits at the mismatch from its prefill, and
+    generates up to the next mismatch. One job per prompt a round, all prompts batched."""
+    stop_ids = frozenset(target.tokenizer.eos_token_ids)
+    paths: dict[int, list[int]] = {}
+    active = list(range(len(searches)))
+    for search in searches:
+        search.mined.confidence = []
+    round_ = 0
+    while active:
+        prefixes, budgets = [], []
+        for i in active:
+            search = searches[i]
+            path = paths.setdefault(i, [])
+            examples = search.mined.examples
+            if round_ > 0:
+                path = path + [_kept_token(examples[round_ - 1], settings)]
+            wanted = examples[round_].position if round_ < len(examples) else len(path)
+            prefixes.append(search.ids + path)
+            # Slack past the next mismatch: speculative decoding drafts fewer tokens near
+            # its budget, and calls of other shapes can round a near-tie the other way.
+            budgets.append(max(0, wanted - len(path)) + settings.speculative_k + 1)
+        outputs = _continue(target, draft, prefixes, budgets, stop_ids, settings)
+        still = []
+        for i, prefix, output in zip(active, prefixes, outputs, strict=True):
+            search = searches[i]
+            examples = search.mined.examples
+            agreed = True
+            if round_ > 0:
+                example = examples[round_ - 1]
+                logits = output.prefix_logits
+                agreed = logits is not None and int(logits.argmax()) == example.target_token
+                if agreed:
+                    assert logits is not None
+                    search.mined.confidence.append(
+                        _confidence(logits, example.draft_token, example.target_token)
+                    )
+            if agreed and round_ < len(examples):
+                path = prefix[len(search.ids) :]
+                need = examples[round_].position - len(path)
+                paths[i] = path + output.tokens[:need]
+                agreed = len(paths[i]) == examples[round_].position
+            if agreed and round_ < len(examples):
+                still.append(i)
+            else:
+                replayed(search, agreed)
+        active = still
+        round_ += 1
+
+
+def _kept_token(example: MinedExample, settings: MiningSettings) -> int:
+    """The token the search went on with after a mismatch."""
+    keep_draft = settings.semi_greedy and not example.important
+    return example.draft_token if keep_draft else example.target_token
+
+
+def _confidence(logits: torch.Tensor, draft_token: int, target_token: int) -> torch.Tensor:
+    return confidence_features(logits, torch.tensor(draft_token), torch.tensor(target_token)).cpu()
+
+
 def _job_prefix(search: _Search, position: int | None, token: int | None) -> list[int]:
     """A reference job reads the prompt; a mismatch job the response up to the draft's token."""
     if position is None or token is None or search.response is None:
@@ -344,6 +482,10 @@ def _take_continuation(
         if draft_state is not None:
             feature = torch.cat([feature, draft_state])
         search.mined.features.append(feature)
+        if output.prefix_logits is not None:
+            search.mined.confidence.append(
+                _confidence(output.prefix_logits, token, search.response[position])
+            )
         search.mined.examples.append(
             MinedExample(search.prompt.id, position, token, search.response[position], important)
         )
@@ -365,12 +507,13 @@ def _continue(
     """Greedy continuations of ``prefixes`` (at most ``budgets`` tokens each) with the
     target's state at each prefix's end."""
     module = getattr(target, "model", None)
-    if settings.speculative_k <= 0 or final_norm(module) is None:
+    logits_of_states = getattr(target, "logits_of_states", None)
+    if settings.speculative_k <= 0 or final_norm(module) is None or logits_of_states is None:
         outputs = target.greedy_continuations(
             prefixes, max(budgets), stop_ids, batch_size=settings.batch_size
         )
         return [
-            Continuation(o.tokens[:budget], o.prefix_hidden)
+            Continuation(o.tokens[:budget], o.prefix_hidden, o.prefix_logits)
             for o, budget in zip(outputs, budgets, strict=True)
         ]
     from specbench.decoding.batch import BatchModelDrafter, batched_generate
@@ -388,11 +531,16 @@ def _continue(
         with FinalStateCapture(module, first_call=True) as first:  # type: ignore[arg-type]
             results = batched_generate(requests, target, drafter)
         # The first call is every row's prefill, rows left-aligned: the state at the
-        # prefix's last token is at its length - 1.
+        # prefix's last token is at its length - 1, the one that chose it at length - 2.
         states = first.states
         assert states is not None
         for row, (prefix, result) in enumerate(zip(chunk, results, strict=True)):
-            out.append(Continuation(result.tokens, states[row, len(prefix) - 1].float().cpu()))
+            before_last = None
+            if len(prefix) > 1:
+                before_last = logits_of_states(states[row, len(prefix) - 2])
+            out.append(
+                Continuation(result.tokens, states[row, len(prefix) - 1].float().cpu(), before_last)
+            )
     return out
 
 

@@ -29,6 +29,7 @@ from specbench.judge.cache import (
     save_judge,
 )
 from specbench.judge.classifier import C_GRID, JudgeClassifier, train_classifier
+from specbench.judge.confidence_features import confidence_features
 from specbench.judge.mining import (
     MiningCache,
     MiningProgress,
@@ -95,6 +96,12 @@ class JudgeSettings(BaseModel):
         "they relate) and the position in the response: a few columns a judge trained on "
         "hundreds of mismatches can use, where thousands of hidden dimensions are too many.",
     )
+    confidence_features: bool = Field(
+        False,
+        description="Add the target's confidence at the mismatch: its probabilities of the "
+        "draft's token and of its own choice, their ratio, its entropy and the draft token's "
+        "rank. Prompts mined before these columns existed are replayed once to get them.",
+    )
     classifier: Literal["logistic", "mlp"] = "logistic"
     c_grid: list[float] = Field(default_factory=lambda: list(C_GRID))
     folds: int = Field(
@@ -127,11 +134,13 @@ class JudgeVerifier:
         threshold: float,
         draft_features: bool,
         token_features: TokenFeaturizer | None = None,
+        confidence: bool = False,
     ) -> None:
         self.classifier = classifier
         self.threshold = threshold
         self.draft_features = draft_features
         self.token_features = token_features
+        self.confidence = confidence
         self.mismatches = 0
         self.judge_accepted = 0
 
@@ -164,6 +173,11 @@ class JudgeVerifier:
             traits = traits.reshape(batch, k, -1).to(states)
         else:
             traits = states[..., :0]
+        if self.confidence:
+            if features.target_logits is None:
+                raise ValueError("confidence features need the target's logits")
+            sure = confidence_features(features.target_logits[:, :k], draft_tokens, choice[:, :k])
+            traits = torch.cat([traits, sure.to(states)], dim=-1)
         if not self.draft_features:
             unimportant = self._unimportant(torch.cat([states, traits], dim=-1))
         else:
@@ -287,6 +301,8 @@ class AutoJudgeMethod(DecodingMethod):
                     "kind": self.settings.classifier,
                     "c_grid": self.settings.c_grid,
                     "token_features": self.settings.token_features,
+                    # Only when on: judges trained before the option keep their keys.
+                    **({"confidence_features": True} if self.settings.confidence_features else {}),
                     "folds": self.settings.folds,
                     "validation_fraction": self.settings.validation_fraction,
                     "seed": self.settings.seed,
@@ -336,6 +352,7 @@ class AutoJudgeMethod(DecodingMethod):
                 semi_greedy=self.settings.search == "semi-greedy",
                 require_finished=self.settings.require_finished,
                 speculative_k=self.settings.speculative_k,
+                confidence=self.settings.confidence_features,
             ),
             on_progress=progress,
             cache=self.mining_cache(context),
@@ -346,6 +363,14 @@ class AutoJudgeMethod(DecodingMethod):
         features = data.features
         if self.settings.token_features:
             features = torch.cat([features, mined_token_features(data, target.tokenizer)], dim=-1)
+        if self.settings.confidence_features:
+            if data.confidence is None:
+                raise SpecbenchError(
+                    "the mined examples lack the target's confidence (a backend without "
+                    "logits at the mismatch)",
+                    "set judge.confidence_features = false for this target",
+                )
+            features = torch.cat([features, data.confidence], dim=-1)
         classifier, report = train_classifier(
             features,
             data.labels,
@@ -364,6 +389,8 @@ class AutoJudgeMethod(DecodingMethod):
             "training_prompts": f"{getattr(spec, 'source', '?')} ({len(prompts)} prompts)",
             "mining": {
                 "prompts_from_cache": data.prompts_from_cache,
+                "prompts_replayed": data.prompts_replayed,
+                "prompts_left_out": data.prompts_left_out,
                 "prompts_without_answer": len(data.prompts_without_answer),
                 "unfinished_dropped": data.unfinished,
             },
@@ -374,10 +401,13 @@ class AutoJudgeMethod(DecodingMethod):
         if report.roc_auc_interval is not None:
             low, high = report.roc_auc_interval
             auc += f" [95% {low:.2f}-{high:.2f}]"
+        replayed = f", {data.prompts_replayed} replayed" if data.prompts_replayed else ""
+        if data.prompts_left_out:
+            replayed += f", {len(data.prompts_left_out)} left out: replay disagreed"
         return (
             f"{context.label}: judge {key} trained on {report.samples} mismatches "
             f"({report.important} important, {report.unimportant} unimportant) from "
-            f"{data.prompts_used} prompts ({data.prompts_from_cache} mined before, "
+            f"{data.prompts_used} prompts ({data.prompts_from_cache} mined before{replayed}, "
             f"{len(data.prompts_without_answer)} skipped: no finished answer; "
             f"{data.unfinished} unfinished continuations dropped); validation ROC-AUC {auc} "
             f"({report.validation}), C = {report.chosen_c:g}"
@@ -414,6 +444,7 @@ class AutoJudgeMethod(DecodingMethod):
                 if self.settings.token_features
                 else None
             ),
+            confidence=self.settings.confidence_features,
         )
 
     def generate(self, request: GenerationRequest) -> GenerationResult:

@@ -121,6 +121,14 @@ class HFLanguageModel(LanguageModel):
     def new_session(self) -> Session:
         return HFSession(self)
 
+    def logits_of_states(self, states: torch.Tensor) -> torch.Tensor:
+        """Raw logits ``[..., V]`` (float, on the CPU) for final normed hidden states."""
+        head = self.model.get_output_embeddings()
+        with self.no_grad():
+            rows = states.reshape(-1, 1, states.shape[-1])  # [N, 1, H]: the layer's usual shape
+            logits: torch.Tensor = head(rows.to(head.weight.device, head.weight.dtype))
+        return logits[:, 0, : self.vocab_size].float().cpu().reshape(*states.shape[:-1], -1)
+
     def new_batch_session(self, size: int) -> BatchSession:
         return HFBatchSession(self, size)
 
@@ -155,7 +163,11 @@ class HFLanguageModel(LanguageModel):
                     output_hidden_states=True,
                     return_dict_in_generate=True,
                 )
-            prefill_hidden = generated.hidden_states[0][-1][:, -1].float().cpu()
+            # The last layer's states are the final norm's output, what the output layer
+            # reads: the state before the last prefix token gives the logits it came from.
+            prefill = generated.hidden_states[0][-1]
+            prefill_hidden = prefill[:, -1].float().cpu()
+            before_last = self.logits_of_states(prefill[:, -2]) if width > 1 else None
             new = generated.sequences[:, width:].cpu()
             for row in range(len(batch)):
                 tokens: list[int] = []
@@ -163,7 +175,13 @@ class HFLanguageModel(LanguageModel):
                     tokens.append(token)
                     if token in stop_ids:
                         break
-                out.append(Continuation(tokens=tokens, prefix_hidden=prefill_hidden[row]))
+                out.append(
+                    Continuation(
+                        tokens,
+                        prefill_hidden[row],
+                        None if before_last is None or len(batch[row]) < 2 else before_last[row],
+                    )
+                )
         return out
 
     def describe(self) -> dict[str, Any]:
