@@ -760,3 +760,27 @@ def test_confidence_features_without_the_target_logits_are_refused() -> None:
         drafts, target[:, :2], target, None, StepFeatures(hidden, target_logits=logits)
     )
     assert int(verdict.accepted[0]) in (0, 1, 2)
+
+
+def test_a_confidence_judge_with_every_prompt_left_out_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """When no mined prompt has the confidence columns (every replay disagreed), training
+    stops with a SpecbenchError naming the way out, not a traceback."""
+    from specbench.judge.mining import MiningCache
+    from specbench.training import train_methods
+
+    path = _write_preset(tmp_path)
+    train_methods(load_preset(str(path), discover_methods()))  # mines, no confidence read
+    (folder,) = (cache.judges_dir() / "mined").iterdir()
+    mining_cache = MiningCache(folder)
+    for file in folder.glob("*.pt"):
+        prompt_id = torch.load(file)["prompt_id"]
+        mined = mining_cache.load(prompt_id)
+        assert mined is not None
+        mined.confidence, mined.replay_failed = [], True
+        mining_cache.save(prompt_id, mined)
+    option = [("methods.2.params.judge.confidence_features", True)]
+    with pytest.raises(SpecbenchError, match="nothing to train") as raised:
+        train_methods(load_preset(str(path), discover_methods(), option))
+    assert "confidence_features = false" in raised.value.hint

@@ -55,6 +55,10 @@ from specbench.prompts import Prompt
 AnswerFn = Callable[[Prompt, str], Hashable | None]
 
 
+class NothingMinedError(ValueError):
+    """Mining left no labelled mismatch to train on."""
+
+
 @dataclass
 class MiningSettings:
     max_new_tokens: int = 256
@@ -286,8 +290,13 @@ def mine_labels(
         confidence += mined.confidence
         examples += mined.examples
         unfinished += mined.unfinished
+    if not examples and left_out:
+        raise NothingMinedError(
+            f"no mined prompt has the target's confidence at its mismatches ({len(left_out)} "
+            "left out: their replay disagreed, or the target gives no logits there)"
+        )
     if not examples:
-        raise ValueError("mining found no mismatches: are the target and draft identical?")
+        raise NothingMinedError("mining found no mismatches: are the target and draft identical?")
     return MinedData(
         features=torch.stack(features),
         labels=torch.tensor([e.important for e in examples], dtype=torch.long),
@@ -389,11 +398,14 @@ def _replay_pool(
             examples = search.mined.examples
             if round_ > 0:
                 path = path + [_kept_token(examples[round_ - 1], settings)]
-            wanted = examples[round_].position if round_ < len(examples) else len(path)
             prefixes.append(search.ids + path)
-            # Slack past the next mismatch: speculative decoding drafts fewer tokens near
-            # its budget, and calls of other shapes can round a near-tie the other way.
-            budgets.append(max(0, wanted - len(path)) + settings.speculative_k + 1)
+            if round_ == len(examples):  # only the last mismatch's logits are wanted
+                budgets.append(1)
+            else:
+                # Slack past the next mismatch: speculative decoding drafts fewer tokens near
+                # its budget, and calls of other shapes can round a near-tie the other way.
+                need = max(0, examples[round_].position - len(path))
+                budgets.append(need + settings.speculative_k + 1)
         outputs = _continue(target, draft, prefixes, budgets, stop_ids, settings)
         still = []
         for i, prefix, output in zip(active, prefixes, outputs, strict=True):
@@ -534,12 +546,16 @@ def _continue(
         # prefix's last token is at its length - 1, the one that chose it at length - 2.
         states = first.states
         assert states is not None
+        # One output-layer call for the chunk (a one-token prefix has no token before it).
+        rows = torch.arange(len(chunk))
+        before = logits_of_states(states[rows, [max(0, len(p) - 2) for p in chunk]])
         for row, (prefix, result) in enumerate(zip(chunk, results, strict=True)):
-            before_last = None
-            if len(prefix) > 1:
-                before_last = logits_of_states(states[row, len(prefix) - 2])
             out.append(
-                Continuation(result.tokens, states[row, len(prefix) - 1].float().cpu(), before_last)
+                Continuation(
+                    result.tokens,
+                    states[row, len(prefix) - 1].float().cpu(),
+                    before[row] if len(prefix) > 1 else None,
+                )
             )
     return out
 

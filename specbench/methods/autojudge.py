@@ -34,6 +34,7 @@ from specbench.judge.mining import (
     MiningCache,
     MiningProgress,
     MiningSettings,
+    NothingMinedError,
     mine_labels,
     mined_token_features,
 )
@@ -338,25 +339,33 @@ class AutoJudgeMethod(DecodingMethod):
                 f"{event.examples} mismatches ({event.important} important) - {event.message}"
             )
 
-        data = mine_labels(
-            target,
-            draft,
-            prompts,
-            encoder,
-            task.answer,
-            MiningSettings(
-                max_new_tokens=self.settings.max_new_tokens,
-                max_mismatches_per_prompt=self.settings.max_mismatches_per_prompt,
-                batch_size=self.settings.batch_size,
-                draft_features=self.settings.features != "target",
-                semi_greedy=self.settings.search == "semi-greedy",
-                require_finished=self.settings.require_finished,
-                speculative_k=self.settings.speculative_k,
-                confidence=self.settings.confidence_features,
-            ),
-            on_progress=progress,
-            cache=self.mining_cache(context),
+        settings = MiningSettings(
+            max_new_tokens=self.settings.max_new_tokens,
+            max_mismatches_per_prompt=self.settings.max_mismatches_per_prompt,
+            batch_size=self.settings.batch_size,
+            draft_features=self.settings.features != "target",
+            semi_greedy=self.settings.search == "semi-greedy",
+            require_finished=self.settings.require_finished,
+            speculative_k=self.settings.speculative_k,
+            confidence=self.settings.confidence_features,
         )
+        try:
+            data = mine_labels(
+                target,
+                draft,
+                prompts,
+                encoder,
+                task.answer,
+                settings,
+                on_progress=progress,
+                cache=self.mining_cache(context),
+            )
+        except NothingMinedError as error:
+            raise SpecbenchError(
+                f"method '{context.label}' has nothing to train its judge on: {error}",
+                "use more training prompts (judge.prompts) or a larger judge.max_new_tokens; "
+                "judge.confidence_features = false also uses prompts whose replay disagreed",
+            ) from error
         context.on_progress(
             f"training a {self.settings.classifier} judge on {len(data.labels)} mismatches"
         )
@@ -364,12 +373,7 @@ class AutoJudgeMethod(DecodingMethod):
         if self.settings.token_features:
             features = torch.cat([features, mined_token_features(data, target.tokenizer)], dim=-1)
         if self.settings.confidence_features:
-            if data.confidence is None:
-                raise SpecbenchError(
-                    "the mined examples lack the target's confidence (a backend without "
-                    "logits at the mismatch)",
-                    "set judge.confidence_features = false for this target",
-                )
+            assert data.confidence is not None  # mining leaves out prompts without it
             features = torch.cat([features, data.confidence], dim=-1)
         classifier, report = train_classifier(
             features,
