@@ -701,7 +701,8 @@ def test_continuations_carry_the_logits_the_last_prefix_token_came_from(tiny_hf:
 def test_mining_records_confidence_and_replays_prompts_cached_without_it(tmp_path: Path) -> None:
     """New mining stores the target's confidence at each mismatch; a prompt cached without
     it is replayed once to the same columns; a prompt whose replay disagrees with its mined
-    examples is marked and left out (not replayed again) of judges that read confidence."""
+    examples is mined again (not left out: that biases the data), as is one an earlier
+    replay marked."""
     from specbench.judge.mining import MiningCache
 
     # Order 3: the logits at a mismatch depend on more than the token before it, so a
@@ -723,23 +724,32 @@ def test_mining_records_confidence_and_replays_prompts_cached_without_it(tmp_pat
         assert mined is not None
         mined.confidence = []
         mining_cache.save(prompt_id, mined)
-    broken = with_examples[0]
+    broken, marked = with_examples[:2]
     mined = mining_cache.load(broken)
     assert mined is not None
     mined.examples[-1].target_token = mined.examples[-1].draft_token  # not what replay finds
     mining_cache.save(broken, mined)
+    mined = mining_cache.load(marked)
+    assert mined is not None
+    mined.replay_failed = True  # an earlier run's replay disagreed
+    mining_cache.save(marked, mined)
 
     without = _mine(prompts, models, _cache=mining_cache)  # a judge without confidence
     assert without.prompts_replayed == 0 and without.confidence is None  # type: ignore[attr-defined]
+    assert without.prompts_remined == 0  # type: ignore[attr-defined]
     replayed = _mine(prompts, models, _cache=mining_cache, confidence=True)
-    assert replayed.prompts_replayed == len(with_examples) - 1  # type: ignore[attr-defined]
-    assert replayed.prompts_left_out == [broken]  # type: ignore[attr-defined]
-    assert mining_cache.load(broken).replay_failed  # type: ignore[union-attr]
-    kept = [i for i, e in enumerate(inline.examples) if e.prompt_id != broken]  # type: ignore[attr-defined]
-    assert replayed.examples == [inline.examples[i] for i in kept]  # type: ignore[attr-defined]
-    assert torch.allclose(replayed.confidence, inline.confidence[kept], atol=1e-5)  # type: ignore[attr-defined]
+    assert replayed.prompts_replayed == len(with_examples) - 2  # type: ignore[attr-defined]
+    assert replayed.prompts_remined == 2 and replayed.prompts_left_out == []  # type: ignore[attr-defined]
+    assert replayed.prompts_from_cache == len(prompts) - 2  # type: ignore[attr-defined]
+    for prompt_id in (broken, marked):
+        again_mined = mining_cache.load(prompt_id)
+        assert again_mined is not None and not again_mined.replay_failed
+        assert again_mined.has_confidence
+    # The toy chain is deterministic: mining again finds the original examples.
+    assert replayed.examples == inline.examples  # type: ignore[attr-defined]
+    assert torch.allclose(replayed.confidence, inline.confidence, atol=1e-5)  # type: ignore[attr-defined]
     again = _mine(prompts, models, _cache=mining_cache, confidence=True)
-    assert again.prompts_replayed == 0 and again.prompts_left_out == [broken]  # type: ignore[attr-defined]
+    assert again.prompts_replayed == 0 and again.prompts_remined == 0  # type: ignore[attr-defined]
 
 
 def test_confidence_judge_trains_and_decodes_with_the_same_columns(tmp_path: Path) -> None:
@@ -762,25 +772,13 @@ def test_confidence_features_without_the_target_logits_are_refused() -> None:
     assert int(verdict.accepted[0]) in (0, 1, 2)
 
 
-def test_a_confidence_judge_with_every_prompt_left_out_is_refused_in_one_line(
-    tmp_path: Path,
-) -> None:
-    """When no mined prompt has the confidence columns (every replay disagreed), training
-    stops with a SpecbenchError naming the way out, not a traceback."""
-    from specbench.judge.mining import MiningCache
+def test_a_judge_with_no_mismatch_to_train_on_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A draft identical to the target leaves mining nothing: training stops with a
+    SpecbenchError naming the way out, not a traceback."""
     from specbench.training import train_methods
 
     path = _write_preset(tmp_path)
-    train_methods(load_preset(str(path), discover_methods()))  # mines, no confidence read
-    (folder,) = (cache.judges_dir() / "mined").iterdir()
-    mining_cache = MiningCache(folder)
-    for file in folder.glob("*.pt"):
-        prompt_id = torch.load(file)["prompt_id"]
-        mined = mining_cache.load(prompt_id)
-        assert mined is not None
-        mined.confidence, mined.replay_failed = [], True
-        mining_cache.save(prompt_id, mined)
-    option = [("methods.2.params.judge.confidence_features", True)]
+    same = [("models.draft.distance", 0.0)]
     with pytest.raises(SpecbenchError, match="nothing to train") as raised:
-        train_methods(load_preset(str(path), discover_methods(), option))
-    assert "confidence_features = false" in raised.value.hint
+        train_methods(load_preset(str(path), discover_methods(), same))
+    assert "differs from the target" in raised.value.hint

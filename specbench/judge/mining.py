@@ -31,8 +31,10 @@ to the end per mismatch), and the target's logits at each
 mismatch come from the same prefills mining reads. A replay checks each mismatch's target
 token. Greedy decoding is not bit-for-bit the same in every batch (padding, call shapes), so
 a near-tie can go the other way and the replayed path part from the mined one: such a
-prompt is marked in the cache and left out of judges that read confidence (mining it again
-would cost as much as mining it did); judges without confidence still use it.
+prompt is marked in the cache and mined again, its confidence read inline. Leaving it out
+instead would bias the data: paths part most after an important mismatch, whose path is
+rebuilt from a fresh prefill, so the prompts that part hold more important mismatches
+(BENCHMARKS.md, "AutoJudge: the target's confidence at the mismatch").
 """
 
 from __future__ import annotations
@@ -110,7 +112,9 @@ class MinedData:
     #: prompt has them.
     confidence: torch.Tensor | None = None
     prompts_replayed: int = 0
-    #: Prompts without confidence (their replay disagreed), left out of the data.
+    #: Cached prompts mined again for confidence: their replay disagreed.
+    prompts_remined: int = 0
+    #: Prompts still without confidence (the target gives no logits), left out of the data.
     prompts_left_out: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -132,7 +136,8 @@ class PromptMined:
     answered: bool = True
     unfinished: int = 0
     confidence: list[torch.Tensor] = field(default_factory=list)
-    #: Its replay for confidence disagreed with the mined path (see the module docstring).
+    #: Its replay for confidence disagreed with the mined path: it is to be mined again
+    #: (see the module docstring).
     replay_failed: bool = False
 
     @property
@@ -241,13 +246,23 @@ def mine_labels(
             from_cache += 1
     if from_cache:
         report(_progress(results, len(prompts), f"{from_cache} prompts mined before (cache)"))
+    # Prompts marked by an earlier replay are mined again; so is any that disagrees below.
+    remine = {
+        p.id
+        for p in prompts
+        if settings.confidence
+        and p.id in results
+        and results[p.id].replay_failed
+        and not results[p.id].has_confidence
+    }
     replay = [
         p
         for p in prompts
         if settings.confidence
         and p.id in results
-        and not (results[p.id].has_confidence or results[p.id].replay_failed)
+        and not (results[p.id].has_confidence or p.id in remine)
     ]
+    replayed_ok = 0
     if replay:
         searches = [
             _Search(p, encoder.encode([], p.turns[0], p.system), mined=results[p.id])
@@ -255,15 +270,26 @@ def mine_labels(
         ]
 
         def replayed_one(search: _Search, agreed: bool) -> None:
-            if not agreed:
+            nonlocal replayed_ok
+            if agreed:
+                replayed_ok += 1
+            else:
                 search.mined.confidence = []
                 search.mined.replay_failed = True
-            if cache is not None:
+                remine.add(search.prompt.id)
+            if cache is not None:  # an interrupted run re-mines it without a second replay
                 cache.save(search.prompt.id, search.mined)
-            verdict = "replayed" if agreed else "replay disagreed, left out:"
+            verdict = "replayed" if agreed else "replay disagreed, to be mined again:"
             report(_progress(results, len(prompts), f"{verdict} {search.prompt.id}"))
 
         _replay_pool(target, draft, searches, settings, replayed_one)
+    remined = [p for p in prompts if p.id in remine]
+    for prompt in remined:
+        del results[prompt.id]
+    if remined:
+        message = f"mining {len(remined)} prompts again: their replay disagreed"
+        report(_progress(results, len(prompts), message))
+    todo = remined + todo
 
     def finished(search: _Search) -> None:
         results[search.prompt.id] = search.mined
@@ -293,7 +319,7 @@ def mine_labels(
     if not examples and left_out:
         raise NothingMinedError(
             f"no mined prompt has the target's confidence at its mismatches ({len(left_out)} "
-            "left out: their replay disagreed, or the target gives no logits there)"
+            "left out: the target gives no logits there)"
         )
     if not examples:
         raise NothingMinedError("mining found no mismatches: are the target and draft identical?")
@@ -304,9 +330,10 @@ def mine_labels(
         prompts_used=len(prompts) - len(without_answer) - len(left_out),
         prompts_without_answer=without_answer,
         unfinished=unfinished,
-        prompts_from_cache=from_cache,
+        prompts_from_cache=from_cache - len(remined),
         confidence=torch.stack(confidence) if len(confidence) == len(examples) else None,
-        prompts_replayed=sum(p.id in results and results[p.id].has_confidence for p in replay),
+        prompts_replayed=replayed_ok,
+        prompts_remined=len(remined),
         prompts_left_out=left_out,
     )
 

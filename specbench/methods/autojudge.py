@@ -363,8 +363,9 @@ class AutoJudgeMethod(DecodingMethod):
         except NothingMinedError as error:
             raise SpecbenchError(
                 f"method '{context.label}' has nothing to train its judge on: {error}",
-                "use more training prompts (judge.prompts) or a larger judge.max_new_tokens; "
-                "judge.confidence_features = false also uses prompts whose replay disagreed",
+                "use more training prompts (judge.prompts), a larger judge.max_new_tokens, or "
+                "a draft that differs from the target (judge.confidence_features = false if "
+                "the target gives no logits)",
             ) from error
         context.on_progress(
             f"training a {self.settings.classifier} judge on {len(data.labels)} mismatches"
@@ -394,6 +395,7 @@ class AutoJudgeMethod(DecodingMethod):
             "mining": {
                 "prompts_from_cache": data.prompts_from_cache,
                 "prompts_replayed": data.prompts_replayed,
+                "prompts_remined": data.prompts_remined,
                 "prompts_left_out": data.prompts_left_out,
                 "prompts_without_answer": len(data.prompts_without_answer),
                 "unfinished_dropped": data.unfinished,
@@ -406,8 +408,10 @@ class AutoJudgeMethod(DecodingMethod):
             low, high = report.roc_auc_interval
             auc += f" [95% {low:.2f}-{high:.2f}]"
         replayed = f", {data.prompts_replayed} replayed" if data.prompts_replayed else ""
+        if data.prompts_remined:
+            replayed += f", {data.prompts_remined} mined again: replay disagreed"
         if data.prompts_left_out:
-            replayed += f", {len(data.prompts_left_out)} left out: replay disagreed"
+            replayed += f", {len(data.prompts_left_out)} left out: no target logits"
         return (
             f"{context.label}: judge {key} trained on {report.samples} mismatches "
             f"({report.important} important, {report.unimportant} unimportant) from "
