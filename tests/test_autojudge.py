@@ -360,6 +360,62 @@ def test_token_features_train_and_decode_with_the_same_columns(tmp_path: Path) -
     assert len(cache.list_judges()) == 2
 
 
+def test_a_judge_chooses_its_feature_set_inside_validation_and_decodes_with_it(
+    tmp_path: Path,
+) -> None:
+    """With judge.feature_sets the judge picks one set with C; its classifier reads those
+    columns of the full row the verifier builds; at threshold 0 it still equals greedy
+    speculative decoding token for token."""
+    path = _write_preset(tmp_path)
+    sets = ["target+draft+tokens", "tokens", "draft"]
+    options = [
+        ("methods.2.params.judge.token_features", True),
+        ("methods.2.params.judge.feature_sets", sets),
+    ]
+    preset = load_preset(str(path), discover_methods(), options)
+    out = tmp_path / "sets.jsonl"
+    run_preset(sweep_parameter(preset, "threshold", [0.0, 1.0]), output=out, train_missing=True)
+    (stored,) = cache.list_judges()
+    assert stored["settings"]["feature_sets"] == sets
+    chosen = stored["report"]["chosen_features"]
+    assert chosen in sets
+    judge = cache.load_judge(stored["key"])
+    assert judge is not None
+    columns = judge.classifier.columns
+    assert columns is not None
+    from specbench.judge.mining import hidden_width
+
+    models = toy_pair(vocab_size=24, order=1, seed=21, distance=1.5, sharpness=3.0)
+    target_width = hidden_width(models.target)
+    assert target_width == hidden_width(models.require_draft()) == 48  # logits + one-hot
+    ranges = {"target": range(0, 48), "draft": range(48, 96), "tokens": range(96, 112)}
+    assert columns.tolist() == [c for block in chosen.split("+") for c in ranges[block]]
+    by: dict[str, dict[str, SampleRecord]] = {}
+    for record in read_records(out):
+        if isinstance(record, SampleRecord):
+            by.setdefault(record.method, {})[record.prompt_id] = record
+    for prompt_id, spec in by["speculative"].items():
+        assert by["autojudge-threshold=0"][prompt_id].tokens == spec.tokens
+    lossy = by["autojudge-threshold=1"]
+    assert any(lossy[p].tokens != spec.tokens for p, spec in by["speculative"].items())
+
+
+def test_feature_sets_must_name_blocks_that_are_on() -> None:
+    from pydantic import ValidationError
+
+    from specbench.methods.autojudge import JudgeSettings
+
+    with pytest.raises(ValidationError, match="'confidence', which is off"):
+        JudgeSettings(feature_sets=["target+confidence"])
+    with pytest.raises(ValidationError, match="unknown block 'logits'"):
+        JudgeSettings(feature_sets=["target+logits"])
+    assert JudgeSettings(confidence_features=True, feature_sets=["confidence"]).blocks() == [
+        "target",
+        "draft",
+        "confidence",
+    ]
+
+
 def test_the_verifier_sees_each_draft_tokens_position_in_the_response() -> None:
     from specbench.decoding.drafters import ModelDrafter
     from specbench.decoding.loop import speculative_generate

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import make_method, request
 
-from specbench.models.hf import RowStableLinear, load_hf_model
+from specbench.models.hf import ROW_STABLE_ATTENTION, RowStableLinear, load_hf_model
 from specbench.models.loading import load_models
 from specbench.models.specs import HFModelSpec, ModelsSpec
 
@@ -23,13 +23,44 @@ def test_verification_rows_equal_one_token_decoding_bit_for_bit(tiny_hf: dict, a
     model = load_hf_model(_spec(folder, batch_invariant=True), str(folder), "t")
     assert all(type(m) is not torch.nn.Linear for m in model.model.modules())
     assert any(isinstance(m, RowStableLinear) for m in model.model.modules())
-    assert model.describe()["attn_implementation"] == "eager"
+    assert model.describe()["attn_implementation"] == ROW_STABLE_ATTENTION
     tokens = tiny_hf["tokenizer"].encode("the quick brown fox jumps over the lazy dog, def add")
     prefix = len(tokens) - 6
     batched = model.new_session().logits_from(tokens, prefix - 1)
     session = model.new_session()
     singles = torch.stack(
         [session.logits_from(tokens[: i + 1], i)[0] for i in range(prefix - 1, len(tokens))]
+    )
+    assert torch.equal(batched, singles)
+
+
+def test_attention_past_a_thousand_keys_is_row_stable(tmp_path) -> None:
+    """One query row against more than ~1152 keys takes another CPU path in ``weights @
+    values`` than several rows do (a greedy flip at position 1040 of a real 1536-token run):
+    at head size 128, decoding one token at a time must still equal scoring the positions
+    in one call, bit for bit."""
+    from hf_fixtures import build_tokenizer, save
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=300,
+        hidden_size=256,
+        intermediate_size=256,
+        num_hidden_layers=1,
+        num_attention_heads=2,  # head size 128, as in the Qwen2.5 models
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+    )
+    folder = save(Qwen2ForCausalLM(config).eval(), build_tokenizer(), tmp_path / "long")
+    model = load_hf_model(_spec(folder, batch_invariant=True), str(folder), "t")
+    tokens = torch.randint(3, 300, (1400,), generator=torch.Generator().manual_seed(1)).tolist()
+    start = 1140
+    batched = model.new_session().logits_from(tokens, start)
+    session = model.new_session()
+    session.logits_from(tokens[:start], start - 1)
+    singles = torch.stack(
+        [session.logits_from(tokens[: i + 1], i)[0] for i in range(start, len(tokens))]
     )
     assert torch.equal(batched, singles)
 

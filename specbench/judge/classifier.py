@@ -6,13 +6,16 @@ is chosen by validation ROC-AUC, then the model is refitted on all data. With pr
 (groups) the validation is K-fold over whole prompts: every mismatch is scored once by a
 model that never saw its prompt, and the ROC-AUC is taken over all those scores, so a few
 hundred mismatches give a usable estimate (a single 20% split of 50 positives does not); a
-bootstrap over prompts gives its 95% interval. An MLP (one hidden layer) is available with
+bootstrap over prompts gives its 95% interval. Given named column sets (e.g. "tokens" or
+"target+confidence") the validation chooses the set together with C, inside each fold as
+well, so the best of several sets is not flattered either; the judge then reads only its
+set's columns of the full feature row. An MLP (one hidden layer) is available with
 ``kind = "mlp"``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,20 +35,32 @@ class JudgeClassifier:
     mean: torch.Tensor
     std: torch.Tensor
     state: dict[str, torch.Tensor]
+    #: The columns of the full feature row it reads (a chosen column set); ``None``: all.
+    columns: torch.Tensor | None = None
 
     def prob_important(self, features: torch.Tensor) -> torch.Tensor:
         """``features`` ``[..., H]`` to probabilities ``[...]``, float64 on the CPU: in float32
         a confident judge's probabilities round to 1.0, and ties distort both the ROC-AUC and
         a threshold sweep near 1."""
-        x = (features.double().cpu() - self.mean) / self.std
+        x = features.double().cpu()
+        if self.columns is not None:
+            x = x[..., self.columns]
+        x = (x - self.mean) / self.std
         return torch.sigmoid(_logits(self.kind, self.state, x))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "mean": self.mean, "std": self.std, "state": self.state}
+        saved = {"kind": self.kind, "mean": self.mean, "std": self.std, "state": self.state}
+        return saved if self.columns is None else saved | {"columns": self.columns}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JudgeClassifier:
-        return cls(kind=data["kind"], mean=data["mean"], std=data["std"], state=data["state"])
+        return cls(
+            kind=data["kind"],
+            mean=data["mean"],
+            std=data["std"],
+            state=data["state"],
+            columns=data.get("columns"),  # judges saved before column sets read every column
+        )
 
 
 @dataclass
@@ -67,6 +82,21 @@ class TrainReport:
     #: For choosing a threshold: at each threshold, the share of held-out unimportant and of
     #: important mismatches the judge would keep (score below it), from the nested scores.
     operating_points: list[dict[str, float]] = field(default_factory=list)
+    #: The column set chosen with C, when several were offered.
+    chosen_features: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class _Choice:
+    """What validation chooses: a C and, when sets are offered, a named column set."""
+
+    c: float
+    name: str | None = None
+    columns: torch.Tensor | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.c:g}" if self.name is None else f"{self.name}, C={self.c:g}"
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
@@ -120,8 +150,10 @@ def train_classifier(
     seed: int = 0,
     groups: Sequence[str] | None = None,
     folds: int = 5,
+    column_sets: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[JudgeClassifier, TrainReport]:
-    """Choose C by validation ROC-AUC, then refit on everything.
+    """Choose C (and, given ``column_sets``, which columns to read) by validation ROC-AUC,
+    then refit on everything.
 
     With ``groups`` (each row's prompt) validation holds out whole prompts, so the ROC-AUC
     measures mismatches of prompts the judge has not seen, as decoding meets them. With
@@ -136,23 +168,31 @@ def train_classifier(
             f"need examples of both classes to train a judge (got {int(y.sum())} important "
             f"of {len(y)})"
         )
+    choices = [_Choice(c) for c in c_grid]
+    if column_sets:
+        choices = [
+            _Choice(c, name, torch.tensor(list(columns), dtype=torch.long))
+            for name, columns in column_sets.items()
+            for c in c_grid
+        ]
     names = None if groups is None else list(groups)
     if names is not None and folds >= 2 and len(set(names)) >= folds:
         fold_of = _group_folds(names, folds, seed)
-        grid, best_c = _grid_search(kind, x, y, fold_of, c_grid, seed)
+        grid, best = _grid_search(kind, x, y, fold_of, choices, seed)
 
-        def inner_best_c(train_idx: torch.Tensor) -> float:
+        def inner_best(train_idx: torch.Tensor) -> _Choice:
             inner_names = [names[i] for i in train_idx.tolist()]
             if len(set(inner_names)) < folds:
-                return best_c
+                return best
             inner_folds = _group_folds(inner_names, folds, seed)
-            return _grid_search(kind, x[train_idx], y[train_idx], inner_folds, c_grid, seed)[1]
+            return _grid_search(kind, x[train_idx], y[train_idx], inner_folds, choices, seed)[1]
 
-        scores = _out_of_fold_scores(kind, x, y, fold_of, inner_best_c, seed)
+        scores = _out_of_fold_scores(kind, x, y, fold_of, inner_best, seed)
         auc = stratified_roc_auc(scores, y, fold_of)
         interval = _bootstrap_interval(scores, y, fold_of, names, seed)
         points = operating_points(scores, y)
-        validation = f"{folds}-fold by prompt, C chosen inside each fold"
+        chosen = "C and columns" if column_sets else "C"
+        validation = f"{folds}-fold by prompt, {chosen} chosen inside each fold"
         validation_samples = len(y)
     else:
         if names is not None and len(set(names)) >= 5:
@@ -163,10 +203,10 @@ def train_classifier(
             validation = "held-out rows"
         fold_of = torch.full((len(y),), -1, dtype=torch.long)
         fold_of[val_idx] = 0
-        grid, best_c = _grid_search(kind, x, y, fold_of, c_grid, seed)
-        auc, interval, validation_samples = grid.get(f"{best_c:g}"), None, len(val_idx)
+        grid, best = _grid_search(kind, x, y, fold_of, choices, seed)
+        auc, interval, validation_samples = grid.get(best.label), None, len(val_idx)
         points = []
-    final = _fit(kind, x, y, best_c, seed)
+    final = _fit(kind, x, y, best, seed)
     loss = float(torch.nn.functional.binary_cross_entropy(final.prob_important(x), y))
     report = TrainReport(
         samples=len(y),
@@ -175,11 +215,12 @@ def train_classifier(
         validation_samples=validation_samples,
         roc_auc=auc,
         train_loss=loss,
-        chosen_c=best_c,
+        chosen_c=best.c,
         grid=grid,
         validation=validation,
         roc_auc_interval=interval,
         operating_points=points,
+        chosen_features=best.name,
     )
     return final, report
 
@@ -211,21 +252,21 @@ def _grid_search(
     x: torch.Tensor,
     y: torch.Tensor,
     fold_of: torch.Tensor,
-    c_grid: Sequence[float],
+    choices: Sequence[_Choice],
     seed: int,
-) -> tuple[dict[str, float | None], float]:
-    """Validation ROC-AUC of every C (fold ``f`` scored by a model fitted on the rows of the
-    other folds; rows in fold -1 are only trained on) and the best C."""
+) -> tuple[dict[str, float | None], _Choice]:
+    """Validation ROC-AUC of every choice (fold ``f`` scored by a model fitted on the rows of
+    the other folds; rows in fold -1 are only trained on) and the best one."""
     scored = fold_of >= 0
     grid: dict[str, float | None] = {}
-    best_c, best_auc = c_grid[0], -1.0
-    for c in c_grid:
-        scores = _out_of_fold_scores(kind, x, y, fold_of, _constant(c), seed)
+    best, best_auc = choices[0], -1.0
+    for choice in choices:
+        scores = _out_of_fold_scores(kind, x, y, fold_of, _constant(choice), seed)
         auc = stratified_roc_auc(scores[scored], y[scored], fold_of[scored])
-        grid[f"{c:g}"] = auc
+        grid[choice.label] = auc
         if auc is not None and auc > best_auc:
-            best_c, best_auc = c, auc
-    return grid, best_c
+            best, best_auc = choice, auc
+    return grid, best
 
 
 def _out_of_fold_scores(
@@ -233,22 +274,22 @@ def _out_of_fold_scores(
     x: torch.Tensor,
     y: torch.Tensor,
     fold_of: torch.Tensor,
-    choose_c: Callable[[torch.Tensor], float],
+    choose: Callable[[torch.Tensor], _Choice],
     seed: int,
 ) -> torch.Tensor:
-    """Each row of fold ``f >= 0`` scored by a model fitted on every other row, with the C
-    ``choose_c`` picks from those training rows' indices; rows of fold -1 stay NaN."""
+    """Each row of fold ``f >= 0`` scored by a model fitted on every other row, with the
+    choice ``choose`` makes from those training rows' indices; rows of fold -1 stay NaN."""
     scores = torch.full((len(y),), float("nan"), dtype=torch.float64)
     for fold in sorted(f for f in set(fold_of.tolist()) if f >= 0):
         train_idx = torch.nonzero(fold_of != fold).flatten()
         held_idx = torch.nonzero(fold_of == fold).flatten()
-        model = _fit(kind, x[train_idx], y[train_idx], choose_c(train_idx), seed)
+        model = _fit(kind, x[train_idx], y[train_idx], choose(train_idx), seed)
         scores[held_idx] = model.prob_important(x[held_idx])
     return scores
 
 
-def _constant(c: float) -> Callable[[torch.Tensor], float]:
-    return lambda _train_idx: c
+def _constant(choice: _Choice) -> Callable[[torch.Tensor], _Choice]:
+    return lambda _train_idx: choice
 
 
 def _stratified_split(
@@ -313,7 +354,11 @@ def _group_split(
     return torch.tensor(train, dtype=torch.long), torch.tensor(val, dtype=torch.long)
 
 
-def _fit(kind: Kind, x: torch.Tensor, y: torch.Tensor, c: float, seed: int) -> JudgeClassifier:
+def _fit(
+    kind: Kind, x: torch.Tensor, y: torch.Tensor, choice: _Choice, seed: int
+) -> JudgeClassifier:
+    if choice.columns is not None:
+        x = x[:, choice.columns]
     mean = x.mean(0)
     std = x.std(0).clamp(min=1e-6)
     z = (x - mean) / std
@@ -322,7 +367,7 @@ def _fit(kind: Kind, x: torch.Tensor, y: torch.Tensor, c: float, seed: int) -> J
     params = list(state.values())
     for p in params:
         p.requires_grad_(True)
-    penalty = 1.0 / (2.0 * c)
+    penalty = 1.0 / (2.0 * choice.c)
 
     def objective() -> torch.Tensor:
         logits = _logits(kind, state, z)
@@ -342,7 +387,7 @@ def _fit(kind: Kind, x: torch.Tensor, y: torch.Tensor, c: float, seed: int) -> J
 
     optimizer.step(closure)  # type: ignore[no-untyped-call]
     frozen = {name: value.detach().clone() for name, value in state.items()}
-    return JudgeClassifier(kind=kind, mean=mean, std=std, state=frozen)
+    return JudgeClassifier(kind=kind, mean=mean, std=std, state=frozen, columns=choice.columns)
 
 
 def _init_state(kind: Kind, dim: int) -> dict[str, torch.Tensor]:

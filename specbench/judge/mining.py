@@ -606,6 +606,11 @@ def _draft_states(draft: LanguageModel, prefixes: list[list[int]]) -> list[torch
     return states
 
 
+def hidden_width(model: LanguageModel) -> int:
+    """The width of ``model``'s hidden state (the columns its feature block takes)."""
+    return int(_draft_states(model, [[0]])[0].numel())
+
+
 def _progress(results: dict[str, PromptMined], total: int, message: str) -> MiningProgress:
     examples = [e for mined in results.values() for e in mined.examples]
     important = sum(e.important for e in examples)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from specbench.conversation import PromptEncoder
 from specbench.decoding.drafters import ModelDrafter
@@ -35,6 +35,7 @@ from specbench.judge.mining import (
     MiningProgress,
     MiningSettings,
     NothingMinedError,
+    hidden_width,
     mine_labels,
     mined_token_features,
 )
@@ -103,6 +104,13 @@ class JudgeSettings(BaseModel):
         "draft's token and of its own choice, their ratio, its entropy and the draft token's "
         "rank. Prompts mined before these columns existed are replayed once to get them.",
     )
+    feature_sets: list[str] = Field(
+        default_factory=list,
+        description="Column sets the validation chooses from, together with C and inside "
+        "each fold (the reported ROC-AUC stays honest): '+'-joined blocks among target, "
+        "draft, tokens, confidence, e.g. ['target+draft+tokens+confidence', "
+        "'tokens+confidence']; each block must be on. Empty: the judge reads every column.",
+    )
     classifier: Literal["logistic", "mlp"] = "logistic"
     c_grid: list[float] = Field(default_factory=lambda: list(C_GRID))
     folds: int = Field(
@@ -114,6 +122,49 @@ class JudgeSettings(BaseModel):
     )
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
+
+    @field_validator("feature_sets")
+    @classmethod
+    def _known_blocks(cls, sets: list[str]) -> list[str]:
+        for name in sets:
+            unknown = [b for b in name.split("+") if b not in FEATURE_BLOCKS]
+            if unknown:
+                raise ValueError(
+                    f"feature set {name!r}: unknown block {unknown[0]!r} (use '+'-joined "
+                    f"names among {', '.join(FEATURE_BLOCKS)})"
+                )
+        return sets
+
+    @model_validator(mode="after")
+    def _blocks_are_on(self) -> JudgeSettings:
+        on = self.blocks()
+        for name in self.feature_sets:
+            off = [b for b in name.split("+") if b not in on]
+            if off:
+                raise ValueError(
+                    f"feature set {name!r} reads {off[0]!r}, which is off: turn it on "
+                    f"({FEATURE_BLOCKS[off[0]]}) or drop it from the set"
+                )
+        return self
+
+    def blocks(self) -> list[str]:
+        """The feature blocks this judge computes, in column order."""
+        flags = {
+            "target": True,
+            "draft": self.features == "target+draft",
+            "tokens": self.token_features,
+            "confidence": self.confidence_features,
+        }
+        return [block for block, on in flags.items() if on]
+
+
+#: Feature blocks a judge can read, each with the setting that turns it on.
+FEATURE_BLOCKS = {
+    "target": "always on",
+    "draft": "features = 'target+draft'",
+    "tokens": "token_features = true",
+    "confidence": "confidence_features = true",
+}
 
 
 class AutoJudgeParams(MethodParams):
@@ -304,6 +355,7 @@ class AutoJudgeMethod(DecodingMethod):
                     "token_features": self.settings.token_features,
                     # Only when on: judges trained before the option keep their keys.
                     **({"confidence_features": True} if self.settings.confidence_features else {}),
+                    **({"feature_sets": fs} if (fs := self.settings.feature_sets) else {}),
                     "folds": self.settings.folds,
                     "validation_fraction": self.settings.validation_fraction,
                     "seed": self.settings.seed,
@@ -373,9 +425,14 @@ class AutoJudgeMethod(DecodingMethod):
         features = data.features
         if self.settings.token_features:
             features = torch.cat([features, mined_token_features(data, target.tokenizer)], dim=-1)
+        widths = {"tokens": features.shape[1] - data.features.shape[1]}
         if self.settings.confidence_features:
             assert data.confidence is not None  # mining leaves out prompts without it
             features = torch.cat([features, data.confidence], dim=-1)
+            widths["confidence"] = data.confidence.shape[1]
+        if self.settings.feature_sets:
+            draft_width = hidden_width(draft) if "draft" in self.settings.blocks() else 0
+            widths |= {"target": data.features.shape[1] - draft_width, "draft": draft_width}
         classifier, report = train_classifier(
             features,
             data.labels,
@@ -385,6 +442,7 @@ class AutoJudgeMethod(DecodingMethod):
             seed=self.settings.seed,
             groups=data.groups,
             folds=self.settings.folds,
+            column_sets=self._column_sets(widths),
         )
         meta: dict[str, Any] = {
             "method": context.label,
@@ -419,7 +477,26 @@ class AutoJudgeMethod(DecodingMethod):
             f"{len(data.prompts_without_answer)} skipped: no finished answer; "
             f"{data.unfinished} unfinished continuations dropped); validation ROC-AUC {auc} "
             f"({report.validation}), C = {report.chosen_c:g}"
+            + (f", features {report.chosen_features}" if report.chosen_features else "")
         )
+
+    def _column_sets(self, widths: dict[str, int]) -> dict[str, list[int]] | None:
+        """Each of ``feature_sets`` as column indices of the full feature row."""
+        if not self.settings.feature_sets:
+            return None
+        start: dict[str, int] = {}
+        offset = 0
+        for block in self.settings.blocks():
+            start[block] = offset
+            offset += widths[block]
+        return {
+            name: [
+                column
+                for block in name.split("+")
+                for column in range(start[block], start[block] + widths[block])
+            ]
+            for name in self.settings.feature_sets
+        }
 
     # -- decoding ------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -416,11 +417,58 @@ class RowStableLinear(torch.nn.Linear):
         return super().forward(x)
 
 
+#: The attention implementation batch-invariant models run (registered with transformers).
+ROW_STABLE_ATTENTION = "specbench_row_stable_eager"
+
+
+def row_stable_eager_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *args: Any,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's own eager attention, with a single query row run as two.
+
+    The same trap as :class:`RowStableLinear`, in ``weights @ values``: for one query row the
+    CPU library takes another path once the keys pass about 1152 (measured in bfloat16), so
+    the token decoded alone at position ~1150 gets other logits than the same position
+    scored among k + 1 (a near-tie there flipped a greedy choice in a 1536-token run). Two
+    rows go through the multi-row kernel, which agrees with any number of rows."""
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    single = query.shape[-2] == 1
+    if single:
+        query = torch.cat([query, query], dim=-2)
+        if attention_mask is not None and attention_mask.shape[-2] == 1:
+            attention_mask = torch.cat([attention_mask, attention_mask], dim=-2)
+    output, weights = eager(module, query, key, value, attention_mask, *args, **kwargs)
+    if single:  # output [batch, rows, heads, dim], weights [batch, heads, rows, keys]
+        output = output[:, :1]
+        weights = None if weights is None else weights[..., :1, :]
+    return output, weights
+
+
 def make_batch_invariant(model: torch.nn.Module) -> None:
-    """Swap plain ``nn.Linear`` layers for :class:`RowStableLinear` in place (no copies)."""
+    """Swap plain ``nn.Linear`` layers for :class:`RowStableLinear` in place (no copies) and
+    run attention through :func:`row_stable_eager_attention`."""
     for module in model.modules():
         if type(module) is torch.nn.Linear:
             module.__class__ = RowStableLinear
+    modeling = sys.modules[type(model).__module__]
+    if not hasattr(modeling, "eager_attention_forward"):
+        raise ModelLoadError(
+            f"batch_invariant does not know the attention of {type(model).__name__} (its "
+            "module has no eager_attention_forward)",
+            "set batch_invariant = false for this model",
+        )
+    transformers = require_transformers()
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    transformers.AttentionInterface.register(ROW_STABLE_ATTENTION, row_stable_eager_attention)
+    AttentionMaskInterface.register(ROW_STABLE_ATTENTION, eager_mask)  # eager's float masks
+    model.set_attn_implementation(ROW_STABLE_ATTENTION)  # type: ignore[operator]
 
 
 # ----------------------------------------------------------------------------- loading
