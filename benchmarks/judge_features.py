@@ -33,7 +33,7 @@ import torch
 from transformers import AutoTokenizer
 
 from specbench.judge.cache import judges_dir, resolve_key
-from specbench.judge.classifier import C_GRID, train_classifier
+from specbench.judge.classifier import C_GRID, block_columns, train_classifier
 from specbench.judge.mining import MiningCache
 from specbench.judge.token_features import TokenFeaturizer
 
@@ -106,16 +106,7 @@ def main() -> None:
         _, report = train_classifier(x, labels, groups=groups, folds=args.folds, seed=args.seed)
         _print_row(name, x.shape[1], report)
     if args.choose:
-        start, offset = {}, 0
-        for part, columns in parts.items():
-            start[part] = offset
-            offset += columns.shape[1]
-        sets = {
-            name: [
-                c for p in name.split("+") for c in range(start[p], start[p] + parts[p].shape[1])
-            ]
-            for name in usable
-        }
+        sets = block_columns({part: block.shape[1] for part, block in parts.items()}, usable)
         x = torch.cat(list(parts.values()), dim=-1)
         _, report = train_classifier(
             x, labels, groups=groups, folds=args.folds, seed=args.seed, column_sets=sets

@@ -225,6 +225,19 @@ def train_classifier(
     return final, report
 
 
+def block_columns(widths: Mapping[str, int], sets: Sequence[str]) -> dict[str, list[int]]:
+    """Each '+'-joined set of named blocks as column indices of a row that holds the blocks
+    side by side, in the order of ``widths`` (block name to column count)."""
+    start, offset = {}, 0
+    for block, width in widths.items():
+        start[block] = offset
+        offset += width
+    return {
+        name: [c for b in name.split("+") for c in range(start[b], start[b] + widths[b])]
+        for name in sets
+    }
+
+
 THRESHOLDS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7)
 
 

@@ -246,22 +246,14 @@ def mine_labels(
             from_cache += 1
     if from_cache:
         report(_progress(results, len(prompts), f"{from_cache} prompts mined before (cache)"))
-    # Prompts marked by an earlier replay are mined again; so is any that disagrees below.
-    remine = {
-        p.id
-        for p in prompts
-        if settings.confidence
-        and p.id in results
-        and results[p.id].replay_failed
-        and not results[p.id].has_confidence
-    }
-    replay = [
+    without = [
         p
         for p in prompts
-        if settings.confidence
-        and p.id in results
-        and not (results[p.id].has_confidence or p.id in remine)
+        if settings.confidence and p.id in results and not results[p.id].has_confidence
     ]
+    # Prompts marked by an earlier replay are mined again; so is any that disagrees below.
+    remine = {p.id for p in without if results[p.id].replay_failed}
+    replay = [p for p in without if p.id not in remine]
     replayed_ok = 0
     if replay:
         searches = [

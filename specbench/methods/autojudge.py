@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from specbench.conversation import PromptEncoder
 from specbench.decoding.drafters import ModelDrafter
@@ -28,8 +28,8 @@ from specbench.judge.cache import (
     model_identity,
     save_judge,
 )
-from specbench.judge.classifier import C_GRID, JudgeClassifier, train_classifier
-from specbench.judge.confidence_features import confidence_features
+from specbench.judge.classifier import C_GRID, JudgeClassifier, block_columns, train_classifier
+from specbench.judge.confidence_features import CONFIDENCE_FEATURE_NAMES, confidence_features
 from specbench.judge.mining import (
     MiningCache,
     MiningProgress,
@@ -123,28 +123,21 @@ class JudgeSettings(BaseModel):
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
 
-    @field_validator("feature_sets")
-    @classmethod
-    def _known_blocks(cls, sets: list[str]) -> list[str]:
-        for name in sets:
-            unknown = [b for b in name.split("+") if b not in FEATURE_BLOCKS]
-            if unknown:
-                raise ValueError(
-                    f"feature set {name!r}: unknown block {unknown[0]!r} (use '+'-joined "
-                    f"names among {', '.join(FEATURE_BLOCKS)})"
-                )
-        return sets
-
     @model_validator(mode="after")
-    def _blocks_are_on(self) -> JudgeSettings:
+    def _feature_sets_read_blocks_that_are_on(self) -> JudgeSettings:
         on = self.blocks()
         for name in self.feature_sets:
-            off = [b for b in name.split("+") if b not in on]
-            if off:
-                raise ValueError(
-                    f"feature set {name!r} reads {off[0]!r}, which is off: turn it on "
-                    f"({FEATURE_BLOCKS[off[0]]}) or drop it from the set"
-                )
+            for block in name.split("+"):
+                if block not in FEATURE_BLOCKS:
+                    raise ValueError(
+                        f"feature set {name!r}: unknown block {block!r} (use '+'-joined "
+                        f"names among {', '.join(FEATURE_BLOCKS)})"
+                    )
+                if block not in on:
+                    raise ValueError(
+                        f"feature set {name!r} reads {block!r}, which is off: turn it on "
+                        f"({FEATURE_BLOCKS[block]}) or drop it from the set"
+                    )
         return self
 
     def blocks(self) -> list[str]:
@@ -425,14 +418,20 @@ class AutoJudgeMethod(DecodingMethod):
         features = data.features
         if self.settings.token_features:
             features = torch.cat([features, mined_token_features(data, target.tokenizer)], dim=-1)
-        widths = {"tokens": features.shape[1] - data.features.shape[1]}
         if self.settings.confidence_features:
             assert data.confidence is not None  # mining leaves out prompts without it
             features = torch.cat([features, data.confidence], dim=-1)
-            widths["confidence"] = data.confidence.shape[1]
+        column_sets = None
         if self.settings.feature_sets:
-            draft_width = hidden_width(draft) if "draft" in self.settings.blocks() else 0
-            widths |= {"target": data.features.shape[1] - draft_width, "draft": draft_width}
+            blocks = self.settings.blocks()
+            draft_width = hidden_width(draft) if "draft" in blocks else 0
+            widths = {
+                "target": data.features.shape[1] - draft_width,
+                "draft": draft_width,
+                "tokens": TokenFeaturizer.width,
+                "confidence": len(CONFIDENCE_FEATURE_NAMES),
+            }
+            column_sets = block_columns({b: widths[b] for b in blocks}, self.settings.feature_sets)
         classifier, report = train_classifier(
             features,
             data.labels,
@@ -442,7 +441,7 @@ class AutoJudgeMethod(DecodingMethod):
             seed=self.settings.seed,
             groups=data.groups,
             folds=self.settings.folds,
-            column_sets=self._column_sets(widths),
+            column_sets=column_sets,
         )
         meta: dict[str, Any] = {
             "method": context.label,
@@ -479,24 +478,6 @@ class AutoJudgeMethod(DecodingMethod):
             f"({report.validation}), C = {report.chosen_c:g}"
             + (f", features {report.chosen_features}" if report.chosen_features else "")
         )
-
-    def _column_sets(self, widths: dict[str, int]) -> dict[str, list[int]] | None:
-        """Each of ``feature_sets`` as column indices of the full feature row."""
-        if not self.settings.feature_sets:
-            return None
-        start: dict[str, int] = {}
-        offset = 0
-        for block in self.settings.blocks():
-            start[block] = offset
-            offset += widths[block]
-        return {
-            name: [
-                column
-                for block in name.split("+")
-                for column in range(start[block], start[block] + widths[block])
-            ]
-            for name in self.settings.feature_sets
-        }
 
     # -- decoding ------------------------------------------------------------------------
 
