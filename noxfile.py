@@ -6,22 +6,45 @@ CPU installs use constraints/cpu.txt so torch resolves to the CPU build.
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 CPU = ("-c", "constraints/cpu.txt")
+# Every package of the default test environment at the version last tested (made by `nox -s
+# lock`), so a fresh machine installs what passed here rather than the newest releases.
+LOCKED = ("-c", "constraints/tests.txt")
 EXAMPLE_PLUGIN = "plugins/specbench-adaptive-k"
 LLAMACPP_PLUGIN = "plugins/specbench-llamacpp"
 VLLM_PLUGIN = "plugins/specbench-vllm"
 
 
 def install_project(session: nox.Session, extras: str = "dev,hf,quant,report,track,ray") -> None:
-    session.install(*CPU, "-e", f".[{extras}]")
+    session.install(*CPU, *LOCKED, "-e", f".[{extras}]")
     # The engine plugins need nothing heavy themselves: their tests without the engine (the
     # llama.cpp stand-in server, vLLM's "not installed" error) run here.
-    session.install(*CPU, "-e", EXAMPLE_PLUGIN, "-e", LLAMACPP_PLUGIN, "-e", VLLM_PLUGIN)
+    session.install(*CPU, *LOCKED, "-e", EXAMPLE_PLUGIN, "-e", LLAMACPP_PLUGIN, "-e", VLLM_PLUGIN)
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Re-resolve constraints/tests.txt (the default test environment, constraints/tests.in)
+    to the newest releases with uv; run the tests after it and commit both together. torch
+    stays pinned by constraints/cpu.txt; its dependencies are those of the CPU build, found
+    where pip finds it ($PIP_FIND_LINKS), so no CUDA-only package enters the file."""
+    session.install("uv")
+    local = [p.split("/")[-1] for p in (EXAMPLE_PLUGIN, LLAMACPP_PLUGIN, VLLM_PLUGIN)]
+    skip = [arg for name in ("torch", "specbench", *local) for arg in ("--no-emit-package", name)]
+    # pip's own setting for where the CPU wheel lies (uv does not read pip's configuration).
+    links = ["--find-links", os.environ["PIP_FIND_LINKS"]] if "PIP_FIND_LINKS" in os.environ else []
+    session.run(
+        "uv", "pip", "compile", "constraints/tests.in", "-c", "constraints/cpu.txt",
+        "--python-version", "3.11", *skip, *links, "--custom-compile-command", "nox -s lock",
+        "-o", "constraints/tests.txt",
+    )  # fmt: skip
 
 
 @nox.session

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from specbench.errors import SpecbenchError
+from specbench.install_hints import install_extra
 from specbench.presets import ResolvedPreset
 from specbench.progress import Progress, ProgressCallback
 from specbench.prompts import Prompt
@@ -57,7 +58,7 @@ def require_ray() -> Any:
         import ray
     except ImportError as error:
         raise SpecbenchError(
-            "--ray needs Ray, which is not installed", "pip install 'specbench[ray]'"
+            "--ray needs Ray, which is not installed", install_extra("ray")
         ) from error
     return ray
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from specbench.decoding.types import DecodeStats
 from specbench.errors import ModelLoadError
+from specbench.install_hints import install_extra
 from specbench.models.specs import HFModelSpec, ModelSpecBase
 
 
@@ -180,9 +181,7 @@ def _hub_gguf(spec: HFModelSpec, local_only: bool) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as error:
-        raise ModelLoadError(
-            "hub ids need huggingface_hub", "pip install 'specbench[hf]'"
-        ) from error
+        raise ModelLoadError("hub ids need huggingface_hub", install_extra("hf")) from error
     assert spec.gguf_file is not None
     try:
         found: Any = hf_hub_download(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from specbench.errors import SpecbenchError
+from specbench.install_hints import install_extra
 from specbench.report import ResultsFile
 
 
@@ -16,7 +17,7 @@ def _pyplot() -> Any:
         import matplotlib
     except ImportError as error:
         raise SpecbenchError(
-            "plots need matplotlib, which is not installed", "pip install 'specbench[report]'"
+            "plots need matplotlib, which is not installed", install_extra("report")
         ) from error
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

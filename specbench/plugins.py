@@ -83,6 +83,7 @@ from pydantic import BaseModel, ConfigDict
 
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
 from specbench.errors import PluginError
+from specbench.install_hints import install_path
 from specbench.models.base import LanguageModel, Tokenizer
 
 if TYPE_CHECKING:
@@ -355,7 +356,8 @@ class MethodRegistry:
         installed = ", ".join(sorted(self.methods)) or "none"
         hint = "check the spelling, or pip install the plugin that provides it"
         if name in KNOWN_PLUGINS:
-            hint = f"pip install -e {KNOWN_PLUGINS[name]}"
+            folder, _, after = KNOWN_PLUGINS[name].partition(" ")
+            hint = f"{install_path(folder)} {after}".strip()
         raise PluginError(f"no method named '{name}' is installed (installed: {installed})", hint)
 
 

@@ -11,10 +11,11 @@ import copy
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, NamedTuple, get_args, get_origin
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -24,11 +25,13 @@ from specbench.models.specs import ModelSpecBase, ModelsSpec
 from specbench.plugins import MethodInfo, MethodParams, MethodRegistry, ModelRole
 from specbench.preset_formats import (
     PresetSyntaxError,
+    dump,
     format_of,
     line_of,
     parse,
     yaml_lines,
 )
+from specbench.preset_import import import_config, recognise
 from specbench.prompts import PromptSetSpec
 
 PRESET_PATH_ENV = "SPECBENCH_PRESET_PATH"
@@ -125,11 +128,25 @@ class PresetIssue:
     message: str
     hint: str
     line: int | None = None
+    #: Where the value came from when not from the file: the flag as typed (``--runs 0``).
+    origin: str | None = None
 
     def render(self, source: str) -> str:
         at = f"{source}:{self.line}" if self.line is not None else source
+        if self.origin is not None:
+            at = self.origin
         where = f"{at}: {self.path}" if self.path else at
         return f"{where}: {self.message}. Fix: {self.hint}"
+
+
+class Override(NamedTuple):
+    """One value set on top of a preset file: a dotted key, the value, and ``origin``, how
+    the user gave it (``--runs 0``, ``--set sampling.top_p=2``), which errors about the
+    value name instead of the file."""
+
+    key: str
+    value: Any
+    origin: str = ""
 
 
 class PresetError(SpecbenchError):
@@ -164,6 +181,10 @@ class ResolvedPreset:
     hash: str
     #: Installed methods that ``methods = "all"`` left out, each with the reason.
     skipped: tuple[tuple[str, str], ...] = ()
+    #: The ``specbench run`` arguments that made it (preset, flags, --set, --sweep), when a
+    #: command line did: run headers keep them, so a refused resume can print the command
+    #: that wrote the file.
+    arguments: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -172,6 +193,43 @@ class ResolvedPreset:
     def effective(self) -> dict[str, Any]:
         """The preset as it will run: overrides applied, "all" expanded, defaults filled."""
         return _effective(self.preset, self.methods)
+
+
+def flatten_preset(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested preset tables as ``a.b.c`` keys with string values (lists as JSON); methods
+    are keyed by label (``methods.speculative.params.k``)."""
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flatten_preset(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(data, list) and any(isinstance(v, dict) for v in data):
+        for index, value in enumerate(data):
+            label = value.get("label", index) if isinstance(value, dict) else index
+            out.update(flatten_preset(value, f"{prefix}.{label}"))
+    else:
+        out[prefix] = json.dumps(data) if isinstance(data, list) else str(data)
+    return out
+
+
+def preset_differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """What differs between two effective presets (the hashed fields), one phrase each:
+    ``sampling.max_new_tokens: 16 in the file, 8 now``."""
+    labels = [[m.get("label") for m in p.get("methods") or []] for p in (before, after)]
+    out = []
+    if labels[0] != labels[1]:  # other methods: one phrase, not one per parameter
+        out.append(f"methods: {', '.join(labels[0])} in the file, {', '.join(labels[1])} now")
+    old = {k: v for k, v in flatten_preset(dict(before)).items() if not _unhashed(k)}
+    new = {k: v for k, v in flatten_preset(dict(after)).items() if not _unhashed(k)}
+    missing = "(absent)"
+    return out + [
+        f"{key}: {old.get(key, missing)} in the file, {new.get(key, missing)} now"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key) and not (out and key.startswith("methods."))
+    ]
+
+
+def _unhashed(key: str) -> bool:
+    return key.split(".", 1)[0] in _UNHASHED
 
 
 def _effective(preset: Preset, methods: Sequence[ResolvedMethod]) -> dict[str, Any]:
@@ -263,8 +321,9 @@ def _with_lines(error: PresetError, path: Path) -> PresetError:
     return PresetError(error.source, issues)
 
 
-def parse_override(assignment: str) -> tuple[str, Any]:
-    """``"sampling.temperature=0.7"`` to ``("sampling.temperature", 0.7)``.
+def parse_override(assignment: str, origin: str | None = None) -> Override:
+    """``"sampling.temperature=0.7"`` to ``("sampling.temperature", 0.7)``; ``origin`` says
+    where the text came from (default: ``--set <text>``).
 
     The value is read as a TOML value when it parses as one (numbers, booleans, arrays,
     quoted strings) and as a bare string otherwise.
@@ -278,13 +337,13 @@ def parse_override(assignment: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text
-    return key.strip(), value
+    return Override(key.strip(), value, origin or f"--set {assignment}")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     """A copy of ``raw`` with dotted keys set (``methods.0.params.k`` indexes lists)."""
     data: dict[str, Any] = copy.deepcopy(raw)
-    for dotted, value in overrides:
+    for dotted, value, *_ in overrides:
         node: Any = data
         parts = dotted.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -330,12 +389,101 @@ def load_preset(
 ) -> ResolvedPreset:
     """Find, read, override and validate a preset."""
     path = find_preset(name_or_path)
-    raw = apply_overrides(read_preset_file(path), overrides)
+    given = [Override(*item) for item in overrides]
+    raw = read_preset_file(path)
+    refuse_foreign_config(raw, path)
+    raw = apply_overrides(raw, given)
     raw.setdefault("name", path.stem)
     try:
         return validate_preset(raw, source=str(path), registry=registry, base_dir=path.parent)
     except PresetError as error:
-        raise _with_lines(error, path) from None
+        raise _with_origins(_with_lines(error, path), given) from None
+
+
+def _with_origins(error: PresetError, overrides: Sequence[Override]) -> PresetError:
+    """Issues about a value an override set name the flag that set it, not the file."""
+
+    def origin(issue: PresetIssue) -> str | None:
+        dotted = re.sub(r"\[(\d+)\]", r".\1", issue.path)
+        for override in reversed(overrides):  # the last one set wins
+            if override.origin and (dotted + ".").startswith(override.key + "."):
+                return override.origin
+        return None
+
+    issues = [replace(i, origin=origin(i)) for i in error.issues]
+    return PresetError(error.source, issues)
+
+
+def refuse_foreign_config(raw: Mapping[str, Any], path: Path) -> None:
+    """A file in another tool's style gets one line naming the import command, not one
+    "extra inputs" line per key."""
+    shape = recognise(raw)
+    if shape is None:
+        return
+    target = path.with_name(f"{path.stem}-specbench.toml")
+    raise PresetError(
+        str(path),
+        [
+            PresetIssue(
+                "",
+                f"this looks like {shape}, not a specbench preset",
+                f"convert it with `specbench presets import {path} -o {target}`",
+            )
+        ],
+    )
+
+
+def write_imported(
+    path: Path, registry: MethodRegistry, output: Path | None
+) -> list[tuple[Path | None, str, list[str]]]:
+    """``specbench presets import``: the presets a foreign config maps to, validated.
+
+    Returns ``(file, text, problems)`` per preset: ``file`` is ``None`` for standard output
+    (one preset and no ``output``); ``problems`` are validation issues of the result (model
+    folders are not checked here). Unmapped fields become comments (TOML, YAML) or the
+    description (JSON, which has no comments)."""
+    raw = read_preset_file(path)
+    if recognise(raw) is None:
+        try:
+            validate_preset(raw, source=str(path), registry=registry, base_dir=path.parent)
+        except PresetError:
+            hint = "write a preset from `specbench presets show quickstart`"
+            raise SpecbenchError(
+                f"{path} is in none of the shapes import knows (a vLLM study config, a "
+                "draft/target config, a JSON file of models, methods and experiments)",
+                hint,
+            ) from None
+        raise SpecbenchError(f"{path} is already a specbench preset", "run it as it is")
+    shape, imported = import_config(raw, path.stem, vllm_installed="vllm" in registry.methods)
+    if not imported:
+        raise SpecbenchError(f"{path} ({shape}) holds no experiment to import", "add one")
+    fmt = format_of(output.suffix) if output is not None else "toml"
+    if fmt is None:
+        raise SpecbenchError(
+            f"--output {output} has no preset extension", "end it in .toml, .yaml or .json"
+        )
+    out = []
+    for item in imported:
+        target = output
+        if output is not None and len(imported) > 1:
+            target = output.with_name(f"{output.stem}-{item.name}{output.suffix}")
+        header = [f"Imported from {path} ({shape}) by `specbench presets import`."]
+        notes = [f"not mapped: {line}" for line in item.unmapped]
+        data = dict(item.preset)
+        if fmt == "json":
+            data["description"] = " ".join([*header, *notes])
+            text = dump(data, fmt)
+        else:
+            data.setdefault("description", f"imported from {path.name}")
+            text = "".join(f"# {line}\n" for line in [*header, *notes]) + dump(data, fmt)
+        base = target.parent if target is not None else path.parent
+        try:
+            validate_preset(data, source=str(target or path), registry=registry, base_dir=base)
+            problems: list[str] = []
+        except PresetError as error:
+            problems = str(error).splitlines()
+        out.append((target, text, problems))
+    return out
 
 
 # ----------------------------------------------------------------------------- validation
@@ -479,9 +627,12 @@ def _check_references(
     return issues + prompt_issues
 
 
+_UNHASHED = ("output", "cluster")
+
+
 def _preset_hash(effective: dict[str, Any]) -> str:
     """Hash of what determines the results (where they go and where they run do not)."""
-    relevant = {k: v for k, v in effective.items() if k not in ("output", "cluster")}
+    relevant = {k: v for k, v in effective.items() if k not in _UNHASHED}
     blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

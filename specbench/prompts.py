@@ -12,17 +12,20 @@ parquet or csv file read with the ``datasets`` library).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from specbench.errors import SpecbenchError
+from specbench.install_hints import install_extra
 
 DATA_DIR = Path(__file__).parent / "data" / "prompts"
 
@@ -42,6 +45,12 @@ class Prompt:
     @property
     def text(self) -> str:
         return self.turns[0]
+
+    @property
+    def sha(self) -> str:
+        """A short fingerprint of what the model is given (turns and system message)."""
+        blob = json.dumps([list(self.turns), self.system], ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 class _PromptSetBase(BaseModel):
@@ -154,11 +163,12 @@ class InlinePromptSet(_PromptSetBase):
         return "the inline prompts"
 
     def _read(self, base_dir: Path) -> list[Prompt]:
-        out = []
-        for i, item in enumerate(self.prompts):
-            row = {"prompt": item} if isinstance(item, str) else item.model_dump(exclude_none=True)
-            out.append(prompt_from_row(row, f"prompts[{i}]", default_id=f"p{i}"))
-        return out
+        rows = (
+            ({"prompt": item} if isinstance(item, str) else item.model_dump(exclude_none=True),
+             f"prompts[{i}]")
+            for i, item in enumerate(self.prompts)
+        )  # fmt: skip
+        return prompts_from_rows(rows, lambda i: f"p{i}")
 
 
 class JsonlPromptSet(_PromptSetBase):
@@ -183,14 +193,11 @@ class JsonlPromptSet(_PromptSetBase):
             return f"the prompt file {self.path}"
 
     def _read(self, base_dir: Path) -> list[Prompt]:
-        path = _resolve_path(self.path, base_dir)
-        return [
-            prompt_from_row(row, where, default_id=str(i))
-            for i, (row, where) in enumerate(_jsonl_rows(path))
-        ]
+        return prompts_from_rows(_jsonl_rows(_resolve_path(self.path, base_dir)), str)
 
 
 BuiltinName = Literal["mt-bench", "spec-bench", "gsm8k", "humaneval"]
+BUILTIN_SETS: tuple[str, ...] = get_args(BuiltinName)
 
 
 class BuiltinPromptSet(_PromptSetBase):
@@ -241,10 +248,7 @@ class BuiltinPromptSet(_PromptSetBase):
                 for row, _ in _jsonl_rows(DATA_DIR / "humaneval.jsonl")
             ]
         file = {"mt-bench": "mt_bench_question.jsonl", "spec-bench": "spec_bench_question.jsonl"}
-        return [
-            prompt_from_row(row, where, default_id=str(i))
-            for i, (row, where) in enumerate(_jsonl_rows(DATA_DIR / file[self.source]))
-        ]
+        return prompts_from_rows(_jsonl_rows(DATA_DIR / file[self.source]), str)
 
 
 class DatasetPromptSet(_PromptSetBase):
@@ -278,6 +282,8 @@ class DatasetPromptSet(_PromptSetBase):
 
     def check(self, base_dir: Path) -> list[tuple[str, str, str]]:
         issues = super().check(base_dir) + _check_path(self.path, base_dir)
+        if not _importable("datasets"):  # what _read would refuse, said before the run
+            issues.append(("source", _NEEDS_DATASETS, install_extra("hf")))
         if not issues and self._format(Path(self.path)) is None:
             issues.append(("format", f"cannot tell the format of {self.path}", "set format"))
         return issues
@@ -293,24 +299,35 @@ class DatasetPromptSet(_PromptSetBase):
         try:
             import datasets
         except ImportError as error:
-            raise SpecbenchError(
-                "prompt source 'dataset' needs the datasets library", "pip install 'specbench[hf]'"
-            ) from error
+            raise SpecbenchError(_NEEDS_DATASETS, install_extra("hf")) from error
         path = _resolve_path(self.path, base_dir)
         data = datasets.load_dataset(self._format(path), data_files=str(path), split=self.split)
-        out = []
-        for i, row in enumerate(data):
-            mapped = {"prompt": row.get(self.prompt_field)}
-            if self.turns_field:
-                mapped = {"turns": row.get(self.turns_field)}
-            if self.messages_field:
-                mapped = {"messages": row.get(self.messages_field)}
-            if self.id_field and row.get(self.id_field) is not None:
-                mapped["id"] = row[self.id_field]
-            if self.category_field and row.get(self.category_field) is not None:
-                mapped["category"] = row[self.category_field]
-            out.append(prompt_from_row(mapped, f"{path} row {i}", default_id=str(i)))
-        return out
+        return prompts_from_rows(
+            ((self._map(row), f"{path} row {i}") for i, row in enumerate(data)), str
+        )
+
+    def _map(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A dataset row in the field names of :func:`prompt_from_row`."""
+        mapped = {"prompt": row.get(self.prompt_field)}
+        if self.turns_field:
+            mapped = {"turns": row.get(self.turns_field)}
+        if self.messages_field:
+            mapped = {"messages": row.get(self.messages_field)}
+        if self.id_field and row.get(self.id_field) is not None:
+            mapped["id"] = row[self.id_field]
+        if self.category_field and row.get(self.category_field) is not None:
+            mapped["category"] = row[self.category_field]
+        return mapped
+
+
+_NEEDS_DATASETS = "prompt source 'dataset' needs the datasets library, which is not installed"
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+        return False
 
 
 PromptSetSpec = Annotated[
@@ -340,6 +357,42 @@ def normalize_number(text: str) -> str | None:
     if "." in value:
         value = value.rstrip("0").rstrip(".")
     return value
+
+
+def prompts_from_rows(
+    rows: Iterable[tuple[Any, str]], default_id: Callable[[int], str]
+) -> list[Prompt]:
+    """Prompts from ``(row, where)`` pairs, every id unique.
+
+    A repeated given id is an error naming both places. A row without an id gets
+    ``default_id(position)``, unless a given id (or an earlier automatic one) already has
+    it: then a suffix ``.2``, ``.3``, ... makes it unique, so an automatic id never takes the
+    place of a given one (the runner and resume pair records by id).
+    """
+    read = [(prompt_from_row(row, where, default_id=""), where) for row, where in rows]
+    given: dict[str, str] = {}
+    for prompt, where in read:
+        if not prompt.id:
+            continue
+        if prompt.id in given:
+            raise SpecbenchError(
+                f"{given[prompt.id]} and {where} both have id '{prompt.id}'",
+                "give every prompt its own id (or drop the ids to number them)",
+            )
+        given[prompt.id] = where
+    taken = set(given)
+    out = []
+    for position, (prompt, _) in enumerate(read):
+        if prompt.id:
+            out.append(prompt)
+            continue
+        base = candidate = default_id(position)
+        suffix = 2
+        while candidate in taken:
+            candidate, suffix = f"{base}.{suffix}", suffix + 1
+        taken.add(candidate)
+        out.append(replace(prompt, id=candidate))
+    return out
 
 
 def prompt_from_row(row: Any, where: str, default_id: str) -> Prompt:
@@ -414,18 +467,27 @@ def _resolve_path(path: str, base_dir: Path) -> Path:
     for candidate in (base_dir / path, Path(path)):
         if candidate.is_file():
             return candidate
-    raise SpecbenchError(f"prompt file {path} not found", "correct prompts.path")
+    message, hint = _not_found(path, base_dir)
+    raise SpecbenchError(message, hint)
 
 
 def _check_path(path: str, base_dir: Path) -> list[tuple[str, str, str]]:
     try:
         _resolve_path(path, base_dir)
     except SpecbenchError:
-        return [
-            (
-                "path",
-                f"file {path} not found (looked in {base_dir} and the working directory)",
-                "correct the path",
-            )
-        ]
+        return [("path", *_not_found(path, base_dir))]
     return []
+
+
+def _not_found(path: str, base_dir: Path) -> tuple[str, str]:
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not Path(path).suffix:
+        # "openai/gsm8k": a hub dataset id; nothing is downloaded at run time.
+        return (
+            f"prompt files are local, and {path} looks like a hub dataset id",
+            f"use a built-in set (source = one of {', '.join(BUILTIN_SETS)}), or a local "
+            'file: source = "jsonl" or source = "dataset" (json, parquet, csv) with its path',
+        )
+    return (
+        f"file {path} not found (looked in {base_dir} and the working directory)",
+        "correct prompts.path",
+    )

@@ -56,6 +56,11 @@ class RunHeader(_Record):
     worker: str | None = Field(
         None, description="Distributed runs: the worker (shard@host:pid) this session ran on."
     )
+    command: list[str] | None = Field(
+        None,
+        description="The `specbench run` arguments that wrote this session (preset, flags, "
+        "--set, --sweep), where a command line did.",
+    )
 
 
 class SampleRecord(_Record):
@@ -70,6 +75,11 @@ class SampleRecord(_Record):
     )
     prompt_id: str
     prompt_index: int
+    prompt_sha: str = Field(
+        "",
+        description="Fingerprint of the prompt's text (turns, system): resume refuses a "
+        "file whose prompts changed under the same ids.",
+    )
     category: str | None = None
     run: int
     seed: int
@@ -289,7 +299,9 @@ def iter_records(path: Path) -> Iterator[AnyRecord]:
             continue
         torn = number == len(lines) and not line.endswith("\n")
         try:
-            yield _RECORD.validate_python(json.loads(line))
+            data = json.loads(line)
+            _check_is_record(data, path, number)
+            yield _RECORD.validate_python(data)
         except (json.JSONDecodeError, ValidationError) as error:
             if torn:
                 return
@@ -297,6 +309,25 @@ def iter_records(path: Path) -> Iterator[AnyRecord]:
                 f"{path}:{number} is not a specbench record ({_first_line(error)})",
                 "was this file written by specbench? remove the line or use another file",
             ) from error
+
+
+_PROMPT_FIELDS = ("prompt", "turns", "messages", "question", "question_id")
+
+
+def _check_is_record(data: Any, path: Path, number: int) -> None:
+    """A line without ``record`` is some other JSONL: say which kind, not a pydantic error."""
+    if isinstance(data, dict) and "record" in data:
+        return
+    if isinstance(data, dict) and any(field in data for field in _PROMPT_FIELDS):
+        raise SpecbenchError(
+            f"{path} is a prompt file (line {number} holds a prompt), not results",
+            'run it first: name it in a preset\'s [prompts] table (source = "jsonl", path = '
+            "...) and `specbench run` that preset; report reads the file run writes",
+        )
+    raise SpecbenchError(
+        f"{path}:{number} is not a specbench record (no 'record' field)",
+        "pass a results file written by specbench run",
+    )
 
 
 def _drop_torn_tail(path: Path) -> None:

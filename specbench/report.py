@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specbench.errors import SpecbenchError
-from specbench.records import RunEnd, RunHeader, SampleRecord, SummaryRecord, read_records
+from specbench.records import (
+    AuditRecord,
+    RunEnd,
+    RunHeader,
+    SampleRecord,
+    SummaryRecord,
+    read_records,
+)
 from specbench.summary import summarize
 from specbench.uncertainty import machine_load
 
@@ -50,6 +57,13 @@ def load_results(path: Path) -> ResultsFile:
     if not headers:
         raise SpecbenchError(f"{path} has no run header", "pass a file written by specbench run")
     samples = [r for r in records if isinstance(r, SampleRecord)]
+    if not samples and any(isinstance(r, AuditRecord) for r in records):
+        raise SpecbenchError(
+            f"{path} is an audit file (written by specbench audit): report reads the results "
+            "of specbench run",
+            "pass a file written by specbench run; the audit printed its verdicts, and its "
+            "file holds each test's figures",
+        )
     if not samples:
         raise SpecbenchError(f"{path} holds no samples yet", "run or resume it first")
     result = ResultsFile(path=path, header=headers[0], samples=samples, summaries=[])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import shlex
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -27,8 +28,9 @@ from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationR
 from specbench.environment import collect_environment
 from specbench.errors import SpecbenchError
 from specbench.models.loading import load_models
+from specbench.output_paths import check_output_file
 from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
-from specbench.presets import Preset, ResolvedPreset
+from specbench.presets import Preset, ResolvedPreset, flatten_preset, preset_differences
 from specbench.progress import MethodProgress, Phase, Progress, ProgressCallback
 from specbench.prompts import Prompt
 from specbench.records import (
@@ -257,11 +259,15 @@ class ResultsFile:
     @classmethod
     def open(cls, resolved: ResolvedPreset, output: Path | None, resume: bool) -> ResultsFile:
         path = resolve_output(resolved, output, resume)
+        # Before anything loads: an unwritable path fails here, not after the first sample.
+        source = "--output" if output is not None else f"output.path of {resolved.source}"
+        check_output_file(path, source)
         previous = _previous_records(path, resolved, resume)
         headers = [r for r in previous if isinstance(r, RunHeader)]
         samples = [r for r in previous if isinstance(r, SampleRecord)]
         preset = resolved.preset
         prompts = preset.prompts.load(resolved.base_dir)
+        _check_prompts_unchanged(path, samples, prompts)
         return cls(
             path=path,
             run_id=headers[0].run_id if headers else uuid.uuid4().hex[:12],
@@ -344,6 +350,7 @@ class Session:
             raise
         units = _units(prompts, preset.runs.count, labels, methods, indices, method_major)
         tasks = [task for unit in units for task in unit]
+        _check_unique([task.key for task in tasks])
         todo_units = [unit for unit in units if any(t.key not in done for t in unit)]
         context = _Context(preset, models, run_id, previous_samples, references)
         session = cls(
@@ -410,6 +417,19 @@ class Session:
                     continue
                 self.done.add(key)
                 on_record(record)
+
+
+def _check_unique(keys: Sequence[tuple[str, str, int]]) -> None:
+    """Decoding skips a (method, prompt id, run) already done: two tasks with one key would
+    lose the second without a word, so prompts sharing an id are refused up front."""
+    seen: set[tuple[str, str, int]] = set()
+    for key in keys:
+        if key in seen:
+            raise SpecbenchError(
+                f"two prompts have the id '{key[1]}': only one of them would run",
+                "give every prompt its own id",
+            )
+        seen.add(key)
 
 
 def _tokens_processed(models: MethodModels) -> int:
@@ -484,6 +504,7 @@ def run_header(
         environment=collect_environment(),
         models=described,
         load=current_load(),
+        command=list(resolved.arguments) or None,
     )
 
 
@@ -498,12 +519,57 @@ def _previous_records(path: Path, resolved: ResolvedPreset, resume: bool) -> lis
     records = read_records(path)
     headers = [r for r in records if isinstance(r, RunHeader)]
     if headers and headers[0].preset_hash != resolved.hash:
-        raise SpecbenchError(
-            f"{path} was written by a different preset or different overrides "
-            f"(hash {headers[0].preset_hash}, now {resolved.hash})",
-            "resume with the same preset and flags, or start a new file with --output",
-        )
+        raise _resume_refused(path, headers[0], resolved)
     return records
+
+
+def _resume_refused(path: Path, header: RunHeader, resolved: ResolvedPreset) -> SpecbenchError:
+    """What differs from the file's preset, and the command that resumes it as written."""
+    differences = preset_differences(header.preset, resolved.effective())
+    shown = "; ".join(differences[:6]) + (
+        f"; {len(differences) - 6} more" if len(differences) > 6 else ""
+    )
+    if header.command:
+        words = header.command
+    else:  # written before headers kept the command: set each differing value back
+        flat = flatten_preset(header.preset)
+        keys = [d.split(":", 1)[0] for d in differences]
+        if any(key.startswith("methods.") or flat.get(key, "None") == "None" for key in keys):
+            return SpecbenchError(
+                f"{path} was written with other settings ({shown})",
+                "resume with the preset and flags it was written with (its first line holds "
+                "that preset), or start a new file with --output",
+            )
+        words = ["--preset", header.preset_source]
+        for key in keys:
+            words += ["--set", f"{key}={flat[key]}"]
+    command = shlex.join(["specbench", "run", *words, "--output", str(path), "--resume"])
+    return SpecbenchError(
+        f"{path} was written with other settings ({shown})",
+        f"resume it as written with `{command}`, or start a new file with --output",
+    )
+
+
+def _check_prompts_unchanged(
+    path: Path, samples: Sequence[SampleRecord], prompts: Sequence[Prompt]
+) -> None:
+    """Resume pairs samples with prompts by id: a prompt whose text changed since its samples
+    were written would be skipped as done although it never ran. Samples written before
+    records had ``prompt_sha`` cannot be checked."""
+    current = {p.id: p.sha for p in prompts}
+    changed = sorted(
+        {s.prompt_id for s in samples if s.prompt_sha and current.get(s.prompt_id, s.prompt_sha)
+         != s.prompt_sha}
+    )  # fmt: skip
+    if changed:
+        shown = ", ".join(changed[:5]) + (
+            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        )
+        raise SpecbenchError(
+            f"{path}: the prompts {shown} are not the ones its samples were run on (the prompt "
+            "set changed since)",
+            "restore the prompts the file was written with, or start a new file with --output",
+        )
 
 
 def instantiate_methods(
@@ -664,6 +730,7 @@ class _Context:
             synthetic=method.synthetic,
             prompt_id=task.prompt.id,
             prompt_index=task.prompt_index,
+            prompt_sha=task.prompt.sha,
             category=task.prompt.category,
             run=task.run,
             seed=seed,

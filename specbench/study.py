@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from specbench.errors import SpecbenchError
+from specbench.output_paths import check_output_dir
 from specbench.plugins import MethodRegistry
 from specbench.preset_formats import PresetSyntaxError, format_of, parse
 from specbench.presets import (
@@ -97,7 +98,9 @@ def resolve_entries(
     """Every entry validated (before anything runs), with its unique label."""
     out: list[tuple[str, ResolvedPreset]] = []
     for entry in study.entries:
-        overrides = list(common) + [parse_override(text) for text in entry.set]
+        overrides = list(common) + [
+            parse_override(text, f"set '{text}' of study {study.name}") for text in entry.set
+        ]
         resolved = load_preset(entry.preset, registry, overrides)
         for text in entry.sweep:
             resolved = sweep_parameter(resolved, *parse_sweep(text))
@@ -112,8 +115,10 @@ def resolve_entries(
 
 
 def study_dir(study: Study, output: Path | None, resume: bool) -> Path:
-    """The study's directory: explicit, the newest one to resume, or a new one."""
+    """The study's directory: explicit, the newest one to resume, or a new one; checked
+    (and made) here, before any model loads."""
     if output is not None:
+        check_output_dir(output, "--output")
         return output
     pattern = study.output.replace("{study}", study.name)
     if resume:
@@ -124,7 +129,9 @@ def study_dir(study: Study, output: Path | None, resume: bool) -> Path:
                 "pass the directory with --output, or drop --resume",
             )
         return matches[-1]
-    return Path(pattern.replace("{timestamp}", datetime.now().strftime("%Y%m%d-%H%M%S")))
+    directory = Path(pattern.replace("{timestamp}", datetime.now().strftime("%Y%m%d-%H%M%S")))
+    check_output_dir(directory, f"output of study {study.name}")
+    return directory
 
 
 @dataclass

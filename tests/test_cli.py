@@ -268,3 +268,106 @@ def test_piped_output_prints_a_heartbeat_during_long_silent_phases(
     assert text.splitlines()[0] == "warming up speculative (1)"
     assert "still warming up speculative (1) (" in text
     assert "elapsed, 0/0 samples done, 1234 tokens processed so far)" in text
+
+
+# ----------------------------------------------------------------------------- errors name their source
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "field"),
+    [
+        ("--runs", "0", "runs.count"),
+        ("--max-new-tokens", "-5", "sampling.max_new_tokens"),
+        ("--temperature", "-1", "sampling.temperature"),
+        ("--limit", "0", "prompts.limit"),
+    ],
+)
+def test_a_bad_flag_value_names_the_flag_not_the_preset(
+    tmp_path: Path, flag: str, value: str, field: str
+) -> None:
+    preset = write_fast_preset(tmp_path)
+    result = invoke("run", "-p", str(preset), flag, value)
+    assert result.exit_code == 2, result.output
+    (line,) = [line for line in result.output.splitlines() if line.strip()]
+    assert line.startswith(f"error: {flag} ") and f": {field}: " in line and "Fix:" in line
+    assert str(preset) not in line
+
+
+def test_a_bad_set_value_names_the_set_flag(tmp_path: Path) -> None:
+    preset = write_fast_preset(tmp_path)
+    result = invoke("audit", "-p", str(preset), "--set", "sampling.top_p=2")
+    assert result.exit_code == 2, result.output
+    assert "error: --set sampling.top_p=2: sampling.top_p: " in result.output
+
+
+def test_validate_refuses_what_run_would_refuse_a_missing_prompt_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if the hf extra were not installed
+    (tmp_path / "p.csv").write_text("prompt\nhello\n")
+    preset = tmp_path / "d.toml"
+    preset.write_text(
+        '[models.target]\nbackend = "toy"\n[prompts]\nsource = "dataset"\npath = "p.csv"\n'
+    )
+    result = invoke("validate", str(preset))
+    assert result.exit_code == 2, result.output
+    assert "prompt source 'dataset' needs the datasets library" in result.output
+    # The fix is the README's install form in a clone: through the constraints file.
+    assert 'pip install -c constraints/cpu.txt -e ".[hf]"' in result.output
+
+
+def test_install_hints_use_the_constraints_file_in_a_clone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from specbench import install_hints
+
+    root = Path(install_hints.__file__).resolve().parents[1]
+    assert (
+        install_hints.install_extra("report") == 'pip install -c constraints/cpu.txt -e ".[report]"'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert install_hints.install_extra("report") == (
+        f'pip install -c {root}/constraints/cpu.txt -e "{root}[report]"'
+    )
+    monkeypatch.setattr(install_hints, "source_checkout", lambda: None)
+    assert install_hints.install_extra("report") == "pip install 'specbench[report]'"
+
+
+def test_a_refused_resume_says_what_differs_and_how_to_resume_as_written(tmp_path: Path) -> None:
+    preset = write_fast_preset(tmp_path)
+    out = tmp_path / "r.jsonl"
+    first = invoke(
+        "run", "-p", str(preset), "--max-new-tokens", "8", "--runs", "1", "-o", str(out), "-q"
+    )
+    assert first.exit_code == 0, first.output
+    refused = invoke("run", "-p", str(preset), "--sweep", "k=2,3", "-o", str(out), "--resume")
+    assert refused.exit_code == 2, refused.output
+    text = " ".join(refused.output.split())
+    assert "runs.count: 1 in the file, 2 now" in text
+    assert "sampling.max_new_tokens: 8 in the file, 24 now" in text
+    assert "hash" not in text
+    command = text.split("resume it as written with `")[1].split("`")[0]
+    assert command == shlex.join(
+        ["specbench", "run", "--preset", str(preset), "--runs", "1", "--max-new-tokens", "8",
+         "--output", str(out), "--resume"]
+    )  # fmt: skip
+    again = invoke(*shlex.split(command)[1:])
+    assert again.exit_code == 0, again.output
+
+
+def test_report_says_what_an_audit_or_prompt_file_is(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hello", "id": "1"}\n')
+    result = invoke("report", str(prompts))
+    assert result.exit_code == 2
+    assert "is a prompt file (line 1 holds a prompt), not results" in result.output
+    assert "validation error" not in result.output and "union" not in result.output
+    preset = write_fast_preset(tmp_path)
+    audit = tmp_path / "audit.jsonl"
+    done = invoke(
+        "audit", "-p", str(preset), "--samples", "40", "--tokens", "2", "-o", str(audit), "-q"
+    )
+    assert done.exit_code in (0, 1), done.output
+    result = invoke("report", str(audit))
+    assert result.exit_code == 2
+    assert "is an audit file (written by specbench audit)" in result.output

@@ -187,3 +187,75 @@ def test_an_empty_prompt_fails_validate_not_the_run(tmp_path: Path, prompts: str
     result = CliRunner().invoke(app, ["validate", str(preset)], env={"COLUMNS": "300"})
     assert result.exit_code == 2, result.output
     assert "the prompt is empty" in result.output
+
+
+# ----------------------------------------------------------------------------- unique ids
+
+
+def _jsonl_preset(tmp_path: Path, lines: list[dict]) -> Path:  # type: ignore[type-arg]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    preset = tmp_path / "ids.toml"
+    preset.write_text(
+        '[models.target]\nbackend = "toy"\nvocab_size = 24\n[[methods]]\nname = "baseline"\n'
+        '[prompts]\nsource = "jsonl"\npath = "prompts.jsonl"\n'
+        "[sampling]\nmax_new_tokens = 4\n[runs]\nwarmup = 0\n"
+    )
+    return preset
+
+
+def test_an_automatic_id_never_takes_a_given_one(tmp_path: Path) -> None:
+    """Line 2 has no id; its position (1) is the given id of line 1, so it gets another."""
+    from typer.testing import CliRunner
+
+    from specbench.cli.main import app
+    from specbench.records import SampleRecord, read_records
+
+    preset = _jsonl_preset(
+        tmp_path, [{"prompt": "alpha", "id": "1"}, {"prompt": "beta"}, {"prompt": "gamma"}]
+    )
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["run", "-p", str(preset), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    samples = [r for r in read_records(out) if isinstance(r, SampleRecord)]
+    assert sorted(s.prompt_id for s in samples) == ["1", "1.2", "2"]
+
+
+def test_automatic_ids_stay_the_line_numbers_without_collisions(tmp_path: Path) -> None:
+    """Files without ids keep the ids earlier results were written with (resume pairs by id)."""
+    from specbench.prompts import JsonlPromptSet
+
+    (tmp_path / "p.jsonl").write_text(
+        '{"prompt": "a"}\n{"prompt": "b", "id": "x"}\n{"prompt": "c"}\n'
+    )
+    loaded = JsonlPromptSet(path=str(tmp_path / "p.jsonl")).load(tmp_path)
+    assert [p.id for p in loaded] == ["0", "x", "2"]
+    inline = InlinePromptSet(prompts=["a", {"prompt": "b", "id": "p0"}, "c"]).load(tmp_path)
+    assert [p.id for p in inline] == ["p0.2", "p0", "p2"]
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_repeated_given_id_names_the_file_and_both_lines(tmp_path: Path, command: str) -> None:
+    from typer.testing import CliRunner
+
+    from specbench.cli.main import app
+
+    preset = _jsonl_preset(
+        tmp_path,
+        [{"prompt": "a", "id": "a"}, {"prompt": "b", "id": "a"}, {"prompt": "c", "id": "c"}],
+    )
+    args = [command, str(preset)] if command == "validate" else ["run", "-p", str(preset)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    file = tmp_path / "prompts.jsonl"
+    assert f"{file}:1 and {file}:2 both have id 'a'" in result.output
+    assert len([line for line in result.output.splitlines() if "both have id" in line]) == 1
+
+
+def test_repeated_inline_and_builtin_ids(tmp_path: Path) -> None:
+    with pytest.raises(SpecbenchError, match=r"prompts\[0\] and prompts\[2\] both have id 'q'"):
+        InlinePromptSet(prompts=[{"id": "q", "prompt": "a"}, "b", {"id": "q", "prompt": "c"}]).load(
+            tmp_path
+        )
+    for source in ("mt-bench", "spec-bench", "humaneval", "gsm8k"):
+        ids = [p.id for p in BuiltinPromptSet(source=source).load(tmp_path)]  # type: ignore[arg-type]
+        assert len(ids) == len(set(ids)), source

@@ -197,3 +197,53 @@ def test_method_failure_keeps_written_records(
     samples = [r for r in read_records(out) if isinstance(r, SampleRecord)]
     # Prompt-major order: b s b s b s b, then the 4th speculative sample fails.
     assert len(samples) == aborted.value.written == 7
+
+
+# ----------------------------------------------------------------------------- nothing skipped
+
+
+def _jsonl_prompts_preset(tmp_path: Path, texts: list[str]) -> Path:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "{text}"}}\n' for text in texts))
+    preset = write_fast_preset(tmp_path)
+    source = 'source = "inline"\nprompts = ["abc", "hello there", "xyz", "one two"]'
+    preset.write_text(
+        preset.read_text().replace(source, 'source = "jsonl"\npath = "prompts.jsonl"')
+    )
+    return preset
+
+
+@pytest.mark.parametrize("interrupted", [True, False])
+def test_resume_refuses_prompts_that_changed_under_the_same_ids(
+    tmp_path: Path, interrupted: bool
+) -> None:
+    """Ids are line numbers here: after an edit, prompt 1 is another prompt, and resume would
+    skip it as done. A finished file is refused too: its summaries describe other prompts."""
+    preset_file = _jsonl_prompts_preset(tmp_path, ["abc", "hello there", "xyz"])
+    out = tmp_path / "out.jsonl"
+    if interrupted:
+        with pytest.raises(RunAborted):
+            run_preset(_resolve(preset_file), output=out, on_progress=_interrupt_after(3))
+    else:
+        run_preset(_resolve(preset_file), output=out)
+    (tmp_path / "prompts.jsonl").write_text(
+        '{"prompt": "abc"}\n{"prompt": "edited"}\n{"prompt": "xyz"}\n'
+    )
+    with pytest.raises(
+        SpecbenchError, match=r"the prompts 1 are not the ones its samples were run on"
+    ):
+        run_preset(_resolve(preset_file), output=out, resume=True)
+
+
+def test_prompts_sharing_an_id_are_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt source that yields one id twice (a plugin's, say) must not lose a prompt."""
+    from specbench.prompts import InlinePromptSet, Prompt
+
+    def twins(self, base_dir):  # type: ignore[no-untyped-def]
+        return [Prompt("same", ("first",)), Prompt("same", ("second",))]
+
+    monkeypatch.setattr(InlinePromptSet, "load", twins)
+    with pytest.raises(SpecbenchError, match="two prompts have the id 'same'"):
+        run_preset(_resolve(write_fast_preset(tmp_path)), output=tmp_path / "out.jsonl")

@@ -39,7 +39,8 @@ def test_loading_a_mismatched_pair_fails_saying_what_differs(
         load_models(_pair(tiny_hf, foreign_draft))
     message = str(error.value)
     assert "vocabulary entries differ (first: " in message
-    assert " vs " in message and "model family" in message
+    assert " in the target, " in message and " in the draft" in message
+    assert "model family" in message
 
 
 def test_check_models_loads_only_tokenizers(tiny_hf: dict, foreign_draft: Path) -> None:
@@ -57,7 +58,7 @@ def test_special_tokens_are_compared(tiny_hf: dict, tmp_path: Path) -> None:
     tokenizer.eos_token = "<|endoftext|>"
     folder = save(build_model("llama", len(tokenizer), seed=2), tokenizer, tmp_path / "eos-draft")
     issues, _ = check_models(_pair(tiny_hf, folder))
-    assert "special tokens differ: eos '<|im_end|>' vs '<|endoftext|>'" in issues[0][1]
+    assert "special tokens differ: eos: target '<|im_end|>', draft '<|endoftext|>'" in issues[0][1]
 
 
 def test_validate_cli_exits_2_on_a_mismatched_pair(
@@ -92,3 +93,47 @@ def test_hub_ids_validate_without_downloading() -> None:
     issues, notes = check_models(spec)
     assert issues == []
     assert len(notes) == 2 and all("hub id that is not downloaded" in n for n in notes)
+
+
+_ORDER_SCRIPT = """
+from specbench.models.compat import compare_tokenizers
+
+class Vocab:
+    def __init__(self, vocab, special):
+        self.vocab, self.special = vocab, special
+    def get_vocab(self):
+        return self.vocab
+    def special_tokens(self):
+        return self.special
+
+shared = {f"tok{i}": i for i in range(10)}
+target = Vocab(shared, {"eos": "a", "bos": "b"})
+draft = Vocab({**shared, **{f"extra{i}": 10 + i for i in range(30)}}, {"eos": "c", "bos": "d"})
+print(compare_tokenizers(target, draft).describe())
+"""
+
+
+def test_a_vocabulary_mismatch_lists_the_same_sorted_differences_every_time() -> None:
+    """Tokens only the draft has tie on the target side: listed by draft id, whatever the
+    interpreter's hash seed (which orders a set of strings)."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", _ORDER_SCRIPT],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in (1, 2, 3)
+    }
+    assert len(outputs) == 1, outputs
+    (text,) = outputs
+    assert (
+        "30 of 40 vocabulary entries differ (first: 'extra0' is missing in the target, id 10 in the draft, 'extra1'"
+        in text
+    )
+    assert "special tokens differ: bos: target 'b', draft 'd', eos: target 'a', draft 'c'" in text

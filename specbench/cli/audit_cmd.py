@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.markup import escape
@@ -18,9 +17,11 @@ from specbench.cli.common import (
     console,
     err_console,
     fail_with,
+    flag_overrides,
 )
 from specbench.cli.live import MessageView
 from specbench.errors import SpecbenchError
+from specbench.output_paths import check_output_file
 from specbench.plugins import discover_methods
 from specbench.presets import load_preset, parse_override, select_methods
 
@@ -62,14 +63,15 @@ def audit(
     """Audit exact methods: sampled outputs against the target's exact distribution
     (chi-square), greedy outputs token for token against the baseline. Exit code 1 when an
     exact method fails."""
-    flags: dict[str, Any] = {
-        "sampling.temperature": temperature,
-        "sampling.top_k": top_k,
-        "sampling.top_p": top_p,
-    }
+    flags = flag_overrides(
+        {
+            "--temperature": ("sampling.temperature", temperature),
+            "--top-k": ("sampling.top_k", top_k),
+            "--top-p": ("sampling.top_p", top_p),
+        }
+    )
     try:
-        overrides = [parse_override(a) for a in assignments or []]
-        overrides += [(key, value) for key, value in flags.items() if value is not None]
+        overrides = [parse_override(a) for a in assignments or []] + flags
         resolved = load_preset(preset, discover_methods(), overrides)
         chosen = [m.strip() for m in methods.split(",")] if methods else None
         if chosen:
@@ -82,6 +84,10 @@ def audit(
         fail_with(error, EXIT_INVALID_INPUT)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path = output or Path("results") / f"{resolved.name}-audit-{stamp}.jsonl"
+    try:
+        check_output_file(path, "--output")
+    except SpecbenchError as error:
+        fail_with(error, EXIT_INVALID_INPUT)
     options = AuditOptions(
         samples=samples,
         tokens=tokens,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from specbench.errors import SpecbenchError
+from specbench.presets import Override
 
 # Piped output is not wrapped at 80 columns: logs and tables stay one line per row.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -29,3 +31,18 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 
 def fail_with(error: SpecbenchError, code: int = EXIT_INVALID_INPUT) -> NoReturn:
     fail(str(error), code)
+
+
+def flag_overrides(flags: Mapping[str, tuple[str, Any]]) -> list[Override]:
+    """Preset overrides from value flags, ``{"--runs": ("runs.count", 2)}``; unset flags
+    (``None``) are left out, and each override names its flag for error messages."""
+    return [
+        Override(field, value, f"{flag} {value}")
+        for flag, (field, value) in flags.items()
+        if value is not None
+    ]
+
+
+def flag_arguments(overrides: list[Override]) -> list[str]:
+    """The command-line words that give these flag overrides again (for resume commands)."""
+    return [word for o in overrides for word in o.origin.split(" ", 1)]

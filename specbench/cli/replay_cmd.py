@@ -37,7 +37,7 @@ def replay_command(
         loaded = load_source(results, source)
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
-    base = dict(parse_override(a) for a in assignments or [])
+    base = {o.key: o.value for o in (parse_override(a) for a in assignments or [])}
     grid = [parse_sweep(text) for text in sweeps or []]
     configurations: list[tuple[str, MethodParams]] = []
     for values in itertools.product(*[v for _, v in grid]) if grid else [()]:

@@ -12,6 +12,7 @@ from specbench.cli.common import EXIT_INVALID_INPUT, console, fail, fail_with
 from specbench.cli.tables import rich_table
 from specbench.errors import SpecbenchError
 from specbench.html_report import write_html
+from specbench.output_paths import check_output_dir, check_output_file
 from specbench.plots import write_plots
 from specbench.profile import build_profiles
 from specbench.report import ResultsFile, load_many
@@ -40,6 +41,13 @@ def report(
     """Summarise results: per method, per category (Spec-Bench style), the acceptance profile,
     a comparison across files, plots; a study directory stands for all of its files."""
     try:
+        # Where the report goes is checked first: reading many files takes a while.
+        if html is not None:
+            check_output_file(html, "--html")
+        if plots is not None and (not no_plots or html is not None):
+            check_output_dir(plots, "--plots")
+        if profile is not None:
+            check_output_file(profile, "--profile")
         paths = expand(files)
         results = load_many(paths)
     except SpecbenchError as error:
@@ -60,6 +68,8 @@ def report(
     if not no_plots or html is not None:
         out_dir = plots or _default_plot_dir(files[0])
         try:
+            if plots is None:
+                check_output_dir(out_dir, "--plots (by default beside the first file)")
             written = write_plots(results, out_dir)
         except SpecbenchError as error:
             console.print(f"plots skipped: {error}", highlight=False, markup=False)

@@ -7,8 +7,8 @@ import functools
 import shlex
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -20,6 +20,8 @@ from specbench.cli.common import (
     err_console,
     fail,
     fail_with,
+    flag_arguments,
+    flag_overrides,
 )
 from specbench.cli.live import ProgressView
 from specbench.cli.tables import summary_table
@@ -27,6 +29,7 @@ from specbench.distributed import require_ray, run_distributed
 from specbench.errors import SpecbenchError
 from specbench.plugins import discover_methods
 from specbench.presets import (
+    Override,
     ResolvedPreset,
     load_preset,
     parse_override,
@@ -95,16 +98,18 @@ def run(
 ) -> None:
     """Run every method of a preset on its prompts and write one JSONL record per sample;
     several presets (-p A -p B, or --study FILE) run in order into one directory."""
-    flags: dict[str, Any] = {
-        "runs.count": runs,
-        "runs.warmup": warmup,
-        "prompts.limit": limit,
-        "sampling.max_new_tokens": max_new_tokens,
-        "sampling.temperature": temperature,
-        "sampling.top_k": top_k,
-        "sampling.top_p": top_p,
-        "sampling.seed": seed,
-    }
+    flags = flag_overrides(
+        {
+            "--runs": ("runs.count", runs),
+            "--warmup": ("runs.warmup", warmup),
+            "--limit": ("prompts.limit", limit),
+            "--max-new-tokens": ("sampling.max_new_tokens", max_new_tokens),
+            "--temperature": ("sampling.temperature", temperature),
+            "--top-k": ("sampling.top_k", top_k),
+            "--top-p": ("sampling.top_p", top_p),
+            "--seed": ("sampling.seed", seed),
+        }
+    )
     presets = list(preset or [])
     if not presets and study is None:
         fail("name a preset with --preset (or a study with --study)", EXIT_INVALID_INPUT)
@@ -112,18 +117,8 @@ def run(
     # Every flag that changed the preset, so the printed resume command reproduces it.
     replay = [arg for p in presets for arg in ("--preset", p)]
     replay += ["--study", str(study)] if study is not None else []
-    for name, value in (
-        ("--runs", runs),
-        ("--warmup", warmup),
-        ("--limit", limit),
-        ("--max-new-tokens", max_new_tokens),
-        ("--temperature", temperature),
-        ("--top-k", top_k),
-        ("--top-p", top_p),
-        ("--seed", seed),
-        ("--methods", methods),
-        ("--thresholds", thresholds),
-    ):
+    replay += flag_arguments(flags)
+    for name, value in (("--methods", methods), ("--thresholds", thresholds)):
         if value is not None:
             replay += [name, str(value)]
     for assignment in assignments or []:
@@ -138,8 +133,7 @@ def run(
         replay.append("--train-judge")
 
     try:
-        overrides = [parse_override(a) for a in assignments or []]
-        overrides += [(key, value) for key, value in flags.items() if value is not None]
+        overrides = [parse_override(a) for a in assignments or []] + flags
         trackers = make_trackers(track or [])
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
@@ -161,7 +155,7 @@ def run(
 
     try:
         resolved = load_preset(presets[0], discover_methods(), overrides)
-        resolved = _shape(resolved, methods, sweep_texts)
+        resolved = replace(_shape(resolved, methods, sweep_texts), arguments=tuple(replay))
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
     _notes(resolved, quiet)
@@ -229,7 +223,7 @@ def _run_one(
 def _run_study(
     study_file: Path | None,
     presets: list[str],
-    overrides: list[tuple[str, Any]],
+    overrides: list[Override],
     methods: str | None,
     sweeps: list[str],
     output: Path | None,

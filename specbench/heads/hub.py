@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from specbench.errors import ModelLoadError
+from specbench.install_hints import install_extra
 
 
 def resolve_folder(source: str, kind: str, patterns: list[str], local_only: bool = False) -> Path:
@@ -24,7 +25,7 @@ def resolve_folder(source: str, kind: str, patterns: list[str], local_only: bool
     try:
         from huggingface_hub import snapshot_download
     except ImportError as error:
-        hint = "pip install 'specbench[hf]'"
+        hint = install_extra("hf")
         raise ModelLoadError("hub ids need huggingface_hub", hint) from error
     try:
         found = snapshot_download(source, allow_patterns=patterns, local_files_only=local_only)

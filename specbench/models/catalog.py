@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from specbench.errors import ModelLoadError, SpecbenchError
+from specbench.install_hints import install_extra
 
 CACHE_ENV = "SPECBENCH_CACHE"
 MANIFEST = "manifest.json"
@@ -242,7 +243,7 @@ def require_conversion() -> None:
         raise SpecbenchError(
             f"converting a catalogue model needs {', '.join(missing)}, not installed "
             "(nothing was downloaded)",
-            "pip install 'specbench[hf]', then fetch again",
+            f"{install_extra('hf')}, then fetch again",
         )
 
 

@@ -38,15 +38,22 @@ class TokenizerMismatch:
 def compare_tokenizers(target: Tokenizer, draft: Tokenizer) -> TokenizerMismatch | None:
     """``None`` when the draft's ids mean the same tokens as the target's."""
     target_vocab, draft_vocab = target.get_vocab(), draft.get_vocab()
-    keys = sorted(set(target_vocab) | set(draft_vocab), key=lambda t: target_vocab.get(t, 1 << 62))
+    missing = 1 << 62
+
+    def order(token: str) -> tuple[int, int, str]:
+        # By target id, then draft id, then text: the same examples on every run (a set's
+        # order of strings changes with the interpreter's hash seed).
+        return (target_vocab.get(token, missing), draft_vocab.get(token, missing), token)
+
+    keys = sorted(set(target_vocab) | set(draft_vocab), key=order)
     differing = [t for t in keys if target_vocab.get(t) != draft_vocab.get(t)]
     examples = [
-        f"{t!r}: {_id(target_vocab.get(t))} vs {_id(draft_vocab.get(t))}"
+        f"{t!r} is {_id(target_vocab.get(t))} in the target, {_id(draft_vocab.get(t))} in the draft"
         for t in differing[:EXAMPLES]
     ]
     target_special, draft_special = target.special_tokens(), draft.special_tokens()
     special = [
-        f"{role} {target_special.get(role)!r} vs {draft_special.get(role)!r}"
+        f"{role}: target {target_special.get(role)!r}, draft {draft_special.get(role)!r}"
         for role in sorted(set(target_special) | set(draft_special))
         if target_special.get(role) != draft_special.get(role)
     ]
@@ -56,4 +63,4 @@ def compare_tokenizers(target: Tokenizer, draft: Tokenizer) -> TokenizerMismatch
 
 
 def _id(value: int | None) -> str:
-    return "missing" if value is None else str(value)
+    return "missing" if value is None else f"id {value}"

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from specbench.errors import ModelLoadError
+from specbench.install_hints import install_extra
 from specbench.models.base import (
     BatchSession,
     Continuation,
@@ -46,7 +47,7 @@ def require_transformers() -> Any:
     except ImportError as error:
         raise ModelLoadError(
             "the Hugging Face backend needs transformers, which is not installed",
-            "pip install 'specbench[hf]'",
+            install_extra("hf"),
         ) from error
     return transformers
 
@@ -670,7 +671,7 @@ def _quant_errors(spec: HFModelSpec) -> Iterator[None]:
         package = _QUANT_PACKAGES[spec.quantization.method]
         raise ModelLoadError(
             f"{spec.quantization.method} quantization needs {package}: {_first_line(error)}",
-            f"pip install 'specbench[quant]' (or {package})",
+            f"{install_extra('quant')} (or pip install {package})",
         ) from error
 
 

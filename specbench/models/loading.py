@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from specbench.errors import ModelLoadError
+from specbench.install_hints import install_extra
 from specbench.models.backends import backend_of
 from specbench.models.base import LanguageModel, Tokenizer
 from specbench.models.compat import compare_tokenizers
@@ -94,7 +95,7 @@ def check_models(spec: ModelsSpec) -> tuple[list[tuple[str, str, str]], list[str
                 (
                     f"models.{role}.backend",
                     f"the {model_spec.backend} backend here needs {modules}, not installed",
-                    f"pip install 'specbench[{extras}]'",
+                    install_extra(extras),
                 )
             )
             continue

@@ -8,7 +8,6 @@ run: :class:`TrackingSession` prints one warning line and turns that tracker off
 
 from __future__ import annotations
 
-import json
 import tempfile
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from specbench.errors import SpecbenchError
+from specbench.install_hints import install_extra
+from specbench.presets import flatten_preset
 from specbench.progress import Progress
 from specbench.records import SampleRecord, SummaryRecord
 
@@ -64,7 +65,8 @@ class Tracker(ABC):
 
     @abstractmethod
     def finish(self, status: str) -> None:
-        """Close the run (``finished``, ``interrupted`` or ``failed``)."""
+        """Close the run (``finished``, ``interrupted`` or ``failed``); return only once
+        everything logged is stored, so a reader in the same process sees the whole run."""
 
 
 def available_trackers() -> dict[str, Any]:
@@ -87,24 +89,9 @@ def make_trackers(names: Sequence[str]) -> list[Tracker]:
         except ImportError as error:
             raise SpecbenchError(
                 f"tracker '{name}' needs {error.name}, which is not installed",
-                f"pip install 'specbench[{getattr(cls, 'extra', '') or 'track'}]'",
+                install_extra(getattr(cls, "extra", "") or "track"),
             ) from error
     return trackers
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """Nested preset tables as ``a.b.c`` keys with string values (lists as JSON)."""
-    out: dict[str, str] = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(data, list) and any(isinstance(v, dict) for v in data):
-        for index, value in enumerate(data):
-            label = value.get("label", index) if isinstance(value, dict) else index
-            out.update(flatten(value, f"{prefix}.{label}"))
-    else:
-        out[prefix] = json.dumps(data) if isinstance(data, list) else str(data)
-    return out
 
 
 def sample_metrics(sample: SampleRecord) -> dict[str, float]:
@@ -148,7 +135,7 @@ class TrackingSession:
     def start(self, resolved: ResolvedPreset) -> None:
         if self._open:
             self.finish(None, "finished")
-        params = flatten(resolved.effective())
+        params = flatten_preset(resolved.effective())
         tags = {"preset": resolved.name, "preset_hash": resolved.hash, "tool": "specbench"}
         self._steps = Counter()
         self._each("start", lambda t: t.start(resolved.name, params, tags))

@@ -54,3 +54,8 @@ class WandbTracker(Tracker):
 
     def finish(self, status: str) -> None:
         self._run.finish(exit_code=0 if status == "finished" else 1)
+        # run.finish() only asks wandb-core to close the run (a message it does not wait
+        # for), and the core writes the offline log's last block when it closes it: read at
+        # once, the log can still be its 7-byte header. teardown() waits for the core to
+        # close every run and exit; the next start() launches a new one.
+        self._wandb.teardown()
