@@ -56,6 +56,31 @@ their own: compose a drafter (``specbench.decoding.drafters``) and a verifier
 (``specbench.decoding.verify``) and call
 :func:`specbench.decoding.loop.speculative_generate`.
 
+Drafters
+========
+A new way of drafting is usually a :class:`specbench.decoding.drafters.Drafter`, not a new
+loop. ``start(request)`` runs before each generation (drop per-sequence state there).
+``propose(sequence, max_tokens)`` gets the committed tokens (prompt plus accepted output)
+and returns a ``Proposal``:
+
+* ``tokens``: at most ``max_tokens`` draft tokens (the budget left before the length
+  limit). An empty list is allowed and means "nothing to propose": that step the target
+  decodes one token by itself, recorded as a step with 0 proposed (not a rejection), so a
+  lookup drafter that finds no match costs one plain decoding step.
+* ``probs``: the ``[len(tokens), vocab]`` distributions the tokens were *drawn* from. It is
+  required whenever the drafter samples at random: the verifier's acceptance test divides by
+  it, and exactness depends on it. A deterministic drafter (n-gram lookup, argmax, a fixed
+  table) leaves it ``None`` and the verifier uses one-hot rows, which is exact too: a
+  deterministic proposal's distribution is a point mass. Never pass argmax tokens with the
+  model's full distribution, or the other way round: the audit fails such a method.
+* ``hidden`` / ``last_hidden``: only for judges and heads that read draft states.
+
+``observe(proposed, accepted)`` tells it how the proposal fared (adaptive drafters change
+``k`` there); ``wants_target_hidden`` plus ``observe_target_hidden`` hand trained heads the
+target's last hidden state at the committed position. Tree drafters implement
+``specbench.decoding.tree.TreeProposer`` instead (``propose`` grows a ``TokenTree``,
+``observe`` gets the logits of every node).
+
 Registering it
 ==============
 In the plugin package's ``pyproject.toml``::

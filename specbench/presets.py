@@ -326,7 +326,8 @@ def parse_override(assignment: str, origin: str | None = None) -> Override:
     where the text came from (default: ``--set <text>``).
 
     The value is read as a TOML value when it parses as one (numbers, booleans, arrays,
-    quoted strings) and as a bare string otherwise.
+    quoted strings, inline tables ``{ k = 4 }``), else as JSON (``{"k": 4}``, ``null``), and
+    as a bare string otherwise (``--set prompts.path=data/q.jsonl``).
     """
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
@@ -336,26 +337,29 @@ def parse_override(assignment: str, origin: str | None = None) -> Override:
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        value = text
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
     return Override(key.strip(), value, origin or f"--set {assignment}")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    """A copy of ``raw`` with dotted keys set (``methods.0.params.k`` indexes lists)."""
+    """A copy of ``raw`` with dotted keys set.
+
+    A list is indexed by number (``methods.0.params.k``) or, for methods, by label or name
+    (``methods.speculative.params.k``). Setting ``prompts.source``, or a prompt field the
+    current source does not have (``prompts.path`` on inline prompts), switches the prompt
+    source: fields the new source does not take are dropped."""
     data: dict[str, Any] = copy.deepcopy(raw)
     for dotted, value, *_ in overrides:
         node: Any = data
         parts = dotted.split(".")
+        if parts[0] == "prompts" and len(parts) == 2 and isinstance(data.get("prompts"), dict):
+            data["prompts"] = _switch_prompt_source(data["prompts"], parts[1], value)
         for depth, part in enumerate(parts[:-1]):
             if isinstance(node, list):
-                index = _list_index(part, dotted)
-                if index >= len(node):
-                    raise SpecbenchError(
-                        f"--set {dotted}: {'.'.join(parts[:depth]) or 'the list'} has only "
-                        f"{len(node)} entries",
-                        "index from 0",
-                    )
-                node = node[index]
+                node = node[_list_position(node, part, dotted, parts[:depth])]
             elif isinstance(node, dict):
                 node = node.setdefault(part, {})
             else:
@@ -365,7 +369,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[tuple[str, Any]]) -
                 )
         last = parts[-1]
         if isinstance(node, list):
-            node[_list_index(last, dotted)] = value
+            node[_list_position(node, last, dotted, parts[:-1])] = value
         elif isinstance(node, dict):
             node[last] = value
         else:
@@ -376,10 +380,50 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[tuple[str, Any]]) -
     return data
 
 
-def _list_index(part: str, dotted: str) -> int:
-    if not part.isdigit():
-        raise SpecbenchError(f"--set {dotted}: '{part}' indexes a list", "use a number, e.g. 0")
-    return int(part)
+def _list_position(node: list[Any], part: str, dotted: str, before: Sequence[str]) -> int:
+    where = ".".join(before) or "the list"
+    if part.isdigit():
+        if int(part) >= len(node):
+            raise SpecbenchError(
+                f"--set {dotted}: {where} has only {len(node)} entries", "index from 0"
+            )
+        return int(part)
+    for key in ("label", "name"):  # methods by label first, then by name
+        found = [
+            i for i, item in enumerate(node) if isinstance(item, dict) and item.get(key) == part
+        ]
+        if len(found) == 1:
+            return found[0]
+    raise SpecbenchError(
+        f"--set {dotted}: no entry of {where} has the label or name '{part}'",
+        "use an entry's label, or its position from 0",
+    )
+
+
+def _switch_prompt_source(table: dict[str, Any], field: str, value: Any) -> dict[str, Any]:
+    """The prompt table after setting ``field``: the same source when it has the field, else
+    the source that has it (``path``: jsonl for .jsonl files, else dataset)."""
+    from specbench.prompts import source_model, sources_with
+
+    current = source_model(table.get("source"))
+    if field == "source":
+        target = source_model(value)
+    elif current is not None and field in current.model_fields:
+        return table
+    else:
+        candidates = sources_with(field)
+        if field == "path" and isinstance(value, str):
+            wanted = "jsonl" if value.lower().endswith(".jsonl") else "dataset"
+            candidates = [c for c in candidates if c == wanted] or candidates
+        if len(candidates) != 1:
+            return table  # unknown or ambiguous: validation names the field
+        target = source_model(candidates[0])
+        value = candidates[0]
+        field = "source"
+    if target is None:
+        return table  # an unknown source: validation lists the known ones
+    kept = {k: v for k, v in table.items() if k in target.model_fields}
+    return {**kept, field: value}
 
 
 def load_preset(

@@ -334,6 +334,28 @@ PromptSetSpec = Annotated[
     InlinePromptSet | JsonlPromptSet | BuiltinPromptSet | DatasetPromptSet,
     Field(discriminator="source"),
 ]
+_SOURCES: dict[str, type[_PromptSetBase]] = {
+    **{name: BuiltinPromptSet for name in BUILTIN_SETS},
+    "inline": InlinePromptSet,
+    "jsonl": JsonlPromptSet,
+    "dataset": DatasetPromptSet,
+}
+
+
+def source_model(source: Any) -> type[_PromptSetBase] | None:
+    """The schema of the prompt source called ``source`` (``None`` if there is none)."""
+    return _SOURCES.get(source) if isinstance(source, str) else None
+
+
+def sources_with(field_name: str) -> list[str]:
+    """The sources whose tables have ``field_name`` beyond the fields every source has."""
+    common = set(_PromptSetBase.model_fields)
+    return [
+        name
+        for name, model in _SOURCES.items()
+        if field_name in model.model_fields and field_name not in common
+        and model is not BuiltinPromptSet
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -371,3 +371,95 @@ def test_report_says_what_an_audit_or_prompt_file_is(tmp_path: Path) -> None:
     result = invoke("report", str(audit))
     assert result.exit_code == 2
     assert "is an audit file (written by specbench audit)" in result.output
+
+
+# ----------------------------------------------------------------------------- backends and --set
+
+
+@pytest.mark.parametrize("backend", ["toy", "hf", "dummy"])
+def test_backends_lists_every_field_of_a_backend_with_its_default(backend: str) -> None:
+    from specbench.models.backends import discover_backends
+
+    spec = discover_backends().get(backend).Spec
+    result = runner.invoke(app, ["backends", backend], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    for name, info in spec.model_fields.items():
+        if name == "backend":
+            continue
+        assert f"│ {name} " in result.output, name
+        if not info.is_required():
+            assert repr(info.get_default(call_default_factory=True)) in result.output
+    listing = runner.invoke(app, ["backends"], env={"COLUMNS": "250"})
+    assert listing.exit_code == 0 and "toy" in listing.output and "hf" in listing.output
+    assert runner.invoke(app, ["backends", "nope"]).exit_code == 2
+
+
+def test_the_toy_backend_documents_a_pair_that_shows_speculation() -> None:
+    result = runner.invoke(app, ["backends", "toy"], env={"COLUMNS": "250"})
+    for field in ("forward_ms", "distance", "token_ms", "eos_bias", "sharpness", "noise_seed"):
+        assert field in result.output
+    assert "speculation at work" in " ".join(result.output.split())
+
+
+def test_set_switches_the_prompt_source_and_takes_json_and_labels(tmp_path: Path) -> None:
+    from specbench.plugins import discover_methods
+    from specbench.presets import load_preset, parse_override
+
+    preset = write_fast_preset(tmp_path)  # inline prompts
+    (tmp_path / "q.jsonl").write_text('{"prompt": "one"}\n{"prompt": "two"}\n')
+    sets = [
+        f"prompts.path={tmp_path / 'q.jsonl'}",
+        'methods.speculative.params={"k": 6}',
+        "sampling.top_k=null",
+    ]
+    resolved = load_preset(str(preset), discover_methods(), [parse_override(s) for s in sets])
+    assert resolved.preset.prompts.source == "jsonl"
+    assert [p.text for p in resolved.preset.prompts.load(tmp_path)] == ["one", "two"]
+    assert resolved.methods[1].params.k == 6  # type: ignore[attr-defined]
+    switched = load_preset(
+        str(preset), discover_methods(), [parse_override("prompts.source=gsm8k")]
+    )
+    assert switched.preset.prompts.source == "gsm8k"
+    table = load_preset(
+        str(preset), discover_methods(), [parse_override("methods.1.params={ k = 2 }")]
+    )
+    assert table.methods[1].params.k == 2  # type: ignore[attr-defined]
+    result = invoke("run", "-p", str(preset), "--set", "methods.nosuch.params.k=2")
+    assert (
+        result.exit_code == 2
+        and "no entry of methods has the label or name 'nosuch'" in result.output
+    )
+
+
+def test_run_help_documents_the_set_syntax() -> None:
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "methods.speculative.params.k=8" in text and 'JSON ({"k": 4})' in text
+    assert "prompts.path=q.jsonl" in text
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 250])
+def test_a_narrow_terminal_never_cuts_a_number_in_the_summary(tmp_path: Path, width: int) -> None:
+    import io
+
+    from rich.console import Console
+
+    from specbench.cli.tables import summary_table
+    from specbench.report import load_results
+
+    out = tmp_path / "r.jsonl"
+    done = invoke("run", "-p", str(write_fast_preset(tmp_path)), "-o", str(out), "-q")
+    assert done.exit_code == 0, done.output
+    summaries = load_results(out).summaries
+    console = Console(width=width, file=io.StringIO(), record=True)
+    console.print(summary_table(summaries, "t", width))
+    text = console.export_text()
+    assert "…" not in text
+    assert all(
+        line.rstrip()[-1] in "┓┃┩│┘" for line in text.splitlines()[1:] if "━" in line or "│" in line
+    )
+    shown = " ".join(text.split())
+    for s in summaries:  # every speedup and median that is shown is shown whole
+        assert f"{s.tokens_per_sec_median:.1f}" in shown
+    if width <= 60:
+        assert "Left out to fit" in shown

@@ -55,7 +55,13 @@ def audit(
         None, "--tie-margin", help="Greedy: largest top-2 logit margin that counts as a near-tie."
     ),
     assignments: list[str] = typer.Option(
-        None, "--set", help="Override any preset field: --set sampling.top_p=0.9 (repeatable)."
+        None,
+        "--set",
+        help="Override any preset field (repeatable): --set sampling.top_p=0.9. Lists by "
+        "position or label: methods.0.params.k=8, methods.speculative.params.k=8. Values are "
+        'TOML (8, true, "text", [1, 2], { k = 4 }), JSON ({"k": 4}) or else a bare string; '
+        "setting prompts.source, or a field only another source has (prompts.path=q.jsonl), "
+        "switches the prompt source.",
     ),
     output: Path = typer.Option(None, "--output", "-o", help="Audit JSONL file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict table."),

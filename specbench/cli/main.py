@@ -6,6 +6,7 @@ import typer
 
 from specbench.cli import (
     audit_cmd,
+    backends_cmd,
     heads_cmd,
     judge_cmd,
     methods_cmd,
@@ -28,6 +29,7 @@ app.command("run")(run_cmd.run)
 app.command("validate")(validate_cmd.validate)
 app.command("audit")(audit_cmd.audit)
 app.command("methods")(methods_cmd.methods)
+app.command("backends")(backends_cmd.backends)
 app.add_typer(presets_cmd.app, name="presets")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(judge_cmd.app, name="judge")

@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from specbench.cli.common import EXIT_INVALID_INPUT, console, fail_with
-from specbench.cli.tables import listing_table
+from specbench.cli.tables import fields_table, listing_table
 from specbench.errors import PluginError
 from specbench.plugins import MethodInfo, discover_methods
 
@@ -48,14 +48,5 @@ def methods(
 
 
 def _params_table(info: MethodInfo) -> Table:
-    table = Table(
-        title=f"{info.name} ({info.package} {info.version}): {info.cls.description}",
-        title_justify="left",
-    )
-    for column in ("parameter", "type", "default", "description"):
-        table.add_column(column)
-    for field_name, field in info.cls.Params.model_fields.items():
-        annotation = getattr(field.annotation, "__name__", str(field.annotation))
-        default = "required" if field.is_required() else repr(field.default)
-        table.add_row(field_name, annotation, default, field.description or "")
-    return table
+    title = f"{info.name} ({info.package} {info.version}): {info.cls.description}"
+    return fields_table(title, info.cls.Params)

@@ -54,13 +54,13 @@ def report(
         fail_with(error, EXIT_INVALID_INPUT)
     for result in results:
         tables = file_tables(result)
-        console.print(rich_table(tables[0]))
+        console.print(rich_table(tables[0], console.width))
         for line in noise_notes(result.summaries):
             console.print(f"note: {line}", highlight=False, markup=False, soft_wrap=True)
         for table in tables[1:]:
-            console.print(rich_table(table))
+            console.print(rich_table(table, console.width))
     if len(results) > 1:
-        console.print(rich_table(comparison_data(results)))
+        console.print(rich_table(comparison_data(results), console.width))
     if profile is not None:
         for path in _write_profiles(results[0], profile):
             console.print(f"profile: {path}", highlight=False, markup=False)

@@ -74,7 +74,13 @@ def run(
     top_p: float = typer.Option(None, "--top-p"),
     seed: int = typer.Option(None, "--seed"),
     assignments: list[str] = typer.Option(
-        None, "--set", help="Override any preset field: --set sampling.top_p=0.9 (repeatable)."
+        None,
+        "--set",
+        help="Override any preset field (repeatable): --set sampling.top_p=0.9. Lists by "
+        "position or label: methods.0.params.k=8, methods.speculative.params.k=8. Values are "
+        'TOML (8, true, "text", [1, 2], { k = 4 }), JSON ({"k": 4}) or else a bare string; '
+        "setting prompts.source, or a field only another source has (prompts.path=q.jsonl), "
+        "switches the prompt source.",
     ),
     sweeps: list[str] = typer.Option(
         None, "--sweep", help="One method copy per value: --sweep k=2,4,8 (repeatable)."
@@ -297,7 +303,7 @@ def _render_and_track(view: ProgressView, tracking: TrackingSession) -> Callable
 
 
 def _print_outcome(name: str, outcome: RunOutcome) -> None:
-    console.print(summary_table(outcome.summaries, title=f"{name}: summary"))
+    console.print(summary_table(outcome.summaries, f"{name}: summary", console.width))
     for line in noise_notes(outcome.summaries):
         console.print(f"note: {line}", highlight=False, markup=False, soft_wrap=True)
     if outcome.skipped:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import UnionType
+from typing import Annotated, Literal, Union, get_args, get_origin
 
+from pydantic import BaseModel
 from rich.table import Table
 
 from specbench.progress import MethodProgress
@@ -28,6 +31,36 @@ def listing_table(
     for column in columns[1:]:
         table.add_column(column, overflow="fold")
     return table
+
+
+def fields_table(title: str, model: type[BaseModel], skip: Sequence[str] = ()) -> Table:
+    """Every field of a pydantic model (method parameters, a backend's model table): name,
+    type, default and description, as the model declares them."""
+    names = [name for name in model.model_fields if name not in skip]
+    table = listing_table(title, ("field", "type", "default", "description"), names)
+    for name in names:
+        info = model.model_fields[name]
+        default = info.get_default(call_default_factory=True)
+        shown = "required" if info.is_required() else repr(default)
+        table.add_row(name, _type_name(info.annotation), shown, info.description or "")
+    return table
+
+
+def _type_name(annotation: object) -> str:
+    """``int``, ``float | None``, ``'eager' | 'static'`` (a Literal lists its values)."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(repr(value) for value in get_args(annotation))
+    if origin is Annotated:
+        return _type_name(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(arg) for arg in get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    name = getattr(annotation, "__name__", None)
+    if isinstance(name, str) and not get_args(annotation):
+        return name
+    return str(annotation).replace("typing.", "")
 
 
 def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> Table:
@@ -63,26 +96,54 @@ def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> 
     return table
 
 
-def summary_table(summaries: Sequence[SummaryRecord], title: str | None = None) -> Table:
+def summary_table(
+    summaries: Sequence[SummaryRecord], title: str | None = None, width: int | None = None
+) -> Table:
     """The final table of a run or a report: medians with their spread."""
-    return rich_table(summary_data(summaries, title or ""))
+    return rich_table(summary_data(summaries, title or ""), width)
 
 
-def rich_table(data: TableData) -> Table:
-    """A :class:`TableData` as a rich table (names in the first column never truncated)."""
+def rich_table(data: TableData, width: int | None = None) -> Table:
+    """A :class:`TableData` as a rich table. No cell is ever cut short: where the table is
+    wider than ``width`` columns, each column shrinks to its longest word (cells wrap at
+    spaces), and if that is still too wide, columns are dropped from the right and the
+    caption names them."""
+    cells = [[column, *(str(row[i]) for row in data.rows)] for i, column in enumerate(data.columns)]
+    widest = [max(len(line) for cell in col for line in cell.splitlines() or [""]) for col in cells]
+    words = [max((len(w) for cell in column for w in cell.split()), default=1) for column in cells]
+    if width is None or _table_width(widest) <= width:
+        return _build(data, len(data.columns), None, None)
+    keep = len(data.columns)
+    while keep > 2 and _table_width(words[:keep]) > width:
+        keep -= 1
+    return _build(data, keep, words, width)
+
+
+def _table_width(columns: Sequence[int]) -> int:
+    return sum(columns) + 3 * len(columns) + 1  # one space each side, a border between
+
+
+def _build(data: TableData, keep: int, words: Sequence[int] | None, width: int | None) -> Table:
+    caption = data.caption or ""
+    if keep < len(data.columns):
+        dropped = ", ".join(data.columns[keep:])
+        caption = f"{caption}\n" if caption else ""
+        caption += f"Left out to fit {width} columns: {dropped} (a wider terminal shows them)."
     table = Table(
         title=data.title or None,
         title_justify="left",
-        caption=data.caption or None,
+        caption=caption or None,
         caption_justify="left",
     )
-    for i, column in enumerate(data.columns):
+    for i, column in enumerate(data.columns[:keep]):
         table.add_column(
             column,
             justify="right" if data.numeric[i] else "left",
             style="bold" if i == 0 else None,
             no_wrap=i == 0,
+            min_width=None if words is None else words[i],
+            max_width=None if words is None else words[i],
         )
     for row in data.rows:
-        table.add_row(*row)
+        table.add_row(*row[:keep])
     return table

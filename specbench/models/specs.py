@@ -37,17 +37,23 @@ def missing_requirements(spec: _Spec) -> list[tuple[str, str]]:
 
 
 class ToyModelSpec(ModelSpecBase):
-    """An analytic toy model (see :mod:`specbench.models.toy`)."""
+    """An analytic toy model: random logits over a small vocabulary, conditioned on the last
+    ``order`` tokens, whose exact distributions are known (the audit's ground truth). Its text
+    is noise by design. Compute is negligible, so speed comes only from the simulated costs:
+    for a pair that shows speculation at work, give the target ``forward_ms`` (e.g. 20) and
+    the draft the same ``seed`` with a small ``forward_ms`` (e.g. 2) and a ``distance`` (e.g.
+    0.5; 0 makes the draft the target itself, every draft accepted), as
+    ``presets/quickstart.toml`` does."""
 
     backend: Literal["toy"] = "toy"
-    vocab_size: int = Field(48, ge=4, le=4096)
+    vocab_size: int = Field(48, ge=4, le=4096, description="Tokens, end-of-sequence included.")
     order: int = Field(1, ge=0, le=3, description="How many previous tokens condition the next.")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="Draws the model's logits: a draft shares the target's.")
     sharpness: float = Field(2.0, gt=0, description="Scale of the random logits.")
     distance: float = Field(
         0.0, ge=0, description="Noise added to the logits; a draft's distance from the target."
     )
-    noise_seed: int = Field(1, ge=0)
+    noise_seed: int = Field(1, ge=0, description="Draws the draft's noise (with distance).")
     eos_bias: float | None = Field(
         None, description="Logit offset of end-of-sequence; unset means the model never stops."
     )
