@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,31 +195,68 @@ def plot_speedup(results: Sequence[ResultsFile], path: Path) -> Path:
     return _save(plt, fig, path)
 
 
+#: Positions reached fewer times than this are drawn hollow and grey: a rate from a handful
+#: of draws (1.00 from 3 of 3) says little.
+THIN_POSITION = 30
+
+
 def plot_acceptance(results: Sequence[ResultsFile], path: Path) -> Path:
-    """Acceptance at each draft position given the position was reached, per method."""
+    """Acceptance at each draft position given the position was reached, per method, with
+    a 95% Wilson interval and how often the position was reached (n) at every point."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     plotted = 0
     for result in results:
         for summary in result.summaries:
-            points = [
-                (i + 1, v) for i, v in enumerate(summary.position_acceptance) if v is not None
-            ]
+            samples = [s for s in result.samples if s.method == summary.method]
+            counts = _position_counts(samples)
+            points = [(i + 1, a, n) for i, (a, n) in enumerate(counts) if n > 0]
             if not points:
                 continue
             name = summary.method if len(results) == 1 else f"{summary.method} - {result.label}"
-            ax.plot([p for p, _ in points], [v for _, v in points], marker="o", label=name)
+            solid = [(x, a / n) for x, a, n in points if n >= THIN_POSITION]
+            (line,) = ax.plot([x for x, _ in solid], [r for _, r in solid], label=name, lw=1.2)
+            for x, accepted, n in points:
+                low, high = _wilson(accepted, n)
+                rate = accepted / n
+                thin = n < THIN_POSITION
+                colour = "0.65" if thin else line.get_color()
+                ax.errorbar(x, rate, yerr=[[rate - low], [high - rate]], color=colour,
+                            marker="o", markersize=5, capsize=2, linewidth=0.8,
+                            markerfacecolor="white" if thin else colour)  # fmt: skip
+                ax.annotate(f"n={n}", (x, high), textcoords="offset points", xytext=(0, 3),
+                            ha="center", fontsize=6, color=colour)  # fmt: skip
             plotted += 1
-    ax.set_xlabel("draft position")
+    ax.set_xlabel(f"draft position (hollow grey: reached < {THIN_POSITION} times)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("P(accepted | position reached)")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Per-position acceptance")
+    ax.set_ylim(0, 1.1)
+    ax.set_title("Per-position acceptance (bars: 95% Wilson interval)")
     if plotted:
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no speculative methods", ha="center", transform=ax.transAxes)
     return _save(plt, fig, path)
+
+
+def _position_counts(samples: Sequence[Any]) -> list[tuple[int, int]]:
+    """(accepted, reached) per draft position over ``samples``."""
+    width = max((len(s.position_verified) for s in samples), default=0)
+    return [
+        (
+            sum(s.position_accepted[i] for s in samples if i < len(s.position_accepted)),
+            sum(s.position_verified[i] for s in samples if i < len(s.position_verified)),
+        )
+        for i in range(width)
+    ]
+
+
+def _wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial rate (sound at 0 and 1, unlike +-2 sd)."""
+    rate = successes / n
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _name(summary: Any) -> str:

@@ -371,3 +371,33 @@ max_new_tokens = 8
     assert verdicts == {"eagle3": "pass", "eagle3-tree": "pass"}, [
         r.detail for r in outcome.records
     ]
+
+
+def test_the_verdict_table_keeps_one_line_per_test_and_notes_identical_samples(
+    tmp_path: Path,
+) -> None:
+    """Bin counts go to the JSONL, not the table; methods that draw the very same samples
+    (shared seeds) are named as such; the caption says how much was tested."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from specbench.cli.main import app
+
+    out = tmp_path / "audit.jsonl"
+    result = CliRunner().invoke(
+        app,
+        ["audit", "-p", "quickstart", "--samples", "300", "--methods", "speculative,suffix,lookahead",
+         "-o", str(out)],
+        env={"COLUMNS": "250"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    assert len(rows) == 3  # one line per method
+    assert "observed [" not in result.output
+    text = " ".join(result.output.split())
+    assert "on 2 prompts x 300 samples, the first 3 tokens of each" in text
+    assert "lookahead, suffix drew identical samples" in text
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    tests = [t for r in records if r["record"] == "audit" for t in r["tests"]]
+    assert tests and all(len(t["observed"]) == len(t["expected"]) for t in tests)

@@ -189,3 +189,23 @@ def test_paired_bootstrap_resamples_prompts_not_samples() -> None:
     )
     spread = tokens_per_sec_interval(base)
     assert spread is not None and spread.high - spread.low > 10
+
+
+def test_acceptance_by_position_counts_how_often_each_position_was_reached(
+    results: list[Path],
+) -> None:
+    """A position reached 3 times and accepted 3 times is no 1.00: the plot draws n and a
+    Wilson interval per position from the samples' own counts, thin positions greyed."""
+    from specbench.plots import THIN_POSITION, _position_counts, _wilson
+    from specbench.report import load_results
+
+    loaded = load_results(results[0])
+    samples = [s for s in loaded.samples if s.method == "speculative"]
+    counts = _position_counts(samples)
+    assert counts[0][1] == sum(s.position_verified[0] for s in samples)
+    assert all(accepted <= reached for accepted, reached in counts)
+    low, high = _wilson(3, 3)
+    assert high == 1.0 and low < 0.5  # 3 of 3 is consistent with a coin
+    low, high = _wilson(300, 400)
+    assert 0.70 < low < 0.75 < high < 0.80
+    assert THIN_POSITION >= 20

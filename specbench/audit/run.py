@@ -75,6 +75,13 @@ class AuditOutcome:
     records: list[AuditRecord]
     mode: Mode
     tests: int
+    #: Prompts audited, generations per prompt and tokens tested of each.
+    prompts: int = 0
+    samples: int = 0
+    tokens: int = 0
+    #: Methods whose draws were identical, token for token (they share seeds and the same
+    #: draws of the target): one test, not several.
+    identical: list[list[str]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[AuditRecord]:
@@ -325,7 +332,16 @@ def _audit_methods(
         for record in records:
             writer.write(record)
         writer.write(run_end_record(header.run_id, 1, "finished"))
-    return AuditOutcome(output, records, mode, total_tests)
+    groups: dict[tuple[tuple[int, ...], ...], list[str]] = {}
+    for label in labels:
+        if label in cache:
+            key = tuple(tuple(tokens) for prompt in cache[label] for tokens in prompt.tokens)
+            groups.setdefault(key, []).append(label)
+    # Greedy outputs are meant to be identical; sampled ones only are when seeds coincide.
+    identical = [g for g in groups.values() if len(g) > 1] if mode == "sampling" else []
+    return AuditOutcome(
+        output, records, mode, total_tests, len(encoded), n_draws, n_tokens, identical
+    )
 
 
 def _lossy_present(labels: Sequence[str], methods: dict[str, DecodingMethod]) -> bool:
@@ -419,6 +435,7 @@ def _sampling_record(
             "p_value": t.p_value,
             "samples": t.samples,
             "detail": t.detail,
+            **t.bins,
         }
         for t in tests
     ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ class TestResult:
     p_value: float
     samples: int
     detail: str = ""
+    #: Observed and expected count per bin (goodness of fit), for the audit file.
+    bins: dict[str, list[float]] = field(default_factory=dict)
 
 
 def chi2_sf(statistic: float, df: int) -> float:
@@ -129,11 +131,12 @@ def goodness_of_fit(draws: Sequence[RankedDraw], name: str) -> TestResult | None
     reduced = covariance[:-1, :-1]
     statistic = float(delta @ np.linalg.pinv(reduced) @ delta)
     df = n_bins - 1
-    detail = (
-        f"{n_bins} bins; observed {observed.astype(int).tolist()}, "
-        f"expected {[round(e, 1) for e in expected.tolist()]}"
-    )
-    return TestResult(name, statistic, df, chi2_sf(statistic, df), len(draws), detail)
+    bins = {
+        "observed": observed.astype(int).tolist(),
+        "expected": [round(e, 2) for e in expected.tolist()],
+    }
+    p_value = chi2_sf(statistic, df)
+    return TestResult(name, statistic, df, p_value, len(draws), f"{n_bins} bins", bins)
 
 
 def homogeneity(

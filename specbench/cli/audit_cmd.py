@@ -111,6 +111,13 @@ def audit(
         err_console.print("interrupted: the audit wrote nothing", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     console.print(verdict_table(outcome, f"{resolved.name}: audit"))
+    for group in outcome.identical:
+        console.print(
+            f"note: {', '.join(group)} drew identical samples (the same seeds and the same "
+            "target draws), so their statistics are one test repeated, not independent "
+            "evidence",
+            highlight=False, markup=False, soft_wrap=True,
+        )  # fmt: skip
     if not quiet:
         console.print(f"audit: {outcome.output}", highlight=False, markup=False)
     if outcome.failed:
@@ -121,15 +128,20 @@ def audit(
 
 def verdict_table(outcome: AuditOutcome, title: str) -> Table:
     """method, test, statistic, p-value, verdict (and why) for every audited method."""
+    tested = (
+        f"{outcome.prompts} prompts x {outcome.samples} samples, the first {outcome.tokens} "
+        "tokens of each"
+    )
     caption = (
-        f"{outcome.tests} tests, family-wise alpha with Bonferroni"
+        f"{outcome.tests} tests on {tested}; family-wise alpha with Bonferroni; bin counts "
+        f"are in {outcome.output}"
         if outcome.mode == "sampling"
-        else "greedy: token-for-token equality with the baseline; statistic = top-2 logit "
-        "margin at the first difference"
+        else f"greedy, {outcome.prompts} prompts, {outcome.tokens} tokens each: token-for-token "
+        "equality with the baseline; statistic = top-2 logit margin at the first difference"
     )
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for column in ("method", "test", "statistic", "p-value", "verdict", "detail"):
-        table.add_column(column, overflow="fold", no_wrap=column == "method")
+        table.add_column(column, overflow="fold", no_wrap=column in ("method", "statistic"))
     for r in outcome.records:
         statistic = "-" if r.statistic is None else f"{r.statistic:.3g}"
         if r.df is not None and r.statistic is not None:
