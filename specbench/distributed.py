@@ -135,9 +135,20 @@ class _Driver:
     done: set[Key]
     next_session: int
     written: int = 0
-    sessions: dict[int, int] = field(default_factory=dict)  # shard -> its current session
     headers: list[RunHeader] = field(default_factory=list)
     ends: list[RunEnd] = field(default_factory=list)
+    #: Sessions whose header is written and whose end is not, by shard.
+    open: dict[int, int] = field(default_factory=dict)
+
+    def close(self, shard: int, status: str) -> None:
+        """End the open session of ``shard`` (a worker that died, a run stopped midway):
+        every header gets exactly one end, and no end names a session no header opened."""
+        session = self.open.pop(shard, None)
+        if session is None:
+            return
+        end = run_end_record(self.headers[0].run_id, session, status)
+        self.ends.append(end)
+        self.writer.write(end)
 
     def handle(self, kind: str, shard: int, payload: str) -> None:
         if kind == "message":
@@ -146,7 +157,8 @@ class _Driver:
             header = RunHeader.model_validate_json(payload).model_copy(
                 update={"session": self.next_session}
             )
-            self.sessions[shard] = self.next_session
+            self.close(shard, "failed")  # a retry opens a new one: the old worker is gone
+            self.open[shard] = self.next_session
             self.next_session += 1
             self.headers.append(header)
             self.writer.write(header)
@@ -160,8 +172,10 @@ class _Driver:
             self.written += 1
             self.report(self.tracker.add(record))
         elif kind == "end":
+            if shard not in self.open:
+                return
             end = RunEnd.model_validate_json(payload).model_copy(
-                update={"session": self.sessions.get(shard, 0)}
+                update={"session": self.open.pop(shard)}
             )
             self.ends.append(end)
             self.writer.write(end)
@@ -280,6 +294,7 @@ def run_distributed(
                                 "running", f"shard {shard.index} failed; retrying it elsewhere"
                             )
                         )
+                        driver.close(shard.index, "failed")
                         submit(shard)
             end = run_end_record(run_id, driver.next_session - 1, "finished")
             load = machine_load(headers + driver.headers, state.ends + driver.ends + [end])
@@ -292,7 +307,8 @@ def run_distributed(
                     with contextlib.suppress(Exception):  # already finished or gone
                         ray.cancel(shard.ref, force=True)
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            writer.write(run_end_record(run_id, driver.next_session, status))
+            for shard in shards:
+                driver.close(shard.index, status)
             if started_here:
                 ray.shutdown()
             raise RunAborted(error, path, driver.written, "the distributed run") from error

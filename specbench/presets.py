@@ -149,6 +149,10 @@ class Override(NamedTuple):
     origin: str = ""
 
 
+#: An :class:`Override`, or a plain ``(key, value)`` pair (no origin to name in errors).
+OverrideLike = Override | tuple[str, Any]
+
+
 class PresetError(SpecbenchError):
     """A preset that does not validate; carries every issue found."""
 
@@ -344,7 +348,7 @@ def parse_override(assignment: str, origin: str | None = None) -> Override:
     return Override(key.strip(), value, origin or f"--set {assignment}")
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[OverrideLike]) -> dict[str, Any]:
     """A copy of ``raw`` with dotted keys set.
 
     A list is indexed by number (``methods.0.params.k``) or, for methods, by label or name
@@ -429,7 +433,7 @@ def _switch_prompt_source(table: dict[str, Any], field: str, value: Any) -> dict
 def load_preset(
     name_or_path: str,
     registry: MethodRegistry,
-    overrides: Iterable[tuple[str, Any]] = (),
+    overrides: Iterable[OverrideLike] = (),
 ) -> ResolvedPreset:
     """Find, read, override and validate a preset."""
     path = find_preset(name_or_path)
@@ -451,7 +455,7 @@ def _with_origins(error: PresetError, overrides: Sequence[Override]) -> PresetEr
         dotted = re.sub(r"\[(\d+)\]", r".\1", issue.path)
         for override in reversed(overrides):  # the last one set wins
             if override.origin and (dotted + ".").startswith(override.key + "."):
-                return override.origin
+                return str(override.origin)
         return None
 
     issues = [replace(i, origin=origin(i)) for i in error.issues]

@@ -33,6 +33,7 @@ from specbench.output_paths import check_output_dir
 from specbench.plugins import MethodRegistry
 from specbench.preset_formats import PresetSyntaxError, format_of, parse
 from specbench.presets import (
+    OverrideLike,
     ResolvedPreset,
     load_preset,
     parse_override,
@@ -93,7 +94,7 @@ def study_of_presets(presets: Sequence[str]) -> Study:
 
 
 def resolve_entries(
-    study: Study, registry: MethodRegistry, common: Sequence[tuple[str, Any]] = ()
+    study: Study, registry: MethodRegistry, common: Sequence[OverrideLike] = ()
 ) -> list[tuple[str, ResolvedPreset]]:
     """Every entry validated (before anything runs), with its unique label."""
     out: list[tuple[str, ResolvedPreset]] = []

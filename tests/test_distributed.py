@@ -159,4 +159,53 @@ def test_ray_missing_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
     result = CliRunner().invoke(app, ["run", "-p", str(_preset(tmp_path)), "--ray", "local"])
     assert result.exit_code == 2
     assert "--ray needs Ray, which is not installed" in result.output
-    assert "pip install 'specbench[ray]'" in result.output
+    assert 'pip install -c constraints/cpu.txt -e ".[ray]"' in result.output
+
+
+def _session_bookkeeping(path: Path) -> tuple[list[int], list[int]]:
+    from specbench.records import RunEnd
+
+    records = read_records(path)
+    return (
+        sorted(r.session for r in records if isinstance(r, RunHeader)),
+        sorted(r.session for r in records if isinstance(r, RunEnd)),
+    )
+
+
+def test_an_interrupted_and_resumed_ray_run_closes_every_session_it_opened(
+    cluster: object, tmp_path: Path
+) -> None:
+    """Every header gets one end and no end names a session no header opened: after Ctrl-C
+    (the open worker sessions end as interrupted) and after the resume."""
+    from specbench.runner import RunAborted
+
+    resolved = load_preset(str(_preset(tmp_path, forward_ms=20.0)), discover_methods())
+    out = tmp_path / "stopped.jsonl"
+    seen = {"n": 0}
+
+    def stop_after_three(progress) -> None:  # type: ignore[no-untyped-def]
+        if progress.last is not None:
+            seen["n"] += 1
+            if seen["n"] == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(RunAborted):
+        run_distributed(resolved, "auto", output=out, on_progress=stop_after_three)
+    headers, ends = _session_bookkeeping(out)
+    assert headers and headers == ends
+    run_distributed(resolved, "auto", output=out, resume=True)
+    headers, ends = _session_bookkeeping(out)
+    assert headers == ends and len(set(headers)) == len(headers)
+    keys = [(s.method, s.prompt_id, s.run) for s in _samples(out)]
+    assert len(keys) == len(set(keys)) == 24
+
+
+def test_a_retried_shard_ends_the_dead_workers_session(
+    cluster: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CRASH_AFTER, "3")
+    monkeypatch.setenv(CRASH_MARKER, str(tmp_path / "crashed"))
+    resolved = load_preset(str(_preset(tmp_path)), discover_methods())
+    outcome = run_distributed(resolved, "auto", output=tmp_path / "retry.jsonl")
+    headers, ends = _session_bookkeeping(outcome.output)
+    assert headers == ends == [1, 2, 3]

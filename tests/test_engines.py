@@ -267,5 +267,7 @@ def test_an_engine_plugin_not_installed_names_its_package(
 
     with pytest.raises(PluginError) as error:
         MethodRegistry().get("llama-cpp")
-    assert "pip install -e plugins/specbench-llamacpp" in (error.value.hint or "")
+    assert "pip install -c constraints/cpu.txt -e plugins/specbench-llamacpp" in (
+        error.value.hint or ""
+    )
     assert "specbench-llamacpp-build" in (error.value.hint or "")

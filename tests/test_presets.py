@@ -172,9 +172,11 @@ def test_jsonl_prompts_resolve_next_to_the_preset(tmp_path: Path) -> None:
 
 
 def test_overrides_parse_toml_values_and_change_the_hash(tmp_path: Path) -> None:
-    assert parse_override("sampling.temperature=0.5") == ("sampling.temperature", 0.5)
-    assert parse_override("output.path=plain/text.jsonl") == ("output.path", "plain/text.jsonl")
-    assert parse_override("prompts.categories=['a','b']") == ("prompts.categories", ["a", "b"])
+    assert parse_override("sampling.temperature=0.5") == (
+        "sampling.temperature", 0.5, "--set sampling.temperature=0.5"
+    )  # fmt: skip
+    assert parse_override("output.path=plain/text.jsonl")[:2] == ("output.path", "plain/text.jsonl")
+    assert parse_override("prompts.categories=['a','b']")[:2] == ("prompts.categories", ["a", "b"])
     raw = {"methods": [{"name": "speculative", "params": {"k": 2}}]}
     assert apply_overrides(raw, [("methods.0.params.k", 5)])["methods"][0]["params"]["k"] == 5
     assert raw["methods"][0]["params"]["k"] == 2  # the original is untouched
@@ -244,7 +246,7 @@ def test_validate_reports_a_backend_whose_extra_is_missing(
     assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "models.target.backend: the hf backend here needs transformers, bitsandbytes" in text
-    assert "pip install 'specbench[hf,quant]'" in text
+    assert 'pip install -c constraints/cpu.txt -e ".[hf,quant]"' in text
 
 
 def test_methods_all_says_what_it_skipped_and_why(tmp_path: Path) -> None:

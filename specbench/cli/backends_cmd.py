@@ -35,6 +35,6 @@ def backends(
     for backend_name, backend in registry.backends.items():
         table.add_row(backend_name, backend.description)
     console.print(table)
-    for broken, error in registry.broken.items():
-        console.print(f"failed to load {broken}: {error}", highlight=False, markup=False)
+    for broken, reason in registry.broken.items():
+        console.print(f"failed to load {broken}: {reason}", highlight=False, markup=False)
     console.print("Fields of one: specbench backends NAME", highlight=False, markup=False)
