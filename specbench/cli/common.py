@@ -17,6 +17,15 @@ from specbench.presets import Override
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
+#: The help of every command's ``--set``: the one description of the override syntax.
+SET_HELP = (
+    "Override any preset field (repeatable): --set sampling.top_p=0.9. Lists by position or "
+    "label: methods.0.params.k=8, methods.speculative.params.k=8. Values are TOML (8, true, "
+    '"text", [1, 2], { k = 4 }), JSON ({"k": 4}) or else a bare string; setting '
+    "prompts.source, or a field only another source has (prompts.path=q.jsonl), switches the "
+    "prompt source."
+)
+
 EXIT_FAILURE = 1
 EXIT_INVALID_INPUT = 2
 EXIT_INTERRUPTED = 130

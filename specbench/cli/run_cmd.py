@@ -16,6 +16,7 @@ from specbench.cli.common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
+    SET_HELP,
     console,
     err_console,
     fail,
@@ -76,11 +77,7 @@ def run(
     assignments: list[str] = typer.Option(
         None,
         "--set",
-        help="Override any preset field (repeatable): --set sampling.top_p=0.9. Lists by "
-        "position or label: methods.0.params.k=8, methods.speculative.params.k=8. Values are "
-        'TOML (8, true, "text", [1, 2], { k = 4 }), JSON ({"k": 4}) or else a bare string; '
-        "setting prompts.source, or a field only another source has (prompts.path=q.jsonl), "
-        "switches the prompt source.",
+        help=SET_HELP,
     ),
     sweeps: list[str] = typer.Option(
         None, "--sweep", help="One method copy per value: --sweep k=2,4,8 (repeatable)."
