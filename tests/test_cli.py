@@ -463,3 +463,27 @@ def test_a_narrow_terminal_never_cuts_a_number_in_the_summary(tmp_path: Path, wi
         assert f"{s.tokens_per_sec_median:.1f}" in shown
     if width <= 60:
         assert "Left out to fit" in shown
+
+
+def test_a_toy_pair_that_cannot_show_speculation_is_named_in_validate_and_run(
+    tmp_path: Path,
+) -> None:
+    """A toy target that costs nothing and a draft equal to the target: valid, but a
+    benchmark of them means little, and the user is told so (the quick start is not)."""
+    preset = tmp_path / "plain.toml"
+    preset.write_text(
+        '[models.target]\nbackend = "toy"\n[models.draft]\nbackend = "toy"\n'
+        '[[methods]]\nname = "baseline"\n[[methods]]\nname = "speculative"\n'
+        '[prompts]\nsource = "inline"\nprompts = ["a b"]\n[sampling]\nmax_new_tokens = 4\n'
+        "[runs]\nwarmup = 0\n"
+    )
+    for args in (
+        ["validate", str(preset)],
+        ["run", "-p", str(preset), "-o", str(tmp_path / "o.jsonl")],
+    ):
+        result = runner.invoke(app, args, env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        assert "models.target: a toy target with forward_ms = 0" in result.output
+        assert "models.draft: a toy draft with distance = 0" in result.output
+    quick = runner.invoke(app, ["validate", "quickstart"], env={"COLUMNS": "400"})
+    assert "a toy target with" not in quick.output and "a toy draft with" not in quick.output

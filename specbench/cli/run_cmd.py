@@ -28,6 +28,7 @@ from specbench.cli.live import ProgressView
 from specbench.cli.tables import summary_table
 from specbench.distributed import require_ray, run_distributed
 from specbench.errors import SpecbenchError
+from specbench.models.loading import model_notes
 from specbench.plugins import discover_methods
 from specbench.presets import (
     Override,
@@ -182,6 +183,8 @@ def _shape(resolved: ResolvedPreset, methods: str | None, sweeps: list[str]) -> 
 def _notes(resolved: ResolvedPreset, quiet: bool) -> None:
     if quiet:
         return
+    for note in model_notes(resolved.preset.models):
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     for name, reason in resolved.skipped:
         console.print(
             f'note: methods = "all" skipped {name}: {reason}',

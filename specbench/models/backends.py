@@ -17,6 +17,8 @@ A backend turns a ``[models.target]`` / ``[models.draft]`` table into a loaded
 * optional ``unavailable_reason(spec)``: why the files are not here yet (a model not
   downloaded); ``validate`` then notes it instead of failing.
 * optional ``identity(spec)``: what identifies the weights, for cache keys (trained judges).
+* optional ``notes(spec, role)``: what a benchmark of this model should know although the
+  table is valid (a toy model that costs nothing); ``validate`` and ``run`` print them.
 
 Register it in the plugin's ``pyproject.toml``::
 
@@ -59,6 +61,11 @@ class ModelBackend(ABC):
     def unavailable_reason(self, spec: Any) -> str | None:
         """Why ``spec``'s files are not here yet (not an error), or ``None``."""
         return None
+
+    def notes(self, spec: Any, role: str) -> list[str]:
+        """Warnings about a valid table that would make a benchmark say little; none by
+        default."""
+        return []
 
     def identity(self, spec: Any) -> dict[str, Any]:
         """What identifies the model's weights (cache keys): by default the spec itself."""

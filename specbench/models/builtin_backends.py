@@ -26,6 +26,21 @@ class ToyBackend(ModelBackend):
     def load_tokenizer(self, spec: Any, local_only: bool = True) -> Tokenizer:
         return ToyTokenizer(spec.vocab_size)
 
+    def notes(self, spec: Any, role: str) -> list[str]:
+        out = []
+        if role == "target" and spec.forward_ms == 0 and spec.token_ms == 0:
+            out.append(
+                "a toy target with forward_ms = 0 and token_ms = 0 costs only Python overhead, "
+                "so its speedups say little about speculation (give it forward_ms, e.g. 20; "
+                "see `specbench backends toy`)"
+            )
+        if role == "draft" and spec.distance == 0:
+            out.append(
+                "a toy draft with distance = 0 is the target itself when it shares its seed: "
+                "every draft is accepted (give it a distance, e.g. 0.5)"
+            )
+        return out
+
 
 class HFBackend(ModelBackend):
     """Hugging Face transformers models: catalogue names, local folders, hub ids, GGUF."""

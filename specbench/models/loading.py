@@ -72,6 +72,16 @@ def load_models(
     return MethodModels(target=target, draft=draft, specs=spec)
 
 
+def model_notes(spec: ModelsSpec) -> list[str]:
+    """What each model's backend says a benchmark of it should know (nothing is loaded)."""
+    roles = [("target", spec.target)] + ([("draft", spec.draft)] if spec.draft else [])
+    return [
+        f"models.{role}: {note}"
+        for role, model_spec in roles
+        for note in backend_of(model_spec).notes(model_spec, role)
+    ]
+
+
 def check_models(spec: ModelsSpec) -> tuple[list[tuple[str, str, str]], list[str]]:
     """Check what can be checked without loading weights or downloading anything.
 
@@ -85,7 +95,7 @@ def check_models(spec: ModelsSpec) -> tuple[list[tuple[str, str, str]], list[str
         roles.append(("draft", spec.draft))
     tokenizers: dict[str, Tokenizer] = {}
     issues: list[tuple[str, str, str]] = []
-    notes: list[str] = []
+    notes: list[str] = model_notes(spec)
     for role, model_spec in roles:
         missing = missing_requirements(model_spec)
         if missing:
