@@ -88,7 +88,9 @@ def audit(
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path = output or Path("results") / f"{resolved.name}-audit-{stamp}.jsonl"
     try:
-        check_output_file(path, "--output")
+        check_output_file(
+            path, "--output" if output else "the audit file (choose it with --output)"
+        )
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
     options = AuditOptions(
