@@ -221,7 +221,8 @@ def plot_acceptance(results: Sequence[ResultsFile], path: Path) -> Path:
                 rate = accepted / n
                 thin = n < THIN_POSITION
                 colour = "0.65" if thin else line.get_color()
-                ax.errorbar(x, rate, yerr=[[rate - low], [high - rate]], color=colour,
+                below, above = max(0.0, rate - low), max(0.0, high - rate)  # rounding: >= 0
+                ax.errorbar(x, rate, yerr=[[below], [above]], color=colour,
                             marker="o", markersize=5, capsize=2, linewidth=0.8,
                             markerfacecolor="white" if thin else colour)  # fmt: skip
                 ax.annotate(f"n={n}", (x, high), textcoords="offset points", xytext=(0, 3),
