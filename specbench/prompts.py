@@ -496,8 +496,8 @@ def _resolve_path(path: str, base_dir: Path) -> Path:
 def _check_path(path: str, base_dir: Path) -> list[tuple[str, str, str]]:
     try:
         _resolve_path(path, base_dir)
-    except SpecbenchError:
-        return [("path", *_not_found(path, base_dir))]
+    except SpecbenchError as error:
+        return [("path", error.message, error.hint or "")]
     return []
 
 

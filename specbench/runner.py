@@ -557,10 +557,14 @@ def _check_prompts_unchanged(
     were written would be skipped as done although it never ran. Samples written before
     records had ``prompt_sha`` cannot be checked."""
     current = {p.id: p.sha for p in prompts}
+    # A sample of a prompt no longer in the set is not "changed": it is simply not wanted.
     changed = sorted(
-        {s.prompt_id for s in samples if s.prompt_sha and current.get(s.prompt_id, s.prompt_sha)
-         != s.prompt_sha}
-    )  # fmt: skip
+        {
+            s.prompt_id
+            for s in samples
+            if s.prompt_sha and s.prompt_id in current and current[s.prompt_id] != s.prompt_sha
+        }
+    )
     if changed:
         shown = ", ".join(changed[:5]) + (
             f" and {len(changed) - 5} more" if len(changed) > 5 else ""
