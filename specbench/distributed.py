@@ -45,6 +45,7 @@ from specbench.runner import (
 )
 from specbench.summary import summarize
 from specbench.uncertainty import machine_load
+from specbench.unit_costs import header_unit_costs
 
 #: Test hook: a worker exits hard after this many samples, once (see ``CRASH_MARKER``).
 CRASH_AFTER = "SPECBENCH_RAY_CRASH_AFTER"
@@ -92,7 +93,9 @@ def run_shard(
         channel.put(("message", shard, text))
 
     session = Session.start(resolved, prompts, done, run_id, previous, message, indices=indices)
-    header = run_header(resolved, session.models, 0, run_id).model_copy(update={"worker": worker})
+    header = run_header(resolved, session.models, 0, run_id, session.unit_costs).model_copy(
+        update={"worker": worker}
+    )
     channel.put(("header", shard, header.model_dump_json()))
     crash_after = int(os.environ.get(CRASH_AFTER, "0") or 0)
     marker = os.environ.get(CRASH_MARKER, "")
@@ -298,7 +301,8 @@ def run_distributed(
                         submit(shard)
             end = run_end_record(run_id, driver.next_session - 1, "finished")
             load = machine_load(headers + driver.headers, state.ends + driver.ends + [end])
-            summaries = summarize(tracker.samples, baseline, run_id, load)
+            unit_costs = header_unit_costs(headers + driver.headers)
+            summaries = summarize(tracker.samples, baseline, run_id, load, unit_costs=unit_costs)
             for summary in summaries:
                 writer.write(summary)
         except (Exception, KeyboardInterrupt) as error:

@@ -10,6 +10,7 @@ from typing import Any
 
 from specbench.errors import SpecbenchError
 from specbench.install_hints import install_extra
+from specbench.records import PHASES
 from specbench.report import ResultsFile
 
 
@@ -36,6 +37,8 @@ def write_plots(results: Sequence[ResultsFile], out_dir: Path) -> list[Path]:
     ]
     if any(s.score_mean is not None for r in results for s in r.summaries):
         written.append(plot_speed_accuracy(results, out_dir / "speed_accuracy.png"))
+    if any(s.ms_per_token_by_phase for r in results for s in r.summaries):
+        written.append(plot_costs(results, out_dir / "cost_by_phase.png"))
     if any(s.batch_size > 1 for r in results for s in r.summaries):
         written.append(plot_latency_throughput(results, out_dir / "latency_throughput.png"))
     return written
@@ -192,6 +195,43 @@ def plot_speedup(results: Sequence[ResultsFile], path: Path) -> Path:
     ax.set_title("Speedup per method (bars: 95% bootstrap interval)")
     if len(results) > 1:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _save(plt, fig, path)
+
+
+PHASE_COLORS = {"draft": "#4c72b0", "target": "#dd8452", "verify": "#55a868", "host": "#8c8c8c"}
+
+
+def plot_costs(results: Sequence[ResultsFile], path: Path) -> Path:
+    """One stacked bar per method: ms per generated token by phase (the cost ledger), with
+    the predicted ms per token as a black tick; unknown phases are left out of the stack
+    and named under the bar."""
+    plt = _pyplot()
+    bars = [
+        (s.method if len(results) == 1 else f"{s.method}\n{result.label}", s)
+        for result in results
+        for s in result.summaries
+        if s.ms_per_token_by_phase
+    ]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(bars) + 2.5), 4.4))
+    for name in PHASES:
+        bottoms = [
+            sum((s.ms_per_token_by_phase or {}).get(p) or 0.0 for p in PHASES[: PHASES.index(name)])
+            for _, s in bars
+        ]
+        heights = [(s.ms_per_token_by_phase or {}).get(name) or 0.0 for _, s in bars]
+        ax.bar(range(len(bars)), heights, 0.6, bottom=bottoms, label=name, color=PHASE_COLORS[name])
+    for x, (_, s) in enumerate(bars):
+        if s.predicted_ms_per_token is not None:
+            ax.plot([x - 0.35, x + 0.35], [s.predicted_ms_per_token] * 2, color="black", lw=1.5)
+        unknown = [p for p, v in (s.ms_per_token_by_phase or {}).items() if v is None]
+        total = s.measured_ms_per_token or 0.0
+        note = f"{total:.1f}" + (f"\n({', '.join(unknown)} in host)" if unknown else "")
+        ax.annotate(note, (x, total), ha="center", va="bottom", fontsize=7)
+    ax.plot([], [], color="black", lw=1.5, label="predicted")
+    ax.set_xticks(range(len(bars)), [label for label, _ in bars], rotation=20, ha="right")
+    ax.set_ylabel("ms per generated token")
+    ax.set_title("Where the time goes, by phase (tick: predicted from unit costs)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(plt, fig, path)
 
 

@@ -190,6 +190,11 @@ class MethodModels:
         return self._target
 
     @property
+    def loaded_target(self) -> LanguageModel | None:
+        """The in-process target, or ``None`` when the run loaded none (engines only)."""
+        return self._target
+
+    @property
     def loaded(self) -> list[LanguageModel]:
         """The in-process models of the run (none for engine-only runs)."""
         return [m for m in (self._target, self.draft) if m is not None]
@@ -255,6 +260,11 @@ class DecodingMethod(ABC):
     #: Why ``in_all`` is ``False`` and what to do instead (shown when "all" skips it).
     not_in_all_reason: ClassVar[str] = ""
     accept_length_model: ClassVar[str] = "measured_per_k"
+    #: The cost-ledger phases this method's generation marks (the shared loops mark all
+    #: three); a phase left out is recorded as unknown, never as zero, and ``host`` then
+    #: includes its time. External engines report what they measured in
+    #: ``GenerationResult.costs`` instead.
+    ledger_phases: ClassVar[frozenset[str]] = frozenset({"draft", "target", "verify"})
 
     def __init__(self, params: MethodParams, models: MethodModels) -> None:
         self.params = params

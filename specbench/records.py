@@ -61,6 +61,47 @@ class RunHeader(_Record):
         description="The `specbench run` arguments that wrote this session (preset, flags, "
         "--set, --sweep), where a command line did.",
     )
+    unit_costs: dict[str, Any] | None = Field(
+        None,
+        description="What one forward of each in-process model costs, probed before decoding "
+        "(specbench.unit_costs.UnitCosts): the basis of each summary's predicted ms/token.",
+    )
+
+
+PHASES = ("draft", "target", "verify", "host")
+
+
+class PhaseCosts(BaseModel):
+    """The cost ledger of the unit a sample was decoded in (see
+    :mod:`specbench.decoding.ledger`): its wall time split by phase. ``None`` marks a phase
+    the method could not measure (an external engine, transformers' own loop), never zero.
+
+    The unit is the sample itself, or the batch it was decoded in (``batch_id``); then every
+    sample of the batch carries the batch's ledger, and the parts sum to ``batch_wall_s``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    unit_s: float = Field(description="The wall time the phases split (sample or batch).")
+    draft_s: float | None = None
+    target_s: float | None = None
+    verify_s: float | None = None
+    host_s: float | None = Field(None, description="The wall time the other phases leave.")
+    target_forwards: int | None = None
+    target_rows: int | None = Field(None, description="Tokens the target's forwards processed.")
+    draft_forwards: int | None = Field(None, description="Draft-model forward calls.")
+    target_by_rows: dict[int, tuple[int, float]] = Field(
+        default_factory=dict,
+        description="Target forwards by the tokens they processed: rows -> (calls, seconds).",
+    )
+    draft_by_rows: dict[int, tuple[int, float]] = Field(
+        default_factory=dict, description="Draft-model forwards, the same way."
+    )
+    syncs: int = Field(0, description="Device synchronisations the ledger added (CUDA only).")
+
+    def seconds(self, phase: str) -> float | None:
+        value: float | None = getattr(self, f"{phase}_s")
+        return value
 
 
 class SampleRecord(_Record):
@@ -131,6 +172,9 @@ class SampleRecord(_Record):
     batch_id: str | None = Field(None, description="Samples decoded in one batch share it.")
     batch_wall_s: float | None = Field(
         None, description="Wall time of the whole batch; wall_s is this sequence's latency."
+    )
+    costs: PhaseCosts | None = Field(
+        None, description="Where the wall time went, by phase (the cost ledger)."
     )
     score: float | None = Field(None, description="Task score: 1.0 correct, 0.0 wrong.")
     answer: str | None = Field(None, description="The answer the task read from the output.")
@@ -212,6 +256,25 @@ class SummaryRecord(_Record):
     )
     reference_speedup_ci: tuple[float, float] | None = None
     engine: str | None = Field(None, description="The external engine's name and version.")
+    ms_per_token_by_phase: dict[str, float | None] | None = Field(
+        None,
+        description="The cost ledger: ms per generated token by phase (draft, target, "
+        "verify, host; null where unknown); the phases sum to measured_ms_per_token.",
+    )
+    measured_ms_per_token: float | None = Field(
+        None, description="Wall time of the samples (each batch once) per generated token."
+    )
+    predicted_ms_per_token: float | None = Field(
+        None,
+        description="What the method's own forwards cost at the run's unit costs (with free "
+        "verification and host work): the loop's floor for these models.",
+    )
+    predicted_ms_by_phase: dict[str, float] | None = None
+    cost_gap_phase: str | None = Field(
+        None,
+        description="Where measured exceeds predicted by more than 5%: the phase holding "
+        "most of the difference.",
+    )
     stats: dict[str, float] = Field(default_factory=dict)
 
 

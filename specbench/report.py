@@ -23,6 +23,7 @@ from specbench.records import (
 )
 from specbench.summary import summarize
 from specbench.uncertainty import machine_load
+from specbench.unit_costs import header_unit_costs
 
 MT_BENCH_CATEGORIES = (
     "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
@@ -69,7 +70,10 @@ def load_results(path: Path) -> ResultsFile:
     result = ResultsFile(path=path, header=headers[0], samples=samples, summaries=[])
     ends = [r for r in records if isinstance(r, RunEnd)]
     load = machine_load(headers, ends)
-    result.summaries = summarize(samples, result.baseline, headers[0].run_id, load)
+    unit_costs = header_unit_costs(headers)
+    result.summaries = summarize(
+        samples, result.baseline, headers[0].run_id, load, unit_costs=unit_costs
+    )
     return result
 
 

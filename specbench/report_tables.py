@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from specbench.profile import consistency
-from specbench.records import SummaryRecord
+from specbench.records import PHASES, SummaryRecord
 from specbench.report import ResultsFile, batch_points, category_table
 
 
@@ -190,6 +190,40 @@ def batch_data(result: ResultsFile) -> TableData | None:
     return table
 
 
+def cost_data(result: ResultsFile) -> TableData | None:
+    """The cost ledger: ms per generated token by phase, measured against predicted."""
+    rows = [s for s in result.summaries if s.ms_per_token_by_phase is not None]
+    if not rows:
+        return None
+    table = TableData(
+        f"Where the time goes (ms per token): {result.label}",
+        ["method", *PHASES, "measured", "predicted", "measured/predicted", "gap in"],
+        key="costs",
+        caption="Phases sum to measured; '-' is a phase the method cannot measure (host then "
+        "includes it). Predicted: the method's forwards at the run's unit costs, with free "
+        "verification and host work.",
+    )
+    table.numeric[-1] = False
+    for s in rows:
+        phases = s.ms_per_token_by_phase or {}
+        ratio = (
+            s.measured_ms_per_token / s.predicted_ms_per_token
+            if s.measured_ms_per_token and s.predicted_ms_per_token
+            else None
+        )
+        table.rows.append(
+            [
+                s.method,
+                *(fmt(phases.get(name)) for name in PHASES),
+                fmt(s.measured_ms_per_token),
+                fmt(s.predicted_ms_per_token),
+                fmt(ratio, ".2f", "x"),
+                s.cost_gap_phase or "-",
+            ]
+        )
+    return table
+
+
 def comparison_data(results: Sequence[ResultsFile]) -> TableData:
     table = TableData(
         "All files",
@@ -226,5 +260,6 @@ def noise_notes(summaries: Sequence[SummaryRecord]) -> list[str]:
 def file_tables(result: ResultsFile) -> list[TableData]:
     """Every table of one file, in report order."""
     tables = [summary_data(result.summaries, result.label, key="summary")]
-    tables += [t for t in (profile_data(result), category_data(result), batch_data(result)) if t]
+    extra = (cost_data(result), profile_data(result), category_data(result), batch_data(result))
+    tables += [t for t in extra if t]
     return tables

@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from specbench.conversation import PromptEncoder
+from specbench.costs import ledger_costs
+from specbench.decoding.ledger import CostLedger, open_ledger
 from specbench.decoding.sampling import SamplingParams
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
 from specbench.environment import collect_environment
@@ -35,6 +37,7 @@ from specbench.progress import MethodProgress, Phase, Progress, ProgressCallback
 from specbench.prompts import Prompt
 from specbench.records import (
     AnyRecord,
+    PhaseCosts,
     RecordWriter,
     RunEnd,
     RunHeader,
@@ -45,6 +48,7 @@ from specbench.records import (
 from specbench.summary import generation_metrics, summarize
 from specbench.tasks import task_for
 from specbench.uncertainty import current_load, machine_load
+from specbench.unit_costs import UnitCosts, measure_unit_costs
 
 
 @dataclass
@@ -205,7 +209,7 @@ def run_preset(
     written = 0
     number = len(headers) + 1
     with RecordWriter(path) as writer:
-        header = run_header(resolved, session.models, number, run_id)
+        header = run_header(resolved, session.models, number, run_id, session.unit_costs)
         writer.write(header)
         try:
 
@@ -222,7 +226,9 @@ def run_preset(
             end = run_end_record(run_id, number, "finished")
             writer.write(end)
             load = machine_load(headers + [header], state.ends + [end])
-            summaries = summarize(tracker.samples, baseline, run_id, load)
+            summaries = summarize(
+                tracker.samples, baseline, run_id, load, unit_costs=session.unit_costs
+            )
             for summary in summaries:
                 writer.write(summary)
         except (Exception, KeyboardInterrupt) as error:
@@ -304,6 +310,8 @@ class Session:
     #: Prepares one method (method-major runs prepare each just before its turn).
     prepare: Callable[[str], None] = lambda label: None
     closed: set[str] = field(default_factory=set)
+    #: What one forward of each in-process model costs (None: no in-process target).
+    unit_costs: UnitCosts | None = None
 
     @property
     def todo(self) -> list[_Task]:
@@ -358,6 +366,12 @@ class Session:
         )
         if method_major:
             session.prepare = prepare
+        target = models.loaded_target
+        if target is not None and todo_units:
+            on_message("measuring unit costs")
+            first = todo_units[0][0].prompt
+            ids = context.encoder.encode([], first.turns[0], first.system)
+            session.unit_costs = measure_unit_costs(target, models.draft, ids)
         return session
 
     def close(self) -> None:
@@ -483,7 +497,11 @@ def run_end_record(run_id: str, session: int, status: str) -> RunEnd:
 
 
 def run_header(
-    resolved: ResolvedPreset, models: MethodModels, session: int, run_id: str | None = None
+    resolved: ResolvedPreset,
+    models: MethodModels,
+    session: int,
+    run_id: str | None = None,
+    unit_costs: UnitCosts | None = None,
 ) -> RunHeader:
     """The header of a session writing results of ``resolved`` (a new run id if none)."""
     described = {"target": models.target.describe()} if models.loaded else {}
@@ -505,6 +523,7 @@ def run_header(
         models=described,
         load=current_load(),
         command=list(resolved.arguments) or None,
+        unit_costs=None if unit_costs is None else unit_costs.model_dump(),
     )
 
 
@@ -655,6 +674,7 @@ class _Context:
         prompt_tokens = [0] * len(unit)
         latency = [0.0] * len(unit)
         batch_wall = 0.0
+        ledger = self._ledger()
         for turn in range(max(len(t.prompt.turns) for t in unit)):
             rows = [i for i, t in enumerate(unit) if turn < len(t.prompt.turns)]
             requests = []
@@ -666,11 +686,12 @@ class _Context:
                 requests.append(self.request(ids, seeds[i] + 7919 * turn))
             self._synchronize()
             start = time.perf_counter()
-            if len(unit) == 1:
-                outputs = [method.generate(requests[0])]
-            else:
-                outputs = method.generate_batch(requests)
-            self._synchronize()
+            with open_ledger(ledger):
+                if len(unit) == 1:
+                    outputs = [method.generate(requests[0])]
+                else:
+                    outputs = method.generate_batch(requests)
+                self._synchronize()
             wall = time.perf_counter() - start
             batch_wall += wall
             for i, output in zip(rows, outputs, strict=True):
@@ -679,6 +700,7 @@ class _Context:
                 user = unit[i].prompt.turns[turn]
                 histories[i].append((user, tokenizer.decode(output.tokens)))
         batch_id = uuid.uuid4().hex[:8] if len(unit) > 1 else None
+        costs = ledger_costs(ledger, method, [r for row in results for r in row], batch_wall)
         return [
             self._record(
                 task,
@@ -693,6 +715,7 @@ class _Context:
                 len(unit),
                 batch_id,
                 batch_wall,
+                costs,
             )
             for i, task in enumerate(unit)
         ]
@@ -711,6 +734,7 @@ class _Context:
         batch_size: int,
         batch_id: str | None,
         batch_wall: float,
+        costs: PhaseCosts | None,
     ) -> SampleRecord:
         sha = output_sha(merged.tokens)
         key = (task.prompt.id, task.run)
@@ -750,6 +774,7 @@ class _Context:
             batch_size=batch_size,
             batch_id=batch_id,
             batch_wall_s=batch_wall,
+            costs=costs,
             text="\n\n".join(texts) if output.save_text else None,
             turn_texts=texts if output.save_text and len(texts) > 1 else None,
             tokens=list(merged.tokens) if output.save_tokens else None,
@@ -759,6 +784,17 @@ class _Context:
     def _synchronize(self) -> None:
         for model in self.models.loaded:
             model.synchronize()
+
+    def _ledger(self) -> CostLedger:
+        """A cost ledger for one unit: which loaded model is the target, which the draft."""
+        roles: dict[int, Literal["target", "draft"]] = {}
+        if self.models.draft is not None:
+            roles[id(self.models.draft)] = "draft"
+        if self.models.loaded_target is not None:  # a model that is both counts as target
+            roles[id(self.models.loaded_target)] = "target"
+        loaded = self.models.loaded
+        on_cuda = any(model.device.type == "cuda" for model in loaded)
+        return CostLedger(roles, self._synchronize if on_cuda else None)
 
 
 def _merge(results: Sequence[GenerationResult]) -> GenerationResult:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from specbench.costs import summarize_costs
 from specbench.decoding.types import GenerationResult
 from specbench.records import SampleRecord, SummaryRecord
 from specbench.uncertainty import (
@@ -37,6 +38,7 @@ from specbench.uncertainty import (
     speedup_interval,
     tokens_per_sec_interval,
 )
+from specbench.unit_costs import UnitCosts
 
 
 def ratio(numerator: float, denominator: float) -> float | None:
@@ -78,6 +80,7 @@ def summarize(
     run_id: str,
     load: MachineLoad | None = None,
     intervals: bool = True,
+    unit_costs: UnitCosts | None = None,
 ) -> list[SummaryRecord]:
     """One summary per method label, in the order methods first appear.
 
@@ -99,8 +102,22 @@ def summarize(
         if intervals:
             _add_uncertainty(summary, group, base_group if label != baseline else [], load)
         _add_reference(summary, group, groups, medians, intervals)
+        _add_costs(summary, group, unit_costs)
         summaries.append(summary)
     return summaries
+
+
+def _add_costs(
+    summary: SummaryRecord, group: Sequence[SampleRecord], unit_costs: UnitCosts | None
+) -> None:
+    costs = summarize_costs(group, unit_costs)
+    if costs is None:
+        return
+    summary.ms_per_token_by_phase = costs.ms_per_token
+    summary.measured_ms_per_token = costs.measured_ms_per_token
+    summary.predicted_ms_per_token = costs.predicted_ms_per_token
+    summary.predicted_ms_by_phase = costs.predicted_by_phase
+    summary.cost_gap_phase = costs.gap_phase
 
 
 def _add_reference(

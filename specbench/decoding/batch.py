@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from specbench.decoding import ledger
 from specbench.decoding.drafters import Drafter, Proposal
 from specbench.decoding.loop import DecodeState
 from specbench.decoding.sampling import logits_to_probs, one_hot, sample
@@ -133,7 +134,8 @@ def batched_generate(
             break
         sequences = [s.sequence if not s.done else None for s in states]
         budgets = [s.draft_budget if not s.done else 0 for s in states]
-        proposals = drafter.propose(sequences, budgets)
+        with ledger.phase("draft"):
+            proposals = drafter.propose(sequences, budgets)
         logits = session.logits_rows(
             [
                 None if p is None else s.sequence + p.tokens
@@ -141,26 +143,27 @@ def batched_generate(
             ],
             [len(s.sequence) - 1 for s in states],
         )
-        lengths = {b: len(proposals[b].tokens) for b in active}  # type: ignore[union-attr]
-        widest = max(lengths.values())
-        vocab = target.vocab_size
-        draft_tokens = torch.zeros(len(active), widest, dtype=torch.long, device=target.device)
-        pad = one_hot(torch.zeros((), dtype=torch.long), vocab).to(target.device)
-        draft_probs = pad.expand(len(active), widest, vocab).clone()
-        target_probs = pad.expand(len(active), widest + 1, vocab).clone()
-        bonus = []
-        for i, b in enumerate(active):
-            proposal = proposals[b]
-            assert proposal is not None
-            k = lengths[b]
-            row_probs = logits_to_probs(logits[b], sampling)  # type: ignore[arg-type]
-            if k:
-                draft_tokens[i, :k] = torch.tensor(proposal.tokens, device=target.device)
-                draft_probs[i, :k] = proposal.draft_probs(vocab, target.device)
-            target_probs[i, :k] = row_probs[:k]
-            target_probs[i, widest] = row_probs[k]
-            bonus.append(row_probs[k])
-        verdict = verifier.verify(draft_tokens, draft_probs, target_probs, generator)
+        with ledger.phase("verify"):
+            lengths = {b: len(proposals[b].tokens) for b in active}  # type: ignore[union-attr]
+            widest = max(lengths.values())
+            vocab = target.vocab_size
+            draft_tokens = torch.zeros(len(active), widest, dtype=torch.long, device=target.device)
+            pad = one_hot(torch.zeros((), dtype=torch.long), vocab).to(target.device)
+            draft_probs = pad.expand(len(active), widest, vocab).clone()
+            target_probs = pad.expand(len(active), widest + 1, vocab).clone()
+            bonus = []
+            for i, b in enumerate(active):
+                proposal = proposals[b]
+                assert proposal is not None
+                k = lengths[b]
+                row_probs = logits_to_probs(logits[b], sampling)  # type: ignore[arg-type]
+                if k:
+                    draft_tokens[i, :k] = torch.tensor(proposal.tokens, device=target.device)
+                    draft_probs[i, :k] = proposal.draft_probs(vocab, target.device)
+                target_probs[i, :k] = row_probs[:k]
+                target_probs[i, widest] = row_probs[k]
+                bonus.append(row_probs[k])
+            verdict = verifier.verify(draft_tokens, draft_probs, target_probs, generator)
         now = time.perf_counter()
         for i, b in enumerate(active):
             k = lengths[b]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from specbench.decoding import ledger
 from specbench.decoding.loop import DecodeState
 from specbench.decoding.sampling import logits_to_probs, one_hot, sample
 from specbench.decoding.types import GenerationRequest, GenerationResult
@@ -52,29 +53,35 @@ def fast_generate(
         drafts: list[torch.Tensor] = []
         probs: list[torch.Tensor] = []
         if steps > 0 and draft is not None:
-            for token in draft_pending[:-1]:  # catch up one token at a time: fixed shapes
-                draft.forward(token.view(1))
-                draft_calls += 1
-            last = draft_pending[-1:].to(draft.device)
-            for _ in range(steps):
-                q = logits_to_probs(draft.forward(last)[-1], request.sampling)
-                draft_calls += 1
-                last = sample(q, draft_generator).view(1)
-                drafts.append(last.to(device))
-                probs.append(q.to(device))
+            with ledger.phase("draft"):
+                for token in draft_pending[:-1]:  # catch up one token at a time: fixed shapes
+                    draft.forward(token.view(1))
+                    draft_calls += 1
+                last = draft_pending[-1:].to(draft.device)
+                for _ in range(steps):
+                    q = logits_to_probs(draft.forward(last)[-1], request.sampling)
+                    draft_calls += 1
+                    last = sample(q, draft_generator).view(1)
+                    drafts.append(last.to(device))
+                    probs.append(q.to(device))
         start = target.length
         logits = target.forward(torch.cat([pending, *drafts]))
         state.stats.target_calls += 1
-        target_probs = logits_to_probs(logits, request.sampling)
-        draft_tokens = torch.cat(drafts).view(1, -1) if drafts else prompt.new_zeros(1, 0)
-        draft_probs = torch.stack(probs) if probs else one_hot(draft_tokens[0], vocab)
-        verdict = verifier.verify(
-            draft_tokens, draft_probs.unsqueeze(0), target_probs.unsqueeze(0), target_generator
-        )
-        # The one host synchronisation of the step.
-        values = torch.cat([verdict.accepted.view(1), verdict.next_tokens.view(1), draft_tokens[0]])
-        accepted, next_token, *drafted = values.tolist()
-        expected = None if verdict.expected_accept is None else verdict.expected_accept[0].tolist()
+        with ledger.phase("verify"):
+            target_probs = logits_to_probs(logits, request.sampling)
+            draft_tokens = torch.cat(drafts).view(1, -1) if drafts else prompt.new_zeros(1, 0)
+            draft_probs = torch.stack(probs) if probs else one_hot(draft_tokens[0], vocab)
+            verdict = verifier.verify(
+                draft_tokens, draft_probs.unsqueeze(0), target_probs.unsqueeze(0), target_generator
+            )
+            # The one host synchronisation of the step.
+            values = torch.cat(
+                [verdict.accepted.view(1), verdict.next_tokens.view(1), draft_tokens[0]]
+            )
+            accepted, next_token, *drafted = values.tolist()
+            expected = (
+                None if verdict.expected_accept is None else verdict.expected_accept[0].tolist()
+            )
         state.stats.record_step(steps, accepted, expected)
         target.rollback(start + 1 + accepted)
         pending = values[1:2]  # the next token, still on the device: no copy back

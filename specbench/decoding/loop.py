@@ -15,11 +15,14 @@ from collections.abc import Callable
 
 import torch
 
+from specbench.decoding import ledger
 from specbench.decoding.drafters import Drafter, Proposal
 from specbench.decoding.sampling import logits_to_probs
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult, StopReason
 from specbench.decoding.verify import StepFeatures, Verifier
-from specbench.models.base import LanguageModel
+from specbench.models.base import ForwardOutput, LanguageModel
+
+NO_PROPOSAL = Proposal(tokens=[])
 
 
 class DecodeState:
@@ -73,7 +76,8 @@ def speculative_generate(
     drafter.start(request)
     while not state.done:
         budget = state.draft_budget
-        proposal = drafter.propose(state.sequence, budget) if budget > 0 else Proposal(tokens=[])
+        with ledger.phase("draft"):
+            proposal = drafter.propose(state.sequence, budget) if budget > 0 else NO_PROPOSAL
         k = len(proposal.tokens)
         output = session.forward_from(
             state.sequence + proposal.tokens,
@@ -81,34 +85,49 @@ def speculative_generate(
             hidden=verifier.needs_features or drafter.wants_target_hidden,
         )
         state.stats.target_calls += 1
-        target_probs = logits_to_probs(output.logits, request.sampling)
-        draft_probs = proposal.draft_probs(target_probs.shape[-1], target_probs.device)
-        draft_tokens = torch.tensor([proposal.tokens], dtype=torch.long, device=target.device)
-        features = None
-        if output.hidden is not None and verifier.needs_features:
-            positions = torch.arange(k, device=target.device) + len(state.new_tokens)
-            features = StepFeatures(
-                output.hidden.unsqueeze(0),
-                None if proposal.hidden is None else proposal.hidden.unsqueeze(0),
-                positions[None],
-                _batch_of_one(proposal.last_hidden),
-                target_logits=output.logits.unsqueeze(0),
+        with ledger.phase("verify"):
+            accepted, next_token, expected = _verify_step(
+                request, proposal, output, verifier, generator, len(state.new_tokens)
             )
-        verdict = verifier.verify(
-            draft_tokens,
-            draft_probs.unsqueeze(0),
-            target_probs.unsqueeze(0),
-            generator,
-            features=features,
-        )
-        accepted = int(verdict.accepted[0])
-        expected = None if verdict.expected_accept is None else verdict.expected_accept[0].tolist()
         state.stats.record_step(k, accepted, expected)
-        drafter.observe(k, accepted)
-        if drafter.wants_target_hidden and output.hidden is not None:
-            drafter.observe_target_hidden(output.hidden[accepted])
-        state.commit([*proposal.tokens[:accepted], int(verdict.next_tokens[0])])
+        with ledger.phase("draft"):
+            drafter.observe(k, accepted)
+            if drafter.wants_target_hidden and output.hidden is not None:
+                drafter.observe_target_hidden(output.hidden[accepted])
+        state.commit([*proposal.tokens[:accepted], next_token])
     return state.result(drafter.calls)
+
+
+def _verify_step(
+    request: GenerationRequest,
+    proposal: Proposal,
+    output: ForwardOutput,
+    verifier: Verifier,
+    generator: torch.Generator,
+    position: int,
+) -> tuple[int, int, list[float] | None]:
+    """One chain's verdict: drafts accepted, the token that follows, and the verifier's
+    acceptance probabilities (where it gives them)."""
+    k = len(proposal.tokens)
+    device = output.logits.device
+    target_probs = logits_to_probs(output.logits, request.sampling)
+    draft_probs = proposal.draft_probs(target_probs.shape[-1], device)
+    draft_tokens = torch.tensor([proposal.tokens], dtype=torch.long, device=device)
+    features = None
+    if output.hidden is not None and verifier.needs_features:
+        positions = torch.arange(k, device=device) + position
+        features = StepFeatures(
+            output.hidden.unsqueeze(0),
+            None if proposal.hidden is None else proposal.hidden.unsqueeze(0),
+            positions[None],
+            _batch_of_one(proposal.last_hidden),
+            target_logits=output.logits.unsqueeze(0),
+        )
+    verdict = verifier.verify(
+        draft_tokens, draft_probs.unsqueeze(0), target_probs.unsqueeze(0), generator, features
+    )
+    expected = None if verdict.expected_accept is None else verdict.expected_accept[0].tolist()
+    return int(verdict.accepted[0]), int(verdict.next_tokens[0]), expected
 
 
 def _batch_of_one(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specbench.decoding import ledger
 from specbench.decoding.loop import DecodeState
 from specbench.decoding.sampling import SamplingParams, logits_to_probs, sample
 from specbench.decoding.types import GenerationRequest, GenerationResult
@@ -265,12 +266,15 @@ def tree_generate(
     widest = 0
     candidates = pruned = 0
     while not state.done:
-        tree = drafter.grow(state.sequence, min(drafter.max_depth, state.draft_budget))
+        with ledger.phase("draft"):
+            tree = drafter.grow(state.sequence, min(drafter.max_depth, state.draft_budget))
         logits = session.tree_forward(state.sequence, tree.parents, tree.tokens)
         state.stats.target_calls += 1
-        probs = logits_to_probs(logits, request.sampling)
-        path, token, verified = walk_tree(tree, probs, generator)
-        drafter.observe(state.sequence, tree, logits, path, token)
+        with ledger.phase("verify"):
+            probs = logits_to_probs(logits, request.sampling)
+            path, token, verified = walk_tree(tree, probs, generator)
+        with ledger.phase("draft"):
+            drafter.observe(state.sequence, tree, logits, path, token)
         session.commit_tree_path(path)
         state.stats.record_walk(len(tree), len(path), verified)
         if len(tree):

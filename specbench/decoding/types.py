@@ -115,10 +115,13 @@ class GenerationResult:
     """The new tokens of one generation (prompt excluded), why it stopped, and its stats.
 
     ``latency_s`` is set by batched decoding: the time from the batch's start until this
-    sequence finished.
+    sequence finished. ``costs`` is set by external engines that report their own timings.
     """
 
     tokens: list[int]
     stop_reason: StopReason
     stats: DecodeStats
     latency_s: float | None = None
+    #: Engines that time their own phases: seconds by phase (``draft``, ``target``,
+    #: ``verify``), for the cost ledger; phases left out are unknown.
+    costs: dict[str, float] | None = None

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+
+from specbench.decoding import ledger
 
 
 class Tokenizer(Protocol):
@@ -179,6 +182,8 @@ class Session(ABC):
     model: LanguageModel
     cached: list[int] = field(default_factory=list)
     tree: list[TreeNode] = field(default_factory=list)
+    #: Whether forward calls enter the cost ledger (off for a batch session's inner rows).
+    timed: bool = field(default=True, kw_only=True)
 
     def logits_from(self, tokens: Sequence[int], start: int) -> torch.Tensor:
         """Next-token logits for positions ``start .. len(tokens) - 1`` of ``tokens``.
@@ -199,7 +204,8 @@ class Session(ABC):
         if not self.cached and not self.tree and self.model.reuse_prompt_cache and start > 0:
             self._adopt_prompt_cache(list(tokens[:start]))
         new = self._sync(tokens, start)
-        output = self._append(new, len(tokens) - start, hidden)
+        with self._timed_forward(len(new)):
+            output = self._append(new, len(tokens) - start, hidden)
         self.cached.extend(new)
         self._count(len(new))
         return output
@@ -216,7 +222,8 @@ class Session(ABC):
             raise ValueError("a tree needs a sequence to hang from")
         chain = self._sync(sequence, len(sequence) - 1)
         depths = self._depths(parents)
-        logits = self._append_tree(chain, list(parents), list(tokens), depths)
+        with self._timed_forward(len(chain) + len(tokens)):
+            logits = self._append_tree(chain, list(parents), list(tokens), depths)
         self.cached.extend(chain)
         self.tree = [TreeNode(p, t, d) for p, t, d in zip(parents, tokens, depths, strict=True)]
         self._count(len(chain) + len(tokens))
@@ -227,7 +234,8 @@ class Session(ABC):
         return their logits, ``[len(tokens), vocab_size]``."""
         offset = len(self.tree)
         depths = self._depths(parents, offset)
-        logits = self._append_tree([], list(parents), list(tokens), depths)
+        with self._timed_forward(len(tokens)):
+            logits = self._append_tree([], list(parents), list(tokens), depths)
         self.tree += [TreeNode(p, t, d) for p, t, d in zip(parents, tokens, depths, strict=True)]
         self._count(len(tokens))
         return logits
@@ -261,6 +269,11 @@ class Session(ABC):
             else:
                 depths.append(depths[parent - offset] + 1)
         return depths
+
+    def _timed_forward(self, rows: int) -> AbstractContextManager[None]:
+        """The cost ledger's forward phase for this call (see :mod:`specbench.decoding.ledger`);
+        sessions that serve a batch session's rows leave the timing to it."""
+        return ledger.forward(self.model, rows) if self.timed else nullcontext()
 
     def _count(self, tokens: int) -> None:
         counters = self.model.counters

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from specbench.decoding import ledger
 from specbench.errors import ModelLoadError
 from specbench.install_hints import install_extra
 from specbench.models.base import (
@@ -353,7 +354,8 @@ class HFBatchSession(BatchSession):
         mask = torch.zeros(self.size, 1, width, old + width, dtype=dtype)
         mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(dtype).min)
         device = self.hf.device
-        with self.hf.no_grad():
+        rows = sum(len(tokens) for tokens in new_tokens)
+        with self.hf.no_grad(), ledger.forward(self.hf, rows):
             out = self.hf.model(
                 input_ids=ids.to(device),
                 position_ids=positions.to(device),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from specbench.decoding import ledger
 from specbench.errors import ModelLoadError
 from specbench.models.hf import HFLanguageModel, require_transformers
 
@@ -86,12 +87,13 @@ class StaticDecoder:
             )
         self._start.fill_(self.length)
         if self.use_graphs and m in self.graph_lengths:
-            logits = self._graph(m).replay(tokens)
+            with ledger.forward(self.model, m):
+                logits = self._graph(m).replay(tokens)
         else:
             # Without graphs (a CPU) the compiled step, if any, still serves its lengths, so
             # the compiled path is testable anywhere; other lengths (prompts) stay eager.
             step = self._captured_step if m in self.graph_lengths else self._step
-            with self.model.no_grad():
+            with self.model.no_grad(), ledger.forward(self.model, m):
                 logits = step(tokens.view(1, m), self._start)
         self.length += m
         self.model.counters.forward_calls += 1

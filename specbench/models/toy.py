@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from specbench.decoding import ledger
 from specbench.models.base import (
     BatchSession,
     ForwardOutput,
@@ -156,6 +157,7 @@ class ToySession(Session):
     def __init__(self, model: ToyLanguageModel, simulate_cost: bool = True) -> None:
         super().__init__(model)
         self.simulate_cost = simulate_cost
+        self.timed = simulate_cost  # rows of a batch session: the batch call is timed
 
     def _append(self, tokens: list[int], n_logits: int, hidden: bool) -> ForwardOutput:
         model = self.model
@@ -204,5 +206,7 @@ class ToyBatchSession(SequentialBatchSession):
     ) -> list[torch.Tensor | None]:
         before = self.model.counters.tokens_processed
         out = super().logits_rows(sequences, starts)
-        self.model.simulate_cost(self.model.counters.tokens_processed - before)
+        tokens = self.model.counters.tokens_processed - before
+        with ledger.forward(self.model, tokens):
+            self.model.simulate_cost(tokens)
         return out

@@ -1,0 +1,147 @@
+"""The cost ledger in records: each unit's phase costs, and each method's per-token split.
+
+:func:`ledger_costs` turns what a :class:`~specbench.decoding.ledger.CostLedger` measured
+during one timed unit into the sample records' :class:`~specbench.records.PhaseCosts`.
+:func:`summarize_costs` gives a method's ms per generated token by phase (each unit counted
+once, a batch's ledger shared by its samples) and, from the run's unit costs, the ms per
+token its forwards alone would cost: the prediction. Where the measured time exceeds the
+prediction by more than :data:`GAP_TOLERANCE`, it names the phase holding most of the
+difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from specbench.decoding.ledger import TIMED_PHASES, CostLedger
+from specbench.decoding.types import GenerationResult
+from specbench.plugins import DecodingMethod
+from specbench.records import PHASES, PhaseCosts, SampleRecord
+from specbench.unit_costs import UnitCosts
+
+GAP_TOLERANCE = 0.05
+#: Draft forwards of up to this many tokens (a catch-up after full acceptance) cost one
+#: draft step: a small model's step is bound by reading its weights, not by rows.
+DRAFT_STEP_ROWS = 8
+
+
+def ledger_costs(
+    ledger: CostLedger,
+    method: DecodingMethod,
+    results: Sequence[GenerationResult],
+    wall_s: float,
+) -> PhaseCosts:
+    """The phase costs of one unit timed at ``wall_s``: the ledger's phases the method marks,
+    the phases an engine reported, and ``host`` as the rest (``None`` where unknown)."""
+    totals = ledger.totals
+    reported: dict[str, float] = {}
+    for result in results:
+        for name, seconds in (result.costs or {}).items():
+            reported[name] = reported.get(name, 0.0) + seconds
+    values: dict[str, float | None] = {}
+    for name in TIMED_PHASES:
+        if name in reported:
+            values[name] = reported[name]
+        elif name in method.ledger_phases:
+            values[name] = totals.seconds[name]
+        else:
+            values[name] = None
+    known = [v for v in values.values() if v is not None]
+    # The rest of the wall time; unknown when the method measured nothing at all.
+    host = max(0.0, wall_s - sum(known)) if known else None
+    marks_target = "target" in method.ledger_phases
+    marks_draft = "draft" in method.ledger_phases
+    return PhaseCosts(
+        unit_s=wall_s,
+        draft_s=values["draft"],
+        target_s=values["target"],
+        verify_s=values["verify"],
+        host_s=host,
+        target_forwards=totals.forwards("target") if marks_target else None,
+        target_rows=totals.rows("target") if marks_target else None,
+        draft_forwards=totals.forwards("draft") if marks_draft else None,
+        target_by_rows=_pairs(totals.by_rows["target"]) if marks_target else {},
+        draft_by_rows=_pairs(totals.by_rows["draft"]) if marks_draft else {},
+        syncs=totals.syncs,
+    )
+
+
+def _pairs(by_rows: dict[int, list[float]]) -> dict[int, tuple[int, float]]:
+    return {rows: (int(calls), seconds) for rows, (calls, seconds) in sorted(by_rows.items())}
+
+
+@dataclass
+class CostSummary:
+    """A method's ms per generated token by phase (``None``: unknown), the prediction from
+    unit costs, and the phase that holds the gap when they differ."""
+
+    ms_per_token: dict[str, float | None]
+    measured_ms_per_token: float
+    predicted_ms_per_token: float | None = None
+    predicted_by_phase: dict[str, float] | None = None
+    gap_phase: str | None = None
+
+    @property
+    def measured_over_predicted(self) -> float | None:
+        if not self.predicted_ms_per_token:
+            return None
+        return self.measured_ms_per_token / self.predicted_ms_per_token
+
+
+def summarize_costs(
+    samples: Sequence[SampleRecord], unit_costs: UnitCosts | None = None
+) -> CostSummary | None:
+    """The per-token cost split of one method's samples (``None`` when none has a ledger)."""
+    units: dict[str, PhaseCosts] = {}
+    tokens = 0
+    for sample in samples:
+        if sample.costs is None:
+            continue
+        tokens += sample.new_tokens
+        key = sample.batch_id or f"{sample.prompt_id}/{sample.run}"
+        units.setdefault(key, sample.costs)
+    if not units or tokens == 0:
+        return None
+    ledgers = list(units.values())
+    per_token: dict[str, float | None] = {}
+    for name in PHASES:
+        parts = [costs.seconds(name) for costs in ledgers]
+        known = [p for p in parts if p is not None]
+        per_token[name] = None if len(known) < len(parts) else 1000.0 * sum(known) / tokens
+    measured = 1000.0 * sum(costs.unit_s for costs in ledgers) / tokens
+    summary = CostSummary(per_token, measured)
+    if unit_costs is not None and all(c.target_s is not None for c in ledgers):
+        predicted = _predict(ledgers, unit_costs)
+        summary.predicted_by_phase = {k: 1000.0 * v / tokens for k, v in predicted.items()}
+        summary.predicted_ms_per_token = sum(summary.predicted_by_phase.values())
+        ratio = summary.measured_over_predicted
+        if ratio is not None and ratio > 1 + GAP_TOLERANCE:
+            summary.gap_phase = _gap_phase(per_token, summary.predicted_by_phase)
+    return summary
+
+
+def _predict(ledgers: Sequence[PhaseCosts], unit_costs: UnitCosts) -> dict[str, float]:
+    """Seconds the units' forwards would cost at the probed unit costs, with free drafting
+    bookkeeping, verification and host work: the loop's floor for these models. Prompt-sized
+    forwards are taken as measured (the probe predicts decoding steps)."""
+    target = draft = 0.0
+    for costs in ledgers:
+        for rows, (calls, seconds) in costs.target_by_rows.items():
+            unit = unit_costs.target_at(rows)
+            target += seconds if unit is None else calls * unit / 1000.0
+        for rows, (calls, seconds) in costs.draft_by_rows.items():
+            if unit_costs.draft_ms is None or rows > DRAFT_STEP_ROWS:
+                draft += seconds  # the draft's prompt forwards: as measured
+            else:
+                draft += calls * unit_costs.draft_ms / 1000.0
+    return {"draft": draft, "target": target, "verify": 0.0, "host": 0.0}
+
+
+def _gap_phase(measured: dict[str, float | None], predicted: dict[str, float]) -> str:
+    excess = {
+        name: (measured[name] or 0.0) - predicted.get(name, 0.0)
+        for name in PHASES
+        if measured[name] is not None
+    }
+    return max(excess, key=lambda name: excess[name])

@@ -1,0 +1,89 @@
+"""Unit costs: what one forward call of each in-process model costs, measured once per run.
+
+The cost ledger says where a method's time went; unit costs say what it should have cost.
+Before decoding, the runner scores ``rows`` new tokens after the first prompt, for a few
+values of ``rows``, in the target (and one token in the draft), timed by the same ledger
+the samples use, and keeps the fastest of a few repeats (the first call of a shape pays
+one-off kernel set-up). A summary then predicts each method's ms per token from its own
+counts of forwards and rows (:mod:`specbench.costs`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from pydantic import BaseModel, Field
+
+from specbench.decoding.ledger import CostLedger, open_ledger
+from specbench.models.base import LanguageModel
+from specbench.records import RunHeader
+
+#: Rows probed in the target; between them costs are interpolated linearly, beyond the last
+#: extrapolated from the last two (forwards past ``PREFILL_ROWS`` are prompts: not predicted).
+PROBE_ROWS = (1, 2, 4, 8, 16, 32)
+PREFILL_ROWS = 256
+REPEATS = 3
+
+
+class UnitCosts(BaseModel):
+    """Milliseconds of one forward call that processes ``rows`` tokens after ``context``
+    cached ones: ``target_ms[rows]``, and the draft's one-token step ``draft_ms``."""
+
+    context: int = Field(description="Cached tokens the probe scored after.")
+    target_ms: dict[int, float]
+    draft_ms: float | None = None
+
+    def target_at(self, rows: int) -> float | None:
+        """The target's cost at ``rows`` (ms), or ``None`` for a prompt-sized call."""
+        if rows > PREFILL_ROWS or not self.target_ms:
+            return None
+        points = sorted(self.target_ms.items())
+        if rows <= points[0][0]:
+            return points[0][1]
+        for (r0, t0), (r1, t1) in itertools.pairwise(points):
+            if rows <= r1:
+                return t0 + (t1 - t0) * (rows - r0) / (r1 - r0)
+        if len(points) == 1:
+            return points[0][1]
+        (r0, t0), (r1, t1) = points[-2], points[-1]
+        return t1 + (t1 - t0) * (rows - r1) / (r1 - r0)
+
+
+def measure_unit_costs(
+    target: LanguageModel,
+    draft: LanguageModel | None,
+    context: Sequence[int],
+    rows: Sequence[int] = PROBE_ROWS,
+    repeats: int = REPEATS,
+) -> UnitCosts:
+    """Probe ``target`` at each of ``rows`` (and ``draft`` at one row) after ``context``."""
+    target_ms = {r: _forward_ms(target, context, r, repeats) for r in rows}
+    draft_ms = None if draft is None else _forward_ms(draft, context, 1, repeats)
+    return UnitCosts(context=len(context), target_ms=target_ms, draft_ms=draft_ms)
+
+
+def _forward_ms(model: LanguageModel, context: Sequence[int], rows: int, repeats: int) -> float:
+    session = model.new_session()
+    prefix = list(context)
+    session.forward_from(prefix, len(prefix) - 1)
+    # Real tokens (the prompt's own) so no backend takes a shortcut on odd ids.
+    filler = (prefix * (rows // max(1, len(prefix)) + 2))[: rows + repeats]
+    best = float("inf")
+    for repeat in range(repeats):
+        sync = model.synchronize if model.device.type == "cuda" else None
+        ledger = CostLedger({id(model): "target"}, sync)
+        with open_ledger(ledger):
+            # Starting at the context, the session drops the previous repeat's rows first.
+            session.forward_from(prefix + filler[repeat : repeat + rows], len(prefix))
+        best = min(best, ledger.totals.seconds["target"])
+    return best * 1000.0
+
+
+def header_unit_costs(headers: Sequence[RunHeader]) -> UnitCosts | None:
+    """The unit costs of a results file: the first session's that probed them (sessions of
+    one file share the machine's models; a resumed session probes again)."""
+    for header in headers:
+        if header.unit_costs:
+            return UnitCosts.model_validate(header.unit_costs)
+    return None
