@@ -9,11 +9,13 @@ drafts accepted (tokens - calls) without changing what transformers does.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from pydantic import Field
 
+from specbench.decoding import ledger
 from specbench.decoding.types import DecodeStats, StopReason
 from specbench.errors import PluginError
 from specbench.models.base import LanguageModel
@@ -37,6 +39,8 @@ class HFGenerateMethod(DecodingMethod):
     name = "hf-generate"
     description = "transformers' own generate / assisted generation (a reference implementation)."
     needs = frozenset({ModelRole.TARGET})  # the draft too when assisted (require_draft)
+    #: Hooks time the models' forwards; transformers' verification is not visible apart.
+    ledger_phases = frozenset({"draft", "target"})
     Params = HFGenerateParams
     in_all = False
     not_in_all_reason = "a reference implementation (transformers' generate): name it to compare"
@@ -81,9 +85,9 @@ class HFGenerateMethod(DecodingMethod):
         device = next(target.parameters()).device
         ids = torch.tensor([request.prompt_ids], device=device)
         calls = {"target": 0, "draft": 0}
-        hooks = [target.register_forward_hook(lambda *a: _count(calls, "target"))]
+        hooks = _timing_hooks(target, self.models.target, calls, "target")
         if draft is not None:
-            hooks.append(draft.register_forward_hook(lambda *a: _count(calls, "draft")))
+            hooks += _timing_hooks(draft, self.models.require_draft(), calls, "draft")
         try:
             from specbench.models.hf import quiet_transformers
 
@@ -113,8 +117,28 @@ class HFGenerateMethod(DecodingMethod):
         return GenerationResult(tokens=tokens, stop_reason=stop, stats=stats)
 
 
-def _count(calls: dict[str, int], key: str) -> None:
-    calls[key] += 1
+def _timing_hooks(module: Any, model: LanguageModel, calls: dict[str, int], role: str) -> list[Any]:
+    """Forward hooks on ``module`` that count its calls and time each one in the open cost
+    ledger as a forward of ``model`` (so transformers' loop gets the same target and draft
+    phases as ours; its verification and bookkeeping stay in host)."""
+    open_phases: list[AbstractContextManager[None]] = []
+
+    def before(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        rows = int(ids.shape[-1]) if ids is not None else 1
+        phase = ledger.forward(model, rows)
+        phase.__enter__()
+        open_phases.append(phase)
+
+    def after(*_: Any) -> None:
+        calls[role] += 1
+        if open_phases:
+            open_phases.pop().__exit__(None, None, None)
+
+    return [
+        module.register_forward_pre_hook(before, with_kwargs=True),
+        module.register_forward_hook(after),
+    ]
 
 
 def _hf_module(model: LanguageModel) -> Any:

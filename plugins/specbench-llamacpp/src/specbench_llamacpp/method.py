@@ -73,6 +73,7 @@ class LlamaCppMethod(DecodingMethod):
     name = "llama-cpp"
     description = "llama.cpp llama-server (GGUF): plain, draft-model or n-gram speculation."
     needs = frozenset()  # the server loads the models itself
+    ledger_phases = frozenset()  # the server's own timings fill what they can (generate)
     in_all = False
     not_in_all_reason = "an external engine (llama-server): name it in a preset's methods"
     Params = LlamaCppParams
@@ -228,4 +229,16 @@ class LlamaCppMethod(DecodingMethod):
         for key in ("prompt_ms", "predicted_ms", "predicted_per_second"):
             if key in timings:
                 stats.extra[f"engine_{key}"] = float(timings[key])
-        return GenerationResult(tokens=tokens, stop_reason=stop, stats=stats)
+        return GenerationResult(
+            tokens=tokens, stop_reason=stop, stats=stats, costs=self._costs(timings)
+        )
+
+    def _costs(self, timings: dict[str, Any]) -> dict[str, float] | None:
+        """Plain decoding: the server's prompt and generation time is all target forwards
+        (and its sampling). A speculative server reports one figure for drafting and
+        verifying together, which no phase of the ledger can take: left unknown."""
+        params = self.params
+        assert isinstance(params, LlamaCppParams)
+        if params.speculative or "predicted_ms" not in timings:
+            return None
+        return {"target": (timings.get("prompt_ms", 0.0) + timings["predicted_ms"]) / 1000.0}

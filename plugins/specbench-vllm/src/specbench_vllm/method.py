@@ -72,6 +72,7 @@ class VllmMethod(DecodingMethod):
     name = "vllm"
     description = "vLLM offline engine: plain, or any speculative_config (ngram, draft, EAGLE)."
     needs = frozenset()  # the engine loads the models itself
+    ledger_phases = frozenset()  # the engine's phases are not visible from here: unknown
     in_all = False
     not_in_all_reason = "an external engine (vLLM): name it in a preset's methods"
     Params = VllmParams

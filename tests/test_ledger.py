@@ -1,0 +1,246 @@
+"""The cost ledger: phases add up to the wall time and each lands in the right bucket."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import hf_pair, make_method, request
+
+from specbench.costs import summarize_costs
+from specbench.decoding.drafters import ModelDrafter
+from specbench.decoding.ledger import CostLedger, open_ledger, phase
+from specbench.decoding.loop import speculative_generate
+from specbench.decoding.verify import RejectionVerifier, Verdict
+from specbench.models.toy import ToyConfig, ToyLanguageModel
+from specbench.plugins import MethodModels, discover_methods
+from specbench.presets import load_preset
+from specbench.records import PHASES, RunHeader, SampleRecord, SummaryRecord, read_records
+from specbench.runner import run_preset
+from specbench.unit_costs import UnitCosts
+
+TARGET_MS = 12.0
+DRAFT_MS = 3.0
+
+
+def _pair() -> MethodModels:
+    common: dict[str, Any] = dict(vocab_size=24, order=1, seed=3, sharpness=2.0)
+    target = ToyLanguageModel(ToyConfig(**common, forward_ms=TARGET_MS), name="target")
+    draft = ToyLanguageModel(ToyConfig(**common, distance=0.5, forward_ms=DRAFT_MS), name="draft")
+    return MethodModels(target=target, draft=draft)
+
+
+def _ledger(models: MethodModels) -> CostLedger:
+    assert models.draft is not None
+    return CostLedger({id(models.target): "target", id(models.draft): "draft"})
+
+
+class SlowVerifier(RejectionVerifier):
+    """The shared verifier plus a known delay: the delay must land in ``verify``."""
+
+    delay_s = 0.004
+
+    def verify(self, *args: Any, **kwargs: Any) -> Verdict:
+        time.sleep(self.delay_s)
+        return super().verify(*args, **kwargs)
+
+
+def test_each_phase_holds_the_time_spent_in_it() -> None:
+    models = _pair()
+    ledger = _ledger(models)
+    drafter = ModelDrafter(models.require_draft(), k=3)
+    start = time.perf_counter()
+    with open_ledger(ledger):
+        result = speculative_generate(
+            request([1, 2, 3], 24), models.target, drafter, SlowVerifier()
+        )
+        with phase("verify"):  # nested phases are exclusive: this sleep is verify, not host
+            time.sleep(0.01)
+    wall = time.perf_counter() - start
+    totals = ledger.totals
+    seconds = totals.seconds
+    target_calls = result.stats.target_calls
+    assert totals.forwards("target") == target_calls + 0  # the prompt is part of call 1
+    assert totals.forwards("draft") == result.stats.draft_calls
+    # Sleeps are at least as long as asked and rarely much longer on an idle core.
+    assert (
+        TARGET_MS / 1000 * target_calls
+        <= seconds["target"]
+        <= 1.5 * TARGET_MS / 1000 * (target_calls)
+    )
+    draft_floor = DRAFT_MS / 1000 * result.stats.draft_calls
+    assert draft_floor <= seconds["draft"] <= 1.5 * draft_floor + 0.01
+    verify_floor = SlowVerifier.delay_s * target_calls + 0.01
+    assert verify_floor <= seconds["verify"] <= 1.5 * verify_floor
+    assert sum(seconds.values()) <= wall
+
+
+def test_records_split_the_wall_time_and_summaries_predict_from_unit_costs(
+    tmp_path: Path,
+) -> None:
+    preset = tmp_path / "ledger.toml"
+    preset.write_text(
+        f"""
+name = "ledger"
+[models.target]
+backend = "toy"
+vocab_size = 24
+seed = 1
+forward_ms = {TARGET_MS}
+[models.draft]
+backend = "toy"
+vocab_size = 24
+seed = 1
+distance = 0.5
+forward_ms = {DRAFT_MS}
+[[methods]]
+name = "baseline"
+[[methods]]
+name = "speculative"
+params = {{ k = 3 }}
+[[methods]]
+name = "prompt-lookup"
+[prompts]
+source = "inline"
+prompts = ["abc abc abc", "hello there"]
+[sampling]
+max_new_tokens = 16
+[runs]
+warmup = 0
+"""
+    )
+    out = tmp_path / "out.jsonl"
+    run_preset(load_preset(str(preset), discover_methods()), output=out)
+    records = read_records(out)
+    header = next(r for r in records if isinstance(r, RunHeader))
+    units = UnitCosts.model_validate(header.unit_costs)
+    assert units.target_ms[1] >= TARGET_MS and units.draft_ms is not None
+    assert units.draft_ms >= DRAFT_MS
+    for sample in (r for r in records if isinstance(r, SampleRecord)):
+        costs = sample.costs
+        assert costs is not None and costs.unit_s == pytest.approx(sample.wall_s)
+        parts = [costs.seconds(name) for name in PHASES]
+        assert all(p is not None and p >= 0 for p in parts)
+        assert sum(parts) == pytest.approx(sample.wall_s, rel=0.02)  # type: ignore[arg-type]
+        assert costs.target_forwards == sample.target_calls
+        target_floor = TARGET_MS / 1000 * sample.target_calls
+        assert target_floor <= costs.target_s <= 1.5 * target_floor  # type: ignore[operator]
+        if sample.method == "speculative":
+            assert costs.draft_forwards == sample.draft_calls > 0
+            assert costs.draft_s >= DRAFT_MS / 1000 * sample.draft_calls  # type: ignore[operator]
+        else:
+            assert costs.draft_forwards == 0
+    summaries = {r.method: r for r in records if isinstance(r, SummaryRecord)}
+    for summary in summaries.values():
+        phases = summary.ms_per_token_by_phase
+        assert phases is not None and summary.measured_ms_per_token is not None
+        assert sum(phases.values()) == pytest.approx(summary.measured_ms_per_token, rel=0.02)  # type: ignore[arg-type]
+        # The forwards alone: never more than what was measured (up to sleep jitter).
+        assert summary.predicted_ms_per_token is not None
+        assert summary.predicted_ms_per_token <= 1.05 * summary.measured_ms_per_token
+    baseline = summaries["baseline"]
+    assert baseline.predicted_ms_by_phase is not None
+    assert baseline.predicted_ms_by_phase["target"] == pytest.approx(
+        TARGET_MS * summaries["baseline"].target_calls_per_token, rel=0.25
+    )
+
+
+def _sample(**costs: Any) -> SampleRecord:
+    fields: dict[str, Any] = dict(
+        run_id="r",
+        method="m",
+        method_name="m",
+        exact=True,
+        prompt_id="p",
+        prompt_index=0,
+        prompt_sha="s",
+        run=0,
+        seed=0,
+        prompt_tokens=3,
+        new_tokens=10,
+        stop_reason="length",
+        wall_s=1.0,
+        tokens_per_sec=10.0,
+        steps=10,
+        target_calls=10,
+        draft_calls=0,
+        proposed=0,
+        accepted=0,
+        rejections=0,
+        verified=0,
+        acceptance_rate=None,
+        proposal_acceptance=None,
+        expected_acceptance_rate=None,
+        avg_tokens_per_step=1.0,
+        accepted_per_step=0.0,
+        target_calls_per_token=1.0,
+        position_verified=[],
+        position_accepted=[],
+    )
+    return SampleRecord(**fields, costs={"unit_s": 1.0, **costs})
+
+
+def test_the_gap_is_named_by_the_phase_that_holds_it_and_unknown_phases_stay_unknown() -> None:
+    units = UnitCosts(context=3, target_ms={1: 50.0, 4: 60.0})
+    sample = _sample(
+        draft_s=0.0,
+        target_s=0.5,
+        verify_s=0.4,
+        host_s=0.1,
+        target_forwards=10,
+        target_rows=10,
+        draft_forwards=0,
+        target_by_rows={1: (10, 0.5)},
+    )
+    summary = summarize_costs([sample], units)
+    assert summary is not None
+    assert summary.predicted_ms_per_token == pytest.approx(50.0)
+    assert summary.measured_ms_per_token == pytest.approx(100.0)
+    assert summary.gap_phase == "verify"
+    engine = summarize_costs([_sample(target_s=0.7, host_s=0.3)], units)
+    assert engine is not None and engine.ms_per_token["draft"] is None
+    assert engine.ms_per_token["verify"] is None and engine.ms_per_token["target"] == 70.0
+    assert units.target_at(2) == pytest.approx(50 + 10 / 3)
+    assert units.target_at(8) == pytest.approx(60 + 10 * 4 / 3)
+    assert units.target_at(1000) is None  # a prompt: taken as measured
+
+
+def test_batched_samples_share_their_batch_ledger(tmp_path: Path) -> None:
+    from presets_for_tests import write_fast_preset
+
+    path = write_fast_preset(tmp_path, forward_ms=2.0)
+    path.write_text(path.read_text().replace("{ k = 3 }", "{ k = 3, batch_size = 2 }"))
+    resolved = load_preset(str(path), discover_methods(), [("runs.count", 1)])
+    out = tmp_path / "b.jsonl"
+    run_preset(resolved, output=out)
+    batched = [r for r in read_records(out) if isinstance(r, SampleRecord) and r.batch_size == 2]
+    assert batched
+    for sample in batched:
+        assert sample.costs is not None
+        assert sample.costs.unit_s == pytest.approx(sample.batch_wall_s)
+        total = sum(sample.costs.seconds(name) or 0.0 for name in PHASES)
+        assert total == pytest.approx(sample.batch_wall_s, rel=0.02)
+
+
+def test_transformers_loop_times_its_forwards_and_leaves_verification_unknown(
+    tiny_hf: dict[str, Any],
+) -> None:
+    from specbench.costs import ledger_costs
+
+    pair = hf_pair(tiny_hf)
+    method = make_method("hf-generate", pair, assisted=True, num_assistant_tokens=3)
+    ledger = _ledger(pair)
+    start = time.perf_counter()
+    with open_ledger(ledger), torch.inference_mode():
+        result = method.generate(request([5, 9, 23, 7], 12))
+    wall = time.perf_counter() - start
+    costs = ledger_costs(ledger, method, [result], wall)
+    assert costs.verify_s is None
+    assert costs.target_s is not None and costs.target_s > 0
+    assert costs.draft_s is not None and costs.draft_s > 0
+    assert costs.target_forwards == result.stats.target_calls
+    assert costs.draft_forwards == result.stats.draft_calls
+    assert costs.host_s == pytest.approx(wall - costs.target_s - costs.draft_s)
