@@ -18,6 +18,7 @@ import torch
 
 from specbench.decoding import ledger
 from specbench.decoding.drafters import Drafter, Proposal
+from specbench.decoding.greedy import greedy_applies, greedy_token
 from specbench.decoding.loop import DecodeState
 from specbench.decoding.sampling import logits_to_probs, one_hot, sample
 from specbench.decoding.types import GenerationRequest, GenerationResult
@@ -102,10 +103,14 @@ class BatchModelDrafter(BatchDrafter):
             for b, row_logits in enumerate(logits):
                 if row_logits is None:
                     continue
-                q = logits_to_probs(row_logits[-1], self._requests[b].sampling)
-                token = int(sample(q, self._generators[b]))
+                sampling = self._requests[b].sampling
+                if greedy_applies(sampling):  # deterministic: the argmax, no distribution
+                    token = int(greedy_token(row_logits[-1]))
+                else:
+                    q = logits_to_probs(row_logits[-1], sampling)
+                    token = int(sample(q, self._generators[b]))
+                    probs[b].append(q)
                 tokens[b].append(token)
-                probs[b].append(q)
                 drafts[b].append(token)  # type: ignore[union-attr]
         return [
             None if s is None else Proposal(tokens[b], torch.stack(probs[b]) if probs[b] else None)

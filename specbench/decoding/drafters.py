@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specbench.decoding.greedy import greedy_applies, greedy_token
 from specbench.decoding.sampling import logits_to_probs, one_hot, sample
 from specbench.decoding.types import GenerationRequest
 from specbench.models.base import LanguageModel, Session
@@ -112,10 +113,15 @@ class ModelDrafter(Drafter):
             self.calls += 1
             if tokens and output.hidden is not None:
                 hidden.append(output.hidden[-1])  # the state at the previous draft token
-            q = logits_to_probs(output.logits[-1], self._request.sampling)
-            token = int(sample(q, self._generator))
+            if greedy_applies(self._request.sampling):
+                # Deterministic at temperature 0: the argmax, with no distribution (one-hot
+                # rows are implied and exact).
+                token = int(greedy_token(output.logits[-1]))
+            else:
+                q = logits_to_probs(output.logits[-1], self._request.sampling)
+                token = int(sample(q, self._generator))
+                probs.append(q)
             tokens.append(token)
-            probs.append(q)
             draft.append(token)
         return Proposal(
             tokens=tokens,

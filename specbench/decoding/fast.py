@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from specbench.decoding import ledger
+from specbench.decoding.greedy import greedy_applies, greedy_token, greedy_verdict
 from specbench.decoding.loop import DecodeState
 from specbench.decoding.sampling import logits_to_probs, one_hot, sample
 from specbench.decoding.types import GenerationRequest, GenerationResult
@@ -47,6 +48,7 @@ def fast_generate(
             draft.forward(prompt[:-1].to(draft.device))
     draft_calls = 0
     vocab = target.model.vocab_size
+    greedy = greedy_applies(request.sampling)
 
     while not state.done:
         steps = min(k, state.draft_budget) if draft is not None else 0
@@ -59,21 +61,31 @@ def fast_generate(
                     draft_calls += 1
                 last = draft_pending[-1:].to(draft.device)
                 for _ in range(steps):
-                    q = logits_to_probs(draft.forward(last)[-1], request.sampling)
+                    logits = draft.forward(last)[-1]
                     draft_calls += 1
-                    last = sample(q, draft_generator).view(1)
+                    if greedy:
+                        last = greedy_token(logits).view(1)
+                    else:
+                        q = logits_to_probs(logits, request.sampling)
+                        last = sample(q, draft_generator).view(1)
+                        probs.append(q.to(device))
                     drafts.append(last.to(device))
-                    probs.append(q.to(device))
         start = target.length
         logits = target.forward(torch.cat([pending, *drafts]))
         state.stats.target_calls += 1
         with ledger.phase("verify"):
-            target_probs = logits_to_probs(logits, request.sampling)
             draft_tokens = torch.cat(drafts).view(1, -1) if drafts else prompt.new_zeros(1, 0)
-            draft_probs = torch.stack(probs) if probs else one_hot(draft_tokens[0], vocab)
-            verdict = verifier.verify(
-                draft_tokens, draft_probs.unsqueeze(0), target_probs.unsqueeze(0), target_generator
-            )
+            if greedy and greedy_applies(request.sampling, verifier):
+                verdict = greedy_verdict(draft_tokens, logits.unsqueeze(0))
+            else:
+                target_probs = logits_to_probs(logits, request.sampling)
+                draft_probs = torch.stack(probs) if probs else one_hot(draft_tokens[0], vocab)
+                verdict = verifier.verify(
+                    draft_tokens,
+                    draft_probs.unsqueeze(0),
+                    target_probs.unsqueeze(0),
+                    target_generator,
+                )
             # The one host synchronisation of the step.
             values = torch.cat(
                 [verdict.accepted.view(1), verdict.next_tokens.view(1), draft_tokens[0]]

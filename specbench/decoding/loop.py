@@ -17,6 +17,7 @@ import torch
 
 from specbench.decoding import ledger
 from specbench.decoding.drafters import Drafter, Proposal
+from specbench.decoding.greedy import greedy_applies, greedy_verdict
 from specbench.decoding.sampling import logits_to_probs
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult, StopReason
 from specbench.decoding.verify import StepFeatures, Verifier
@@ -110,9 +111,16 @@ def _verify_step(
     acceptance probabilities (where it gives them)."""
     k = len(proposal.tokens)
     device = output.logits.device
+    draft_tokens = torch.tensor([proposal.tokens], dtype=torch.long, device=device)
+    if greedy_applies(request.sampling, verifier):
+        verdict = greedy_verdict(draft_tokens, output.logits.unsqueeze(0))
+        # One host read of the step: accepted, the next token and the matches.
+        assert verdict.expected_accept is not None
+        decided = [verdict.accepted, verdict.next_tokens, verdict.expected_accept[0].long()]
+        accepted, next_token, *matches = torch.cat(decided).tolist()
+        return accepted, next_token, [float(m) for m in matches]
     target_probs = logits_to_probs(output.logits, request.sampling)
     draft_probs = proposal.draft_probs(target_probs.shape[-1], device)
-    draft_tokens = torch.tensor([proposal.tokens], dtype=torch.long, device=device)
     features = None
     if output.hidden is not None and verifier.needs_features:
         positions = torch.arange(k, device=device) + position

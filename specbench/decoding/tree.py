@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from specbench.decoding import ledger
+from specbench.decoding.greedy import greedy_applies, greedy_token
 from specbench.decoding.loop import DecodeState
 from specbench.decoding.sampling import SamplingParams, logits_to_probs, sample
 from specbench.decoding.types import GenerationRequest, GenerationResult
@@ -238,11 +239,17 @@ def walk_tree(
 
     ``probs`` row 0 is the target's distribution at the root, row ``1 + i`` at node ``i``.
     """
+    return walk_tree_with(tree, lambda row: int(sample(probs[row], generator)))
+
+
+def walk_tree_with(tree: TokenTree, choose: Callable[[int], int]) -> tuple[list[int], int, int]:
+    """The walk of :func:`walk_tree` with ``choose(row)`` giving the target's token at a row
+    (row 0: the root, ``1 + i``: node ``i``): its sample, its argmax, or a saved token."""
     children = tree.children()
     node, verified = -1, 0
     path: list[int] = []
     while True:
-        token = int(sample(probs[node + 1], generator))
+        token = choose(node + 1)
         kids = children.get(node)
         if kids:
             verified += 1
@@ -271,8 +278,13 @@ def tree_generate(
         logits = session.tree_forward(state.sequence, tree.parents, tree.tokens)
         state.stats.target_calls += 1
         with ledger.phase("verify"):
-            probs = logits_to_probs(logits, request.sampling)
-            path, token, verified = walk_tree(tree, probs, generator)
+            if greedy_applies(request.sampling):
+                # The target's own argmax at every node: one [nodes + 1] read, no one-hot rows.
+                choices = greedy_token(logits).tolist()
+                path, token, verified = walk_tree_with(tree, choices.__getitem__)
+            else:
+                probs = logits_to_probs(logits, request.sampling)
+                path, token, verified = walk_tree(tree, probs, generator)
         with ledger.phase("draft"):
             drafter.observe(state.sequence, tree, logits, path, token)
         session.commit_tree_path(path)

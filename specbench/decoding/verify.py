@@ -58,7 +58,10 @@ class StepFeatures:
 class Verifier(Protocol):
     """Decides how many draft tokens to keep and which token follows them.
 
-    A verifier that sets ``needs_features = True`` receives :class:`StepFeatures`.
+    A verifier that sets ``needs_features = True`` receives :class:`StepFeatures`. One that
+    sets ``greedy_is_argmax = True`` promises that at temperature 0 it keeps exactly the
+    drafts that are the target's argmax and then emits the argmax; the loops then skip it
+    and compare argmaxes (:mod:`specbench.decoding.greedy`).
     """
 
     needs_features: bool
@@ -87,9 +90,13 @@ class RejectionVerifier:
     Accept draft ``x_i ~ q_i`` with probability ``min(1, p_i(x_i) / q_i(x_i))``; at the first
     rejection draw from ``norm(max(0, p_i - q_i))``; if all ``k`` are accepted draw a bonus
     token from ``p_k``.
+
+    At temperature 0 its verdict is the argmax comparison, which the loops compute from the
+    logits instead (:mod:`specbench.decoding.greedy`, ``greedy_is_argmax``).
     """
 
     needs_features = False
+    greedy_is_argmax = True
 
     def verify(
         self,
