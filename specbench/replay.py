@@ -19,6 +19,7 @@ at the saved output's end.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 from specbench.conversation import PromptEncoder
 from specbench.decoding.drafters import Drafter
 from specbench.decoding.sampling import SamplingParams
-from specbench.decoding.tree import TreeProposer
+from specbench.decoding.tree import TreeProposer, walk_tree_with
 from specbench.decoding.types import DecodeStats, GenerationRequest
 from specbench.errors import SpecbenchError
 from specbench.models.loading import load_tokenizer
@@ -191,20 +192,17 @@ def _tree_step(
     stats: DecodeStats,
 ) -> int:
     tree = proposer.grow(sequence, min(proposer.max_depth, budget))
-    children = tree.children()
-    node, verified, path = -1, 0, 0
-    while path < len(remaining):
-        kids = children.get(node)
-        if not kids:
-            break
-        verified += 1
-        child = kids.get(remaining[path])
-        if child is None:
-            break
-        node = child
-        path += 1
-    # Walking off the end of the output (every remaining token matched, the last being an
-    # end-of-sequence token) ends the step as in a real run, whose commit stops there.
+    # The loop's own walk, with the saved output as the target's choice at each depth. Past
+    # the end of the output (it ended with an end-of-sequence token) nothing matches, and the
+    # step ends there as the real run's commit does.
+    depth = itertools.count()
+
+    def saved(_row: int) -> int:
+        at = next(depth)
+        return remaining[at] if at < len(remaining) else -1
+
+    nodes, _, verified = walk_tree_with(tree, saved)
+    path = len(nodes)
     stats.record_walk(len(tree), path, verified)
     return path
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import shlex
 import time
 import uuid
@@ -371,7 +372,11 @@ class Session:
             on_message("measuring unit costs")
             first = todo_units[0][0].prompt
             ids = context.encoder.encode([], first.turns[0], first.system)
-            session.unit_costs = measure_unit_costs(target, models.draft, ids)
+            # Halfway through a generation: the mean context a decoding step attends to.
+            length = len(ids) + preset.sampling.max_new_tokens // 2
+            grown = list(itertools.islice(itertools.cycle(ids), length))
+            if grown:  # an empty prompt is reported when it is decoded
+                session.unit_costs = measure_unit_costs(target, models.draft, grown)
         return session
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """Unit costs: what one forward call of each in-process model costs, measured once per run.
 
 The cost ledger says where a method's time went; unit costs say what it should have cost.
-Before decoding, the runner scores ``rows`` new tokens after the first prompt, for a few
+Before decoding, the runner scores ``rows`` new tokens after a context as long as the first
+prompt plus half the token budget (the mean context of a decoding step), for a few
 values of ``rows``, in the target (and one token in the draft), timed by the same ledger
 the samples use, and keeps the fastest of a few repeats (the first call of a shape pays
 one-off kernel set-up). A summary then predicts each method's ms per token from its own
@@ -19,10 +20,9 @@ from specbench.decoding.ledger import CostLedger, open_ledger
 from specbench.models.base import LanguageModel
 from specbench.records import RunHeader
 
-#: Rows probed in the target; between them costs are interpolated linearly, beyond the last
-#: extrapolated from the last two (forwards past ``PREFILL_ROWS`` are prompts: not predicted).
-PROBE_ROWS = (1, 2, 4, 8, 16, 32)
-PREFILL_ROWS = 256
+#: Rows probed in the target, interpolated linearly in between. Larger forwards (prompts,
+#: the largest trees) are not predicted: a summary takes them as measured.
+PROBE_ROWS = (1, 2, 4, 8, 16, 32, 64)
 REPEATS = 3
 
 
@@ -35,19 +35,17 @@ class UnitCosts(BaseModel):
     draft_ms: float | None = None
 
     def target_at(self, rows: int) -> float | None:
-        """The target's cost at ``rows`` (ms), or ``None`` for a prompt-sized call."""
-        if rows > PREFILL_ROWS or not self.target_ms:
-            return None
+        """The target's cost at ``rows`` (ms), or ``None`` past the largest probe (a prompt:
+        extrapolating a prefill from decoding-sized calls would be a guess)."""
         points = sorted(self.target_ms.items())
+        if not points or rows > points[-1][0]:
+            return None
         if rows <= points[0][0]:
             return points[0][1]
         for (r0, t0), (r1, t1) in itertools.pairwise(points):
             if rows <= r1:
                 return t0 + (t1 - t0) * (rows - r0) / (r1 - r0)
-        if len(points) == 1:
-            return points[0][1]
-        (r0, t0), (r1, t1) = points[-2], points[-1]
-        return t1 + (t1 - t0) * (rows - r1) / (r1 - r0)
+        return points[-1][1]
 
 
 def measure_unit_costs(

@@ -100,3 +100,16 @@ def test_a_wrong_greedy_shortcut_is_caught(
     with torch.inference_mode():
         wrong = _mismatches({"pair": pairs["pair"]}, monkeypatch)
     assert any(w.startswith("speculative") for w in wrong), wrong
+
+
+def test_a_verifier_that_decides_differently_is_never_skipped_at_temperature_zero() -> None:
+    from broken_methods import AcceptEverything
+
+    from specbench.decoding.sampling import SamplingParams
+    from specbench.decoding.verify import RejectionVerifier
+
+    greedy_sampling = SamplingParams(temperature=0.0)
+    assert greedy.greedy_applies(greedy_sampling, RejectionVerifier())
+    # It overrides verify without promising the argmax verdict: the loops must call it.
+    assert not greedy.greedy_applies(greedy_sampling, AcceptEverything())
+    assert not greedy.greedy_applies(SamplingParams(temperature=0.8), RejectionVerifier())

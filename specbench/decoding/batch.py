@@ -18,9 +18,9 @@ import torch
 
 from specbench.decoding import ledger
 from specbench.decoding.drafters import Drafter, Proposal
-from specbench.decoding.greedy import greedy_applies, greedy_token
+from specbench.decoding.greedy import greedy_applies, greedy_token, greedy_verdict
 from specbench.decoding.loop import DecodeState
-from specbench.decoding.sampling import logits_to_probs, one_hot, sample
+from specbench.decoding.sampling import SamplingParams, logits_to_probs, one_hot, sample
 from specbench.decoding.types import GenerationRequest, GenerationResult
 from specbench.decoding.verify import RejectionVerifier, Verifier
 from specbench.models.base import BatchSession, LanguageModel
@@ -149,43 +149,19 @@ def batched_generate(
             [len(s.sequence) - 1 for s in states],
         )
         with ledger.phase("verify"):
-            lengths = {b: len(proposals[b].tokens) for b in active}  # type: ignore[union-attr]
-            widest = max(lengths.values())
-            vocab = target.vocab_size
-            draft_tokens = torch.zeros(len(active), widest, dtype=torch.long, device=target.device)
-            pad = one_hot(torch.zeros((), dtype=torch.long), vocab).to(target.device)
-            draft_probs = pad.expand(len(active), widest, vocab).clone()
-            target_probs = pad.expand(len(active), widest + 1, vocab).clone()
-            bonus = []
-            for i, b in enumerate(active):
-                proposal = proposals[b]
-                assert proposal is not None
-                k = lengths[b]
-                row_probs = logits_to_probs(logits[b], sampling)  # type: ignore[arg-type]
-                if k:
-                    draft_tokens[i, :k] = torch.tensor(proposal.tokens, device=target.device)
-                    draft_probs[i, :k] = proposal.draft_probs(vocab, target.device)
-                target_probs[i, :k] = row_probs[:k]
-                target_probs[i, widest] = row_probs[k]
-                bonus.append(row_probs[k])
-            verdict = verifier.verify(draft_tokens, draft_probs, target_probs, generator)
-        now = time.perf_counter()
-        for i, b in enumerate(active):
-            k = lengths[b]
-            accepted = min(int(verdict.accepted[i]), k)
-            if int(verdict.accepted[i]) >= k and k < widest:
-                # Padding was "accepted": the row's own bonus comes from its last position.
-                next_token = int(sample(bonus[i], generator))
+            if greedy_applies(sampling, verifier):
+                decisions = _greedy_decisions(active, proposals, logits)
             else:
-                next_token = int(verdict.next_tokens[i])
-            expected = None
-            if verdict.expected_accept is not None:
-                expected = verdict.expected_accept[i, :k].tolist()
-            state = states[b]
-            state.stats.target_calls += 1
-            state.stats.record_step(k, accepted, expected)
+                decisions = _sampled_decisions(
+                    active, proposals, logits, target, sampling, verifier, generator
+                )
+        now = time.perf_counter()
+        for b, (accepted, next_token, expected) in zip(active, decisions, strict=True):
             proposal = proposals[b]
             assert proposal is not None
+            state = states[b]
+            state.stats.target_calls += 1
+            state.stats.record_step(len(proposal.tokens), accepted, expected)
             state.commit([*proposal.tokens[:accepted], next_token])
             if state.done:
                 latencies[b] = now - start
@@ -195,3 +171,76 @@ def batched_generate(
         result.latency_s = latency
         results.append(result)
     return results
+
+
+Decision = tuple[int, int, list[float] | None]
+
+
+def _greedy_decisions(
+    active: Sequence[int],
+    proposals: Sequence[Proposal | None],
+    logits: Sequence[torch.Tensor | None],
+) -> list[Decision]:
+    """Each active row's temperature-0 verdict by argmax comparison (see
+    :mod:`specbench.decoding.greedy`): no padded one-hot tensors."""
+    decisions: list[Decision] = []
+    for b in active:
+        proposal, row_logits = proposals[b], logits[b]
+        assert proposal is not None and row_logits is not None
+        drafts = torch.tensor([proposal.tokens], dtype=torch.long, device=row_logits.device)
+        verdict = greedy_verdict(drafts, row_logits.unsqueeze(0))
+        assert verdict.expected_accept is not None
+        decisions.append(
+            (
+                int(verdict.accepted[0]),
+                int(verdict.next_tokens[0]),
+                verdict.expected_accept[0].tolist(),
+            )
+        )
+    return decisions
+
+
+def _sampled_decisions(
+    active: Sequence[int],
+    proposals: Sequence[Proposal | None],
+    logits: Sequence[torch.Tensor | None],
+    target: LanguageModel,
+    sampling: SamplingParams,
+    verifier: Verifier,
+    generator: torch.Generator,
+) -> list[Decision]:
+    """The verifier's verdict for all active rows at once, drafts padded to the longest."""
+    lengths = {b: len(proposals[b].tokens) for b in active}  # type: ignore[union-attr]
+    widest = max(lengths.values())
+    vocab = target.vocab_size
+    draft_tokens = torch.zeros(len(active), widest, dtype=torch.long, device=target.device)
+    pad = one_hot(torch.zeros((), dtype=torch.long), vocab).to(target.device)
+    draft_probs = pad.expand(len(active), widest, vocab).clone()
+    target_probs = pad.expand(len(active), widest + 1, vocab).clone()
+    bonus = []
+    for i, b in enumerate(active):
+        proposal = proposals[b]
+        assert proposal is not None
+        k = lengths[b]
+        row_probs = logits_to_probs(logits[b], sampling)  # type: ignore[arg-type]
+        if k:
+            draft_tokens[i, :k] = torch.tensor(proposal.tokens, device=target.device)
+            draft_probs[i, :k] = proposal.draft_probs(vocab, target.device)
+        target_probs[i, :k] = row_probs[:k]
+        target_probs[i, widest] = row_probs[k]
+        bonus.append(row_probs[k])
+    verdict = verifier.verify(draft_tokens, draft_probs, target_probs, generator)
+    decisions: list[Decision] = []
+    for i, b in enumerate(active):
+        k = lengths[b]
+        accepted = min(int(verdict.accepted[i]), k)
+        if int(verdict.accepted[i]) >= k and k < widest:
+            # Padding was "accepted": the row's own bonus comes from its last position.
+            next_token = int(sample(bonus[i], generator))
+        else:
+            next_token = int(verdict.next_tokens[i])
+        expected = None
+        if verdict.expected_accept is not None:
+            expected = verdict.expected_accept[i, :k].tolist()
+        decisions.append((accepted, next_token, expected))
+    return decisions

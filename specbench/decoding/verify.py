@@ -98,6 +98,13 @@ class RejectionVerifier:
     needs_features = False
     greedy_is_argmax = True
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # A subclass that decides differently must not inherit the argmax promise: the loops
+        # would skip its verify at temperature 0. It may declare the promise again.
+        super().__init_subclass__(**kwargs)
+        if "verify" in cls.__dict__ and "greedy_is_argmax" not in cls.__dict__:
+            cls.greedy_is_argmax = False
+
     def verify(
         self,
         draft_tokens: torch.Tensor,
