@@ -32,6 +32,28 @@ def test_static_decoder_rolls_back_like_a_dynamic_cache(tiny_hf: dict) -> None:
         decoder.forward(torch.arange(70))
 
 
+def test_without_graphs_a_sequence_takes_the_smallest_cache_it_fits(tiny_hf: dict) -> None:
+    """Attention reads every slot of a static cache, so a CPU step in a 4096-slot cache paid
+    for 4096 positions whatever the context; each sequence now gets a cache its size."""
+    models = hf_pair(tiny_hf)
+    reference = tiny_hf["llama"]["target_model"]
+    decoder = StaticDecoder(models.target, max_len=1024)
+    decoder.reserve(100)
+    assert decoder.cache_len == 128
+    decoder.reserve(129)
+    assert decoder.cache_len == 256
+    decoder.forward(torch.tensor([5, 6, 7]))
+    logits = decoder.forward(torch.tensor([8]))
+    with torch.no_grad():
+        expected = reference(torch.tensor([[5, 6, 7, 8]])).logits[0, -1:]
+    assert torch.allclose(logits, expected, atol=1e-4)
+    decoder.reserve(5000)  # past max_len: the largest, and forward says to raise it
+    assert decoder.cache_len == 1024
+    decoder.use_graphs = True  # graphs replay fixed buffers: always the full cache
+    decoder.reserve(100)
+    assert decoder.cache_len == 1024
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize(("temperature", "k"), [(0.0, 4), (0.0, 1), (0.9, 3)])
 def test_static_engine_matches_eager_token_for_token(

@@ -35,7 +35,9 @@ def fast_generate(
     device = target.device
     prompt = torch.tensor(request.prompt_ids, dtype=torch.long, device=device)
     target_generator = request.generator(device, stream=0)
-    target.reset()
+    # Room for the prompt, the budget and one step's drafts beyond it.
+    needed = len(request.prompt_ids) + request.max_new_tokens + k + 1
+    target.reserve(needed)
     if prompt.numel() > 1:
         target.forward(prompt[:-1])
     pending = prompt[-1:]  # tokens the target has not processed yet
@@ -43,7 +45,7 @@ def fast_generate(
     draft_pending = pending
     if draft is not None:
         draft_generator = request.generator(draft.device, stream=1)
-        draft.reset()
+        draft.reserve(needed)
         if prompt.numel() > 1:
             draft.forward(prompt[:-1].to(draft.device))
     draft_calls = 0

@@ -25,6 +25,8 @@ from specbench.decoding import ledger
 from specbench.errors import ModelLoadError
 from specbench.models.hf import HFLanguageModel, require_transformers
 
+MIN_CACHE = 128
+
 
 class StaticDecoder:
     """One sequence in a static cache of ``max_len`` positions (see module docstring)."""
@@ -36,20 +38,45 @@ class StaticDecoder:
         graph_lengths: tuple[int, ...] = (),
         compile: bool = False,
     ) -> None:
-        transformers = require_transformers()
         self.model = model
         self.max_len = max_len
         self.device = model.device
         self.dtype = model.model.dtype
-        self.cache = transformers.StaticCache(config=model.model.config, max_cache_len=max_len)
         self.length = 0
-        self.slots = torch.arange(max_len, device=self.device)
-        self._pointers = self._share_write_pointers()
         self._start = torch.zeros((), dtype=torch.long, device=self.device)
         self.use_graphs = self.device.type == "cuda"
+        #: Caches by size. Attention reads every slot of the cache (stale ones masked), so a
+        #: step's cost grows with its size: without graphs, each sequence takes the smallest
+        #: power-of-two cache it fits in (:meth:`reserve`); graphs keep one fixed buffer.
+        self._caches: dict[int, tuple[object, torch.Tensor, torch.Tensor]] = {}
+        self._use_cache(max_len)
         self.graph_lengths = set(graph_lengths)
         self._graphs: dict[int, _CapturedStep] = {}
         self._captured_step = torch.compile(self._step, dynamic=False) if compile else self._step
+
+    def _use_cache(self, size: int) -> None:
+        if size not in self._caches:
+            transformers = require_transformers()
+            self.cache = transformers.StaticCache(
+                config=self.model.model.config, max_cache_len=size
+            )
+            slots = torch.arange(size, device=self.device)
+            self._caches[size] = (self.cache, slots, self._share_write_pointers())
+        cache, self.slots, self._pointers = self._caches[size]
+        self.cache = cache
+        self.cache_len = size
+        self.length = 0
+        self._pointers.fill_(0)
+
+    def reserve(self, positions: int) -> None:
+        """Start a new sequence that needs ``positions`` slots: without graphs, in the
+        smallest power-of-two cache (at least 128) that holds them, up to ``max_len``."""
+        size = self.max_len
+        if not self.use_graphs:
+            size = min(self.max_len, max(MIN_CACHE, 1 << max(0, positions - 1).bit_length()))
+        if size != self.cache_len:
+            self._use_cache(size)
+        self.reset()
 
     def _share_write_pointers(self) -> torch.Tensor:
         """Point every layer's write pointer into one tensor, so a rollback is one fill."""
@@ -81,7 +108,7 @@ class StaticDecoder:
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append ``tokens`` (1-D, on the device) and return their logits ``[m, V]`` (float)."""
         m = tokens.numel()
-        if self.length + m > self.max_len:
+        if self.length + m > self.cache_len:
             raise ValueError(
                 f"the static cache holds {self.max_len} positions; raise static_max_len"
             )
@@ -104,10 +131,11 @@ class StaticDecoder:
         """One forward of ``ids`` ``[1, m]`` written from position ``start`` (a 0-d tensor)."""
         m = ids.shape[1]
         positions = (start + self.slots[:m]).view(1, m)
-        # Additive mask [1, 1, m, max_len]: query i sees the slots up to its own position.
+        # Additive mask [1, 1, m, size]: query i sees the slots up to its own position.
+        size = self.cache_len
         hidden = self.slots.view(1, -1) > positions.view(-1, 1)
-        mask = torch.zeros(m, self.max_len, dtype=self.dtype, device=self.device)
-        mask = mask.masked_fill(hidden, torch.finfo(self.dtype).min).view(1, 1, m, self.max_len)
+        mask = torch.zeros(m, size, dtype=self.dtype, device=self.device)
+        mask = mask.masked_fill(hidden, torch.finfo(self.dtype).min).view(1, 1, m, size)
         logits: torch.Tensor = self.model.model(
             input_ids=ids,
             position_ids=positions,
