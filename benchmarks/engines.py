@@ -36,9 +36,11 @@ from rich.table import Table
 
 from specbench.audit.run import AuditOptions, audit_preset
 from specbench.models.catalog import CATALOG
+from specbench.plots import plot_costs
 from specbench.plugins import discover_methods
 from specbench.presets import load_preset
 from specbench.records import RunHeader, SummaryRecord, read_records
+from specbench.report import load_results
 from specbench.runner import run_preset
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,8 +49,8 @@ from gpu import copy_bandwidth
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bf16_bytes(folder: Path) -> int:
-    """Parameter bytes of a safetensors folder at 2 bytes per parameter."""
+def parameter_bytes(folder: Path, per_parameter: int = 2) -> int:
+    """Parameter bytes of a safetensors folder at ``per_parameter`` bytes each."""
     from safetensors import safe_open
 
     total = 0
@@ -56,7 +58,7 @@ def bf16_bytes(folder: Path) -> int:
         with safe_open(str(path), "pt") as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
                 total += _numel(handle.get_slice(name).get_shape())
-    return 2 * total
+    return per_parameter * total
 
 
 def _numel(shape: list[int]) -> int:
@@ -66,12 +68,24 @@ def _numel(shape: list[int]) -> int:
     return count
 
 
-def weight_bytes(engine: str, model: str) -> tuple[str, int]:
+def weight_bytes(engine: str, model: str, dtype: str) -> tuple[str, int]:
     """What a target call of ``engine`` reads: (format, bytes)."""
     entry = CATALOG[model]
     if engine == "llama.cpp":
         return "Q4_K_M", entry.gguf_path().stat().st_size
-    return "bf16", bf16_bytes(entry.hf_dir())
+    if dtype == "float32":
+        return "fp32", parameter_bytes(entry.hf_dir(), 4)
+    return "bf16", parameter_bytes(entry.hf_dir(), 2)
+
+
+def _ratio_text(ratio: float | None, gap: str | None) -> str:
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}x" + (f" ({gap})" if gap else "")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def main() -> None:
@@ -122,12 +136,25 @@ def main() -> None:
         "= own baseline",
         "roofline ms/call",
         "% of roofline",
+        "draft",
+        "target",
+        "verify",
+        "host",
+        "predicted",
+        "measured/predicted",
     ):
         table.add_column(column, justify="left" if column in ("engine", "row") else "right")
     rows = []
     for s in summaries:
         engine = (s.engine or "specbench").split(" ")[0]
-        kind, size = weight_bytes(engine, target)
+        dtype = str(getattr(resolved.preset.models.target, "dtype", "bfloat16"))
+        kind, size = weight_bytes(engine, target, dtype)
+        phases = s.ms_per_token_by_phase or {}
+        ratio = (
+            s.measured_ms_per_token / s.predicted_ms_per_token
+            if s.measured_ms_per_token and s.predicted_ms_per_token
+            else None
+        )
         # A target call streams the weights once; memory moves `bandwidth` bytes a second.
         roofline_ms = size / bandwidth * 1e3
         ms = 1e3 / s.tokens_per_sec_median
@@ -149,6 +176,10 @@ def main() -> None:
             "roofline_ms_per_call": roofline_ms,
             # The target's roofline time for the calls one token needs, over the time it took.
             "percent_of_roofline": 100 * roofline_ms / (s.avg_tokens_per_step * ms),
+            "ms_per_token_by_phase": phases,
+            "predicted_ms_per_token": s.predicted_ms_per_token,
+            "measured_over_predicted": ratio,
+            "cost_gap_phase": s.cost_gap_phase,
         }
         rows.append(row)
         plain = s.reference == s.method
@@ -168,6 +199,11 @@ def main() -> None:
             "-" if s.greedy_match_rate is None else f"{100 * s.greedy_match_rate:.0f}%",
             f"{roofline_ms:.1f}",
             f"{row['percent_of_roofline']:.0f}%",
+            *(_ms(phases.get(name)) for name in ("draft", "target", "verify", "host")),
+            _ms(s.predicted_ms_per_token),
+            "-"
+            if ratio is None
+            else f"{ratio:.2f}x" + (f" ({s.cost_gap_phase})" if s.cost_gap_phase else ""),
         )
     out = Console(width=240)  # the whole table, also when piped to a file
     out.print(table)
@@ -176,8 +212,12 @@ def main() -> None:
         f"start, {load_after:.2f} at the end ({os.cpu_count()} CPUs); copy bandwidth "
         f"{bandwidth / 1e9:.1f} GB/s. roofline ms/call = the target's weight bytes / copy "
         "bandwidth; % of roofline = roofline time of the target calls a token needs / "
-        "measured time per token (draft costs not included)."
+        "measured time per token (draft costs not included). draft/target/verify/host: the "
+        "cost ledger, ms per token (mean over all tokens, each batch once); predicted: the "
+        "row's forwards at the run's unit costs; '-': a phase the row cannot measure."
     )
+    chart = plot_costs([load_results(args.output)], args.output.with_suffix(".costs.png"))
+    out.print(f"cost chart: {chart}")
     if args.audit:
         audit_path = args.output.with_suffix(".audit.jsonl")
         if audit_path.exists():

@@ -15,6 +15,9 @@ A method is a subclass of :class:`DecodingMethod`:
 * ``accept_length_model``: ``"chain_analytic"`` when a k-token draft is a prefix of the
   (k+1)-token draft (the acceptance profile then extrapolates over k), else
   ``"measured_per_k"`` (the default; trees, adaptive and block drafts).
+* ``ledger_phases``: the cost-ledger phases its generation marks (``draft``, ``target``,
+  ``verify``; the shared loops mark all three, so most methods leave it). A phase left out
+  is recorded as unknown and its time stays in ``host``.
 * ``in_all``: whether ``methods = "all"`` includes it (``False`` for methods that need
   training or special settings first, such as AutoJudge), and ``not_in_all_reason``: the
   one line ``run`` and ``validate`` print when "all" skips it.
@@ -47,7 +50,9 @@ frozenset()``: the runner then loads no in-process weights for it, only the targ
 tokenizer (prompts are handed over as token ids, the same ids every method gets), and
 ``self.models.specs`` holds the preset's model specs to build the engine from. It fills
 :class:`DecodeStats` from what the engine reports (drafts proposed and accepted, per
-position) and puts engine-specific numbers in ``stats.extra``. ``plugins/specbench-llamacpp``
+position) and puts engine-specific numbers in ``stats.extra``. It sets ``ledger_phases =
+frozenset()`` and returns the phase times the engine reports in ``GenerationResult.costs``
+(seconds by phase); the rest are unknown, never zero. ``plugins/specbench-llamacpp``
 and ``plugins/specbench-vllm`` are complete examples.
 
 The runner builds one instance per preset method after the models load, so an instance may

@@ -4,9 +4,9 @@ The cost ledger says where a method's time went; unit costs say what it should h
 Before decoding, the runner scores ``rows`` new tokens after a context as long as the first
 prompt plus half the token budget (the mean context of a decoding step), for a few
 values of ``rows``, in the target (and one token in the draft), timed by the same ledger
-the samples use, and keeps the fastest of a few repeats (the first call of a shape pays
-one-off kernel set-up). A summary then predicts each method's ms per token from its own
-counts of forwards and rows (:mod:`specbench.costs`).
+the samples use, after a few untimed one-token calls, and keeps the fastest of a few repeats
+(the first call of a shape pays one-off kernel set-up). A summary then predicts each
+method's ms per token from its own counts of forwards and rows (:mod:`specbench.costs`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from specbench.records import RunHeader
 #: the largest trees) are not predicted: a summary takes them as measured.
 PROBE_ROWS = (1, 2, 4, 8, 16, 32, 64)
 REPEATS = 3
+WARMUP = 3
 
 
 class UnitCosts(BaseModel):
@@ -56,26 +57,36 @@ def measure_unit_costs(
     repeats: int = REPEATS,
 ) -> UnitCosts:
     """Probe ``target`` at each of ``rows`` (and ``draft`` at one row) after ``context``."""
-    target_ms = {r: _forward_ms(target, context, r, repeats) for r in rows}
-    draft_ms = None if draft is None else _forward_ms(draft, context, 1, repeats)
+    target_ms = _forward_ms(target, context, rows, repeats)
+    draft_ms = None if draft is None else _forward_ms(draft, context, (1,), repeats)[1]
     return UnitCosts(context=len(context), target_ms=target_ms, draft_ms=draft_ms)
 
 
-def _forward_ms(model: LanguageModel, context: Sequence[int], rows: int, repeats: int) -> float:
+def _forward_ms(
+    model: LanguageModel, context: Sequence[int], rows: Sequence[int], repeats: int
+) -> dict[int, float]:
     session = model.new_session()
     prefix = list(context)
-    session.forward_from(prefix, len(prefix) - 1)
+    session.forward_from(prefix, len(prefix) - 1)  # the context once; every probe follows it
+    widest = max(rows)
     # Real tokens (the prompt's own) so no backend takes a shortcut on odd ids.
-    filler = (prefix * (rows // max(1, len(prefix)) + 2))[: rows + repeats]
-    best = float("inf")
-    for repeat in range(repeats):
-        sync = model.synchronize if model.device.type == "cuda" else None
-        ledger = CostLedger({id(model): "target"}, sync)
-        with open_ledger(ledger):
-            # Starting at the context, the session drops the previous repeat's rows first.
-            session.forward_from(prefix + filler[repeat : repeat + rows], len(prefix))
-        best = min(best, ledger.totals.seconds["target"])
-    return best * 1000.0
+    filler = list(itertools.islice(itertools.cycle(prefix), widest + repeats))
+    # Untimed: the first decoding-sized calls after loading ran 33% slow (a 1.5B model on a
+    # CPU: 772 ms probed against 582 ms in the run), longer than three repeats.
+    for repeat in range(WARMUP):
+        session.forward_from(prefix + filler[repeat : repeat + 1], len(prefix))
+    sync = model.synchronize if model.device.type == "cuda" else None
+    costs: dict[int, float] = {}
+    for count in rows:
+        best = float("inf")
+        for repeat in range(repeats):
+            ledger = CostLedger({id(model): "target"}, sync)
+            with open_ledger(ledger):
+                # Starting at the context, the session drops the previous probe's rows first.
+                session.forward_from(prefix + filler[repeat : repeat + count], len(prefix))
+            best = min(best, ledger.totals.seconds["target"])
+        costs[count] = best * 1000.0
+    return costs
 
 
 def header_unit_costs(headers: Sequence[RunHeader]) -> UnitCosts | None:
