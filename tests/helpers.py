@@ -10,6 +10,7 @@ from specbench.decoding.sampling import SamplingParams
 from specbench.decoding.types import GenerationRequest
 from specbench.models.toy import ToyConfig, ToyLanguageModel
 from specbench.plugins import DecodingMethod, MethodModels, discover_methods
+from specbench.records import SampleRecord
 
 
 def toy_pair(
@@ -79,3 +80,39 @@ def fake_distribution(
     (dist_info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
     for module, source in (modules or {}).items():
         (root / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+def sample_record(**overrides: Any) -> SampleRecord:
+    """A valid sample record of a 4-token baseline generation; ``overrides`` replace fields."""
+    fields = dict(
+        run_id="r",
+        method="baseline",
+        method_name="baseline",
+        exact=True,
+        prompt_id="p0",
+        prompt_index=0,
+        run=0,
+        seed=1,
+        prompt_tokens=3,
+        new_tokens=4,
+        stop_reason="length",
+        wall_s=0.1,
+        tokens_per_sec=40.0,
+        steps=4,
+        target_calls=4,
+        draft_calls=0,
+        proposed=0,
+        accepted=0,
+        rejections=0,
+        verified=0,
+        acceptance_rate=None,
+        proposal_acceptance=None,
+        expected_acceptance_rate=None,
+        avg_tokens_per_step=1.0,
+        accepted_per_step=0.0,
+        target_calls_per_token=1.0,
+        position_verified=[],
+        position_accepted=[],
+    )
+    fields.update(overrides)
+    return SampleRecord(**fields)

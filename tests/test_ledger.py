@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import hf_pair, make_method, request
+from helpers import hf_pair, make_method, request, sample_record
 
 from specbench.costs import summarize_costs
 from specbench.decoding.drafters import ModelDrafter
@@ -149,38 +149,15 @@ warmup = 0
 
 
 def _sample(**costs: Any) -> SampleRecord:
-    fields: dict[str, Any] = dict(
-        run_id="r",
-        method="m",
-        method_name="m",
-        exact=True,
-        prompt_id="p",
-        prompt_index=0,
-        prompt_sha="s",
-        run=0,
-        seed=0,
-        prompt_tokens=3,
+    """Ten tokens in one second, with ``costs`` as the unit's ledger."""
+    return sample_record(
         new_tokens=10,
-        stop_reason="length",
         wall_s=1.0,
         tokens_per_sec=10.0,
         steps=10,
         target_calls=10,
-        draft_calls=0,
-        proposed=0,
-        accepted=0,
-        rejections=0,
-        verified=0,
-        acceptance_rate=None,
-        proposal_acceptance=None,
-        expected_acceptance_rate=None,
-        avg_tokens_per_step=1.0,
-        accepted_per_step=0.0,
-        target_calls_per_token=1.0,
-        position_verified=[],
-        position_accepted=[],
+        costs={"unit_s": 1.0, **costs},
     )
-    return SampleRecord(**fields, costs={"unit_s": 1.0, **costs})
 
 
 def test_the_gap_is_named_by_the_phase_that_holds_it_and_unknown_phases_stay_unknown() -> None:

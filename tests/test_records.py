@@ -4,46 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import sample_record
 
 from specbench.errors import SpecbenchError
 from specbench.records import SCHEMA_VERSION, RecordWriter, SampleRecord, read_records
 
 
-def _sample(**overrides) -> SampleRecord:
-    fields = dict(
-        run_id="r",
-        method="baseline",
-        method_name="baseline",
-        exact=True,
-        prompt_id="p0",
-        prompt_index=0,
-        run=0,
-        seed=1,
-        prompt_tokens=3,
-        new_tokens=4,
-        stop_reason="length",
-        wall_s=0.1,
-        tokens_per_sec=40.0,
-        steps=4,
-        target_calls=4,
-        draft_calls=0,
-        proposed=0,
-        accepted=0,
-        rejections=0,
-        verified=0,
-        acceptance_rate=None,
-        proposal_acceptance=None,
-        expected_acceptance_rate=None,
-        avg_tokens_per_step=1.0,
-        accepted_per_step=0.0,
-        target_calls_per_token=1.0,
-        position_verified=[],
-        position_accepted=[],
-    )
-    fields.update(overrides)
-    return SampleRecord(**fields)
+def _sample(**overrides: Any) -> SampleRecord:
+    return sample_record(**overrides)
 
 
 def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
