@@ -203,16 +203,16 @@ def main() -> None:
         )
 
     # Forward costs in the static engine (graphs on CUDA): what Leviathan's c is made of.
-    from specbench.methods.engine import EngineParams, static_decoder
-
-    engine = EngineParams(engine="static", static_max_len=max_len, compile=args.compile)
     costs = {}
     for label, model, m in (
         ("target step (1 token)", models.target, 1),
         (f"target verify ({args.k + 1} tokens)", models.target, args.k + 1),
         ("draft step (1 token)", models.draft, 1),
     ):
-        decoder = static_decoder(model, engine, (m,))
+        session = model.new_static_session(
+            max_len, max_len=max_len, graph_lengths=(m,), compile=args.compile
+        )
+        decoder = session.decoder  # type: ignore[attr-defined]
         tokens = torch.tensor(prompts[0][:m] * m, device=model.device)[:m]
         times = []
         for _ in range(12):
@@ -223,6 +223,7 @@ def main() -> None:
             decoder.forward(tokens)
             synchronize(device)
             times.append(time.perf_counter() - start)
+        session.close()
         costs[label] = statistics.median(times[2:])
         rows.append(Row(f"forward: {label}", costs[label] * 1e3))
     target_step = costs["target step (1 token)"]

@@ -32,7 +32,7 @@ A method is a subclass of :class:`DecodingMethod`:
   warm-up taught them (the warm-up decodes prompt 0, which is then timed).
 * optional ``train(context)``: train what the method needs (``specbench judge train`` calls
   it for every method of a preset); return a one-line summary.
-* optional classmethod ``replay_proposer(params)``: for draft-free methods, the drafter
+* optional classmethod ``replay_proposer(params)``: for draft-free methods, the proposer
   ``generate`` uses; ``specbench replay`` then replays saved greedy outputs through it.
 * optional ``own_baseline()``: the parameters of this same method without speculation (an
   engine's plain decoding). Its speedup, greedy identity (``= baseline``) and audit are then
@@ -56,35 +56,46 @@ frozenset()`` and returns the phase times the engine reports in ``GenerationResu
 and ``plugins/specbench-vllm`` are complete examples.
 
 The runner builds one instance per preset method after the models load, so an instance may
-keep state across prompts (compiled graphs, a trained judge). Most methods need no loop of
-their own: compose a drafter (``specbench.decoding.drafters``) and a verifier
-(``specbench.decoding.verify``) and call
-:func:`specbench.decoding.loop.speculative_generate`.
+keep state across prompts (compiled graphs, a trained judge).
 
-Drafters
-========
-A new way of drafting is usually a :class:`specbench.decoding.drafters.Drafter`, not a new
-loop. ``start(request)`` runs before each generation (drop per-sequence state there).
-``propose(sequence, max_tokens)`` gets the committed tokens (prompt plus accepted output)
-and returns a ``Proposal``:
+Methods on specbench's own engine
+=================================
+Most methods need no loop of their own. Subclass
+:class:`specbench.methods.in_process.InProcessMethod`, give ``Params`` the execution fields
+(subclass ``ExecutionParams``: ``engine``, ``batch_size``, ...), and set ``self.proposer``
+(how it drafts) and, when it is not the exact rejection verifier, ``self.verifier``. The
+execution core (:func:`specbench.decoding.core.decode`) then runs it eagerly, with static
+caches and CUDA graphs, or batched, as the preset's fields say, with the cost ledger and
+the greedy path; ``generate`` and ``generate_batch`` come with it.
 
-* ``tokens``: at most ``max_tokens`` draft tokens (the budget left before the length
-  limit). An empty list is allowed and means "nothing to propose": that step the target
-  decodes one token by itself, recorded as a step with 0 proposed (not a rejection), so a
-  lookup drafter that finds no match costs one plain decoding step.
+Proposers
+=========
+A new way of drafting is a :class:`specbench.decoding.proposers.Proposer`, not a new loop,
+and it is batch-first: ``start(requests, sessions)`` runs before each batch (drop
+per-sequence state there, and take caches for any model it runs from ``sessions``, so
+they follow the chosen engine); ``propose(slots)`` gets one ``Slot`` per unfinished row
+(``row``, the committed ``sequence``, the ``budget`` of tokens that could still be kept)
+and returns one draft per slot; :class:`~specbench.decoding.proposers.RowProposer` loops
+over rows for proposers that treat them independently (implement ``propose_row``). A
+draft is a chain, a ``Proposal``:
+
+* ``tokens``: at most ``budget`` draft tokens. An empty list is allowed and means "nothing
+  to propose": that step the target decodes one token by itself, recorded as a step with
+  0 proposed (not a rejection), so a lookup that finds no match costs one plain step.
 * ``probs``: the ``[len(tokens), vocab]`` distributions the tokens were *drawn* from. It is
-  required whenever the drafter samples at random: the verifier's acceptance test divides by
-  it, and exactness depends on it. A deterministic drafter (n-gram lookup, argmax, a fixed
-  table) leaves it ``None`` and the verifier uses one-hot rows, which is exact too: a
+  required whenever the proposer samples at random: the verifier's acceptance test divides
+  by it, and exactness depends on it. A deterministic proposer (n-gram lookup, argmax, a
+  fixed table) leaves it ``None`` and the verifier uses one-hot rows, which is exact too: a
   deterministic proposal's distribution is a point mass. Never pass argmax tokens with the
   model's full distribution, or the other way round: the audit fails such a method.
 * ``hidden`` / ``last_hidden``: only for judges and heads that read draft states.
 
-``observe(proposed, accepted)`` tells it how the proposal fared (adaptive drafters change
-``k`` there); ``wants_target_hidden`` plus ``observe_target_hidden`` hand trained heads the
-target's last hidden state at the committed position. Tree drafters implement
-``specbench.decoding.tree.TreeProposer`` instead (``propose`` grows a ``TokenTree``,
-``observe`` gets the logits of every node).
+or a ``specbench.decoding.tree.TokenTree`` (set ``drafts_trees = True``; the base
+``TreeProposer`` asks for ``grow(row, sequence, max_depth)``), which the target walks with
+its own samples. ``observe(outcomes)`` tells it how each row's draft fared: the kept
+``path``, the next ``token``, the target's logits of the call, and with
+``wants_target_hidden`` its last hidden states (trained heads). ``stats(row)`` adds
+method-specific numbers to the record; ``calls[row]`` counts draft forwards.
 
 Registering it
 ==============
@@ -305,7 +316,7 @@ class DecodingMethod(ABC):
 
     @classmethod
     def replay_proposer(cls, params: MethodParams) -> Any:
-        """A fresh drafter (a ``Drafter`` or a ``TreeProposer``) built as ``generate`` builds
+        """A fresh :class:`~specbench.decoding.proposers.Proposer` built as ``generate`` builds
         it, for ``specbench replay``; ``None`` (the default) when the drafts depend on model
         outputs and cannot be replayed from saved tokens."""
         return None

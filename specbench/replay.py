@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from specbench.conversation import PromptEncoder
-from specbench.decoding.drafters import Drafter
+from specbench.decoding.execution import EngineSessions
+from specbench.decoding.proposers import Outcome, Proposer, Slot
 from specbench.decoding.sampling import SamplingParams
-from specbench.decoding.tree import TreeProposer, walk_tree_with
-from specbench.decoding.types import DecodeStats, GenerationRequest
+from specbench.decoding.tree import TokenTree, walk_tree_with
+from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
 from specbench.errors import SpecbenchError
 from specbench.models.loading import load_tokenizer
 from specbench.plugins import MethodInfo, MethodParams
@@ -160,63 +161,38 @@ def replay(
 
 
 def _replay_one(
-    proposer: TreeProposer | Drafter, prompt_ids: list[int], output: list[int], preset: Preset
+    proposer: Proposer, prompt_ids: list[int], output: list[int], preset: Preset
 ) -> DecodeStats:
     max_new = preset.sampling.max_new_tokens
     request = GenerationRequest(prompt_ids, max_new, SamplingParams(0.0), seed=0)
-    proposer.start(request)
+    proposer.start([request], EngineSessions())
     stats = DecodeStats()
     sequence = list(prompt_ids)
     produced = 0
     while produced < len(output):
-        budget = max_new - produced - 1
-        if isinstance(proposer, TreeProposer):
-            accepted = _tree_step(proposer, sequence, output[produced:], budget, stats)
-        else:
-            accepted = _chain_step(proposer, sequence, output[produced:], budget, stats)
+        remaining = output[produced:]
+        (draft,) = proposer.propose([Slot(0, sequence, max_new - produced - 1)])
+        tree = draft if isinstance(draft, TokenTree) else TokenTree.chain(draft.tokens)
+        path, token, verified = walk_tree_with(tree, _saved_choices(remaining))
+        stats.record_walk(len(tree), len(path), verified)
         stats.target_calls += 1
-        step = output[produced : produced + accepted + 1]
+        proposer.observe([Outcome(0, sequence, draft, path, token)])
+        step = remaining[: len(path) + 1]
         sequence += step
         produced += len(step)
-    finish = getattr(proposer, "finish", None)
-    if finish is not None:
-        finish(output)
+    proposer.finish([GenerationResult(list(output), "length", stats)])
     return stats
 
 
-def _tree_step(
-    proposer: TreeProposer,
-    sequence: list[int],
-    remaining: list[int],
-    budget: int,
-    stats: DecodeStats,
-) -> int:
-    tree = proposer.grow(sequence, min(proposer.max_depth, budget))
-    # The loop's own walk, with the saved output as the target's choice at each depth. Past
-    # the end of the output (it ended with an end-of-sequence token) nothing matches, and the
-    # step ends there as the real run's commit does.
+def _saved_choices(remaining: list[int]) -> Callable[[int], int]:
+    """The core's walk with the saved output as the target's choice at each depth (a
+    verifier that accepts the saved token). Past the end of the output (it ended with an
+    end-of-sequence token) nothing matches, and the step ends there as the real run's
+    commit does."""
     depth = itertools.count()
 
     def saved(_row: int) -> int:
         at = next(depth)
         return remaining[at] if at < len(remaining) else -1
 
-    nodes, _, verified = walk_tree_with(tree, saved)
-    path = len(nodes)
-    stats.record_walk(len(tree), path, verified)
-    return path
-
-
-def _chain_step(
-    drafter: Drafter, sequence: list[int], remaining: list[int], budget: int, stats: DecodeStats
-) -> int:
-    proposal = drafter.propose(sequence, budget) if budget > 0 else None
-    tokens = proposal.tokens if proposal is not None else []
-    accepted = 0
-    while accepted < min(len(tokens), len(remaining)):
-        if tokens[accepted] != remaining[accepted]:
-            break
-        accepted += 1
-    stats.record_step(len(tokens), accepted)
-    drafter.observe(len(tokens), accepted)
-    return accepted
+    return saved

@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from specbench.decoding.drafters import ModelDrafter, NoDrafter
-from specbench.decoding.loop import speculative_generate
+from specbench.decoding.core import decode
+from specbench.decoding.drafters import ModelDrafter
 from specbench.decoding.sampling import sample
 from specbench.decoding.verify import RejectionVerifier, Verdict
+from specbench.methods.in_process import InProcessMethod
 from specbench.plugins import (
     DecodingMethod,
     GenerationRequest,
@@ -49,30 +50,28 @@ class BrokenParams(MethodParams):
     k: int = Field(4, ge=1)
 
 
-class _Broken(DecodingMethod):
+class _Broken(InProcessMethod):
     needs = frozenset({ModelRole.TARGET, ModelRole.DRAFT})
     Params = BrokenParams
     in_all = False
-    verifier: RejectionVerifier = RejectionVerifier()
+    broken: type[RejectionVerifier] = RejectionVerifier
 
     def __init__(self, params: BrokenParams, models: MethodModels) -> None:
         super().__init__(params, models)
-        self.drafter = ModelDrafter(models.require_draft(), k=params.k)
-
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        return speculative_generate(request, self.models.target, self.drafter, self.verifier)
+        self.proposer = ModelDrafter(models.require_draft(), k=params.k)
+        self.verifier = self.broken()
 
 
 class AcceptAllMethod(_Broken):
     name = "accept-all"
     description = "TEST ONLY: accepts every draft (broken on purpose)."
-    verifier = AcceptEverything()
+    broken = AcceptEverything
 
 
 class ResampleFromPMethod(_Broken):
     name = "resample-p"
     description = "TEST ONLY: resamples from p after a rejection (broken on purpose)."
-    verifier = ResampleFromTarget()
+    broken = ResampleFromTarget
 
 
 class FakeEngineParams(MethodParams):
@@ -92,12 +91,10 @@ class FakeEngineMethod(DecodingMethod):
         params = self.params
         assert isinstance(params, FakeEngineParams)
         if not params.speculative:
-            return speculative_generate(
-                request, self.models.target, NoDrafter(), RejectionVerifier()
-            )
+            return decode([request], self.models.target)[0]
         verifier = AcceptEverything() if params.broken else RejectionVerifier()
         drafter = ModelDrafter(self.models.require_draft(), k=params.k)
-        return speculative_generate(request, self.models.target, drafter, verifier)
+        return decode([request], self.models.target, drafter, verifier)[0]
 
     def reference_method(self) -> DecodingMethod:
         return FakeEngineMethod(FakeEngineParams(), self.models)

@@ -15,9 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from specbench.decoding.drafters import NoDrafter
-from specbench.decoding.loop import speculative_generate
-from specbench.decoding.verify import RejectionVerifier
+from specbench.decoding.core import decode
 from specbench.engines import SpecCounters, counter_stats
 from specbench.models.backends import ModelBackend
 from specbench.models.base import LanguageModel, Tokenizer
@@ -94,7 +92,7 @@ class FakeRemoteMethod(DecodingMethod):
         if self.calls == params.fail_at:
             raise RuntimeError("the engine crashed")
         self.calls += 1
-        result = speculative_generate(request, self.engine, NoDrafter(), RejectionVerifier())
+        (result,) = decode([request], self.engine)
         tokens = list(result.tokens)
         if params.diverge and len(tokens) > 3:
             tokens[3] = (tokens[3] + 1) % 24

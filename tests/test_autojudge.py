@@ -405,8 +405,8 @@ def test_feature_sets_must_name_blocks_that_are_on() -> None:
 
 
 def test_the_verifier_sees_each_draft_tokens_position_in_the_response() -> None:
+    from specbench.decoding.core import decode
     from specbench.decoding.drafters import ModelDrafter
-    from specbench.decoding.loop import speculative_generate
     from specbench.decoding.verify import Verdict, leading_accepts
 
     class Recording:
@@ -429,8 +429,8 @@ def test_the_verifier_sees_each_draft_tokens_position_in_the_response() -> None:
     committed = [0]
     models = toy_pair(vocab_size=24, order=1, seed=21, distance=1.5, sharpness=3.0)
     verifier = Recording()
-    result = speculative_generate(
-        request([1, 2, 3], 30), models.target, ModelDrafter(models.require_draft(), k=4), verifier
+    (result,) = decode(
+        [request([1, 2, 3], 30)], models.target, ModelDrafter(models.require_draft(), k=4), verifier
     )
     assert len(result.tokens) == 30 and len(verifier.seen) > 3
     for before, positions in verifier.seen:
@@ -646,17 +646,18 @@ def test_autojudge_with_draft_states_skips_the_extra_draft_forward(tiny_hf: dict
     state gives, with fewer draft forwards."""
     from helpers import hf_pair
 
-    from specbench.decoding.drafters import ModelDrafter, Proposal
-    from specbench.decoding.loop import speculative_generate
+    from specbench.decoding.core import decode
+    from specbench.decoding.drafters import ModelDrafter
+    from specbench.decoding.proposers import Proposal
 
     class EagerDrafter(ModelDrafter):
-        def propose(self, sequence, max_tokens):  # type: ignore[no-untyped-def]
-            proposal = super().propose(sequence, max_tokens)
+        def propose(self, slots):  # type: ignore[no-untyped-def]
+            (proposal,) = super().propose(slots)
             if proposal.last_hidden is None:
-                return proposal
+                return [proposal]
             last = proposal.last_hidden()[None]
             hidden = last if proposal.hidden is None else torch.cat([proposal.hidden, last])
-            return Proposal(proposal.tokens, proposal.probs, hidden)
+            return [Proposal(proposal.tokens, proposal.probs, hidden)]
 
     models = hf_pair(tiny_hf)
     dim = models.target.model.config.hidden_size + models.require_draft().model.config.hidden_size
@@ -665,7 +666,7 @@ def test_autojudge_with_draft_states_skips_the_extra_draft_forward(tiny_hf: dict
     for name, drafter_class in (("lazy", ModelDrafter), ("eager", EagerDrafter)):
         verifier = JudgeVerifier(_random_judge(dim, seed=5, scale=0.05), 0.5, True)
         drafter = drafter_class(models.require_draft(), k=4, collect_hidden=True)
-        result = speculative_generate(request(prompt, 40), models.target, drafter, verifier)
+        (result,) = decode([request(prompt, 40)], models.target, drafter, verifier)
         results[name] = (result, verifier.judge_accepted)
     (lazy, lazy_kept), (eager, eager_kept) = results["lazy"], results["eager"]
     assert lazy.tokens == eager.tokens and lazy_kept == eager_kept > 0

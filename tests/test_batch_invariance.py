@@ -1,4 +1,10 @@
-"""batch_invariant: logits of a position do not depend on how many positions a call scores."""
+"""batch_invariant: logits of a position do not depend on how many positions a call scores.
+
+Every test runs on both linear paths the loader can take (oneDNN-packed weights, the default
+where the CPU supports them, and transformers' own layers), and on whatever kernel path this
+CPU takes (AVX-512, AMX or AVX2): the tests record nothing about the CPU, the loader's own
+check (``models/invariance.py``) reports the path in the run header.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ import torch
 from helpers import make_method, request
 
 from specbench.models.hf import ROW_STABLE_ATTENTION, RowStableLinear, load_hf_model
+from specbench.models.invariance import check_batch_invariance
 from specbench.models.loading import load_models
+from specbench.models.packed import PackedLinear, packing_available
 from specbench.models.specs import HFModelSpec, ModelsSpec
 
 pytest.importorskip("transformers")
@@ -17,13 +25,25 @@ def _spec(folder, **extra) -> HFModelSpec:
     return HFModelSpec(model=str(folder), dtype="bfloat16", device="cpu", **extra)
 
 
+PREPACK = [
+    pytest.param(True, id="packed"),
+    pytest.param(False, id="torch-linear"),
+]
+
+
+@pytest.mark.parametrize("prepack", PREPACK)
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_verification_rows_equal_one_token_decoding_bit_for_bit(tiny_hf: dict, arch: str) -> None:
+def test_verification_rows_equal_one_token_decoding_bit_for_bit(
+    tiny_hf: dict, arch: str, prepack: bool
+) -> None:
     folder = tiny_hf[arch]["target"]
-    model = load_hf_model(_spec(folder, batch_invariant=True), str(folder), "t")
+    spec = _spec(folder, batch_invariant=True, prepack=prepack)
+    model = load_hf_model(spec, str(folder), "t")
     assert all(type(m) is not torch.nn.Linear for m in model.model.modules())
-    assert any(isinstance(m, RowStableLinear) for m in model.model.modules())
+    layer = PackedLinear if prepack and packing_available(model.model.lm_head.weight) else None
+    assert any(isinstance(m, layer or RowStableLinear) for m in model.model.modules())
     assert model.describe()["attn_implementation"] == ROW_STABLE_ATTENTION
+    assert model.describe()["batch_invariance"]["holds"]
     tokens = tiny_hf["tokenizer"].encode("the quick brown fox jumps over the lazy dog, def add")
     prefix = len(tokens) - 6
     batched = model.new_session().logits_from(tokens, prefix - 1)
@@ -34,7 +54,11 @@ def test_verification_rows_equal_one_token_decoding_bit_for_bit(tiny_hf: dict, a
     assert torch.equal(batched, singles)
 
 
-def test_attention_past_a_thousand_keys_is_row_stable(tmp_path) -> None:
+@pytest.mark.parametrize("prepack", PREPACK)
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_attention_past_a_thousand_keys_is_row_stable(
+    tmp_path, prepack: bool, kv_heads: int
+) -> None:
     """One query row against more than ~1152 keys takes another CPU path in ``weights @
     values`` than several rows do (a greedy flip at position 1040 of a real 1536-token run):
     at head size 128, decoding one token at a time must still equal scoring the positions
@@ -49,11 +73,12 @@ def test_attention_past_a_thousand_keys_is_row_stable(tmp_path) -> None:
         intermediate_size=256,
         num_hidden_layers=1,
         num_attention_heads=2,  # head size 128, as in the Qwen2.5 models
-        num_key_value_heads=1,
+        num_key_value_heads=kv_heads,  # 1: two query heads share one (grouped attention)
         max_position_embeddings=2048,
     )
     folder = save(Qwen2ForCausalLM(config).eval(), build_tokenizer(), tmp_path / "long")
-    model = load_hf_model(_spec(folder, batch_invariant=True), str(folder), "t")
+    spec = _spec(folder, batch_invariant=True, prepack=prepack)
+    model = load_hf_model(spec, str(folder), "t")
     tokens = torch.randint(3, 300, (1400,), generator=torch.Generator().manual_seed(1)).tolist()
     start = 1140
     batched = model.new_session().logits_from(tokens, start)
@@ -85,3 +110,22 @@ def test_greedy_speculative_equals_baseline_in_bfloat16(tiny_hf: dict) -> None:
 def test_batch_invariant_refuses_other_attention() -> None:
     with pytest.raises(ValueError, match="batch_invariant needs attn_implementation"):
         HFModelSpec(model="x/y", batch_invariant=True, attn_implementation="sdpa")
+
+
+def test_the_load_time_check_catches_a_model_that_is_not_batch_invariant(tiny_hf: dict) -> None:
+    """A layer whose output depends on how many rows share the call (as a kernel path can)
+    must be reported: the check compares one call with one-token steps and with chunks."""
+    folder = tiny_hf["qwen2"]["target"]
+    model = load_hf_model(_spec(folder, batch_invariant=True), str(folder), "t")
+    assert check_batch_invariance(model).holds
+
+    def rows_leak(_module, _inputs, output):  # the call's row count nudges every logit
+        return output + 1e-2 * output.shape[-2]
+
+    handle = model.model.lm_head.register_forward_hook(rows_leak)
+    try:
+        found = check_batch_invariance(model)
+    finally:
+        handle.remove()
+    assert not found.holds and found.single == found.rows
+    assert "does not hold on this CPU" in (found.warning("target") or "")

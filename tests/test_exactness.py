@@ -22,8 +22,8 @@ import torch
 from helpers import make_method, request, toy_pair
 from stats_utils import chi_square_pvalue
 
+from specbench.decoding.core import decode
 from specbench.decoding.drafters import ModelDrafter
-from specbench.decoding.loop import speculative_generate
 from specbench.decoding.sampling import SamplingParams, logits_to_probs, sample
 from specbench.decoding.verify import RejectionVerifier, Verdict
 from specbench.models.toy import ToyLanguageModel
@@ -218,6 +218,6 @@ def test_broken_verifier_fails_whole_method_check() -> None:
 
     def generate(seed: int) -> list[int]:
         req = request(PROMPT, LENGTH, seed, temperature=1.0)
-        return speculative_generate(req, models.target, drafter, ResampleFromTarget()).tokens
+        return decode([req], models.target, drafter, ResampleFromTarget())[0].tokens
 
     assert min(_triple_pvalues(generate, models, sampling)) < 1e-6

@@ -92,11 +92,9 @@ def _draft_argmax_verdict(draft_tokens: torch.Tensor, target_logits: torch.Tenso
 def test_a_wrong_greedy_shortcut_is_caught(
     pairs: dict[str, MethodModels], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import specbench.decoding.fast as fast
-    import specbench.decoding.loop as loop
+    import specbench.decoding.core as core
 
-    monkeypatch.setattr(loop, "greedy_verdict", _draft_argmax_verdict)
-    monkeypatch.setattr(fast, "greedy_verdict", _draft_argmax_verdict)
+    monkeypatch.setattr(core, "greedy_verdict", _draft_argmax_verdict)
     with torch.inference_mode():
         wrong = _mismatches({"pair": pairs["pair"]}, monkeypatch)
     assert any(w.startswith("speculative") for w in wrong), wrong

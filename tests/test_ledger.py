@@ -11,9 +11,9 @@ import torch
 from helpers import hf_pair, make_method, request, sample_record
 
 from specbench.costs import summarize_costs
+from specbench.decoding.core import decode
 from specbench.decoding.drafters import ModelDrafter
 from specbench.decoding.ledger import CostLedger, open_ledger, phase
-from specbench.decoding.loop import speculative_generate
 from specbench.decoding.verify import RejectionVerifier, Verdict
 from specbench.models.toy import ToyConfig, ToyLanguageModel
 from specbench.plugins import MethodModels, discover_methods
@@ -54,9 +54,7 @@ def test_each_phase_holds_the_time_spent_in_it() -> None:
     drafter = ModelDrafter(models.require_draft(), k=3)
     start = time.perf_counter()
     with open_ledger(ledger):
-        result = speculative_generate(
-            request([1, 2, 3], 24), models.target, drafter, SlowVerifier()
-        )
+        (result,) = decode([request([1, 2, 3], 24)], models.target, drafter, SlowVerifier())
         with phase("verify"):  # nested phases are exclusive: this sleep is verify, not host
             time.sleep(0.01)
     wall = time.perf_counter() - start

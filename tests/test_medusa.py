@@ -110,19 +110,20 @@ def test_heads_read_the_hidden_state_of_the_committed_position(small_medusa: Any
     _models, target, method = small_medusa
     drafter: MedusaDrafter = method.drafter
     seen: list[tuple[list[int], torch.Tensor]] = []
-    original_propose = drafter.propose
+    original_propose = drafter.propose_row
 
-    def propose(sequence: Any, max_tokens: int) -> Any:
-        if drafter._hidden is not None:
-            seen.append((list(sequence), drafter._hidden.clone()))
-        return original_propose(sequence, max_tokens)
+    def propose_row(slot: Any) -> Any:
+        hidden = drafter._hidden[slot.row]
+        if hidden is not None:
+            seen.append((list(slot.sequence), hidden.clone()))
+        return original_propose(slot)
 
-    drafter.propose = propose  # type: ignore[method-assign]
+    drafter.propose_row = propose_row  # type: ignore[method-assign]
     try:
         for seed in range(5):
             method.generate(request([3, 7, 1], 16, seed, temperature=1.0))
     finally:
-        drafter.propose = original_propose  # type: ignore[method-assign]
+        drafter.propose_row = original_propose  # type: ignore[method-assign]
     steps = [len(b) - len(a) for (a, _), (b, _) in itertools.pairwise(seen)]
     assert any(step > 1 for step in steps)  # some steps accepted drafts: rows other than 0
     for sequence, hidden in seen:

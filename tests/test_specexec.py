@@ -10,6 +10,7 @@ from helpers import make_method, request, toy_pair
 from stats_utils import chi_square_pvalue
 from test_exactness import LENGTH, POSITIONS, PROMPT, SAMPLES, _exact_triples
 
+from specbench.decoding.execution import EngineSessions
 from specbench.decoding.sampling import SamplingParams
 from specbench.decoding.tree import TokenTree, TreeDrafter, walk_tree
 from specbench.models.base import tree_path
@@ -67,8 +68,8 @@ def test_tree_grows_best_first_within_budget_and_depth() -> None:
     drafter = TreeDrafter(
         models.require_draft(), budget=12, max_depth=3, branching=3, beam=2, temperature=1.0
     )
-    drafter.start(request([2], 10, temperature=1.0))
-    tree = drafter.grow([2, 3], max_depth=3)
+    drafter.start([request([2], 10, temperature=1.0)], EngineSessions())
+    tree = drafter.grow(0, [2, 3], max_depth=3)
     assert len(tree) == 12 and max(tree.depths) <= 3
     assert tree.candidates >= len(tree)
     # Every node's children are among the draft's most likely continuations of its path.
@@ -109,7 +110,7 @@ def test_specexec_sampling_matches_target(temperature: float, top_p: float, budg
 
 def test_broken_tree_walk_fails_the_exactness_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """A walk that trusts the draft (descends into the most likely child) is not exact."""
-    import specbench.decoding.tree as tree_module
+    import specbench.decoding.core as core
 
     def trusting_walk(tree, probs, generator):
         children = tree.children()
@@ -121,7 +122,7 @@ def test_broken_tree_walk_fails_the_exactness_check(monkeypatch: pytest.MonkeyPa
             node = child
         return path, int(torch.multinomial(probs[node + 1], 1, generator=generator)), len(path)
 
-    monkeypatch.setattr(tree_module, "walk_tree", trusting_walk)
+    monkeypatch.setattr(core, "walk_tree", trusting_walk)
     models = toy_pair(vocab_size=6, order=1, seed=11, distance=1.2)
     method = make_method("specexec", models, budget=8, max_depth=4, branching=3, beam=3)
     counts: dict[int, Counter] = {t: Counter() for t in POSITIONS}

@@ -1,180 +1,156 @@
-"""Drafters propose tokens for the target to verify.
+"""Chain proposers: a draft model, and n-gram lookup in the sequence itself.
 
-A drafter is told the committed sequence and how many tokens it may propose at most; it
-returns the tokens and, when it drew them at random, the distributions it drew them from.
-After verification it hears how many were accepted, so it can adapt (as Hugging Face's
-candidate generators do). Draft model, n-gram lookup and trees are all drafters; the loop and
-the verifier stay the same.
+Both implement :class:`~specbench.decoding.proposers.Proposer` once, for any batch size
+and engine: the draft model runs every row's next draft token in one batched call (a
+session per row where the engine does not batch), n-gram lookup handles each row alone.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from specbench.decoding.greedy import greedy_applies, greedy_token
-from specbench.decoding.sampling import logits_to_probs, one_hot, sample
+from specbench.decoding.proposers import Draft, Proposal, Proposer, RowProposer, Sessions, Slot
+from specbench.decoding.sampling import logits_to_probs, sample
 from specbench.decoding.types import GenerationRequest
-from specbench.models.base import LanguageModel, Session
+from specbench.models.base import BatchSession, LanguageModel
 
 
-@dataclass
-class Proposal:
-    """Draft tokens and ``probs`` (``[k, V]``), the distributions they were drawn from.
-
-    ``probs`` is ``None`` for a deterministic drafter; the verifier then uses one-hot rows,
-    which is exact: the draft distribution of a deterministic proposal is a point mass.
-    ``hidden[i]`` is the draft's last hidden state at draft token ``i`` (drafters asked to
-    collect it). The state at the last token costs one more draft forward, so a drafter may
-    leave it out of ``hidden`` and hand over ``last_hidden``, which computes it on demand.
-    """
-
-    tokens: list[int]
-    probs: torch.Tensor | None = None
-    hidden: torch.Tensor | None = None
-    last_hidden: Callable[[], torch.Tensor] | None = None
-
-    def draft_probs(self, vocab_size: int, device: torch.device) -> torch.Tensor:
-        """``probs`` on ``device``, or one-hot rows for a deterministic proposal."""
-        if self.probs is not None:
-            return self.probs.to(device)
-        return one_hot(torch.tensor(self.tokens, dtype=torch.long, device=device), vocab_size)
-
-
-class Drafter(ABC):
-    """Proposes draft tokens; see the module docstring."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def start(self, request: GenerationRequest) -> None:
-        """Called once before each generation; drop per-sequence state here."""
-        self.calls = 0
-
-    @abstractmethod
-    def propose(self, sequence: Sequence[int], max_tokens: int) -> Proposal:
-        """Up to ``max_tokens`` tokens to follow ``sequence`` (prompt plus accepted output)."""
-
-    #: Set by drafters that read the target's last hidden state (trained heads): the loop
-    #: then asks the verification call for it and hands over the committed position's row.
-    wants_target_hidden: bool = False
-
-    def observe(self, proposed: int, accepted: int) -> None:  # noqa: B027 - optional hook
-        """Hear how a proposal fared; the default ignores it."""
-
-    def observe_target_hidden(self, hidden: torch.Tensor) -> None:  # noqa: B027 - optional hook
-        """The target's last hidden state at the position whose logits gave the token just
-        committed (only for drafters with ``wants_target_hidden``): the verification call
-        computed it already, so heads need no target call of their own."""
-
-
-class NoDrafter(Drafter):
-    """Proposes nothing: the speculative loop then decodes one target token per call."""
-
-    def propose(self, sequence: Sequence[int], max_tokens: int) -> Proposal:
-        return Proposal(tokens=[])
-
-
-class ModelDrafter(Drafter):
-    """Samples ``k`` tokens autoregressively from a draft model, keeping its KV cache.
+class ModelDrafter(Proposer):
+    """Samples up to ``k`` tokens autoregressively from a draft model, keeping its caches.
 
     Tokens are drawn through the same logits processing as the target's, so ``q`` is exactly
-    the distribution each draft token came from. With ``collect_hidden`` the proposal carries
-    the draft's states at its tokens; the one at the last token is left to ``last_hidden``.
+    the distribution each draft token came from (each row draws from its own random stream,
+    stream 1 of its request). With ``collect_hidden`` the proposal carries the draft's states
+    at its tokens; the one at the last token is left to ``last_hidden``.
     """
 
     def __init__(self, model: LanguageModel, k: int, collect_hidden: bool = False) -> None:
         super().__init__()
         self.model = model
         self.k = k
+        self.max_chain = k
         self.collect_hidden = collect_hidden
-        self._session: Session | None = None
-        self._request: GenerationRequest | None = None
-        self._generator: torch.Generator | None = None
+        self._rows: BatchSession | None = None
+        self._requests: Sequence[GenerationRequest] = ()
+        self._generators: list[torch.Generator] = []
 
-    def start(self, request: GenerationRequest) -> None:
-        super().start(request)
-        self._request = request
-        self._session = self.model.new_session()
-        self._generator = request.generator(self.model.device, stream=1)
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        super().start(requests, sessions)
+        self._requests = requests
+        room = (self.max_chain or self.k) + 1
+        positions = max(len(r.prompt_ids) + r.max_new_tokens for r in requests) + room
+        self._rows = sessions.rows(self.model, len(requests), positions)
+        self._generators = [r.generator(self.model.device, stream=1) for r in requests]
 
-    def propose(self, sequence: Sequence[int], max_tokens: int) -> Proposal:
-        if self._session is None or self._request is None:
+    def propose(self, slots: Sequence[Slot]) -> list[Draft]:
+        rows = self._rows
+        if rows is None:
             raise RuntimeError("ModelDrafter.propose called before start()")
-        draft = list(sequence)
-        tokens: list[int] = []
-        probs: list[torch.Tensor] = []
-        hidden: list[torch.Tensor] = []
-        for _ in range(min(self.k, max_tokens)):
-            output = self._session.forward_from(draft, len(draft) - 1, hidden=self.collect_hidden)
-            self.calls += 1
-            if tokens and output.hidden is not None:
-                hidden.append(output.hidden[-1])  # the state at the previous draft token
-            if greedy_applies(self._request.sampling):
-                # Deterministic at temperature 0: the argmax, with no distribution (one-hot
-                # rows are implied and exact).
-                token = int(greedy_token(output.logits[-1]))
-            else:
-                q = logits_to_probs(output.logits[-1], self._request.sampling)
-                token = int(sample(q, self._generator))
-                probs.append(q)
-            tokens.append(token)
-            draft.append(token)
-        return Proposal(
-            tokens=tokens,
-            probs=torch.stack(probs) if probs else None,
-            hidden=torch.stack(hidden) if hidden else None,
-            last_hidden=self._last_hidden(draft) if self.collect_hidden and tokens else None,
-        )
+        size = len(self._requests)
+        wanted = [0] * size
+        drafts: list[list[int] | None] = [None] * size
+        for slot in slots:
+            wanted[slot.row] = min(self.limit(slot), slot.budget)
+            drafts[slot.row] = list(slot.sequence)
+        tokens: list[list[int]] = [[] for _ in range(size)]
+        probs: list[list[torch.Tensor]] = [[] for _ in range(size)]
+        hidden: list[list[torch.Tensor]] = [[] for _ in range(size)]
+        for step in range(max(wanted, default=0)):
+            inputs = [
+                d if d is not None and step < wanted[b] else None for b, d in enumerate(drafts)
+            ]
+            starts = [0 if d is None else len(d) - 1 for d in inputs]
+            outputs = rows.forward_rows(inputs, starts, hidden=self.collect_hidden)
+            for b, output in enumerate(outputs):
+                if output is None:
+                    continue
+                self.calls[b] += 1
+                if tokens[b] and output.hidden is not None:
+                    hidden[b].append(output.hidden[-1])  # the state at the previous draft token
+                sampling = self._requests[b].sampling
+                if greedy_applies(sampling):
+                    # Deterministic at temperature 0: the argmax, with no distribution
+                    # (one-hot rows are implied and exact).
+                    token = int(greedy_token(output.logits[-1]))
+                else:
+                    q = logits_to_probs(output.logits[-1], sampling)
+                    token = int(sample(q, self._generators[b]))
+                    probs[b].append(q)
+                tokens[b].append(token)
+                drafts[b].append(token)  # type: ignore[union-attr]
+        return [
+            Proposal(
+                tokens=tokens[slot.row],
+                probs=torch.stack(probs[slot.row]) if probs[slot.row] else None,
+                hidden=torch.stack(hidden[slot.row]) if hidden[slot.row] else None,
+                last_hidden=self._last_hidden(slot.row, drafts[slot.row])  # type: ignore[arg-type]
+                if self.collect_hidden and tokens[slot.row]
+                else None,
+            )
+            for slot in slots
+        ]
 
-    def _last_hidden(self, draft: list[int]) -> Callable[[], torch.Tensor]:
+    def limit(self, slot: Slot) -> int:
+        """How many tokens to draft for this row now (adaptive drafters override it)."""
+        return self.k
+
+    def _last_hidden(self, row: int, draft: list[int]) -> Callable[[], torch.Tensor]:
         """The state at the last draft token: one more forward, made only when a verifier
         asks (a judge scoring a mismatch there), since most steps reject earlier."""
-        session = self._session
-        assert session is not None
+        rows = self._rows
+        assert rows is not None
 
         def compute() -> torch.Tensor:
-            output = session.forward_from(draft, len(draft) - 1, hidden=True)
-            self.calls += 1
-            assert output.hidden is not None
+            inputs: list[list[int] | None] = [None] * rows.size
+            inputs[row] = draft
+            starts = [len(draft) - 1] * rows.size
+            output = rows.forward_rows(inputs, starts, hidden=True)[row]
+            self.calls[row] += 1
+            assert output is not None and output.hidden is not None
             return output.hidden[-1]
 
         return compute
 
 
-class NgramDrafter(Drafter):
+class NgramDrafter(RowProposer):
     """Prompt lookup: continue the latest earlier occurrence of the sequence's last n-gram.
 
     Tries ``n = max_ngram`` down to ``min_ngram``; the match may lie in the prompt or in the
     output so far. The proposal is deterministic, so its ``q`` is one-hot and the shared
     verifier stays exact at any temperature (Saxena's prompt lookup decoding; HF's
-    ``prompt_lookup_num_tokens``).
+    ``prompt_lookup_num_tokens``). Records add ``lookup_hit_rate``.
     """
 
     def __init__(self, k: int, max_ngram: int = 3, min_ngram: int = 1) -> None:
         super().__init__()
         self.k = k
+        self.max_chain = k
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
-        self.lookups = 0
-        self.hits = 0
+        self.lookups: list[int] = []
+        self.hits: list[int] = []
 
-    def start(self, request: GenerationRequest) -> None:
-        super().start(request)
-        self.lookups = 0
-        self.hits = 0
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        super().start(requests, sessions)
+        self.lookups = [0] * len(requests)
+        self.hits = [0] * len(requests)
 
-    def propose(self, sequence: Sequence[int], max_tokens: int) -> Proposal:
-        limit = min(self.k, max_tokens)
+    def propose_row(self, slot: Slot) -> Draft:
+        limit = min(self.k, slot.budget)
         if limit <= 0:
             return Proposal(tokens=[])
-        tokens = lookup_continuation(sequence, limit, self.max_ngram, self.min_ngram)
-        self.lookups += 1
-        self.hits += bool(tokens)
+        tokens = lookup_continuation(slot.sequence, limit, self.max_ngram, self.min_ngram)
+        self.lookups[slot.row] += 1
+        self.hits[slot.row] += bool(tokens)
         return Proposal(tokens=tokens)
+
+    def stats(self, row: int) -> dict[str, float]:
+        if not self.lookups or not self.lookups[row]:
+            return {}
+        return {"lookup_hit_rate": self.hits[row] / self.lookups[row]}
 
 
 def lookup_continuation(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specbench.decoding.drafters import Drafter, Proposal
+from specbench.decoding.proposers import Draft, Outcome, Proposal, RowProposer, Sessions, Slot
 from specbench.decoding.sampling import SamplingParams, logits_to_probs, sample
 from specbench.decoding.tree import Candidate, TokenTree, TreeProposer, best_subtree
 from specbench.decoding.types import GenerationRequest
@@ -143,29 +143,34 @@ class HeadState:
         return int(self.draft_to_target[draft]), q
 
 
-class Eagle3Drafter(Drafter):
-    """Chains of ``k`` drafts from the head (see the module docstring)."""
+class Eagle3Drafter(RowProposer):
+    """Chains of ``k`` drafts from the head (see the module docstring). One sequence at a
+    time: the head reads the target's features through hooks on its layers."""
+
+    batchable = False
 
     def __init__(self, state: HeadState, k: int, sample_drafts: bool = True) -> None:
         super().__init__()
         self.state = state
         self.k = k
+        self.max_chain = k
         self.sample_drafts = sample_drafts
         self._rejected = 0
         self._sampling: SamplingParams | None = None
         self._generator: torch.Generator | None = None
 
-    def start(self, request: GenerationRequest) -> None:
-        super().start(request)
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        super().start(requests, sessions)
         self.state.start()
         self._rejected = 0
-        self._sampling = request.sampling if self.sample_drafts else None
-        self._generator = request.generator(self.state.device, stream=1)
+        self._sampling = requests[0].sampling if self.sample_drafts else None
+        self._generator = requests[0].generator(self.state.device, stream=1)
 
-    def observe(self, proposed: int, accepted: int) -> None:
-        self._rejected = proposed - accepted
+    def observe_row(self, outcome: Outcome) -> None:
+        self._rejected = outcome.proposed - outcome.accepted
 
-    def propose(self, sequence: Sequence[int], max_tokens: int) -> Proposal:
+    def propose_row(self, slot: Slot) -> Draft:
+        sequence, max_tokens = slot.sequence, slot.budget
         state = self.state
         rows = state.take_rows()
         if rows is not None and self._rejected:
@@ -175,7 +180,7 @@ class Eagle3Drafter(Drafter):
         hidden = state.absorb(sequence)
         limit = min(self.k, max_tokens)
         if hidden is None or limit <= 0:
-            self.calls = state.calls
+            self.calls[0] = state.calls
             return Proposal(tokens=[])
         assert self._generator is not None
         tokens: list[int] = []
@@ -191,7 +196,7 @@ class Eagle3Drafter(Drafter):
                 if i + 1 < limit:
                     hidden = state.forward([token], hidden.unsqueeze(0), position + i)[-1]
         state.cache.crop(state.pairs)
-        self.calls = state.calls
+        self.calls[0] = state.calls
         return Proposal(tokens=tokens, probs=torch.stack(probs) if probs else None)
 
 
@@ -202,39 +207,35 @@ class _Candidate(Candidate):
 
 
 class Eagle3TreeProposer(TreeProposer):
-    """EAGLE-2 dynamic trees from the head (see the module docstring)."""
+    """EAGLE-2 dynamic trees from the head (see the module docstring); one sequence at a
+    time, like the chains."""
+
+    batchable = False
 
     def __init__(self, state: HeadState, top_k: int, depth: int, budget: int) -> None:
+        super().__init__()
         self.state = state
         self.top_k = top_k
         self.max_depth = depth
         self.budget = budget
-        self.calls = 0
 
-    def start(self, request: GenerationRequest) -> None:
-        super().start(request)
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        super().start(requests, sessions)
         self.state.start()
 
-    def observe(
-        self,
-        sequence: list[int],
-        tree: TokenTree,
-        logits: torch.Tensor,
-        path: list[int],
-        token: int,
-    ) -> None:
+    def observe_row(self, outcome: Outcome) -> None:
         rows = self.state.take_rows()
         if rows is not None:
-            chain = rows.shape[0] - len(tree)
-            keep = list(range(chain)) + [chain + node for node in path]
+            chain = rows.shape[0] - len(outcome.draft.tokens)
+            keep = list(range(chain)) + [chain + node for node in outcome.path]
             rows = rows[keep]
         self.state.hear(rows)
 
-    def grow(self, sequence: list[int], max_depth: int) -> TokenTree:
+    def grow(self, row: int, sequence: list[int], max_depth: int) -> TokenTree:
         state = self.state
         tree = TokenTree()
         root = state.absorb(sequence)
-        self.calls = state.calls
+        self.calls[0] = state.calls
         if root is None or max_depth <= 0 or self.budget <= 0:
             return tree
         committed = state.pairs
@@ -262,7 +263,7 @@ class Eagle3TreeProposer(TreeProposer):
                 )
                 tree.rounds += 1
         state.cache.crop(committed)
-        self.calls = state.calls
+        self.calls[0] = state.calls
         best_subtree(tree, pool, self.budget)
         return tree
 

@@ -24,9 +24,10 @@ keeps it a tree that the shared tree attention scores.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-import torch
-
+from specbench.decoding.proposers import Outcome, Sessions
 from specbench.decoding.tree import TokenTree, TreeProposer
 from specbench.decoding.types import GenerationRequest
 
@@ -58,65 +59,60 @@ class LookaheadProposer(TreeProposer):
     """See the module docstring. ``window`` W, ``ngram`` N, ``pool_size`` G."""
 
     def __init__(self, window: int, ngram: int, pool_size: int) -> None:
+        super().__init__()
         self.window = window
         self.ngram = ngram
         self.pool_size = pool_size
         self.max_depth = max(window, ngram - 1)
-        self.pool = NgramPool(pool_size)
-        self._guess: list[int] = []
-        self._chain: list[int] = []
-        self._iterates: deque[tuple[int, list[int]]] = deque(maxlen=ngram)
-        self._steps = self._hits = self._candidates = 0
+        self._rows: list[_RowState] = []
 
-    def start(self, request: GenerationRequest) -> None:
-        super().start(request)
-        self.pool = NgramPool(self.pool_size)
-        self._iterates.clear()
-        prompt = list(request.prompt_ids)
-        # First guesses: the prompt's last tokens, as the paper seeds the window from it.
-        self._guess = [prompt[(i - self.window) % len(prompt)] for i in range(self.window)]
-        self._steps = self._hits = self._candidates = 0
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        super().start(requests, sessions)
+        self._rows = []
+        for request in requests:
+            prompt = list(request.prompt_ids)
+            # First guesses: the prompt's last tokens, as the paper seeds the window from it.
+            guess = [prompt[(i - self.window) % len(prompt)] for i in range(self.window)]
+            self._rows.append(_RowState(NgramPool(self.pool_size), guess, deque(maxlen=self.ngram)))
 
-    def grow(self, sequence: list[int], max_depth: int) -> TokenTree:
+    def grow(self, row: int, sequence: list[int], max_depth: int) -> TokenTree:
+        state = self._rows[row]
         tree = TokenTree()
-        self._steps += 1
-        self._chain = []
+        state.steps += 1
+        state.chain = []
         if max_depth <= 0:
             return tree
-        candidates = self.pool.lookup(sequence[-1])[: self.pool_size]
-        self._hits += bool(candidates)
-        self._candidates += len(candidates)
+        candidates = state.pool.lookup(sequence[-1])[: self.pool_size]
+        state.hits += bool(candidates)
+        state.candidates += len(candidates)
         for continuation in candidates:
             tree.add_path(list(continuation[:max_depth]))
-        self._chain = tree.add_path(self._guess[:max_depth])
+        state.chain = tree.add_path(state.guess[:max_depth])
         return tree
 
-    def observe(
-        self,
-        sequence: list[int],
-        tree: TokenTree,
-        logits: torch.Tensor,
-        path: list[int],
-        token: int,
-    ) -> None:
+    def observe_row(self, outcome: Outcome) -> None:
+        state = self._rows[outcome.row]
+        tree = outcome.draft
+        assert isinstance(tree, TokenTree) and outcome.logits is not None
+        sequence = outcome.sequence
         # The next iterate: the argmax after the last committed token and after each guess.
-        rows = [0] + [1 + node for node in self._chain]
-        iterate = logits[rows].argmax(dim=-1).tolist()
+        rows = [0] + [1 + node for node in state.chain]
+        iterate = outcome.logits[rows].argmax(dim=-1).tolist()
         position = len(sequence)  # absolute position of iterate[0]
-        self._iterates.append((position, iterate))
-        self._collect()
-        committed = len(path) + 1
+        state.iterates.append((position, iterate))
+        self._collect(state)
+        committed = len(outcome.path) + 1
         following = iterate[committed:]
-        tail = sequence + [tree.tokens[i] for i in path] + [token]
+        tail = sequence + [tree.tokens[i] for i in outcome.path] + [outcome.token]
         while len(following) < self.window:  # refill from the text, as at the start
             following.append(tail[-(self.window - len(following))])
-        self._guess = following[: self.window]
+        state.guess = following[: self.window]
 
-    def _collect(self) -> None:
+    def _collect(self, state: _RowState) -> None:
         """Add the diagonals through the stored iterates (one per start position)."""
-        if len(self._iterates) < self.ngram:
+        if len(state.iterates) < self.ngram:
             return
-        iterates = list(self._iterates)
+        iterates = list(state.iterates)
         first_position, first = iterates[0]
         for offset in range(len(first)):
             ngram = []
@@ -126,12 +122,26 @@ class LookaheadProposer(TreeProposer):
                     break
                 ngram.append(tokens[index])
             if len(ngram) == self.ngram:
-                self.pool.add(tuple(ngram))
+                state.pool.add(tuple(ngram))
 
-    def stats(self) -> dict[str, float]:
-        steps = max(self._steps, 1)
+    def stats(self, row: int) -> dict[str, float]:
+        state = self._rows[row]
+        steps = max(state.steps, 1)
         return {
-            "lookahead_pool_size": float(len(self.pool)),
-            "lookahead_hit_rate": self._hits / steps,
-            "lookahead_candidates": self._candidates / steps,
+            "lookahead_pool_size": float(len(state.pool)),
+            "lookahead_hit_rate": state.hits / steps,
+            "lookahead_candidates": state.candidates / steps,
         }
+
+
+@dataclass
+class _RowState:
+    """One row's n-gram pool, Jacobi window and recent iterates."""
+
+    pool: NgramPool
+    guess: list[int]
+    iterates: deque[tuple[int, list[int]]]
+    chain: list[int] = field(default_factory=list)
+    steps: int = 0
+    hits: int = 0
+    candidates: int = 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from specbench.decoding.proposers import Outcome, Sessions
 from specbench.decoding.tree import TokenTree, TreeProposer
 from specbench.decoding.types import GenerationRequest
 
@@ -60,23 +61,24 @@ class AdjacencyMatrix:
 
 
 class RecyclingProposer(TreeProposer):
-    """Builds Token Recycling's static BFS tree from the adjacency matrix; learns from every
-    target call through :meth:`observe`."""
+    """Builds Token Recycling's static BFS tree from the adjacency matrix (shared by the rows
+    and the prompts of a run); learns from every target call through :meth:`observe_row`."""
 
     def __init__(
         self, vocab_size: int, top_k: int, branching: Sequence[int], max_nodes: int
     ) -> None:
+        super().__init__()
         self.matrix = AdjacencyMatrix(vocab_size, top_k)
         self.branching = list(branching)
         self.max_nodes = max_nodes
         self.max_depth = len(self.branching)
-        self._sizes: list[int] = []
+        self._sizes: list[list[int]] = []
 
-    def start(self, request: GenerationRequest) -> None:
-        super().start(request)
-        self._sizes = []
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        super().start(requests, sessions)
+        self._sizes = [[] for _ in requests]
 
-    def grow(self, sequence: list[int], max_depth: int) -> TokenTree:
+    def grow(self, row: int, sequence: list[int], max_depth: int) -> TokenTree:
         tree = TokenTree()
         frontier = [(-1, sequence[-1])]
         for depth, width in enumerate(self.branching[:max_depth], start=1):
@@ -90,22 +92,17 @@ class RecyclingProposer(TreeProposer):
             frontier = following
             if not frontier:
                 break
-        self._sizes.append(len(tree))
+        self._sizes[row].append(len(tree))
         return tree
 
-    def observe(
-        self,
-        sequence: list[int],
-        tree: TokenTree,
-        logits: torch.Tensor,
-        path: list[int],
-        token: int,
-    ) -> None:
+    def observe_row(self, outcome: Outcome) -> None:
+        assert outcome.logits is not None
         # Row 0 scored the last committed token, row 1 + i tree node i.
-        self.matrix.update([sequence[-1], *tree.tokens], logits)
+        self.matrix.update([outcome.sequence[-1], *outcome.draft.tokens], outcome.logits)
 
-    def stats(self) -> dict[str, float]:
+    def stats(self, row: int) -> dict[str, float]:
+        sizes = self._sizes[row]
         return {
-            "recycling_tree_size": sum(self._sizes) / max(len(self._sizes), 1),
+            "recycling_tree_size": sum(sizes) / max(len(sizes), 1),
             "recycling_matrix_coverage": self.matrix.coverage(),
         }

@@ -27,8 +27,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from specbench.decoding.proposers import Sessions
 from specbench.decoding.tree import TokenTree, TreeProposer
-from specbench.decoding.types import GenerationRequest
+from specbench.decoding.types import GenerationRequest, GenerationResult
 
 
 @dataclass
@@ -110,7 +111,7 @@ class IncrementalSuffixTrie(SuffixTrie):
 
 
 @dataclass
-class Candidate:
+class SuffixCandidate:
     """A speculation tree below a matched node, as root-down token paths with probabilities."""
 
     paths: list[tuple[list[int], float]]
@@ -129,7 +130,7 @@ def speculate(
     source: str,
     max_nodes: int,
     min_token_prob: float,
-) -> Candidate:
+) -> SuffixCandidate:
     """Best-first expansion below ``node`` by probability = product of count ratios."""
     paths: list[tuple[list[int], float]] = []
     heap: list[tuple[float, int, list[int], _Node, int]] = []
@@ -149,12 +150,12 @@ def speculate(
         negative, _, tokens, child, _ = heapq.heappop(heap)
         paths.append((tokens, -negative))
         push_children(child, tokens, -negative)
-    return Candidate(paths, match_length, source)
+    return SuffixCandidate(paths, match_length, source)
 
 
 class SuffixProposer(TreeProposer):
     """Suffix Decoding's proposer (see the module docstring); the global trie persists across
-    requests of a run, the per-request trie is rebuilt for each generation."""
+    requests of a run, each row's per-request trie is rebuilt for each generation."""
 
     def __init__(
         self,
@@ -167,6 +168,7 @@ class SuffixProposer(TreeProposer):
         max_cached_requests: int = 256,
         use_global: bool = True,
     ) -> None:
+        super().__init__()
         self.max_depth = max_depth
         self.max_match = max_match
         self.max_spec_factor = max_spec_factor
@@ -177,44 +179,37 @@ class SuffixProposer(TreeProposer):
         self.use_global = use_global
         self.global_trie = SuffixTrie(max_depth)
         self._cached_outputs: deque[list[int]] = deque()
-        self._local = IncrementalSuffixTrie(max_depth)
-        self._seen = 0
-        self._prompt_length = 0
-        self._steps = self._global_hits = self._matched_steps = 0
-        self._match_total = self._tree_total = 0
+        self._rows: list[_RowState] = []
 
-    def start(self, request: GenerationRequest) -> None:
-        super().start(request)
-        self._local = IncrementalSuffixTrie(self.max_depth)
-        self._seen = 0
-        self._prompt_length = len(request.prompt_ids)
-        self._steps = self._global_hits = self._matched_steps = 0
-        self._match_total = self._tree_total = 0
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        super().start(requests, sessions)
+        self._rows = [_RowState(IncrementalSuffixTrie(self.max_depth)) for _ in requests]
 
-    def grow(self, sequence: list[int], max_depth: int) -> TokenTree:
+    def grow(self, row: int, sequence: list[int], max_depth: int) -> TokenTree:
+        state = self._rows[row]
         # The per-request trie covers the sequence up to its last token (the match itself
         # must be followed by something, so the newest window never matches itself).
-        self._local.extend(sequence[self._seen :])
-        self._seen = len(sequence)
-        self._steps += 1
+        state.local.extend(sequence[state.seen :])
+        state.seen = len(sequence)
+        state.steps += 1
         tree = TokenTree()
         if max_depth <= 0:
             return tree
-        best = self._best_candidate(sequence)
+        best = self._best_candidate(state.local, sequence)
         if best is None:
             return tree
-        self._matched_steps += 1
-        self._match_total += best.match_length
-        self._global_hits += best.source == "global"
+        state.matched_steps += 1
+        state.match_total += best.match_length
+        state.global_hits += best.source == "global"
         for tokens, _ in best.paths:
             if len(tokens) <= max_depth:
                 tree.add_path(tokens)
-        self._tree_total += len(tree)
+        state.tree_total += len(tree)
         return tree
 
-    def _best_candidate(self, sequence: list[int]) -> Candidate | None:
+    def _best_candidate(self, local: SuffixTrie, sequence: list[int]) -> SuffixCandidate | None:
         candidates = []
-        tries: list[tuple[str, SuffixTrie]] = [("request", self._local)]
+        tries: list[tuple[str, SuffixTrie]] = [("request", local)]
         if self.use_global:
             tries.append(("global", self.global_trie))
         for source, trie in tries:
@@ -235,7 +230,11 @@ class SuffixProposer(TreeProposer):
         self.global_trie = SuffixTrie(self.max_depth)
         self._cached_outputs.clear()
 
-    def finish(self, output: Sequence[int]) -> None:
+    def finish(self, results: Sequence[GenerationResult]) -> None:
+        for result in results:
+            self.remember(result.tokens)
+
+    def remember(self, output: Sequence[int]) -> None:
         """Add a finished request's output to the global trie (evicting the oldest)."""
         if not self.use_global or not output:
             return
@@ -244,13 +243,27 @@ class SuffixProposer(TreeProposer):
         while len(self._cached_outputs) > self.max_cached_requests:
             self.global_trie.add_sequence(self._cached_outputs.popleft(), sign=-1)
 
-    def stats(self) -> dict[str, float]:
-        steps = max(self._steps, 1)
-        matched = max(self._matched_steps, 1)
+    def stats(self, row: int) -> dict[str, float]:
+        state = self._rows[row]
+        steps = max(state.steps, 1)
+        matched = max(state.matched_steps, 1)
         return {
-            "suffix_match_rate": self._matched_steps / steps,
-            "suffix_match_length": self._match_total / matched,
-            "suffix_tree_size": self._tree_total / matched,
-            "suffix_global_hit_rate": self._global_hits / steps,
+            "suffix_match_rate": state.matched_steps / steps,
+            "suffix_match_length": state.match_total / matched,
+            "suffix_tree_size": state.tree_total / matched,
+            "suffix_global_hit_rate": state.global_hits / steps,
             "suffix_global_nodes": float(self.global_trie.nodes),
         }
+
+
+@dataclass
+class _RowState:
+    """One row's per-request trie and counters."""
+
+    local: IncrementalSuffixTrie
+    seen: int = 0
+    steps: int = 0
+    global_hits: int = 0
+    matched_steps: int = 0
+    match_total: int = 0
+    tree_total: int = 0

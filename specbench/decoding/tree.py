@@ -1,11 +1,11 @@
 """Token trees: one verification path for every tree-drafting method.
 
-:func:`tree_generate` is the loop every tree method shares: a :class:`TreeProposer` grows a
-tree after the committed sequence, the target scores it in one tree-attention call, and the
+A :class:`TreeProposer` grows a tree after the committed sequence, the execution core
+(:mod:`specbench.decoding.core`) has the target score it in one tree-attention call, and the
 target's own samples walk it (:func:`walk_tree`), which is exact for any tree built without
 looking at the target's samples of this step. Proposers hear the outcome (and the target's
-logits) through :meth:`TreeProposer.observe`, which is how Token Recycling and Lookahead
-learn from target calls.
+logits) through ``observe_row``, which is how Token Recycling and Lookahead learn from
+target calls.
 
 SpecExec (Svirschevski et al., 2024): the draft grows a tree best-first by cumulative
 probability: at each round the ``beam`` most probable candidates join the tree and the draft
@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import heapq
 import math
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from specbench.decoding import ledger
-from specbench.decoding.greedy import greedy_applies, greedy_token
-from specbench.decoding.loop import DecodeState
+from specbench.decoding.proposers import Draft, RowProposer, Sessions, Slot
 from specbench.decoding.sampling import SamplingParams, logits_to_probs, sample
-from specbench.decoding.types import GenerationRequest, GenerationResult
+from specbench.decoding.types import GenerationRequest
 from specbench.models.base import LanguageModel, Session
 
 
@@ -47,6 +46,14 @@ class TokenTree:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @classmethod
+    def chain(cls, tokens: Sequence[int]) -> TokenTree:
+        """A chain as a tree: node ``i`` is the child of node ``i - 1``."""
+        tree = cls()
+        for depth, token in enumerate(tokens, start=1):
+            tree.add(depth - 2, token, depth)
+        return tree
 
     def add(self, parent: int, token: int, depth: int) -> int:
         self.parents.append(parent)
@@ -105,38 +112,26 @@ def best_subtree(tree: TokenTree, pool: Sequence[Candidate], budget: int) -> Non
     tree.candidates = len(pool)
 
 
-class TreeProposer:
-    """Grows a token tree after the committed sequence; the base of every tree method.
+class TreeProposer(RowProposer):
+    """A proposer of token trees, one per row (the base of every tree method).
 
-    ``calls`` counts draft-model calls (0 for draft-free proposers). ``observe`` hears each
-    step: the sequence before it, the tree, the target's raw logits for the root (row 0) and
-    every node (row ``1 + i``), the path the target's samples took and the token after it.
-    ``stats`` returns method-specific numbers for the record (averaged per step by merging).
+    Subclasses implement :meth:`grow`; ``observe_row`` hears each step's
+    :class:`~specbench.decoding.proposers.Outcome`: the sequence before it, the tree, the
+    target's raw logits for the root (row 0) and every node (row ``1 + i``), the path the
+    target's samples took and the token after it. ``calls`` counts draft-model calls (0
+    for draft-free proposers).
     """
 
-    calls: int = 0
-    #: Deepest tree level it grows (the loop also stops at the token budget).
+    drafts_trees = True
+    #: Deepest tree level it grows (the core also stops at the token budget).
     max_depth: int = 1024
 
-    def start(self, request: GenerationRequest) -> None:
-        """Called once before each generation."""
-        self.calls = 0
+    def propose_row(self, slot: Slot) -> Draft:
+        return self.grow(slot.row, slot.sequence, min(self.max_depth, slot.budget))
 
-    def grow(self, sequence: list[int], max_depth: int) -> TokenTree:
-        raise NotImplementedError
-
-    def observe(
-        self,
-        sequence: list[int],
-        tree: TokenTree,
-        logits: torch.Tensor,
-        path: list[int],
-        token: int,
-    ) -> None:
-        """Learn from a verified step; the default ignores it."""
-
-    def stats(self) -> dict[str, float]:
-        return {}
+    @abstractmethod
+    def grow(self, row: int, sequence: list[int], max_depth: int) -> TokenTree:
+        """A tree of at most ``max_depth`` levels after ``sequence`` for ``row``."""
 
 
 class TreeDrafter(TreeProposer):
@@ -151,28 +146,30 @@ class TreeDrafter(TreeProposer):
         beam: int,
         temperature: float,
     ) -> None:
+        super().__init__()
         self.model = model
         self.budget = budget
         self.max_depth = max_depth
         self.branching = branching
         self.beam = beam
         self.sampling = SamplingParams(temperature=temperature)
-        self.calls = 0
-        self._session: Session | None = None
+        self._sessions: list[Session] = []
 
-    def start(self, request: GenerationRequest) -> None:
-        super().start(request)
-        self._session = self.model.new_session()
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        super().start(requests, sessions)
+        positions = max(len(r.prompt_ids) + r.max_new_tokens for r in requests) + self.budget
+        self._sessions = [sessions.session(self.model, positions) for _ in requests]
 
-    def grow(self, sequence: list[int], max_depth: int) -> TokenTree:
+    def grow(self, row: int, sequence: list[int], max_depth: int) -> TokenTree:
         """A tree of at most ``budget`` nodes and ``max_depth`` levels after ``sequence``."""
-        if self._session is None:
+        if not self._sessions:
             raise RuntimeError("TreeDrafter.grow called before start()")
+        session = self._sessions[row]
         tree = TokenTree()
         if max_depth <= 0 or self.budget <= 0:
             return tree
-        root = self._session.logits_from(sequence, len(sequence) - 1)[-1:]
-        self.calls += 1
+        root = session.logits_from(sequence, len(sequence) - 1)[-1:]
+        self.calls[row] += 1
         heap: list[
             tuple[float, int, int, int, int]
         ] = []  # (-log q, tiebreak, parent, token, depth)
@@ -189,17 +186,17 @@ class TreeDrafter(TreeProposer):
             expandable = [n for n in added if tree.depths[n] < max_depth]
             if not expandable or len(tree) >= self.budget:
                 continue
-            logits = self._session.tree_extend(
+            logits = session.tree_extend(
                 [tree.parents[n] for n in added], [tree.tokens[n] for n in added]
             )
-            self.calls += 1
-            rows = [row for row, node in enumerate(added) if tree.depths[node] < max_depth]
+            self.calls[row] += 1
+            kept = [i for i, node in enumerate(added) if tree.depths[node] < max_depth]
             counter = self._push_children(
                 heap,
-                logits[rows],
-                [added[row] for row in rows],
+                logits[kept],
+                [added[i] for i in kept],
                 log_q,
-                [tree.depths[added[row]] + 1 for row in rows],
+                [tree.depths[added[i]] + 1 for i in kept],
                 counter,
                 tree,
             )
@@ -258,50 +255,3 @@ def walk_tree_with(tree: TokenTree, choose: Callable[[int], int]) -> tuple[list[
             return path, token, verified
         path.append(child)
         node = child
-
-
-def tree_generate(
-    request: GenerationRequest, target: LanguageModel, drafter: TreeProposer
-) -> GenerationResult:
-    """Generate with trees verified by the target's own samples (exact)."""
-    state = DecodeState(request)
-    session = target.new_session()
-    generator = request.generator(target.device, stream=0)
-    drafter.start(request)
-    sizes: list[int] = []
-    parallelism: list[float] = []
-    widest = 0
-    candidates = pruned = 0
-    while not state.done:
-        with ledger.phase("draft"):
-            tree = drafter.grow(state.sequence, min(drafter.max_depth, state.draft_budget))
-        logits = session.tree_forward(state.sequence, tree.parents, tree.tokens)
-        state.stats.target_calls += 1
-        with ledger.phase("verify"):
-            if greedy_applies(request.sampling):
-                # The target's own argmax at every node: one [nodes + 1] read, no one-hot rows.
-                choices = greedy_token(logits).tolist()
-                path, token, verified = walk_tree_with(tree, choices.__getitem__)
-            else:
-                probs = logits_to_probs(logits, request.sampling)
-                path, token, verified = walk_tree(tree, probs, generator)
-        with ledger.phase("draft"):
-            drafter.observe(state.sequence, tree, logits, path, token)
-        session.commit_tree_path(path)
-        state.stats.record_walk(len(tree), len(path), verified)
-        if len(tree):
-            sizes.append(len(tree))
-            parallelism.append(len(tree) / max(tree.depths))
-            widest = max(widest, tree.widest_level())
-            candidates += tree.candidates
-            pruned += tree.candidates - len(tree)
-        state.commit([tree.tokens[i] for i in path] + [token])
-    extra = state.stats.extra
-    if sizes:
-        extra["tree_size"] = sum(sizes) / len(sizes)
-        extra["effective_parallelism"] = sum(parallelism) / len(parallelism)
-        extra["max_active_branches"] = float(widest)
-        if candidates:
-            extra["branch_prune_rate"] = pruned / candidates
-    extra.update(drafter.stats())
-    return state.result(drafter.calls)

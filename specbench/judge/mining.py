@@ -547,7 +547,8 @@ def _continue(
             Continuation(o.tokens[:budget], o.prefix_hidden, o.prefix_logits)
             for o, budget in zip(outputs, budgets, strict=True)
         ]
-    from specbench.decoding.batch import BatchModelDrafter, batched_generate
+    from specbench.decoding.core import decode
+    from specbench.decoding.drafters import ModelDrafter
     from specbench.decoding.sampling import SamplingParams
     from specbench.decoding.types import GenerationRequest
 
@@ -558,9 +559,9 @@ def _continue(
             GenerationRequest(p, budget, SamplingParams(), seed=0, stop_token_ids=stop_ids)
             for p, budget in zip(chunk, budgets[start : start + settings.batch_size], strict=True)
         ]
-        drafter = BatchModelDrafter(draft, settings.speculative_k)
+        drafter = ModelDrafter(draft, settings.speculative_k)
         with FinalStateCapture(module, first_call=True) as first:  # type: ignore[arg-type]
-            results = batched_generate(requests, target, drafter)
+            results = decode(requests, target, drafter)
         # The first call is every row's prefill, rows left-aligned: the state at the
         # prefix's last token is at its length - 1, the one that chose it at length - 2.
         states = first.states

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from specbench.conversation import PromptEncoder
 from specbench.decoding.drafters import ModelDrafter
-from specbench.decoding.loop import speculative_generate
 from specbench.decoding.verify import StepFeatures, Verdict, leading_accepts
 from specbench.errors import SpecbenchError
 from specbench.judge.cache import (
@@ -40,12 +39,11 @@ from specbench.judge.mining import (
     mined_token_features,
 )
 from specbench.judge.token_features import TokenFeaturizer
+from specbench.methods.in_process import InProcessMethod, OneSequenceParams
 from specbench.plugins import (
-    DecodingMethod,
     GenerationRequest,
     GenerationResult,
     MethodModels,
-    MethodParams,
     ModelRole,
     RunContext,
 )
@@ -160,7 +158,7 @@ FEATURE_BLOCKS = {
 }
 
 
-class AutoJudgeParams(MethodParams):
+class AutoJudgeParams(OneSequenceParams):
     k: int = Field(8, ge=1, le=64, description="Draft tokens per target call (window).")
     threshold: float = Field(
         0.5, ge=0, le=1, description="Keep a mismatch when P(important) is below this."
@@ -277,7 +275,7 @@ class JudgeVerifier:
         return unimportant
 
 
-class AutoJudgeMethod(DecodingMethod):
+class AutoJudgeMethod(InProcessMethod):
     """Greedy speculative decoding that accepts mismatches a learned judge deems harmless."""
 
     name = "autojudge"
@@ -297,8 +295,8 @@ class AutoJudgeMethod(DecodingMethod):
         self.drafter = ModelDrafter(
             models.require_draft(), k=params.k, collect_hidden=params.judge.features != "target"
         )
+        self.proposer = self.drafter
         self.threshold = params.threshold
-        self.verifier: JudgeVerifier | None = None
         self.stored: StoredJudge | None = None
 
     # -- training ------------------------------------------------------------------------
@@ -513,22 +511,28 @@ class AutoJudgeMethod(DecodingMethod):
             confidence=self.settings.confidence_features,
         )
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        if self.verifier is None or self.stored is None:
+    def _judge(self) -> tuple[JudgeVerifier, StoredJudge]:
+        if not isinstance(self.verifier, JudgeVerifier) or self.stored is None:
             raise SpecbenchError("autojudge was not prepared", "run it through specbench run")
-        self.verifier.reset()
-        result = speculative_generate(request, self.models.target, self.drafter, self.verifier)
-        report = self.stored.report
+        return self.verifier, self.stored
+
+    def decode(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        self._judge()[0].reset()
+        return super().decode(requests)
+
+    def finish(self, results: list[GenerationResult]) -> None:
+        judge, stored = self._judge()
+        (result,) = results  # one sequence at a time: the judge's counters are its own
+        report = stored.report
         extra = result.stats.extra
-        mismatches = self.verifier.mismatches
+        mismatches = judge.mismatches
         extra["mismatches"] = float(mismatches)
-        extra["judge_accepted"] = float(self.verifier.judge_accepted)
+        extra["judge_accepted"] = float(judge.judge_accepted)
         if mismatches:
-            extra["judge_accept_rate"] = self.verifier.judge_accepted / mismatches
+            extra["judge_accept_rate"] = judge.judge_accepted / mismatches
             extra["target_fallback_rate"] = 1.0 - extra["judge_accept_rate"]
         extra["threshold"] = self.threshold
         extra["autojudge_train_samples"] = float(report.samples)
         extra["autojudge_train_loss"] = report.train_loss
         if report.roc_auc is not None:
             extra["autojudge_roc_auc"] = report.roc_auc
-        return result

@@ -10,26 +10,17 @@ from __future__ import annotations
 from pydantic import Field
 
 from specbench.decoding.eagle import Eagle3Drafter, Eagle3TreeProposer, HeadState
-from specbench.decoding.loop import speculative_generate
-from specbench.decoding.tree import tree_generate
 from specbench.decoding.types import GenerationRequest
-from specbench.decoding.verify import RejectionVerifier
 from specbench.errors import PluginError, SpecbenchError
 from specbench.heads.eagle3 import Eagle3Head, aux_layers, check_fits, load_eagle3
 from specbench.heads.eagle3_training import Eagle3Training, train_eagle3
 from specbench.heads.features import LayerInputCapture, decoder_layers
 from specbench.heads.store import heads_for
-from specbench.plugins import (
-    DecodingMethod,
-    GenerationResult,
-    MethodModels,
-    MethodParams,
-    ModelRole,
-    RunContext,
-)
+from specbench.methods.in_process import InProcessMethod, OneSequenceParams
+from specbench.plugins import GenerationResult, MethodModels, MethodParams, ModelRole, RunContext
 
 
-class Eagle3Params(MethodParams):
+class Eagle3Params(OneSequenceParams):
     head: str | None = Field(
         None,
         description="EAGLE-3 head: a folder or hub id (speculators or EAGLE layout); unset: "
@@ -63,7 +54,7 @@ class Eagle3Params(MethodParams):
         )
 
 
-class Eagle3Method(DecodingMethod):
+class Eagle3Method(InProcessMethod):
     """An EAGLE-3 head drafting chains (shared verifier) or EAGLE-2 trees (shared tree walk)."""
 
     name = "eagle3"
@@ -104,6 +95,14 @@ class Eagle3Method(DecodingMethod):
         head.to(target.device, dtype)
         self._layers = aux_layers(head, layers)
         self.state = HeadState(head, module, target.vocab_size)  # type: ignore[arg-type]
+        params = self.params
+        assert isinstance(params, Eagle3Params)
+        if params.tree:
+            self.proposer = Eagle3TreeProposer(
+                self.state, params.top_k, params.depth, params.budget
+            )
+        else:
+            self.proposer = Eagle3Drafter(self.state, params.k, params.sample_drafts)
 
     def _trained(self, context: RunContext, train: bool, force: bool = False) -> str | None:
         """Use the head trained for this target and these settings (training it when
@@ -130,25 +129,20 @@ class Eagle3Method(DecodingMethod):
             return None
         return self._trained(context, train=True, force=context.force_train)
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        params = self.params
-        assert isinstance(params, Eagle3Params)
+    def decode(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         state = self.state
         if state is None:
             raise SpecbenchError("eagle3 was used before prepare()", "call prepare(context)")
-        target = self.models.target
         with LayerInputCapture(self._module, self._layers) as capture:  # type: ignore[arg-type]
             state.capture = capture
             try:
-                if params.tree:
-                    proposer = Eagle3TreeProposer(state, params.top_k, params.depth, params.budget)
-                    result = tree_generate(request, target, proposer)
-                else:
-                    drafter = Eagle3Drafter(state, params.k, params.sample_drafts)
-                    result = speculative_generate(request, target, drafter, RejectionVerifier())
+                return super().decode(requests)
             finally:
                 state.capture = None
-        if state.recomputes:
-            result.stats.extra["feature_recomputes"] = float(state.recomputes)
+
+    def finish(self, results: list[GenerationResult]) -> None:
+        state = self.state
+        if state is not None and state.recomputes:
+            for result in results:
+                result.stats.extra["feature_recomputes"] = float(state.recomputes)
             state.recomputes = 0
-        return result

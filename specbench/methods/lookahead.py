@@ -5,24 +5,17 @@ from __future__ import annotations
 from pydantic import Field
 
 from specbench.decoding.lookahead import LookaheadProposer
-from specbench.decoding.tree import tree_generate
-from specbench.plugins import (
-    DecodingMethod,
-    GenerationRequest,
-    GenerationResult,
-    MethodModels,
-    MethodParams,
-    ModelRole,
-)
+from specbench.methods.in_process import ExecutionParams, InProcessMethod
+from specbench.plugins import MethodModels, ModelRole
 
 
-class LookaheadParams(MethodParams):
+class LookaheadParams(ExecutionParams):
     window: int = Field(5, ge=1, le=64, description="W: guessed future tokens (Jacobi window).")
     ngram: int = Field(3, ge=2, le=16, description="N: n-gram length collected and verified.")
     pool_size: int = Field(5, ge=1, le=64, description="G: n-grams verified per step at most.")
 
 
-class LookaheadMethod(DecodingMethod):
+class LookaheadMethod(InProcessMethod):
     """Lookahead decoding; exact at any temperature (the target's samples walk the tree).
 
     Records add ``lookahead_pool_size``, ``lookahead_hit_rate`` (steps with a pool candidate)
@@ -37,6 +30,3 @@ class LookaheadMethod(DecodingMethod):
     def __init__(self, params: LookaheadParams, models: MethodModels) -> None:
         super().__init__(params, models)
         self.proposer = LookaheadProposer(params.window, params.ngram, params.pool_size)
-
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        return tree_generate(request, self.models.target, self.proposer)

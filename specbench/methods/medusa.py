@@ -13,35 +13,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from specbench.decoding.drafters import Drafter, Proposal
-from specbench.decoding.loop import speculative_generate
-from specbench.decoding.tree import (
-    Candidate,
-    TokenTree,
-    TreeProposer,
-    best_subtree,
-    tree_generate,
-)
+from specbench.decoding.proposers import Draft, Outcome, Proposal, RowProposer, Sessions, Slot
+from specbench.decoding.tree import Candidate, TokenTree, TreeProposer, best_subtree
 from specbench.decoding.types import GenerationRequest
-from specbench.decoding.verify import RejectionVerifier, TypicalAcceptanceVerifier
+from specbench.decoding.verify import RejectionVerifier, TypicalAcceptanceVerifier, Verifier
 from specbench.errors import PluginError, SpecbenchError
 from specbench.heads.features import FinalStateCapture
 from specbench.heads.medusa import MedusaHeads, check_fits, load_medusa
 from specbench.heads.medusa_training import MedusaTraining, train_medusa
 from specbench.heads.store import heads_for
-from specbench.plugins import (
-    DecodingMethod,
-    GenerationResult,
-    MethodModels,
-    MethodParams,
-    ModelRole,
-    RunContext,
-)
+from specbench.methods.in_process import InProcessMethod, OneSequenceParams
+from specbench.plugins import GenerationResult, MethodModels, MethodParams, ModelRole, RunContext
 
 
-class MedusaParams(MethodParams):
+class MedusaParams(OneSequenceParams):
     heads: str | None = Field(
         None,
         description="Medusa heads: a folder or a hub id (Medusa's hub layout); unset: heads "
@@ -75,8 +62,10 @@ class MedusaParams(MethodParams):
         )
 
 
-class MedusaDrafter(Drafter):
-    """Top-1 tokens of the heads at the target's last committed hidden state."""
+class MedusaDrafter(RowProposer):
+    """Top-1 tokens of the heads at the target's last committed hidden state: the state at
+    the position whose logits gave the token just committed, which the verification call
+    computed already, so the heads need no target call of their own."""
 
     wants_target_hidden = True
 
@@ -84,25 +73,28 @@ class MedusaDrafter(Drafter):
         super().__init__()
         self.heads = heads
         self.k = k
+        self.max_chain = k
         self.vocab_size = vocab_size
-        self._hidden: torch.Tensor | None = None
+        self._hidden: list[torch.Tensor | None] = []
 
-    def start(self, request: GenerationRequest) -> None:
-        super().start(request)
-        self._hidden = None  # the first (prompt) call proposes nothing and brings the state
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        super().start(requests, sessions)
+        # The first (prompt) call proposes nothing and brings the state.
+        self._hidden = [None] * len(requests)
 
-    def observe_target_hidden(self, hidden: torch.Tensor) -> None:
-        self._hidden = hidden
+    def observe_row(self, outcome: Outcome) -> None:
+        if outcome.hidden is not None:
+            self._hidden[outcome.row] = outcome.hidden[outcome.accepted]
 
-    def propose(self, sequence: Sequence[int], max_tokens: int) -> Proposal:
-        hidden, self._hidden = self._hidden, None
-        limit = min(self.k, max_tokens)
+    def propose_row(self, slot: Slot) -> Draft:
+        hidden, self._hidden[slot.row] = self._hidden[slot.row], None
+        limit = min(self.k, slot.budget)
         if hidden is None or limit <= 0:
             return Proposal(tokens=[])
         weight = next(self.heads.parameters())
         with torch.inference_mode():
             logits = self.heads.draft_logits(hidden.to(weight.device, weight.dtype))[:limit]
-        self.calls += 1
+        self.calls[slot.row] += 1
         return Proposal(tokens=logits[:, : self.vocab_size].argmax(-1).tolist())
 
 
@@ -110,9 +102,13 @@ class MedusaTreeProposer(TreeProposer):
     """Medusa's candidate tree: head ``i``'s ``top_k`` tokens at depth ``i + 1`` under every
     kept node of depth ``i``, the ``budget`` paths of highest product of head probabilities
     kept (a child never outscores its parent, so they form a tree). The target walks it with
-    its own samples: exact."""
+    its own samples: exact. One sequence at a time: it reads the target's state through a
+    hook on the final norm."""
+
+    batchable = False
 
     def __init__(self, heads: MedusaHeads, k: int, top_k: int, budget: int, vocab: int) -> None:
+        super().__init__()
         self.heads = heads
         self.max_depth = k
         self.top_k = top_k
@@ -121,27 +117,21 @@ class MedusaTreeProposer(TreeProposer):
         self.capture: FinalStateCapture | None = None
         self._hidden: torch.Tensor | None = None
 
-    def start(self, request: GenerationRequest) -> None:
-        super().start(request)
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        super().start(requests, sessions)
         self._hidden = None
 
-    def observe(
-        self,
-        sequence: list[int],
-        tree: TokenTree,
-        logits: torch.Tensor,
-        path: list[int],
-        token: int,
-    ) -> None:
+    def observe_row(self, outcome: Outcome) -> None:
         rows = None if self.capture is None else self.capture.take()
         if rows is None:
             self._hidden = None
             return
-        chain = rows.shape[0] - len(tree)
+        chain = rows.shape[0] - len(outcome.draft.tokens)
+        path = outcome.path
         # The state whose logits gave ``token``: the last kept node's, else the chain's last.
         self._hidden = rows[chain + path[-1]] if path else rows[chain - 1]
 
-    def grow(self, sequence: list[int], max_depth: int) -> TokenTree:
+    def grow(self, row: int, sequence: list[int], max_depth: int) -> TokenTree:
         tree = TokenTree()
         hidden, self._hidden = self._hidden, None
         depth_limit = min(max_depth, self.max_depth)
@@ -152,7 +142,7 @@ class MedusaTreeProposer(TreeProposer):
             logits = self.heads.draft_logits(hidden.to(weight.device, weight.dtype))
             log_probs = torch.log_softmax(logits[:depth_limit, : self.vocab_size].float(), -1)
             top = torch.topk(log_probs, min(self.top_k, log_probs.shape[-1]), dim=-1)
-        self.calls += 1
+        self.calls[row] += 1
         values, tokens = top.values.tolist(), top.indices.tolist()
         # Each level expands its best ``budget`` candidates.
         pool: list[Candidate] = []
@@ -170,7 +160,7 @@ class MedusaTreeProposer(TreeProposer):
         return tree
 
 
-class MedusaMethod(DecodingMethod):
+class MedusaMethod(InProcessMethod):
     """Medusa-1 heads drafting a chain for the shared exact verifier."""
 
     name = "medusa"
@@ -180,8 +170,6 @@ class MedusaMethod(DecodingMethod):
     accept_length_model = "chain_analytic"
     in_all = False
     not_in_all_reason = "needs trained heads: set params.heads to a Medusa folder or hub id"
-    #: Trees go through the shared (exact) tree walk; a lossy verifier has no tree form here.
-    verifies_trees = True
 
     def __init__(self, params: MethodParams, models: MethodModels) -> None:
         super().__init__(params, models)
@@ -210,6 +198,12 @@ class MedusaMethod(DecodingMethod):
         heads.to(target.device, dtype)
         k = min(params.k or heads.config.num_heads, heads.config.num_heads)
         self.drafter = MedusaDrafter(heads, k, target.vocab_size)
+        self.proposer = self.drafter
+        if params.tree:
+            self.proposer = MedusaTreeProposer(
+                heads, k, params.top_k, params.budget, target.vocab_size
+            )
+        self.verifier = self.chain_verifier()
 
     def _trained(self, context: RunContext, train: bool, force: bool = False) -> str | None:
         """Use the heads trained for this target and these settings (training them when
@@ -235,33 +229,36 @@ class MedusaMethod(DecodingMethod):
             return None  # given heads: nothing to train
         return self._trained(context, train=True, force=context.force_train)
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
+    def decode(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         if self.drafter is None:
             raise SpecbenchError("medusa was used before prepare()", "call prepare(context)")
-        params = self.params
-        assert isinstance(params, MedusaParams)
-        target = self.models.target
-        if not params.tree:
-            return speculative_generate(request, target, self.drafter, self.verifier())
-        if not self.verifies_trees:
-            raise SpecbenchError(
-                f"{self.name} verifies chains only", "set tree = false, or use method medusa"
-            )
-        drafter = self.drafter
-        proposer = MedusaTreeProposer(
-            drafter.heads, drafter.k, params.top_k, params.budget, drafter.vocab_size
-        )
-        with FinalStateCapture(target.model) as capture:  # type: ignore[attr-defined]
+        proposer = self.proposer
+        if not isinstance(proposer, MedusaTreeProposer):
+            return super().decode(requests)
+        with FinalStateCapture(self.models.target.model) as capture:  # type: ignore[attr-defined]
             proposer.capture = capture
-            return tree_generate(request, target, proposer)
+            try:
+                return super().decode(requests)
+            finally:
+                proposer.capture = None
 
-    def verifier(self) -> RejectionVerifier | TypicalAcceptanceVerifier:
+    def chain_verifier(self) -> Verifier:
+        """How chains are verified: exactly (the lossy variant overrides it)."""
         return RejectionVerifier()
 
 
 class MedusaTypicalParams(MedusaParams):
     epsilon: float = Field(0.09, gt=0, le=1, description="Hard acceptance threshold.")
     delta: float = Field(0.3, gt=0, le=1, description="Entropy-scaled threshold factor.")
+
+    @model_validator(mode="after")
+    def _chains_only(self) -> MedusaTypicalParams:
+        if self.tree:
+            raise ValueError(
+                "medusa-typical verifies chains only (typical acceptance has no tree form "
+                "here): set tree = false, or use method medusa for trees"
+            )
+        return self
 
 
 class MedusaTypicalMethod(MedusaMethod):
@@ -271,10 +268,9 @@ class MedusaTypicalMethod(MedusaMethod):
     description = "Medusa heads with Medusa's typical acceptance (LOSSY: not the target's output)."
     Params = MedusaTypicalParams
     exact = False
-    verifies_trees = False
     accept_length_model = "measured_per_k"
 
-    def verifier(self) -> RejectionVerifier | TypicalAcceptanceVerifier:
+    def chain_verifier(self) -> Verifier:
         params = self.params
         assert isinstance(params, MedusaTypicalParams)
         return TypicalAcceptanceVerifier(params.epsilon, params.delta)

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from specbench.decoding.tree import TreeDrafter, tree_generate
-from specbench.plugins import (
-    DecodingMethod,
-    GenerationRequest,
-    GenerationResult,
-    MethodModels,
-    MethodParams,
-    ModelRole,
-)
+from specbench.decoding.tree import TreeDrafter
+from specbench.methods.in_process import ExecutionParams, InProcessMethod
+from specbench.plugins import MethodModels, ModelRole
 
 
-class SpecExecParams(MethodParams):
+class SpecExecParams(ExecutionParams):
     budget: int = Field(16, ge=1, le=1024, description="Tree nodes per target call.")
     max_depth: int = Field(8, ge=1, le=128, description="Tree levels at most.")
     branching: int = Field(4, ge=1, le=64, description="Children proposed per expanded node.")
@@ -25,7 +19,7 @@ class SpecExecParams(MethodParams):
     )
 
 
-class SpecExecMethod(DecodingMethod):
+class SpecExecMethod(InProcessMethod):
     """Draft tree grown by cumulative probability; the target keeps the path its own samples take.
 
     Records add ``tree_size``, ``branch_prune_rate`` (share of proposed children that did not
@@ -40,7 +34,7 @@ class SpecExecMethod(DecodingMethod):
 
     def __init__(self, params: SpecExecParams, models: MethodModels) -> None:
         super().__init__(params, models)
-        self.drafter = TreeDrafter(
+        self.proposer = TreeDrafter(
             models.require_draft(),
             budget=params.budget,
             max_depth=params.max_depth,
@@ -48,6 +42,3 @@ class SpecExecMethod(DecodingMethod):
             beam=params.beam,
             temperature=params.draft_temperature,
         )
-
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        return tree_generate(request, self.models.target, self.drafter)

@@ -6,18 +6,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from specbench.decoding.suffix import SuffixProposer
-from specbench.decoding.tree import tree_generate
-from specbench.plugins import (
-    DecodingMethod,
-    GenerationRequest,
-    GenerationResult,
-    MethodModels,
-    MethodParams,
-    ModelRole,
-)
+from specbench.methods.in_process import ExecutionParams, InProcessMethod
+from specbench.plugins import MethodModels, MethodParams, ModelRole
 
 
-class SuffixParams(MethodParams):
+class SuffixParams(ExecutionParams):
     max_depth: int = Field(
         24, ge=2, le=256, description="Longest token window a trie holds (match + speculation)."
     )
@@ -37,7 +30,7 @@ class SuffixParams(MethodParams):
     )
 
 
-class SuffixMethod(DecodingMethod):
+class SuffixMethod(InProcessMethod):
     """Suffix Decoding: no draft model; the tree walk verifies exactly.
 
     Records add ``suffix_match_rate`` (steps with a match), ``suffix_match_length``,
@@ -52,15 +45,11 @@ class SuffixMethod(DecodingMethod):
 
     def __init__(self, params: SuffixParams, models: MethodModels) -> None:
         super().__init__(params, models)
-        self.proposer = suffix_proposer(params)
-
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        result = tree_generate(request, self.models.target, self.proposer)
-        self.proposer.finish(result.tokens)
-        return result
+        self.suffix = suffix_proposer(params)
+        self.proposer = self.suffix
 
     def end_warmup(self) -> None:
-        self.proposer.clear_global()
+        self.suffix.clear_global()
 
     @classmethod
     def replay_proposer(cls, params: MethodParams) -> SuffixProposer:

@@ -7,20 +7,13 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from specbench.decoding.recycling import RecyclingProposer
-from specbench.decoding.tree import tree_generate
+from specbench.decoding.types import GenerationResult
 from specbench.errors import SpecbenchError
-from specbench.plugins import (
-    DecodingMethod,
-    GenerationRequest,
-    GenerationResult,
-    MethodModels,
-    MethodParams,
-    ModelRole,
-    RunContext,
-)
+from specbench.methods.in_process import ExecutionParams, InProcessMethod
+from specbench.plugins import MethodModels, ModelRole, RunContext
 
 
-class TokenRecyclingParams(MethodParams):
+class TokenRecyclingParams(ExecutionParams):
     top_k: int = Field(8, ge=1, le=64, description="Successors kept per token (matrix width).")
     branching: list[int] = Field(
         default_factory=lambda: [4, 2, 2, 1, 1],
@@ -41,7 +34,7 @@ class TokenRecyclingParams(MethodParams):
         return value
 
 
-class TokenRecyclingMethod(DecodingMethod):
+class TokenRecyclingMethod(InProcessMethod):
     """Token Recycling; exact (the target's samples walk the tree). The matrix persists across
     the prompts of a run.
 
@@ -62,11 +55,12 @@ class TokenRecyclingMethod(DecodingMethod):
                 f"top_k = {params.top_k} keeps",
                 "raise top_k or lower branching",
             )
-        self.proposer = RecyclingProposer(
+        self.recycling = RecyclingProposer(
             models.target.vocab_size, params.top_k, params.branching, params.max_nodes
         )
+        self.proposer = self.recycling
         self.matrix_file: Path | None = None
-        self._initial = self.proposer.matrix.rows.clone()
+        self._initial = self.recycling.matrix.rows.clone()
 
     def prepare(self, context: RunContext) -> None:
         params = self.params
@@ -76,20 +70,18 @@ class TokenRecyclingMethod(DecodingMethod):
         self.matrix_file = context.base_dir / params.matrix_path
         if self.matrix_file.exists():
             try:
-                self.proposer.matrix.load(self.matrix_file)
+                self.recycling.matrix.load(self.matrix_file)
             except (ValueError, OSError, RuntimeError) as error:
                 raise SpecbenchError(
                     f"token-recycling: cannot load {self.matrix_file}: {error}",
                     "remove the file or point matrix_path elsewhere",
                 ) from error
-            self._initial = self.proposer.matrix.rows.clone()
+            self._initial = self.recycling.matrix.rows.clone()
 
     def end_warmup(self) -> None:
         # The matrix as it was before the warm-up (empty, or as loaded).
-        self.proposer.matrix.rows = self._initial.clone()
+        self.recycling.matrix.rows = self._initial.clone()
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        result = tree_generate(request, self.models.target, self.proposer)
+    def finish(self, results: list[GenerationResult]) -> None:
         if self.matrix_file is not None:
-            self.proposer.matrix.save(self.matrix_file)
-        return result
+            self.recycling.matrix.save(self.matrix_file)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from specbench.decoding import ledger
+from specbench.errors import PluginError
 
 
 class Tokenizer(Protocol):
@@ -106,6 +107,21 @@ class LanguageModel(ABC):
     def new_batch_session(self, size: int) -> BatchSession:
         """Caches for ``size`` sequences decoded together; backends that batch override it."""
         return SequentialBatchSession(self, size)
+
+    def new_static_session(
+        self,
+        positions: int,
+        max_len: int,
+        graph_lengths: tuple[int, ...] = (),
+        compile: bool = False,
+    ) -> Session:
+        """A session over a preallocated cache for a sequence of up to ``positions`` tokens
+        (the ``static`` engine; CUDA graphs for calls of ``graph_lengths`` tokens). Backends
+        without one refuse it."""
+        raise PluginError(
+            f"engine 'static' needs a backend with static caches (hf or dummy), not {self.name}",
+            "use engine = 'eager' with this model",
+        )
 
     def greedy_continuations(
         self,
@@ -246,6 +262,9 @@ class Session(ABC):
         self.cached.extend(self.tree[i].token for i in path)
         self.tree = []
 
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the session holds (a static cache goes back to its model's pool)."""
+
     def _sync(self, tokens: Sequence[int], start: int) -> list[int]:
         """Drop any tree and the cache beyond the shared prefix; return the tokens to feed."""
         if self.tree:
@@ -341,18 +360,27 @@ def ancestors(node: int, parents: Sequence[int]) -> list[int]:
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix of two token sequences."""
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    # Decoding calls this every forward with a cache that is almost always a prefix of the
+    # new sequence: one slice comparison (in C) settles it; otherwise bisect on slices.
+    if list(a[:n]) == list(b[:n]):
+        return n
+    low, high = 0, n  # a[:low] == b[:low], a[:high] != b[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if list(a[low:middle]) == list(b[low:middle]):
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 class BatchSession(ABC):
     """Several sequences decoded together, each keeping its own cache and length.
 
-    :meth:`logits_rows` is :meth:`Session.logits_from` for many rows in one forward call:
+    :meth:`forward_rows` is :meth:`Session.forward_from` for many rows in one forward call:
     each row keeps the longest cached prefix of its new sequence and processes the rest;
-    rows given ``None`` sit this call out.
+    rows given ``None`` sit this call out. Token trees (:meth:`tree_forward`) are scored a
+    row at a time by backends whose batch is a list of sessions.
     """
 
     def __init__(self, model: LanguageModel, size: int) -> None:
@@ -361,27 +389,69 @@ class BatchSession(ABC):
         self.cached: list[list[int]] = [[] for _ in range(size)]
 
     @abstractmethod
+    def forward_rows(
+        self,
+        sequences: Sequence[Sequence[int] | None],
+        starts: Sequence[int],
+        hidden: bool = False,
+    ) -> list[ForwardOutput | None]:
+        """Per row: logits (and last hidden states when ``hidden``) for positions
+        ``starts[b] .. len(sequences[b]) - 1``."""
+
     def logits_rows(
         self, sequences: Sequence[Sequence[int] | None], starts: Sequence[int]
     ) -> list[torch.Tensor | None]:
         """Per row: logits for positions ``starts[b] .. len(sequences[b]) - 1``."""
+        return [None if o is None else o.logits for o in self.forward_rows(sequences, starts)]
+
+    def tree_forward(
+        self, row: int, sequence: Sequence[int], parents: Sequence[int], tokens: Sequence[int]
+    ) -> torch.Tensor:
+        """:meth:`Session.tree_forward` for one row."""
+        raise NotImplementedError(f"{type(self).__name__} does not score token trees")
+
+    def commit_tree_path(self, row: int, path: Sequence[int]) -> None:
+        """:meth:`Session.commit_tree_path` for one row."""
+        raise NotImplementedError(f"{type(self).__name__} does not score token trees")
 
 
 class SequentialBatchSession(BatchSession):
-    """A batch served one row at a time through ordinary sessions (any backend)."""
+    """A batch served one row at a time through ordinary sessions (any backend, any engine,
+    token trees included)."""
 
-    def __init__(self, model: LanguageModel, size: int) -> None:
+    def __init__(
+        self, model: LanguageModel, size: int, sessions: Sequence[Session] | None = None
+    ) -> None:
         super().__init__(model, size)
-        self.sessions = [model.new_session() for _ in range(size)]
+        self.sessions = (
+            list(sessions) if sessions is not None else [model.new_session() for _ in range(size)]
+        )
+        if len(self.sessions) != size:
+            raise ValueError(f"a batch of {size} rows needs {size} sessions")
 
-    def logits_rows(
-        self, sequences: Sequence[Sequence[int] | None], starts: Sequence[int]
-    ) -> list[torch.Tensor | None]:
-        out: list[torch.Tensor | None] = []
+    def forward_rows(
+        self,
+        sequences: Sequence[Sequence[int] | None],
+        starts: Sequence[int],
+        hidden: bool = False,
+    ) -> list[ForwardOutput | None]:
+        out: list[ForwardOutput | None] = []
         for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True)):
             if sequence is None:
                 out.append(None)
                 continue
-            out.append(self.sessions[row].logits_from(sequence, start))
-            self.cached[row] = list(self.sessions[row].cached)
+            session = self.sessions[row]
+            out.append(session.forward_from(sequence, start, hidden))
+            self.cached[row] = session.cached
         return out
+
+    def tree_forward(
+        self, row: int, sequence: Sequence[int], parents: Sequence[int], tokens: Sequence[int]
+    ) -> torch.Tensor:
+        logits = self.sessions[row].tree_forward(sequence, parents, tokens)
+        self.cached[row] = self.sessions[row].cached
+        return logits
+
+    def commit_tree_path(self, row: int, path: Sequence[int]) -> None:
+        self.sessions[row].commit_tree_path(path)
+        self.cached[row] = self.sessions[row].cached

@@ -16,7 +16,8 @@ import torch
 from specbench.models.hf import (
     HFLanguageModel,
     HFTokenizer,
-    make_batch_invariant,
+    checked,
+    fast_kernels,
     require_transformers,
 )
 from specbench.models.specs import DummyModelSpec
@@ -147,8 +148,7 @@ def load_dummy_model(spec: DummyModelSpec) -> HFLanguageModel:
     finally:
         torch.set_default_dtype(default_dtype)
     model.eval()
-    if spec.batch_invariant:
-        make_batch_invariant(model)
+    kernels = fast_kernels(model, spec.batch_invariant, spec.prepack)
     tokenizer = dummy_tokenizer(spec)
     parameters = sum(p.numel() for p in model.parameters())
     info = {
@@ -158,5 +158,6 @@ def load_dummy_model(spec: DummyModelSpec) -> HFLanguageModel:
         "overrides": dict(spec.overrides),
         "bytes": parameters * torch.finfo(dtype).bits // 8,
         "batch_invariant": spec.batch_invariant,
+        **kernels,
     }
-    return HFLanguageModel(model, tokenizer, name=f"dummy:{spec.architecture}", info=info)
+    return checked(HFLanguageModel(model, tokenizer, name=f"dummy:{spec.architecture}", info=info))

@@ -113,6 +113,8 @@ class HFLanguageModel(LanguageModel):
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.info = info or {}
         self.prompt_caches: dict[tuple[int, ...], Any] = {}
+        #: Free static decoders by (max_len, compile): one is in use per open static session.
+        self._static_pools: dict[tuple[int, bool], list[Any]] = {}
         # optimum-quanto's packed int4 weights cannot run under inference_mode.
         quantized = (self.info.get("quantization") or {}).get("method")
         self.no_grad = torch.no_grad if quantized == "quanto" else torch.inference_mode
@@ -123,6 +125,23 @@ class HFLanguageModel(LanguageModel):
 
     def new_session(self) -> Session:
         return HFSession(self)
+
+    def new_static_session(
+        self,
+        positions: int,
+        max_len: int,
+        graph_lengths: tuple[int, ...] = (),
+        compile: bool = False,
+    ) -> Session:
+        """A session in one of this model's static decoders (made once per setting and kept:
+        a cache, its graphs and any compilation are made once per run, not per sequence)."""
+        from specbench.models.static import StaticDecoder, StaticSession
+
+        pool = self._static_pools.setdefault((max_len, compile), [])
+        decoder = pool.pop() if pool else StaticDecoder(self, max_len, compile=compile)
+        decoder.graph_lengths.update(graph_lengths)
+        decoder.reserve(positions)
+        return StaticSession(self, decoder, pool)
 
     def logits_of_states(self, states: torch.Tensor) -> torch.Tensor:
         """Raw logits ``[..., V]`` (float, on the CPU) for final normed hidden states."""
@@ -315,9 +334,12 @@ class HFBatchSession(BatchSession):
         self.valid = torch.zeros(size, 0, dtype=torch.bool)
         self.slots: list[list[int]] = [[] for _ in range(size)]  # slot of each cached token
 
-    def logits_rows(
-        self, sequences: Sequence[Sequence[int] | None], starts: Sequence[int]
-    ) -> list[torch.Tensor | None]:
+    def forward_rows(
+        self,
+        sequences: Sequence[Sequence[int] | None],
+        starts: Sequence[int],
+        hidden: bool = False,
+    ) -> list[ForwardOutput | None]:
         new_tokens: list[list[int]] = []
         for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True)):
             if sequence is None:
@@ -362,18 +384,23 @@ class HFBatchSession(BatchSession):
                 attention_mask=mask.to(device),
                 past_key_values=self.cache,
                 use_cache=True,
+                output_hidden_states=hidden,
             )
         self.cache = out.past_key_values
         self.valid = torch.cat([self.valid, new_valid], dim=1)
         logits = out.logits[..., : self.hf.vocab_size].float()
-        results: list[torch.Tensor | None] = []
+        states = out.hidden_states[-1].float() if hidden else None
+        results: list[ForwardOutput | None] = []
         for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True)):
             tokens = new_tokens[row]
             if sequence is None:
                 results.append(None)
                 continue
             first_new = len(sequence) - len(tokens)
-            results.append(logits[row, start - first_new : len(tokens)])
+            kept = slice(start - first_new, len(tokens))
+            results.append(
+                ForwardOutput(logits[row, kept], None if states is None else states[row, kept])
+            )
             self.slots[row] += list(range(old, old + len(tokens)))
             self.cached[row] += tokens
         counters = self.hf.counters
@@ -424,6 +451,12 @@ class RowStableLinear(torch.nn.Linear):
 ROW_STABLE_ATTENTION = "specbench_row_stable_eager"
 
 
+#: Model types whose eager attention is plain scaled dot-product attention over grouped
+#: key/value heads (no soft-capping, sinks or extra terms), which :func:`grouped_attention`
+#: computes without copying the keys and values per query head.
+GROUPED_ATTENTION_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
 def row_stable_eager_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -433,13 +466,20 @@ def row_stable_eager_attention(
     *args: Any,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The model's own eager attention, with a single query row run as two.
+    """The model's eager attention, with every product on the multi-row kernel.
 
     The same trap as :class:`RowStableLinear`, in ``weights @ values``: for one query row the
     CPU library takes another path once the keys pass about 1152 (measured in bfloat16), so
     the token decoded alone at position ~1150 gets other logits than the same position
-    scored among k + 1 (a near-tie there flipped a greedy choice in a 1536-token run). Two
-    rows go through the multi-row kernel, which agrees with any number of rows."""
+    scored among k + 1 (a near-tie there flipped a greedy choice in a 1536-token run). Several
+    rows go through the multi-row kernel, which agrees with any number of rows: the query
+    heads that share a key/value head are one product's rows (:func:`grouped_attention`,
+    for the architectures it knows), and a single row left alone is run as two."""
+    config = getattr(module, "config", None)
+    if getattr(config, "model_type", None) in GROUPED_ATTENTION_TYPES:
+        scaling = kwargs.get("scaling", args[0] if args else None)
+        if scaling is not None and not module.training:
+            return grouped_attention(query, key, value, attention_mask, float(scaling))
     eager = sys.modules[type(module).__module__].eager_attention_forward
     single = query.shape[-2] == 1
     if single:
@@ -451,6 +491,44 @@ def row_stable_eager_attention(
         output = output[:, :1]
         weights = None if weights is None else weights[..., :1, :]
     return output, weights
+
+
+def grouped_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention (``softmax(q k^T * scaling + mask) v``, softmax in float32, the
+    order transformers' eager attention uses) with the query heads of each key/value head
+    as the rows of one product, instead of copying the keys and values for every query
+    head (transformers' ``repeat_kv``): on a CPU those copies cost more than the products.
+
+    ``query`` ``[B, H, M, D]``, ``key``/``value`` ``[B, G, L, D]`` with ``H`` a multiple of
+    ``G``; returns the output ``[B, M, H, D]`` and the weights ``[B, H, M, L]``.
+    """
+    batch, heads, rows, dim = query.shape
+    groups = key.shape[1]
+    per_group = heads // groups
+    single = per_group * rows == 1
+    if single:  # one row alone would take the one-row kernel: run it as two
+        query = torch.cat([query, query], dim=-2)
+        rows = 2
+        if attention_mask is not None and attention_mask.shape[-2] == 1:
+            attention_mask = torch.cat([attention_mask, attention_mask], dim=-2)
+    length = key.shape[-2]
+    grouped = query.reshape(batch, groups, per_group * rows, dim)
+    scores = torch.matmul(grouped, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, :length].unsqueeze(2)  # [B, 1, 1, M, L]
+        scores = (scores.view(batch, groups, per_group, rows, length) + mask).view_as(scores)
+    weights = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(weights, value).view(batch, heads, rows, dim)
+    weights = weights.view(batch, heads, rows, length)
+    if single:
+        output, weights = output[:, :, :1], weights[:, :, :1]
+    return output.transpose(1, 2).contiguous(), weights
 
 
 def make_batch_invariant(model: torch.nn.Module) -> None:
@@ -501,11 +579,9 @@ def resolve_device(spec: HFModelSpec | DummyModelSpec) -> torch.device:
 
 
 def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from specbench.environment import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
 def quantization_config(spec: HFModelSpec) -> Any:
@@ -576,8 +652,7 @@ def load_hf_model(spec: HFModelSpec, source: str, name: str) -> HFLanguageModel:
     if quant is None:
         model.to(device)
     model.eval()
-    if spec.batch_invariant:
-        make_batch_invariant(model)
+    kernels = fast_kernels(model, spec.batch_invariant, spec.prepack and quant is None)
     eos = model.generation_config.eos_token_id if model.generation_config else None
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     tokenizer = load_hf_tokenizer(spec, source, eos_extra=eos_ids)
@@ -588,8 +663,30 @@ def load_hf_model(spec: HFModelSpec, source: str, name: str) -> HFLanguageModel:
         "quantization": spec.quantization.model_dump() if spec.quantization else None,
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "batch_invariant": spec.batch_invariant,
+        **kernels,
     }
-    return HFLanguageModel(model, tokenizer, name=name, info=info)
+    return checked(HFLanguageModel(model, tokenizer, name=name, info=info))
+
+
+def fast_kernels(model: torch.nn.Module, batch_invariant: bool, prepack: bool) -> dict[str, Any]:
+    """Make ``model`` batch-invariant and give its linear layers packed weights, as asked
+    (in that order: packing replaces the row-stable layers with packed ones, which are row
+    stable too); what the run header records about it."""
+    from specbench.models.packed import ROW_FLOOR, pack_linear_layers
+
+    if batch_invariant:
+        make_batch_invariant(model)
+    packed = pack_linear_layers(model, (torch.nn.Linear, RowStableLinear)) if prepack else 0
+    return {"packed_linear_layers": packed, "packed_row_floor": ROW_FLOOR if packed else None}
+
+
+def checked(model: HFLanguageModel) -> HFLanguageModel:
+    """A batch-invariant model with the result of checking that on this CPU in its info."""
+    if model.info.get("batch_invariant"):
+        from specbench.models.invariance import check_batch_invariance
+
+        model.info["batch_invariance"] = check_batch_invariance(model).as_dict()
+    return model
 
 
 @contextlib.contextmanager

@@ -121,7 +121,16 @@ class HFModelSpec(ModelSpecBase):
         description=(
             "Make a position's logits independent of how many positions one forward call "
             "scores (eager attention, one-row linear calls run as two rows), so greedy "
-            "verification matches greedy decoding bit for bit, also in bfloat16."
+            "verification matches greedy decoding bit for bit, also in bfloat16; checked on "
+            "this CPU when the model loads."
+        ),
+    )
+    prepack: bool = Field(
+        True,
+        description=(
+            "Reorder linear weights once for oneDNN where it applies (CPU: bfloat16 with "
+            "AVX-512 BF16 or AMX, float32), the fast CPU path; false: the layers as "
+            "transformers builds them."
         ),
     )
     trust_remote_code: bool = False
@@ -168,6 +177,14 @@ class DummyModelSpec(ModelSpecBase):
     seed: int = Field(0, ge=0)
     max_positions: int = Field(4096, ge=16, description="Longest sequence (cache size).")
     batch_invariant: bool = False
+    prepack: bool = Field(
+        True,
+        description=(
+            "Reorder linear weights once for oneDNN where it applies (CPU: bfloat16 with "
+            "AVX-512 BF16 or AMX, float32), the fast CPU path; false: the layers as "
+            "transformers builds them."
+        ),
+    )
 
     def requirements(self) -> list[tuple[str, str]]:
         return [("transformers", "hf")]

@@ -15,15 +15,23 @@ handful: at batch one those kernels, not the weight reads, are most of a step's 
 
 On a CPU (or with no graph lengths) the same code runs eagerly, which is how tests check that
 it gives exactly the tokens of the ordinary dynamic-cache path.
+
+:class:`StaticSession` puts a decoder behind the ordinary :class:`~specbench.models.base.Session`
+interface (rollback by common prefix, token trees), so every proposer and the execution core
+run on it unchanged; a model keeps a pool of decoders (one per sequence in use at a time).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
-from specbench.decoding import ledger
 from specbench.errors import ModelLoadError
-from specbench.models.hf import HFLanguageModel, require_transformers
+from specbench.models.base import ForwardOutput, Session, ancestors
+
+if TYPE_CHECKING:
+    from specbench.models.hf import HFLanguageModel
 
 MIN_CACHE = 128
 
@@ -56,6 +64,8 @@ class StaticDecoder:
 
     def _use_cache(self, size: int) -> None:
         if size not in self._caches:
+            from specbench.models.hf import require_transformers
+
             transformers = require_transformers()
             self.cache = transformers.StaticCache(
                 config=self.model.model.config, max_cache_len=size
@@ -66,7 +76,8 @@ class StaticDecoder:
         self.cache = cache
         self.cache_len = size
         self.length = 0
-        self._pointers.fill_(0)
+        with self.model.no_grad():
+            self._pointers.fill_(0)
 
     def reserve(self, positions: int) -> None:
         """Start a new sequence that needs ``positions`` slots: without graphs, in the
@@ -103,46 +114,126 @@ class StaticDecoder:
             raise ValueError(f"cannot roll back to {length} from {self.length}")
         if length != self.length:
             self.length = length
-            self._pointers.fill_(length)
+            # Inside inference mode, whichever mode the cache's tensors were made in.
+            with self.model.no_grad():
+                self._pointers.fill_(length)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append ``tokens`` (1-D, on the device) and return their logits ``[m, V]`` (float)."""
+    def forward(self, tokens: torch.Tensor, n_logits: int | None = None) -> torch.Tensor:
+        """Append ``tokens`` (1-D, on the device) and return the logits ``[n, V]`` (float) of
+        the last ``n_logits`` of them (all when ``None``)."""
+        logits, _ = self.forward_states(tokens, n_logits)
+        return logits
+
+    def forward_states(
+        self, tokens: torch.Tensor, n_logits: int | None = None, hidden: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward`, with the last layer's hidden states of the same rows when
+        ``hidden`` (those calls run eagerly)."""
         m = tokens.numel()
-        if self.length + m > self.cache_len:
-            raise ValueError(
-                f"the static cache holds {self.max_len} positions; raise static_max_len"
-            )
-        self._start.fill_(self.length)
-        if self.use_graphs and m in self.graph_lengths:
-            with ledger.forward(self.model, m):
-                logits = self._graph(m).replay(tokens)
+        n = m if n_logits is None else n_logits
+        self._check_room(m)
+        with self.model.no_grad():
+            self._start.fill_(self.length)
+        states = None
+        if self.use_graphs and m in self.graph_lengths and n == m and not hidden:
+            logits = self._graph(m).replay(tokens)[0]
         else:
             # Without graphs (a CPU) the compiled step, if any, still serves its lengths, so
             # the compiled path is testable anywhere; other lengths (prompts) stay eager.
-            step = self._captured_step if m in self.graph_lengths else self._step
-            with self.model.no_grad(), ledger.forward(self.model, m):
-                logits = step(tokens.view(1, m), self._start)
+            compiled = m in self.graph_lengths and n == m and not hidden
+            step = self._captured_step if compiled else self._step
+            with self.model.no_grad():
+                if hidden:
+                    out = self._forward(tokens.view(1, m), self._start, n, hidden=True)
+                    logits = out.logits[0, :, : self.model.vocab_size].float()
+                    states = out.hidden_states[-1][0, -n:].float()
+                else:
+                    logits = step(tokens.view(1, m), self._start, n)[0]
         self.length += m
+        self._count(m)
+        return logits, states
+
+    def forward_tree(
+        self, tokens: torch.Tensor, positions: torch.Tensor, tail: int, visible: torch.Tensor
+    ) -> torch.Tensor:
+        """Append ``tokens`` at ``positions``; query ``i`` sees every cached slot before
+        ``tail`` and, of the slots from ``tail`` on (earlier tree nodes, then the new rows),
+        those ``visible[i]`` marks. Returns their logits ``[m, V]``; runs eagerly (tree
+        shapes vary)."""
+        m = tokens.numel()
+        self._check_room(m)
+        if tail + visible.shape[1] != self.length + m:
+            raise ValueError("the tree mask must cover every slot from tail to the new rows")
+        seen = torch.zeros(m, self.cache_len, dtype=torch.bool)
+        seen[:, :tail] = True
+        seen[:, tail : self.length + m] = visible
+        mask = torch.zeros(m, self.cache_len, dtype=self.dtype)
+        mask = mask.masked_fill(~seen, torch.finfo(self.dtype).min)
+        with self.model.no_grad():
+            out = self.model.model(
+                input_ids=tokens.view(1, m),
+                position_ids=positions.view(1, m).to(self.device),
+                attention_mask=mask.view(1, 1, m, self.cache_len).to(self.device),
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+        self.length += m
+        self._count(m)
+        logits: torch.Tensor = out.logits[0, :, : self.model.vocab_size].float()
+        return logits
+
+    def keep(self, base: int, rows: list[int]) -> None:
+        """Keep the cached positions before ``base``, then the entries of ``base + r`` for
+        each of ``rows`` in order (a tree's accepted path); drop everything after."""
+        with self.model.no_grad():
+            if rows and rows != list(range(len(rows))):
+                source = torch.tensor([base + r for r in rows], device=self.device)
+                target = torch.arange(base, base + len(rows), device=self.device)
+                for layer in self.cache.layers:
+                    for name in ("keys", "values"):
+                        tensor = getattr(layer, name)
+                        tensor.index_copy_(2, target, tensor.index_select(2, source))
+            self.length = base + len(rows)
+            self._pointers.fill_(self.length)
+
+    def _check_room(self, m: int) -> None:
+        if self.length + m > self.cache_len:
+            raise ValueError(
+                f"the static cache holds {self.cache_len} positions and this call needs "
+                f"{self.length + m}; raise static_max_len"
+            )
+
+    def _count(self, m: int) -> None:
         self.model.counters.forward_calls += 1
         self.model.counters.tokens_processed += m
-        return logits[0]
 
-    def _step(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """One forward of ``ids`` ``[1, m]`` written from position ``start`` (a 0-d tensor)."""
-        m = ids.shape[1]
-        positions = (start + self.slots[:m]).view(1, m)
-        # Additive mask [1, 1, m, size]: query i sees the slots up to its own position.
+    def _mask(self, positions: torch.Tensor, m: int) -> torch.Tensor:
+        """Additive mask [1, 1, m, size]: query i sees the slots up to its own position."""
         size = self.cache_len
         hidden = self.slots.view(1, -1) > positions.view(-1, 1)
         mask = torch.zeros(m, size, dtype=self.dtype, device=self.device)
-        mask = mask.masked_fill(hidden, torch.finfo(self.dtype).min).view(1, 1, m, size)
-        logits: torch.Tensor = self.model.model(
+        return mask.masked_fill(hidden, torch.finfo(self.dtype).min).view(1, 1, m, size)
+
+    def _forward(
+        self, ids: torch.Tensor, start: torch.Tensor, n_logits: int, hidden: bool = False
+    ) -> Any:
+        """One forward of ``ids`` ``[1, m]`` written from position ``start`` (a 0-d tensor),
+        keeping the logits of the last ``n_logits`` rows (0: all)."""
+        m = ids.shape[1]
+        positions = (start + self.slots[:m]).view(1, m)
+        return self.model.model(
             input_ids=ids,
             position_ids=positions,
-            attention_mask=mask,
+            attention_mask=self._mask(positions, m),
             past_key_values=self.cache,
             use_cache=True,
-        ).logits
+            logits_to_keep=n_logits,
+            output_hidden_states=hidden,
+        )
+
+    def _step(self, ids: torch.Tensor, start: torch.Tensor, n_logits: int = 0) -> torch.Tensor:
+        """The logits of :meth:`_forward`: what a captured or compiled step returns."""
+        logits: torch.Tensor = self._forward(ids, start, n_logits).logits
         return logits[:, :, : self.model.vocab_size].float()
 
     def _graph(self, m: int) -> _CapturedStep:
@@ -165,12 +256,12 @@ class _CapturedStep:
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream), decoder.model.no_grad():
             for _ in range(3):
-                step(self.ids, decoder._start)
+                step(self.ids, decoder._start, m)
                 decoder._pointers.fill_(length)
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), decoder.model.no_grad():
-            self.logits = step(self.ids, decoder._start)
+            self.logits = step(self.ids, decoder._start, m)
         decoder._pointers.fill_(length)
 
     def replay(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -178,3 +269,50 @@ class _CapturedStep:
         self.graph.replay()
         logits: torch.Tensor = self.logits
         return logits
+
+
+class StaticSession(Session):
+    """The :class:`~specbench.models.base.Session` interface over a :class:`StaticDecoder`:
+    rollback moves the write pointer, token trees are scored with an explicit mask and the
+    accepted path is moved into place. ``close`` hands the decoder back to ``pool``."""
+
+    def __init__(
+        self, model: HFLanguageModel, decoder: StaticDecoder, pool: list[StaticDecoder]
+    ) -> None:
+        super().__init__(model)
+        self.decoder = decoder
+        self._pool = pool
+
+    def _append(self, tokens: list[int], n_logits: int, hidden: bool) -> ForwardOutput:
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.decoder.device)
+        logits, states = self.decoder.forward_states(ids, n_logits, hidden)
+        return ForwardOutput(logits, states)
+
+    def _truncate(self, length: int) -> None:
+        self.decoder.rollback(length)
+
+    def _append_tree(
+        self, chain: list[int], parents: list[int], tokens: list[int], depths: list[int]
+    ) -> torch.Tensor:
+        rows: list[torch.Tensor] = []
+        if chain:
+            rows.append(self._append(chain, 1, False).logits)
+        if tokens:
+            offset = len(self.tree)
+            committed = len(self.cached) + len(chain)
+            all_parents, _ = self._all_nodes(parents, tokens)
+            # Node i sees the committed prefix and the nodes on its own path, itself included.
+            visible = torch.zeros(len(tokens), offset + len(tokens), dtype=torch.bool)
+            for i in range(len(tokens)):
+                visible[i, ancestors(offset + i, all_parents)] = True
+            positions = torch.tensor([committed - 1 + depth for depth in depths])
+            ids = torch.tensor(tokens, dtype=torch.long, device=self.decoder.device)
+            rows.append(self.decoder.forward_tree(ids, positions, committed, visible))
+        return torch.cat(rows) if rows else torch.empty(0, self.model.vocab_size)
+
+    def _keep_tree_nodes(self, nodes: list[int]) -> None:
+        self.decoder.keep(len(self.cached), nodes)
+
+    def close(self) -> None:
+        if self.decoder not in self._pool:
+            self._pool.append(self.decoder)

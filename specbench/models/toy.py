@@ -198,14 +198,16 @@ class ToyBatchSession(SequentialBatchSession):
     model: ToyLanguageModel
 
     def __init__(self, model: ToyLanguageModel, size: int) -> None:
-        super().__init__(model, size)
-        self.sessions = [ToySession(model, simulate_cost=False) for _ in range(size)]
+        super().__init__(model, size, [ToySession(model, simulate_cost=False) for _ in range(size)])
 
-    def logits_rows(
-        self, sequences: Sequence[Sequence[int] | None], starts: Sequence[int]
-    ) -> list[torch.Tensor | None]:
+    def forward_rows(
+        self,
+        sequences: Sequence[Sequence[int] | None],
+        starts: Sequence[int],
+        hidden: bool = False,
+    ) -> list[ForwardOutput | None]:
         before = self.model.counters.tokens_processed
-        out = super().logits_rows(sequences, starts)
+        out = super().forward_rows(sequences, starts, hidden)
         tokens = self.model.counters.tokens_processed - before
         with ledger.forward(self.model, tokens):
             self.model.simulate_cost(tokens)

@@ -10,24 +10,19 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from specbench.decoding.drafters import ModelDrafter, Proposal
-from specbench.decoding.loop import speculative_generate
-from specbench.decoding.verify import RejectionVerifier
+from specbench.decoding.drafters import ModelDrafter
+from specbench.decoding.proposers import Outcome, Sessions, Slot
+from specbench.methods.in_process import ExecutionParams, InProcessMethod
 from specbench.models.base import LanguageModel
-from specbench.plugins import (
-    DecodingMethod,
-    GenerationRequest,
-    GenerationResult,
-    MethodModels,
-    MethodParams,
-    ModelRole,
-)
+from specbench.plugins import GenerationRequest, MethodModels, ModelRole
 
 __version__ = "0.1.0"
 
 
-class AdaptiveParams(MethodParams):
-    """Parameters are a pydantic model: specbench validates presets against it."""
+class AdaptiveParams(ExecutionParams):
+    """Parameters are a pydantic model: specbench validates presets against it. Subclassing
+    ``ExecutionParams`` gives the method the engine and batch fields every in-process method
+    has (``engine = "static"``, ``batch_size = 4``, ...)."""
 
     start_k: int = Field(4, ge=1, le=64, description="Draft length of the first step.")
     min_k: int = Field(1, ge=1, le=64, description="Never draft fewer tokens.")
@@ -41,31 +36,45 @@ class AdaptiveParams(MethodParams):
 
 
 class AdaptiveDrafter(ModelDrafter):
-    """A draft model whose ``k`` grows by 2 after full acceptance and shrinks by 1 otherwise."""
+    """A draft model whose ``k`` (per row) grows by 2 after full acceptance and shrinks by 1
+    otherwise."""
 
     def __init__(self, model: LanguageModel, params: AdaptiveParams) -> None:
         super().__init__(model, k=params.start_k)
         self.params = params
-        self.used: list[int] = []
+        self.max_chain = params.max_k  # the longest chain it can draft
+        self.row_k: list[int] = []
+        self.used: list[list[int]] = []
 
-    def start(self, request: GenerationRequest) -> None:
-        super().start(request)
-        self.k = self.params.start_k
-        self.used = []
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        super().start(requests, sessions)
+        self.row_k = [self.params.start_k] * len(requests)
+        self.used = [[] for _ in requests]
 
-    def propose(self, sequence: Sequence[int], max_tokens: int) -> Proposal:
-        self.used.append(min(self.k, max_tokens))
-        return super().propose(sequence, max_tokens)
+    def limit(self, slot: Slot) -> int:
+        k = self.row_k[slot.row]
+        self.used[slot.row].append(min(k, slot.budget))
+        return k
 
-    def observe(self, proposed: int, accepted: int) -> None:
-        if proposed == 0:
-            return
-        step = 2 if accepted == proposed else -1
-        self.k = max(self.params.min_k, min(self.params.max_k, self.k + step))
+    def observe(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.proposed == 0:
+                continue
+            step = 2 if outcome.accepted == outcome.proposed else -1
+            k = self.row_k[outcome.row] + step
+            self.row_k[outcome.row] = max(self.params.min_k, min(self.params.max_k, k))
+
+    def stats(self, row: int) -> dict[str, float]:
+        used = self.used[row]
+        return {
+            "mean_k": sum(used) / len(used) if used else 0.0,
+            "final_k": float(self.row_k[row]),
+        }
 
 
-class AdaptiveSpeculativeMethod(DecodingMethod):
-    """Speculative sampling with a draft length that follows recent acceptance."""
+class AdaptiveSpeculativeMethod(InProcessMethod):
+    """Speculative sampling with a draft length that follows recent acceptance: it supplies
+    a proposer and leaves decoding to specbench's execution core."""
 
     name = "adaptive-speculative"
     description = "Speculative decoding whose draft length adapts to acceptance (example plugin)."
@@ -74,12 +83,4 @@ class AdaptiveSpeculativeMethod(DecodingMethod):
 
     def __init__(self, params: AdaptiveParams, models: MethodModels) -> None:
         super().__init__(params, models)
-        self.drafter = AdaptiveDrafter(models.require_draft(), params)
-        self.verifier = RejectionVerifier()
-
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        result = speculative_generate(request, self.models.target, self.drafter, self.verifier)
-        used = self.drafter.used
-        result.stats.extra["mean_k"] = sum(used) / len(used) if used else 0.0
-        result.stats.extra["final_k"] = float(self.drafter.k)
-        return result
+        self.proposer = AdaptiveDrafter(models.require_draft(), params)
