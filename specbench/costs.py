@@ -7,10 +7,18 @@ once, a batch's ledger shared by its samples) and, from the run's unit costs, th
 token its forwards alone would cost: the prediction. Where the measured time exceeds the
 prediction by more than :data:`GAP_TOLERANCE`, it names the phase holding most of the
 difference.
+
+A shared machine's memory bandwidth drifts: on the 2-core machines of this project the same
+one-token step of a 1.5B model took 102 to 270 ms within two minutes. So the probe gives the
+*shape* of the costs (a k-row call, a draft step, against a one-token step) and the run gives
+their level: where the baseline decoded the same prompt and run (it decodes each prompt
+right before the other methods), its own one-token steps set the level for that prompt
+(:func:`cost_levels`), and every method's forwards on that prompt are priced at it.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,13 +82,15 @@ def _pairs(by_rows: dict[int, list[float]]) -> dict[int, tuple[int, float]]:
 @dataclass
 class CostSummary:
     """A method's ms per generated token by phase (``None``: unknown), the prediction from
-    unit costs, and the phase that holds the gap when they differ."""
+    unit costs, the phase that holds the gap when they differ, and the level the prediction
+    was priced at (the run's one-token steps over the probe's, median over prompts)."""
 
     ms_per_token: dict[str, float | None]
     measured_ms_per_token: float
     predicted_ms_per_token: float | None = None
     predicted_by_phase: dict[str, float] | None = None
     gap_phase: str | None = None
+    level: float | None = None
 
     @property
     def measured_over_predicted(self) -> float | None:
@@ -89,18 +99,44 @@ class CostSummary:
         return self.measured_ms_per_token / self.predicted_ms_per_token
 
 
+def unit_key(sample: SampleRecord) -> str:
+    """What one timed unit is known by: its batch, or its prompt and run."""
+    return sample.batch_id or f"{sample.prompt_id}/{sample.run}"
+
+
+def cost_levels(reference: Sequence[SampleRecord], unit_costs: UnitCosts) -> dict[str, float]:
+    """Per prompt and run (``prompt_id/run``): the reference method's mean one-token target
+    step over the probe's, where it made one-token steps (plain decoding does)."""
+    probed = unit_costs.target_at(1)
+    levels: dict[str, float] = {}
+    if not probed:
+        return levels
+    for sample in reference:
+        one = sample.costs.target_by_rows.get(1) if sample.costs is not None else None
+        if one and one[0]:
+            levels[f"{sample.prompt_id}/{sample.run}"] = 1000.0 * one[1] / one[0] / probed
+    return levels
+
+
 def summarize_costs(
-    samples: Sequence[SampleRecord], unit_costs: UnitCosts | None = None
+    samples: Sequence[SampleRecord],
+    unit_costs: UnitCosts | None = None,
+    levels: dict[str, float] | None = None,
 ) -> CostSummary | None:
-    """The per-token cost split of one method's samples (``None`` when none has a ledger)."""
+    """The per-token cost split of one method's samples (``None`` when none has a ledger);
+    ``levels`` (from :func:`cost_levels`) scale the unit costs prompt by prompt."""
     units: dict[str, PhaseCosts] = {}
+    unit_levels: dict[str, float] = {}
     tokens = 0
     for sample in samples:
         if sample.costs is None:
             continue
         tokens += sample.new_tokens
-        key = sample.batch_id or f"{sample.prompt_id}/{sample.run}"
+        key = unit_key(sample)
         units.setdefault(key, sample.costs)
+        level = (levels or {}).get(f"{sample.prompt_id}/{sample.run}")
+        if level is not None:
+            unit_levels.setdefault(key, level)
     if not units or tokens == 0:
         return None
     ledgers = list(units.values())
@@ -112,7 +148,10 @@ def summarize_costs(
     measured = 1000.0 * sum(costs.unit_s for costs in ledgers) / tokens
     summary = CostSummary(per_token, measured)
     if unit_costs is not None and all(c.target_s is not None for c in ledgers):
-        predicted = _predict(ledgers, unit_costs)
+        scales = [unit_levels.get(key, 1.0) for key in units]
+        predicted = _predict(ledgers, unit_costs, scales)
+        if unit_levels:
+            summary.level = statistics.median(unit_levels.values())
         summary.predicted_by_phase = {k: 1000.0 * v / tokens for k, v in predicted.items()}
         summary.predicted_ms_per_token = sum(summary.predicted_by_phase.values())
         ratio = summary.measured_over_predicted
@@ -121,20 +160,23 @@ def summarize_costs(
     return summary
 
 
-def _predict(ledgers: Sequence[PhaseCosts], unit_costs: UnitCosts) -> dict[str, float]:
-    """Seconds the units' forwards would cost at the probed unit costs, with free drafting
-    bookkeeping, verification and host work: the loop's floor for these models. Prompt-sized
-    forwards are taken as measured (the probe predicts decoding steps)."""
+def _predict(
+    ledgers: Sequence[PhaseCosts], unit_costs: UnitCosts, scales: Sequence[float]
+) -> dict[str, float]:
+    """Seconds the units' forwards would cost at the probed unit costs (times each unit's
+    level), with free drafting bookkeeping, verification and host work: the loop's floor for
+    these models. Prompt-sized forwards are taken as measured (the probe predicts decoding
+    steps)."""
     target = draft = 0.0
-    for costs in ledgers:
+    for costs, scale in zip(ledgers, scales, strict=True):
         for rows, (calls, seconds) in costs.target_by_rows.items():
             unit = unit_costs.target_at(rows)
-            target += seconds if unit is None else calls * unit / 1000.0
+            target += seconds if unit is None else calls * scale * unit / 1000.0
         for rows, (calls, seconds) in costs.draft_by_rows.items():
             if unit_costs.draft_ms is None or rows > DRAFT_STEP_ROWS:
                 draft += seconds  # the draft's prompt forwards: as measured
             else:
-                draft += calls * unit_costs.draft_ms / 1000.0
+                draft += calls * scale * unit_costs.draft_ms / 1000.0
     return {"draft": draft, "target": target, "verify": 0.0, "host": 0.0}
 
 

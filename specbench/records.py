@@ -270,6 +270,12 @@ class SummaryRecord(_Record):
         "verification and host work): the loop's floor for these models.",
     )
     predicted_ms_by_phase: dict[str, float] | None = None
+    cost_level: float | None = Field(
+        None,
+        description="The run's speed against the unit-cost probe: the baseline's one-token "
+        "target steps over the probe's, median over prompts. The prediction prices each "
+        "prompt's forwards at that prompt's level (a shared machine's bandwidth drifts).",
+    )
     cost_gap_phase: str | None = Field(
         None,
         description="Where measured exceeds predicted by more than 5%: the phase holding "

@@ -201,7 +201,7 @@ def cost_data(result: ResultsFile) -> TableData | None:
         key="costs",
         caption="Phases sum to measured; '-' is a phase the method cannot measure (host then "
         "includes it). Predicted: the method's forwards at the run's unit costs, with free "
-        "verification and host work.",
+        "verification and host work" + _level_note(rows) + ".",
     )
     table.numeric[-1] = False
     for s in rows:
@@ -222,6 +222,16 @@ def cost_data(result: ResultsFile) -> TableData | None:
             ]
         )
     return table
+
+
+def _level_note(rows: Sequence[SummaryRecord]) -> str:
+    level = next((s.cost_level for s in rows if s.cost_level is not None), None)
+    if level is None:
+        return ""
+    return (
+        ", priced prompt by prompt at the run's own speed (the baseline's one-token steps "
+        f"cost {level:.2f}x the probe's, median over prompts)"
+    )
 
 
 def comparison_data(results: Sequence[ResultsFile]) -> TableData:

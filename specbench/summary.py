@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from specbench.costs import summarize_costs
+from specbench.costs import cost_levels, summarize_costs
 from specbench.decoding.types import GenerationResult
 from specbench.records import SampleRecord, SummaryRecord
 from specbench.uncertainty import (
@@ -93,6 +93,8 @@ def summarize(
     medians = {label: _median_tps(group) for label, group in groups.items()}
     base = medians.get(baseline) if baseline else None
     base_group = groups.get(baseline or "", []) if base else []
+    # The run's own speed, prompt by prompt, from the baseline's one-token steps.
+    levels = cost_levels(groups.get(baseline or "", []), unit_costs) if unit_costs else {}
     summaries = []
     for label, group in groups.items():
         summary = _summarize_group(label, group, baseline if base else None, base, run_id)
@@ -102,15 +104,18 @@ def summarize(
         if intervals:
             _add_uncertainty(summary, group, base_group if label != baseline else [], load)
         _add_reference(summary, group, groups, medians, intervals)
-        _add_costs(summary, group, unit_costs)
+        _add_costs(summary, group, unit_costs, levels)
         summaries.append(summary)
     return summaries
 
 
 def _add_costs(
-    summary: SummaryRecord, group: Sequence[SampleRecord], unit_costs: UnitCosts | None
+    summary: SummaryRecord,
+    group: Sequence[SampleRecord],
+    unit_costs: UnitCosts | None,
+    levels: dict[str, float],
 ) -> None:
-    costs = summarize_costs(group, unit_costs)
+    costs = summarize_costs(group, unit_costs, levels)
     if costs is None:
         return
     summary.ms_per_token_by_phase = costs.ms_per_token
@@ -118,6 +123,7 @@ def _add_costs(
     summary.predicted_ms_per_token = costs.predicted_ms_per_token
     summary.predicted_ms_by_phase = costs.predicted_by_phase
     summary.cost_gap_phase = costs.gap_phase
+    summary.cost_level = costs.level
 
 
 def _add_reference(

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import hf_pair, make_method, request, sample_record
 
-from specbench.costs import summarize_costs
+from specbench.costs import cost_levels, summarize_costs
 from specbench.decoding.core import decode
 from specbench.decoding.drafters import ModelDrafter
 from specbench.decoding.ledger import CostLedger, open_ledger, phase
@@ -181,6 +181,45 @@ def test_the_gap_is_named_by_the_phase_that_holds_it_and_unknown_phases_stay_unk
     assert units.target_at(2) == pytest.approx(50 + 10 / 3)
     assert units.target_at(4) == pytest.approx(60)
     assert units.target_at(5) is None  # past the probes (a prompt): taken as measured
+
+
+def test_predictions_are_priced_at_the_runs_own_speed_prompt_by_prompt() -> None:
+    """A shared machine drifts: where the baseline's one-token steps on a prompt cost twice
+    the probe's, every method's forwards on that prompt are priced twice as high."""
+    units = UnitCosts(context=3, target_ms={1: 50.0, 4: 60.0}, draft_ms=10.0)
+    slow = _sample(
+        target_s=1.0,
+        verify_s=0.0,
+        draft_s=0.0,
+        host_s=0.0,
+        target_forwards=10,
+        target_rows=10,
+        draft_forwards=0,
+        target_by_rows={1: (10, 1.0)},  # 100 ms a step: 2x the probe
+    ).model_copy(update={"prompt_id": "p0"})
+    fast = slow.model_copy(update={"prompt_id": "p1", "costs": slow.costs.model_copy(
+        update={"target_by_rows": {1: (10, 0.5)}})})  # fmt: skip
+    levels = cost_levels([slow, fast], units)
+    assert levels == {"p0/0": pytest.approx(2.0), "p1/0": pytest.approx(1.0)}
+    speculative = _sample(
+        draft_s=0.2,
+        target_s=0.6,
+        verify_s=0.0,
+        host_s=0.2,
+        target_forwards=5,
+        target_rows=20,
+        draft_forwards=10,
+        target_by_rows={4: (5, 0.6)},
+        draft_by_rows={1: (10, 0.2)},
+    ).model_copy(update={"prompt_id": "p0"})
+    summary = summarize_costs([speculative], units, levels)
+    assert summary is not None and summary.level == pytest.approx(2.0)
+    assert summary.predicted_by_phase is not None
+    assert summary.predicted_by_phase["target"] == pytest.approx(2.0 * 5 * 60.0 / 10)
+    assert summary.predicted_by_phase["draft"] == pytest.approx(2.0 * 10 * 10.0 / 10)
+    unscaled = summarize_costs([speculative], units)
+    assert unscaled is not None and unscaled.level is None
+    assert unscaled.predicted_ms_per_token == pytest.approx(summary.predicted_ms_per_token / 2)
 
 
 def test_batched_samples_share_their_batch_ledger(tmp_path: Path) -> None:

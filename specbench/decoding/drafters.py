@@ -42,7 +42,7 @@ class ModelDrafter(Proposer):
         self._requests = requests
         room = (self.max_chain or self.k) + 1
         positions = max(len(r.prompt_ids) + r.max_new_tokens for r in requests) + room
-        self._rows = sessions.rows(self.model, len(requests), positions)
+        self._rows = sessions.rows(self.model, len(requests), positions, lengths=(1,))
         self._generators = [r.generator(self.model.device, stream=1) for r in requests]
 
     def propose(self, slots: Sequence[Slot]) -> list[Draft]:

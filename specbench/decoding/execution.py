@@ -48,16 +48,19 @@ class EngineSessions:
         self._open: list[Session] = []
 
     def session(
-        self, model: LanguageModel, positions: int, lengths: tuple[int, ...] = ()
+        self,
+        model: LanguageModel,
+        positions: int,
+        lengths: tuple[int, ...] = (),
     ) -> Session:
         """A fresh cache for one sequence of up to ``positions`` tokens; ``lengths``: the
-        call sizes worth capturing as graphs (static engine on CUDA)."""
+        call sizes worth capturing as graphs (static engine on CUDA) or compiling."""
         execution = self.execution
         if execution.engine == "static":
             session = model.new_static_session(
                 positions,
                 max_len=execution.static_max_len,
-                graph_lengths=lengths if execution.cuda_graphs else (),
+                graph_lengths=lengths if execution.cuda_graphs or execution.compile else (),
                 compile=execution.compile,
             )
         else:

@@ -109,10 +109,12 @@ class Sessions(Protocol):
         self, model: LanguageModel, positions: int, lengths: tuple[int, ...] = ()
     ) -> Session:
         """A fresh cache for one sequence of up to ``positions`` tokens; ``lengths``: the
-        call sizes worth capturing as graphs (static engine on CUDA)."""
+        call sizes worth capturing as graphs (static engine on CUDA) or compiling."""
         ...
 
-    def rows(self, model: LanguageModel, size: int, positions: int) -> BatchSession:
+    def rows(
+        self, model: LanguageModel, size: int, positions: int, lengths: tuple[int, ...] = ()
+    ) -> BatchSession:
         """Caches for ``size`` sequences scored together."""
         ...
 

@@ -32,7 +32,8 @@ class ExecutionParams(MethodParams):
     cuda_graphs: bool = Field(True, description="Capture fixed-length steps (static, CUDA).")
     compile: bool = Field(
         False,
-        description="torch.compile the captured steps: fewer, fused kernels; minutes to start.",
+        description="torch.compile the static engine's fixed-length steps: fewer, fused "
+        "kernels; a minute or more to start, and one cache of static_max_len slots.",
     )
     batch_size: int = Field(1, ge=1, le=256, description="Prompts decoded together.")
 
@@ -42,6 +43,11 @@ class ExecutionParams(MethodParams):
             raise ValueError(
                 "engine 'static' decodes one sequence at a time: set batch_size = 1 or "
                 "engine = 'eager'"
+            )
+        if self.compile and self.engine != "static":
+            raise ValueError(
+                "compile needs engine = 'static' (it compiles the static engine's steps): "
+                "set engine = 'static' or compile = false"
             )
         return self
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import inspect
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -115,6 +116,9 @@ class HFLanguageModel(LanguageModel):
         self.prompt_caches: dict[tuple[int, ...], Any] = {}
         #: Free static decoders by (max_len, compile): one is in use per open static session.
         self._static_pools: dict[tuple[int, bool], list[Any]] = {}
+        #: The forward's cache argument: ``cache`` since transformers 5.2x, before that
+        #: ``past_key_values`` (the old name warns on every call where both exist).
+        self.cache_argument = cache_argument(model)
         # optimum-quanto's packed int4 weights cannot run under inference_mode.
         quantized = (self.info.get("quantization") or {}).get("method")
         self.no_grad = torch.no_grad if quantized == "quanto" else torch.inference_mode
@@ -231,12 +235,11 @@ class HFSession(Session):
         with hf.no_grad():
             out = hf.model(
                 input_ids=ids,
-                past_key_values=self.cache,
+                **{hf.cache_argument: self.cache},
                 use_cache=True,
                 logits_to_keep=n_logits,
                 output_hidden_states=hidden,
             )
-        self.cache = out.past_key_values
         logits: torch.Tensor = out.logits[0, -n_logits:, : hf.vocab_size]
         states = out.hidden_states[-1][0, -n_logits:].float() if hidden else None
         return ForwardOutput(logits.float(), states)
@@ -288,11 +291,10 @@ class HFSession(Session):
                 input_ids=torch.tensor([chain + tokens], dtype=torch.long, device=hf.device),
                 position_ids=torch.tensor([positions], dtype=torch.long, device=hf.device),
                 attention_mask=mask.to(hf.device),
-                past_key_values=self.cache,
+                **{hf.cache_argument: self.cache},
                 use_cache=True,
                 logits_to_keep=keep,
             )
-        self.cache = out.past_key_values
         logits: torch.Tensor = out.logits[0, -keep:, : hf.vocab_size]
         return logits.float()
 
@@ -382,11 +384,10 @@ class HFBatchSession(BatchSession):
                 input_ids=ids.to(device),
                 position_ids=positions.to(device),
                 attention_mask=mask.to(device),
-                past_key_values=self.cache,
+                **{self.hf.cache_argument: self.cache},
                 use_cache=True,
                 output_hidden_states=hidden,
             )
-        self.cache = out.past_key_values
         self.valid = torch.cat([self.valid, new_valid], dim=1)
         logits = out.logits[..., : self.hf.vocab_size].float()
         states = out.hidden_states[-1].float() if hidden else None
@@ -421,6 +422,12 @@ def select_cache_positions(cache: Any, index: torch.Tensor) -> None:
     for i in range(len(cache.key_cache)):  # transformers < 4.56
         cache.key_cache[i] = cache.key_cache[i].index_select(-2, index)
         cache.value_cache[i] = cache.value_cache[i].index_select(-2, index)
+
+
+def cache_argument(model: Any) -> str:
+    """The name under which ``model``'s forward takes a KV cache."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _new_cache(model: Any) -> Any:

@@ -60,7 +60,16 @@ class StaticDecoder:
         self._use_cache(max_len)
         self.graph_lengths = set(graph_lengths)
         self._graphs: dict[int, _CapturedStep] = {}
-        self._captured_step = torch.compile(self._step, dynamic=False) if compile else self._step
+        self._captured_step = self._step
+        self.compiled = compile
+        if compile:
+            # On a CPU, freezing lets inductor pack the weights for oneDNN itself (the packed
+            # copies of PackedLinear are opaque to it; compiled, the layers read the dense
+            # weights).
+            freezing = self.device.type == "cpu"
+            self._captured_step = torch.compile(
+                self._step, dynamic=False, options={"freezing": freezing}
+            )
 
     def _use_cache(self, size: int) -> None:
         if size not in self._caches:
@@ -80,10 +89,12 @@ class StaticDecoder:
             self._pointers.fill_(0)
 
     def reserve(self, positions: int) -> None:
-        """Start a new sequence that needs ``positions`` slots: without graphs, in the
-        smallest power-of-two cache (at least 128) that holds them, up to ``max_len``."""
+        """Start a new sequence that needs ``positions`` slots: without graphs or compiled
+        steps, in the smallest power-of-two cache (at least 128) that holds them, up to
+        ``max_len``. Graphs and compiled steps keep the one cache of ``max_len`` slots: a new
+        size would capture or compile again, inside a timed sample."""
         size = self.max_len
-        if not self.use_graphs:
+        if not self.use_graphs and not self.compiled:
             size = min(self.max_len, max(MIN_CACHE, 1 << max(0, positions - 1).bit_length()))
         if size != self.cache_len:
             self._use_cache(size)
@@ -174,7 +185,7 @@ class StaticDecoder:
                 input_ids=tokens.view(1, m),
                 position_ids=positions.view(1, m).to(self.device),
                 attention_mask=mask.view(1, 1, m, self.cache_len).to(self.device),
-                past_key_values=self.cache,
+                **{self.model.cache_argument: self.cache},
                 use_cache=True,
             )
         self.length += m
@@ -225,7 +236,7 @@ class StaticDecoder:
             input_ids=ids,
             position_ids=positions,
             attention_mask=self._mask(positions, m),
-            past_key_values=self.cache,
+            **{self.model.cache_argument: self.cache},
             use_cache=True,
             logits_to_keep=n_logits,
             output_hidden_states=hidden,
