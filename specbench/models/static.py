@@ -29,6 +29,7 @@ import torch
 
 from specbench.errors import ModelLoadError
 from specbench.models.base import ForwardOutput, Session, ancestors
+from specbench.models.lean import LeanForward, lean_supported
 
 if TYPE_CHECKING:
     from specbench.models.hf import HFLanguageModel
@@ -62,6 +63,11 @@ class StaticDecoder:
         self._graphs: dict[int, _CapturedStep] = {}
         self._captured_step = self._step
         self.compiled = compile
+        #: Without graphs or compilation, supported models run the lean forward: attention
+        #: over the live slots only, fused packed projections.
+        self._lean = None
+        if not self.use_graphs and not compile and lean_supported(model.model):
+            self._lean = LeanForward(model.model)
         if compile:
             # On a CPU, freezing lets inductor pack the weights for oneDNN itself (the packed
             # copies of PackedLinear are opaque to it; compiled, the layers read the dense
@@ -146,7 +152,12 @@ class StaticDecoder:
         with self.model.no_grad():
             self._start.fill_(self.length)
         states = None
-        if self.use_graphs and m in self.graph_lengths and n == m and not hidden:
+        lean = self._lean_now()
+        if lean is not None:
+            positions = torch.arange(self.length, self.length + m, device=self.device)
+            mask = None if m == 1 else self._allowed_mask(self._causal(m))
+            logits, states = self._run_lean(lean, tokens, positions, mask, n, hidden)
+        elif self.use_graphs and m in self.graph_lengths and n == m and not hidden:
             logits = self._graph(m).replay(tokens)[0]
         else:
             # Without graphs (a CPU) the compiled step, if any, still serves its lengths, so
@@ -175,6 +186,15 @@ class StaticDecoder:
         self._check_room(m)
         if tail + visible.shape[1] != self.length + m:
             raise ValueError("the tree mask must cover every slot from tail to the new rows")
+        lean = self._lean_now()
+        if lean is not None:
+            seen_live = torch.ones(m, self.length + m, dtype=torch.bool)
+            seen_live[:, tail:] = visible
+            mask = self._allowed_mask(seen_live)
+            scored, _ = self._run_lean(lean, tokens, positions.to(self.device), mask, m, False)
+            self.length += m
+            self._count(m)
+            return scored
         seen = torch.zeros(m, self.cache_len, dtype=torch.bool)
         seen[:, :tail] = True
         seen[:, tail : self.length + m] = visible
@@ -205,6 +225,65 @@ class StaticDecoder:
                         tensor = getattr(layer, name)
                         tensor.index_copy_(2, target, tensor.index_select(2, source))
             self.length = base + len(rows)
+            self._pointers.fill_(self.length)
+
+    def _lean_now(self) -> LeanForward | None:
+        """The lean forward, unless someone hooks a decoder layer (then transformers')."""
+        lean = self._lean
+        return None if lean is None or lean.hooked() else lean
+
+    def _causal(self, m: int) -> torch.Tensor:
+        """New row ``i`` sees the cached slots and new rows ``0 .. i``: ``[m, length + m]``."""
+        allowed = torch.ones(m, self.length + m, dtype=torch.bool)
+        allowed[:, self.length :] = torch.ones(m, m, dtype=torch.bool).tril()
+        return allowed
+
+    def _allowed_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """The additive ``[1, 1, m, slots]`` mask of a boolean ``[m, slots]`` one."""
+        mask = torch.zeros(allowed.shape, dtype=self.dtype)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return mask.view(1, 1, *allowed.shape).to(self.device)
+
+    def _run_lean(
+        self,
+        lean: LeanForward,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        n_logits: int,
+        hidden: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One lean forward writing at ``length``; the pointers follow, so transformers'
+        forward (a hooked call) finds the cache where the lean one left it."""
+        layers = self.cache.layers
+        if not all(getattr(layer, "is_initialized", False) for layer in layers):
+            self._initialise_layers()
+        with self.model.no_grad():
+            logits, states = lean(
+                tokens.view(-1),
+                positions,
+                [layer.keys for layer in layers],
+                [layer.values for layer in layers],
+                self.length,
+                mask,
+                n_logits,
+                hidden,
+            )
+            self._pointers.fill_(self.length + tokens.numel())
+        return logits[:, : self.model.vocab_size].float(), states
+
+    def _initialise_layers(self) -> None:
+        """Allocate the static cache's buffers (transformers does it on its first forward)."""
+        config = self.model.model.config
+        heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        dim = int(
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
+        sample = torch.zeros(1, heads, 1, dim, dtype=self.dtype, device=self.device)
+        with self.model.no_grad():
+            for layer in self.cache.layers:
+                if not getattr(layer, "is_initialized", False):
+                    layer.lazy_initialization(sample, sample)
             self._pointers.fill_(self.length)
 
     def _check_room(self, m: int) -> None:
