@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from specbench.audit.run import AuditOptions, audit_preset
+from specbench.environment import cpu_flags
 from specbench.models.catalog import CATALOG
 from specbench.plots import plot_costs
 from specbench.plugins import discover_methods
@@ -207,14 +208,19 @@ def main() -> None:
         )
     out = Console(width=240)  # the whole table, also when piped to a file
     out.print(table)
+    level = next((s.cost_level for s in summaries if s.cost_level is not None), None)
     out.print(
         f"results: {args.output}; wall {wall / 60:.1f} min; load average {load_before:.2f} at "
-        f"start, {load_after:.2f} at the end ({os.cpu_count()} CPUs); copy bandwidth "
+        f"start, {load_after:.2f} at the end ({os.cpu_count()} CPUs, flags "
+        f"{' '.join(cpu_flags()) or 'unknown'}, torch CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}); copy bandwidth "
         f"{bandwidth / 1e9:.1f} GB/s. roofline ms/call = the target's weight bytes / copy "
         "bandwidth; % of roofline = roofline time of the target calls a token needs / "
         "measured time per token (draft costs not included). draft/target/verify/host: the "
         "cost ledger, ms per token (mean over all tokens, each batch once); predicted: the "
-        "row's forwards at the run's unit costs; '-': a phase the row cannot measure."
+        "row's forwards at the run's unit costs"
+        + ("" if level is None else f", priced at the run's own speed ({level:.2f}x the probe)")
+        + "; '-': a phase the row cannot measure."
     )
     chart = plot_costs([load_results(args.output)], args.output.with_suffix(".costs.png"))
     out.print(f"cost chart: {chart}")

@@ -67,11 +67,12 @@ class RunsSpec(_Section):
     count: int = Field(1, ge=1, description="Timed runs per prompt and method.")
     warmup: int = Field(1, ge=0, description="Untimed generations per method before timing.")
     baseline: str = Field("baseline", description="Label of the method speedups divide by.")
-    order: Literal["prompt", "method"] = Field(
+    order: Literal["prompt", "method", "engines-last"] = Field(
         "prompt",
         description="prompt: every method on a prompt before the next (drift hits all alike); "
         "method: one method at a time, each prepared before and closed after its prompts "
-        "(engines that each hold a model in memory).",
+        "(engines that each hold a model in memory); engines-last: the in-process methods "
+        "prompt by prompt, then each external engine by itself.",
     )
 
 

@@ -17,7 +17,7 @@ import itertools
 import shlex
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,14 +91,14 @@ def _units(
     labels: Sequence[str],
     methods: dict[str, DecodingMethod],
     indices: Sequence[int] | None = None,
-    method_major: bool = False,
+    apart: Collection[str] = (),
 ) -> list[tuple[_Task, ...]]:
     """What one call decodes: a prompt, or a batch of prompts for a batched method.
 
     Ordered prompt-major (run, first prompt, then method), so every method sees the machine
-    in the same state; a batched method's unit sits at its first prompt. ``method_major``
-    orders by method first. ``indices`` are the prompts' positions in the whole set (a shard
-    holds some of them): seeds come from them.
+    in the same state; a batched method's unit sits at its first prompt. Methods in
+    ``apart`` come after the others, one at a time (method-major). ``indices`` are the
+    prompts' positions in the whole set (a shard holds some of them): seeds come from them.
     """
     positions = list(indices) if indices is not None else list(range(len(prompts)))
     units = []
@@ -112,9 +112,11 @@ def _units(
                 )
                 units.append(((run, start, order), chunk))
 
-    def key(item: tuple[tuple[int, int, int], tuple[_Task, ...]]) -> tuple[int, int, int]:
+    def key(item: tuple[tuple[int, int, int], tuple[_Task, ...]]) -> tuple[int, int, int, int]:
         run, start, order = item[0]
-        return (order, run, start) if method_major else (run, start, order)
+        if item[1][0].label in apart:
+            return (1, order, run, start)
+        return (0, run, start, order)
 
     return [chunk for _, chunk in sorted(units, key=key)]
 
@@ -308,8 +310,10 @@ class Session:
     done: set[tuple[str, str, int]]
     context: _Context
     where: str = "starting"
-    #: Prepares one method (method-major runs prepare each just before its turn).
+    #: Prepares one method (methods decoded apart are prepared just before their turn).
     prepare: Callable[[str], None] = lambda label: None
+    #: Labels decoded one at a time after the others (``runs.order``).
+    apart: frozenset[str] = frozenset()
     closed: set[str] = field(default_factory=set)
     #: What one forward of each in-process model costs (None: no in-process target).
     unit_costs: UnitCosts | None = None
@@ -345,19 +349,19 @@ class Session:
                 run_context(resolved, label, prompts, train_missing, False, on_message, output)
             )
 
-        method_major = preset.runs.order == "method"
+        apart = methods_apart(preset.runs.order, methods)
         try:
             references = method_references(methods, baseline, on_message)
             # The baseline first, then every other method's reference, then the rest.
             order = {label: 0 if label == baseline else 1 for label in references.values()}
             labels = sorted((m.label for m in resolved.methods), key=lambda x: order.get(x, 2))
-            if not method_major:
-                for label in methods:
+            for label in methods:
+                if label not in apart:
                     prepare(label)
         except BaseException:
             close_methods(methods)
             raise
-        units = _units(prompts, preset.runs.count, labels, methods, indices, method_major)
+        units = _units(prompts, preset.runs.count, labels, methods, indices, apart)
         tasks = [task for unit in units for task in unit]
         _check_unique([task.key for task in tasks])
         todo_units = [unit for unit in units if any(t.key not in done for t in unit)]
@@ -365,8 +369,8 @@ class Session:
         session = cls(
             resolved, prompts, models, methods, labels, tasks, todo_units, set(done), context
         )
-        if method_major:
-            session.prepare = prepare
+        session.prepare = prepare
+        session.apart = apart
         target = models.loaded_target
         if target is not None and todo_units:
             on_message("measuring unit costs")
@@ -393,16 +397,16 @@ class Session:
         """Warm up each method with work left, then decode every unit left; every new record
         goes to ``on_record`` as it finishes.
 
-        ``runs.order = "method"`` decodes one method at a time instead: prepared just before
-        its warm-up and closed after its last prompt, so only one external engine holds
-        memory at a time."""
+        Methods decoded apart (every method with ``runs.order = "method"``, the external
+        engines with ``"engines-last"``) come after the others, one at a time: prepared just
+        before its warm-up and closed after its last prompt, so only one external engine
+        holds memory at a time."""
         pending = [label for label in self.labels if label in {t.label for t in self.todo}]
-        if self.resolved.preset.runs.order != "method":
-            for label in pending:
-                self._warm_up(label, on_warmup)
-            self._decode_units(self.todo_units, on_record)
-            return
-        for label in pending:
+        together = [label for label in pending if label not in self.apart]
+        for label in together:
+            self._warm_up(label, on_warmup)
+        self._decode_units([u for u in self.todo_units if u[0].label in together], on_record)
+        for label in (label for label in pending if label in self.apart):
             self.where = f"starting {label}"
             self.prepare(label)
             self._warm_up(label, on_warmup)
@@ -436,6 +440,16 @@ class Session:
                     continue
                 self.done.add(key)
                 on_record(record)
+
+
+def methods_apart(order: str, methods: dict[str, DecodingMethod]) -> frozenset[str]:
+    """The labels ``runs.order`` decodes one at a time, after the others: every method for
+    ``method``, the external engines (no in-process model) for ``engines-last``."""
+    if order == "method":
+        return frozenset(methods)
+    if order == "engines-last":
+        return frozenset(label for label, method in methods.items() if not method.needs)
+    return frozenset()
 
 
 def _check_unique(keys: Sequence[tuple[str, str, int]]) -> None:

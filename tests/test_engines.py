@@ -238,6 +238,38 @@ def test_method_order_runs_one_engine_at_a_time(
 
 
 @pytest.mark.usefixtures("engine_plugins")
+def test_engines_last_interleaves_in_process_rows_and_runs_engines_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process rows decode prompt by prompt (a drifting machine hits them alike), then
+    each engine prepares, decodes all prompts and closes before the next starts."""
+    import engine_plugins
+
+    events: list[str] = []
+    original_prepare = engine_plugins.FakeRemoteMethod.prepare
+
+    def prepare(self: object, context: object) -> None:
+        events.append(f"prepare {context.label}")  # type: ignore[attr-defined]
+        original_prepare(self, context)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_plugins.FakeRemoteMethod, "prepare", prepare)
+    rows = ['name = "baseline"', 'name = "prompt-lookup"\nparams = { k = 2 }', *ENGINE_ROWS[:2]]
+    path = _preset(tmp_path, rows, baseline="baseline")
+    path.write_text(path.read_text().replace("warmup = 1", 'warmup = 1\norder = "engines-last"'))
+    outcome = run_preset(load_preset(str(path), discover_methods()), tmp_path / "out.jsonl")
+    order = [
+        (r.method, r.prompt_index)
+        for r in read_records(outcome.output)
+        if isinstance(r, SampleRecord)
+    ]
+    in_process = [(m, i) for m, i in order if m in ("baseline", "prompt-lookup")]
+    assert in_process == [(m, i) for i in range(3) for m in ("baseline", "prompt-lookup")]
+    assert order[: len(in_process)] == in_process  # the engines come after
+    assert order[len(in_process) :] == [(m, i) for m in ("plain", "spec") for i in range(3)]
+    assert events == ["prepare plain", "prepare spec"] and CLOSED == ["plain", "spec"]
+
+
+@pytest.mark.usefixtures("engine_plugins")
 def test_audit_compares_engine_rows_with_their_own_plain_decoding(tmp_path: Path) -> None:
     from specbench.audit.run import AuditOptions, audit_preset
 

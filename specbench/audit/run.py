@@ -218,7 +218,7 @@ def _audit_methods(
     # Like the runner: the baseline first, then references (their draws are cached for the
     # rows that need them), then the rest.
     needed.sort(key=lambda x: 0 if x == baseline_label else 1 if x in referenced else 2)
-    method_major = preset.runs.order == "method"  # one engine alive at a time
+    method_major = preset.runs.order != "prompt"  # one engine alive at a time
     prepared: dict[str, str | None] = {}
 
     def ensure(label: str) -> str | None:
