@@ -2,9 +2,11 @@
 
 Speculative decoding pays off when scoring k + 1 tokens costs about what scoring one does,
 and when a draft step is cheap next to a target step (Leviathan et al.'s c). This prints
-both for the given models and settings, median of several calls after a warm-up.
+both for the given models and settings, median of several calls after a warm-up, with the
+engines' calls interleaved.
 
-    python benchmarks/forward_cost.py --models qwen2.5-coder-1.5b,qwen2.5-coder-0.5b
+    python benchmarks/forward_cost.py --models qwen2.5-coder-1.5b,qwen2.5-coder-0.5b \
+        --dtypes bfloat16 --prepack on,off --engines eager,static --tokens 1,4,5
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="default", help="default, batch-invariant, or both comma-separated."
     )
+    parser.add_argument(
+        "--prepack", default="on", help="on (oneDNN-packed linear layers), off, or on,off."
+    )
+    parser.add_argument(
+        "--engines", default="eager", help="eager (the session), static (lean on a CPU), or both."
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.tokens.split(",")]
 
@@ -38,32 +46,50 @@ def main() -> None:
     table.add_column("model")
     table.add_column("dtype")
     table.add_column("mode")
+    table.add_column("prepack")
+    table.add_column("engine")
     for n in counts:
         table.add_column(f"{n} token{'s' if n > 1 else ''}", justify="right")
     table.add_column(f"{counts[-1]}:1", justify="right")
     runs = [
-        (name, dtype, mode)
+        (name, dtype, mode, prepack)
         for name in args.models.split(",")
         for dtype in args.dtypes.split(",")
         for mode in args.modes.split(",")
+        for prepack in args.prepack.split(",")
     ]
-    for name, dtype, mode in runs:
-        spec = HFModelSpec(model=name, dtype=dtype, batch_invariant=mode == "batch-invariant")
+    for name, dtype, mode, prepack in runs:
+        spec = HFModelSpec(
+            model=name,
+            dtype=dtype,
+            batch_invariant=mode == "batch-invariant",
+            prepack=prepack == "on",
+        )
         model = load_hf_model(spec, resolve_model_source(name), name)
-        session = model.new_session()
         context = list(range(100, 100 + args.context))
-        session.logits_from(context, len(context) - 1)
-        row = []
-        for n in counts:
-            times = []
-            for r in range(args.repeats + 1):
-                tokens = context + [200 + r] * n
-                start = time.perf_counter()
-                session.logits_from(tokens, len(context) - 1)
-                times.append(time.perf_counter() - start)
-            row.append(1000 * statistics.median(times[1:]))
-        table.add_row(name, dtype, mode, *(f"{t:.1f}" for t in row), f"{row[-1] / row[0]:.2f}")
-        del model, session
+        engines = args.engines.split(",")
+        sessions = {
+            engine: model.new_session()
+            if engine == "eager"
+            else model.new_static_session(len(context) + 64, max_len=4096)
+            for engine in engines
+        }
+        for session in sessions.values():
+            session.logits_from(context, len(context) - 1)
+        # The engines' calls interleaved: the machine's drift hits both alike.
+        times: dict[tuple[str, int], list[float]] = {(e, n): [] for e in engines for n in counts}
+        for r in range(args.repeats + 1):
+            for n in counts:
+                for engine, session in sessions.items():
+                    tokens = context + [200 + r] * n
+                    start = time.perf_counter()
+                    session.logits_from(tokens, len(context) - 1)
+                    times[(engine, n)].append(time.perf_counter() - start)
+        for engine in engines:
+            row = [1000 * statistics.median(times[(engine, n)][1:]) for n in counts]
+            cells = (f"{t:.1f}" for t in row)
+            table.add_row(name, dtype, mode, prepack, engine, *cells, f"{row[-1] / row[0]:.2f}")
+        del model, sessions
     Console(width=140).print(table)
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import hf_pair, make_method, request, toy_pair
 from pydantic import ValidationError
+from test_greedy_path import METHODS, PROMPTS  # every exact method without trained heads
 
 from specbench.decoding.core import decode
 from specbench.decoding.execution import EngineSessions, Execution
@@ -22,18 +23,6 @@ from specbench.decoding.proposers import Outcome, Proposal, RowProposer, Slot
 from specbench.decoding.tree import TokenTree
 from specbench.plugins import MethodModels, discover_methods
 
-PROMPTS = [[5, 9, 23, 7, 5, 9, 23], [40, 41, 42, 43, 40, 41, 42], [100, 3, 17, 3, 17, 3]]
-
-#: Every exact in-process method that needs no trained heads, with small settings.
-METHODS: dict[str, dict[str, Any]] = {
-    "baseline": {},
-    "speculative": {"k": 3},
-    "specexec": {"budget": 8, "max_depth": 4},
-    "prompt-lookup": {"k": 3},
-    "suffix": {},
-    "lookahead": {},
-    "token-recycling": {},
-}
 #: Methods whose drafts depend on earlier requests (Suffix Decoding's global trie, Token
 #: Recycling's matrix): a batch's rows learn from each other only after (suffix) or while
 #: (recycling) they decode, so their drafts, not their tokens, differ from one at a time.

@@ -97,6 +97,18 @@ class QuantoSpec(_Spec):
 QuantizationSpec = Annotated[Bnb4BitSpec | Bnb8BitSpec | QuantoSpec, Field(discriminator="method")]
 
 
+def prepack_field() -> Any:
+    """The ``prepack`` field of the transformers-based specs."""
+    return Field(
+        True,
+        description=(
+            "Reorder linear weights once for oneDNN where it applies (CPU: bfloat16 with "
+            "AVX-512 BF16 or AMX, float32), the fast CPU path; false: the layers as "
+            "transformers builds them."
+        ),
+    )
+
+
 class HFModelSpec(ModelSpecBase):
     """A Hugging Face transformers causal LM.
 
@@ -125,14 +137,7 @@ class HFModelSpec(ModelSpecBase):
             "this CPU when the model loads."
         ),
     )
-    prepack: bool = Field(
-        True,
-        description=(
-            "Reorder linear weights once for oneDNN where it applies (CPU: bfloat16 with "
-            "AVX-512 BF16 or AMX, float32), the fast CPU path; false: the layers as "
-            "transformers builds them."
-        ),
-    )
+    prepack: bool = prepack_field()
     trust_remote_code: bool = False
 
     def requirements(self) -> list[tuple[str, str]]:
@@ -177,14 +182,7 @@ class DummyModelSpec(ModelSpecBase):
     seed: int = Field(0, ge=0)
     max_positions: int = Field(4096, ge=16, description="Longest sequence (cache size).")
     batch_invariant: bool = False
-    prepack: bool = Field(
-        True,
-        description=(
-            "Reorder linear weights once for oneDNN where it applies (CPU: bfloat16 with "
-            "AVX-512 BF16 or AMX, float32), the fast CPU path; false: the layers as "
-            "transformers builds them."
-        ),
-    )
+    prepack: bool = prepack_field()
 
     def requirements(self) -> list[tuple[str, str]]:
         return [("transformers", "hf")]
