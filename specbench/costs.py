@@ -147,7 +147,8 @@ def summarize_costs(
         per_token[name] = None if len(known) < len(parts) else 1000.0 * sum(known) / tokens
     measured = 1000.0 * sum(costs.unit_s for costs in ledgers) / tokens
     summary = CostSummary(per_token, measured)
-    if unit_costs is not None and all(c.target_s is not None for c in ledgers):
+    # Only forwards the ledger counted can be priced (an engine's own timings cannot).
+    if unit_costs is not None and all(c.target_forwards is not None for c in ledgers):
         scales = [unit_levels.get(key, 1.0) for key in units]
         predicted = _predict(ledgers, unit_costs, scales)
         if unit_levels:

@@ -204,7 +204,8 @@ PHASE_COLORS = {"draft": "#4c72b0", "target": "#dd8452", "verify": "#55a868", "h
 def plot_costs(results: Sequence[ResultsFile], path: Path) -> Path:
     """One stacked bar per method: ms per generated token by phase (the cost ledger), with
     the predicted ms per token as a black tick; unknown phases are left out of the stack
-    and named under the bar."""
+    and named under the bar, and a method that measured no phase at all (an engine that
+    reports none) gets a hatched bar of its whole time."""
     plt = _pyplot()
     bars = [
         (s.method if len(results) == 1 else f"{s.method}\n{result.label}", s)
@@ -220,14 +221,28 @@ def plot_costs(results: Sequence[ResultsFile], path: Path) -> Path:
         ]
         heights = [(s.ms_per_token_by_phase or {}).get(name) or 0.0 for _, s in bars]
         ax.bar(range(len(bars)), heights, 0.6, bottom=bottoms, label=name, color=PHASE_COLORS[name])
+    unsplit = [
+        (x, s.measured_ms_per_token or 0.0)
+        for x, (_, s) in enumerate(bars)
+        if all(v is None for v in (s.ms_per_token_by_phase or {}).values())
+    ]
+    if unsplit:
+        positions = [x for x, _ in unsplit]
+        totals = [total for _, total in unsplit]
+        ax.bar(
+            positions, totals, 0.6, fill=False, hatch="//", edgecolor="#8c8c8c", label="not split"
+        )
     for x, (_, s) in enumerate(bars):
         if s.predicted_ms_per_token is not None:
             ax.plot([x - 0.35, x + 0.35], [s.predicted_ms_per_token] * 2, color="black", lw=1.5)
         unknown = [p for p, v in (s.ms_per_token_by_phase or {}).items() if v is None]
         total = s.measured_ms_per_token or 0.0
+        if "host" in unknown:
+            unknown = []  # nothing measured: the hatched bar says so
         note = f"{total:.1f}" + (f"\n({', '.join(unknown)} in host)" if unknown else "")
         ax.annotate(note, (x, total), ha="center", va="bottom", fontsize=7)
     ax.plot([], [], color="black", lw=1.5, label="predicted")
+    ax.margins(y=0.15)  # room for the notes above the tallest bar
     ax.set_xticks(range(len(bars)), [label for label, _ in bars], rotation=20, ha="right")
     ax.set_ylabel("ms per generated token")
     ax.set_title("Where the time goes, by phase (tick: predicted from unit costs)")

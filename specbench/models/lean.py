@@ -135,14 +135,14 @@ class _Fused:
 
 
 def _fused(layer: Any) -> _Fused | None:
-    """Packed fused projections of ``layer`` where packing applies and nothing hooks them;
-    ``None`` keeps its own modules."""
-    from specbench.models.packed import pack_weight, packing_available
+    """Packed fused projections of ``layer`` where its projections are packed already
+    (``prepack``); ``None`` keeps its own modules."""
+    from specbench.models.packed import PackedLinear, pack_weight
 
     attention, mlp = layer.self_attn, layer.mlp
     projections = [attention.q_proj, attention.k_proj, attention.v_proj]
     modules = [*projections, mlp.gate_proj, mlp.up_proj]
-    if not all(packing_available(p.weight) for p in modules):
+    if not all(isinstance(p, PackedLinear) for p in modules):
         return None
     if any(p.bias is not None for p in (mlp.gate_proj, mlp.up_proj)):
         return None
