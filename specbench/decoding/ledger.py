@@ -17,7 +17,8 @@ clock reads when a ledger is open and nothing else when none is (the audit, warm
 On a CPU, torch ops finish before they return, so the clock alone is honest. On CUDA the
 ledger synchronises the device at each phase boundary (one ``cuda.synchronize`` per
 boundary, three to four per step), which is the synchronisation a split by phase needs;
-``syncs`` counts them so their cost can be stated.
+``syncs`` counts them so their cost can be stated (on an H200 with CUDA graphs about 30 us
+each, 6-8% of a 3 ms token: ``benchmarks/ledger_sync_cost.py``).
 """
 
 from __future__ import annotations
