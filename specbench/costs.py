@@ -72,6 +72,11 @@ def ledger_costs(
         target_by_rows=_pairs(totals.by_rows["target"]) if marks_target else {},
         draft_by_rows=_pairs(totals.by_rows["draft"]) if marks_draft else {},
         syncs=totals.syncs,
+        engines={
+            role: engine
+            for role, engine in totals.engines.items()
+            if (role == "target" and marks_target) or (role == "draft" and marks_draft)
+        },
     )
 
 
@@ -105,17 +110,32 @@ def unit_key(sample: SampleRecord) -> str:
 
 
 def cost_levels(reference: Sequence[SampleRecord], unit_costs: UnitCosts) -> dict[str, float]:
-    """Per prompt and run (``prompt_id/run``): the reference method's mean one-token target
-    step over the probe's, where it made one-token steps (plain decoding does)."""
-    probed = unit_costs.target_at(1)
+    """Per prompt, run and engine (``prompt_id/run@engine``): the reference samples' mean
+    one-token target step over the probe's on the same engine, where they made one-token
+    steps (plain decoding does). ``reference``: the baseline method's samples on every
+    engine the run decoded it on (``baseline`` and a static ``baseline``, say): the probe
+    gives each engine's cost shape, and a shared machine drifts too much between the
+    probe's calls for its ratio *between* engines to hold (a repeated probe gave the static
+    engine 0.93x and 1.12x the eager session's one-token step)."""
     levels: dict[str, float] = {}
-    if not probed:
-        return levels
     for sample in reference:
-        one = sample.costs.target_by_rows.get(1) if sample.costs is not None else None
-        if one and one[0]:
-            levels[f"{sample.prompt_id}/{sample.run}"] = 1000.0 * one[1] / one[0] / probed
+        if sample.costs is None:
+            continue
+        engine = sample.costs.engines.get("target", "eager")
+        one = sample.costs.target_by_rows.get(1)
+        probed = unit_costs.for_engine(engine).target_at(1)
+        if one and one[0] and probed:
+            key = f"{sample.prompt_id}/{sample.run}@{engine}"
+            levels[key] = 1000.0 * one[1] / one[0] / probed
     return levels
+
+
+def level_for(levels: dict[str, float], sample: SampleRecord) -> float | None:
+    """The level to price ``sample``'s forwards at: its engine's on its prompt and run, else
+    the eager session's (engines the reference did not decode on)."""
+    engine = sample.costs.engines.get("target", "eager") if sample.costs else "eager"
+    key = f"{sample.prompt_id}/{sample.run}"
+    return levels.get(f"{key}@{engine}", levels.get(f"{key}@eager"))
 
 
 def summarize_costs(
@@ -134,7 +154,7 @@ def summarize_costs(
         tokens += sample.new_tokens
         key = unit_key(sample)
         units.setdefault(key, sample.costs)
-        level = (levels or {}).get(f"{sample.prompt_id}/{sample.run}")
+        level = level_for(levels or {}, sample)
         if level is not None:
             unit_levels.setdefault(key, level)
     if not units or tokens == 0:
@@ -170,14 +190,17 @@ def _predict(
     steps)."""
     target = draft = 0.0
     for costs, scale in zip(ledgers, scales, strict=True):
+        # Each role's forwards at the costs of the engine they ran on.
+        target_costs = unit_costs.for_engine(costs.engines.get("target"))
+        draft_ms = unit_costs.for_engine(costs.engines.get("draft")).draft_ms
         for rows, (calls, seconds) in costs.target_by_rows.items():
-            unit = unit_costs.target_at(rows)
+            unit = target_costs.target_at(rows)
             target += seconds if unit is None else calls * scale * unit / 1000.0
         for rows, (calls, seconds) in costs.draft_by_rows.items():
-            if unit_costs.draft_ms is None or rows > DRAFT_STEP_ROWS:
+            if draft_ms is None or rows > DRAFT_STEP_ROWS:
                 draft += seconds  # the draft's prompt forwards: as measured
             else:
-                draft += calls * scale * unit_costs.draft_ms / 1000.0
+                draft += calls * scale * draft_ms / 1000.0
     return {"draft": draft, "target": target, "verify": 0.0, "host": 0.0}
 
 

@@ -98,6 +98,11 @@ class PhaseCosts(BaseModel):
         default_factory=dict, description="Draft-model forwards, the same way."
     )
     syncs: int = Field(0, description="Device synchronisations the ledger added (CUDA only).")
+    engines: dict[str, str] = Field(
+        default_factory=dict,
+        description="The engine kind each role's forwards ran on (eager, static, graphs, "
+        "compiled; mixed): which probed unit costs price them.",
+    )
 
     def seconds(self, phase: str) -> float | None:
         value: float | None = getattr(self, f"{phase}_s")

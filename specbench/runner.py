@@ -30,6 +30,7 @@ from specbench.decoding.sampling import SamplingParams
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
 from specbench.environment import collect_environment
 from specbench.errors import SpecbenchError
+from specbench.methods.in_process import InProcessMethod
 from specbench.models.loading import load_models
 from specbench.output_paths import check_output_file
 from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
@@ -380,7 +381,15 @@ class Session:
             length = len(ids) + preset.sampling.max_new_tokens // 2
             grown = list(itertools.islice(itertools.cycle(ids), length))
             if grown:  # an empty prompt is reported when it is decoded
-                session.unit_costs = measure_unit_costs(target, models.draft, grown)
+                # Every engine the methods decode on is probed (its cost shape differs).
+                executions = [
+                    method.execution()
+                    for method in methods.values()
+                    if isinstance(method, InProcessMethod)
+                ]
+                session.unit_costs = measure_unit_costs(
+                    target, models.draft, grown, engines=executions
+                )
         return session
 
     def close(self) -> None:

@@ -93,8 +93,17 @@ def summarize(
     medians = {label: _median_tps(group) for label, group in groups.items()}
     base = medians.get(baseline) if baseline else None
     base_group = groups.get(baseline or "", []) if base else []
-    # The run's own speed, prompt by prompt, from the baseline's one-token steps.
-    levels = cost_levels(groups.get(baseline or "", []), unit_costs) if unit_costs else {}
+    # The run's own speed, prompt by prompt, from the baseline's one-token steps: each
+    # engine's level from the baseline method decoding on it (the run's baseline, and a
+    # static-engine copy of it, say).
+    base_name = groups[baseline][0].method_name if baseline and baseline in groups else None
+    reference = [
+        sample
+        for label, group in groups.items()
+        if label == baseline or (base_name is not None and group[0].method_name == base_name)
+        for sample in group
+    ]
+    levels = cost_levels(reference, unit_costs) if unit_costs else {}
     summaries = []
     for label, group in groups.items():
         summary = _summarize_group(label, group, baseline if base else None, base, run_id)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import hf_pair, make_method, request, sample_record
 
-from specbench.costs import cost_levels, summarize_costs
+from specbench.costs import cost_levels, level_for, summarize_costs
 from specbench.decoding.core import decode
 from specbench.decoding.drafters import ModelDrafter
 from specbench.decoding.ledger import CostLedger, open_ledger, phase
@@ -26,7 +26,7 @@ from specbench.plugins import MethodModels, discover_methods
 from specbench.presets import load_preset
 from specbench.records import PHASES, RunHeader, SampleRecord, SummaryRecord, read_records
 from specbench.runner import run_preset
-from specbench.unit_costs import UnitCosts
+from specbench.unit_costs import EngineUnitCosts, UnitCosts
 
 TARGET_MS = 12.0
 DRAFT_MS = 3.0
@@ -237,7 +237,7 @@ def test_predictions_are_priced_at_the_runs_own_speed_prompt_by_prompt() -> None
     fast = slow.model_copy(update={"prompt_id": "p1", "costs": slow.costs.model_copy(
         update={"target_by_rows": {1: (10, 0.5)}})})  # fmt: skip
     levels = cost_levels([slow, fast], units)
-    assert levels == {"p0/0": pytest.approx(2.0), "p1/0": pytest.approx(1.0)}
+    assert levels == {"p0/0@eager": pytest.approx(2.0), "p1/0@eager": pytest.approx(1.0)}
     speculative = _sample(
         draft_s=0.2,
         target_s=0.6,
@@ -295,3 +295,123 @@ def test_transformers_loop_times_its_forwards_and_leaves_verification_unknown(
     assert costs.target_forwards == result.stats.target_calls
     assert costs.draft_forwards == result.stats.draft_calls
     assert costs.host_s == pytest.approx(wall - costs.target_s - costs.draft_s)
+
+
+def test_each_engine_is_probed_and_its_forwards_are_priced_at_its_own_costs(
+    tiny_hf: dict[str, Any], tmp_path: Path
+) -> None:
+    """The static engine's forwards cost other than the eager session's: a run with both
+    probes both, each sample's ledger names the engine its forwards ran on, and a summary
+    prices them at that engine's costs."""
+    pair = tiny_hf["llama"]
+    preset = tmp_path / "engines.toml"
+    preset.write_text(
+        f"""
+[models.target]
+backend = "hf"
+model = "{pair["target"]}"
+dtype = "float32"
+device = "cpu"
+[models.draft]
+backend = "hf"
+model = "{pair["draft"]}"
+dtype = "float32"
+device = "cpu"
+[[methods]]
+name = "baseline"
+[[methods]]
+name = "baseline"
+label = "baseline-static"
+params = {{ engine = "static", static_max_len = 64 }}
+[[methods]]
+name = "speculative"
+label = "speculative-static"
+params = {{ k = 2, engine = "static", static_max_len = 64 }}
+[prompts]
+source = "inline"
+prompts = ["hello world"]
+chat_template = false
+[sampling]
+max_new_tokens = 6
+[runs]
+warmup = 0
+"""
+    )
+    out = tmp_path / "out.jsonl"
+    run_preset(load_preset(str(preset), discover_methods()), output=out)
+    records = read_records(out)
+    header = next(r for r in records if isinstance(r, RunHeader))
+    units = UnitCosts.model_validate(header.unit_costs)
+    static = units.engines["static"]
+    assert set(static.target_ms) == set(units.target_ms) and static.draft_ms is not None
+    engines = {
+        r.method: r.costs.engines for r in records if isinstance(r, SampleRecord) and r.costs
+    }
+    assert engines == {
+        "baseline": {"target": "eager"},
+        "baseline-static": {"target": "static"},
+        "speculative-static": {"target": "static", "draft": "static"},
+    }
+    # The static rows are priced at the level of the baseline decoding on the static engine.
+    summaries = {r.method: r for r in records if isinstance(r, SummaryRecord)}
+    static_level = summaries["baseline-static"].cost_level
+    assert static_level is not None and static_level != summaries["baseline"].cost_level
+    assert summaries["speculative-static"].cost_level == static_level
+    # Priced at the static probe: a static engine twice as dear doubles the prediction.
+    (sample,) = (
+        r for r in records if isinstance(r, SampleRecord) and r.method == "speculative-static"
+    )
+    dear = units.model_copy(
+        update={
+            "engines": {
+                "static": static.model_copy(
+                    update={
+                        "target_ms": {k: 2 * v for k, v in static.target_ms.items()},
+                        "draft_ms": 2 * static.draft_ms,
+                    }
+                )
+            }
+        }
+    )
+    cheap, costly = summarize_costs([sample], units), summarize_costs([sample], dear)
+    assert cheap is not None and costly is not None
+    assert cheap.predicted_by_phase is not None and costly.predicted_by_phase is not None
+    assert cheap.predicted_by_phase["draft"] > 0
+    assert costly.predicted_by_phase["target"] == pytest.approx(
+        2 * cheap.predicted_by_phase["target"], rel=0.01
+    )
+    # The draft's prompt forward is taken as measured; its steps are priced.
+    assert costly.predicted_by_phase["draft"] > 1.1 * cheap.predicted_by_phase["draft"]
+    assert units.for_engine("compiled") is units  # not probed: the eager costs
+
+
+def test_each_engine_is_priced_at_its_own_level_from_the_baseline_on_it() -> None:
+    units = UnitCosts(
+        context=3,
+        target_ms={1: 50.0, 4: 60.0},
+        engines={"static": EngineUnitCosts(target_ms={1: 25.0, 4: 30.0})},
+    )
+    base = _sample(
+        target_s=0.5,
+        verify_s=0.0,
+        draft_s=0.0,
+        host_s=0.5,
+        target_forwards=10,
+        target_rows=10,
+        draft_forwards=0,
+        target_by_rows={1: (10, 0.5)},  # 50 ms a step
+    )
+    static = base.model_copy(
+        update={"costs": base.costs.model_copy(update={"engines": {"target": "static"}})}  # type: ignore[union-attr]
+    )
+    levels = cost_levels([base, static], units)
+    assert levels == {"p0/0@eager": pytest.approx(1.0), "p0/0@static": pytest.approx(2.0)}
+    # Each sample is priced at its own engine's level; an engine the reference did not
+    # decode on takes the eager session's.
+    assert level_for(levels, static) == pytest.approx(2.0)
+    assert level_for(levels, base) == pytest.approx(1.0)
+    only_eager = cost_levels([base], units)
+    assert level_for(only_eager, static) == pytest.approx(1.0)
+    priced = summarize_costs([static], units, levels)
+    assert priced is not None and priced.predicted_by_phase is not None
+    assert priced.predicted_by_phase["target"] == pytest.approx(2.0 * 25.0)

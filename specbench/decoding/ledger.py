@@ -44,6 +44,9 @@ class LedgerTotals:
         default_factory=lambda: {"target": {}, "draft": {}}
     )
     syncs: int = 0
+    #: The engine kind each role's forwards ran on (``"eager"``, ``"static"``, ...;
+    #: ``"mixed"`` when one unit used several): which unit costs price them.
+    engines: dict[str, str] = field(default_factory=dict)
 
     def forwards(self, role: str) -> int:
         return int(sum(calls for calls, _ in self.by_rows[role].values()))
@@ -92,9 +95,12 @@ class CostLedger:
             self._switch(self._stack.pop())
 
     @contextmanager
-    def forward(self, model: object, rows: int) -> Iterator[None]:
-        """A forward call of ``model`` that processes ``rows`` tokens."""
+    def forward(self, model: object, rows: int, engine: str = "eager") -> Iterator[None]:
+        """A forward call of ``model`` that processes ``rows`` tokens on ``engine``."""
         role = self.roles.get(id(model), "draft")
+        seen = self.totals.engines.setdefault(role, engine)
+        if seen != engine:
+            self.totals.engines[role] = "mixed"
         started = time.perf_counter()
         with self.timed(role):
             yield
@@ -113,10 +119,11 @@ def phase(name: Phase) -> AbstractContextManager[None]:
     return _NOTHING if ledger is None else ledger.timed(name)
 
 
-def forward(model: object, rows: int) -> AbstractContextManager[None]:
-    """Time the block as a forward of ``model`` over ``rows`` tokens in the open ledger."""
+def forward(model: object, rows: int, engine: str = "eager") -> AbstractContextManager[None]:
+    """Time the block as a forward of ``model`` over ``rows`` tokens on ``engine`` (the
+    session's kind, see :attr:`specbench.models.base.Session.engine`) in the open ledger."""
     ledger = _ACTIVE.get()
-    return _NOTHING if ledger is None else ledger.forward(model, rows)
+    return _NOTHING if ledger is None else ledger.forward(model, rows, engine)
 
 
 @contextmanager

@@ -9,8 +9,8 @@ drafts accepted (tokens - calls) without changing what transformers does.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -31,6 +31,12 @@ from specbench.plugins import (
 class HFGenerateParams(MethodParams):
     assisted: bool = Field(False, description="Assisted generation with the preset's draft.")
     num_assistant_tokens: int = Field(4, ge=1, le=64, description="Draft tokens per step.")
+    kernels: Literal["specbench", "transformers"] = Field(
+        "specbench",
+        description="specbench: the same model objects as specbench's rows (its packed and "
+        "row-stable layers: loop against loop); transformers: transformers' own layers and "
+        "default attention, as its users run it (engine against engine).",
+    )
 
 
 class HFGenerateMethod(DecodingMethod):
@@ -46,7 +52,8 @@ class HFGenerateMethod(DecodingMethod):
     not_in_all_reason = "a reference implementation (transformers' generate): name it to compare"
 
     def own_baseline(self) -> MethodParams | None:
-        return HFGenerateParams()  # plain generate: the assisted settings do not apply
+        # Plain generate on the same kernels: the assisted settings do not apply.
+        return HFGenerateParams(kernels=self.params.kernels)  # type: ignore[attr-defined]
 
     def engine_info(self) -> dict[str, Any] | None:
         import transformers
@@ -88,10 +95,18 @@ class HFGenerateMethod(DecodingMethod):
         hooks = _timing_hooks(target, self.models.target, calls, "target")
         if draft is not None:
             hooks += _timing_hooks(draft, self.models.require_draft(), calls, "draft")
+        shipped = params.kernels == "transformers"
         try:
             from specbench.models.hf import quiet_transformers
 
-            with torch.inference_mode(), quiet_transformers():
+            with (
+                torch.inference_mode(),
+                quiet_transformers(),
+                self.models.target.shipped_kernels() if shipped else nullcontext(),
+                self.models.require_draft().shipped_kernels()
+                if shipped and draft is not None
+                else nullcontext(),
+            ):
                 out = target.generate(
                     ids,
                     attention_mask=torch.ones_like(ids),

@@ -95,6 +95,12 @@ class LanguageModel(ABC):
         if size != self.vocab_size:
             raise ValueError(f"{self.name} cannot restrict its vocabulary to {size}")
 
+    def shipped_kernels(self) -> AbstractContextManager[None]:
+        """Inside the block the model runs the layers its library ships, without specbench's
+        kernels (packed or row-stable layers, row-stable attention), so a reference row can
+        time the library as its users run it. The default: nothing to swap."""
+        return nullcontext()
+
     def synchronize(self) -> None:
         """Wait for queued device work, so wall-clock timings are honest."""
         if self.device.type == "cuda":
@@ -201,6 +207,12 @@ class Session(ABC):
     #: Whether forward calls enter the cost ledger (off for a batch session's inner rows).
     timed: bool = field(default=True, kw_only=True)
 
+    @property
+    def engine(self) -> str:
+        """The kind of execution this cache's forwards run on, for the cost ledger (unit costs
+        are probed per kind): ``"eager"`` here; static caches say which of theirs."""
+        return "eager"
+
     def logits_from(self, tokens: Sequence[int], start: int) -> torch.Tensor:
         """Next-token logits for positions ``start .. len(tokens) - 1`` of ``tokens``.
 
@@ -292,7 +304,7 @@ class Session(ABC):
     def _timed_forward(self, rows: int) -> AbstractContextManager[None]:
         """The cost ledger's forward phase for this call (see :mod:`specbench.decoding.ledger`);
         sessions that serve a batch session's rows leave the timing to it."""
-        return ledger.forward(self.model, rows) if self.timed else nullcontext()
+        return ledger.forward(self.model, rows, self.engine) if self.timed else nullcontext()
 
     def _count(self, tokens: int) -> None:
         counters = self.model.counters

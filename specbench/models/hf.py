@@ -13,6 +13,7 @@ import importlib
 import inspect
 import sys
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,30 @@ class HFLanguageModel(LanguageModel):
 
     def new_session(self) -> Session:
         return HFSession(self)
+
+    @contextlib.contextmanager
+    def shipped_kernels(self) -> Iterator[None]:
+        """transformers' own ``nn.Linear`` layers and the attention it would have chosen
+        (``info["shipped_attention"]``) inside the block; specbench's back after it. The
+        swap changes classes in place: no weight is copied."""
+        swapped = [
+            (module, type(module))
+            for module in self.model.modules()
+            if isinstance(module, torch.nn.Linear) and type(module) is not torch.nn.Linear
+        ]
+        attention = getattr(self.model.config, "_attn_implementation", None)
+        shipped = self.info.get("shipped_attention") or attention
+        for module, _ in swapped:
+            module.__class__ = torch.nn.Linear
+        if shipped != attention:
+            self.model.set_attn_implementation(shipped)
+        try:
+            yield
+        finally:
+            for module, kind in swapped:
+                module.__class__ = kind
+            if shipped != attention:
+                self.model.set_attn_implementation(attention)
 
     def new_static_session(
         self,
@@ -518,6 +543,9 @@ def grouped_attention(
     batch, heads, rows, dim = query.shape
     groups = key.shape[1]
     per_group = heads // groups
+    layout = _visible_layout(attention_mask, key.shape[-2])
+    if layout is not None:
+        return _gathered_attention(query, key, value, scaling, *layout)
     single = per_group * rows == 1
     if single:  # one row alone would take the one-row kernel: run it as two
         query = torch.cat([query, query], dim=-2)
@@ -536,6 +564,82 @@ def grouped_attention(
     if single:
         output, weights = output[:, :, :1], weights[:, :, :1]
     return output.transpose(1, 2).contiguous(), weights
+
+
+#: The layout of the last mask seen (a forward passes one mask to every layer): a weak
+#: reference to it, and its gather indices (``None``: every row sees a prefix of the keys).
+_LAST_LAYOUT: tuple[Any, tuple[torch.Tensor, torch.Tensor] | None] | None = None
+
+
+def _visible_layout(
+    attention_mask: torch.Tensor | None, length: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For a mask under which some row sees keys that are not the first ones in order (a
+    token tree's nodes, with their siblings masked between them; padded rows of a batch):
+    per row, the slots it sees in order padded to the longest (``[B, M, W]``) and the
+    additive mask of the padding. ``None`` when every row sees a prefix ``[0, n)`` of the
+    keys, as a decoding step does, and under graph capture or compilation (their steps are
+    chains)."""
+    global _LAST_LAYOUT
+    if attention_mask is None or torch.compiler.is_compiling():
+        return None
+    if attention_mask.is_cuda and torch.cuda.is_current_stream_capturing():
+        return None
+    last = _LAST_LAYOUT
+    if last is not None and last[0]() is attention_mask:
+        return last[1]
+    visible = attention_mask[:, 0, :, :length] == 0  # [B, M, L]; the mask is shared by heads
+    counts = visible.sum(-1)
+    prefixes = visible.to(torch.int8).cumprod(-1).sum(-1)
+    layout = None
+    if not bool((prefixes == counts).all()):  # some row sees keys out of order: gather
+        width = int(counts.max())
+        # Visible slots first, in order (a stable sort of "not visible"), then padding.
+        order = torch.sort((~visible).to(torch.int8), dim=-1, stable=True).indices[..., :width]
+        padding = torch.arange(width, device=counts.device) >= counts.unsqueeze(-1)
+        fill = torch.zeros(padding.shape, dtype=attention_mask.dtype, device=counts.device)
+        layout = (order, fill.masked_fill_(padding, torch.finfo(attention_mask.dtype).min))
+    _LAST_LAYOUT = (weakref.ref(attention_mask), layout)
+    return layout
+
+
+def _gathered_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    order: torch.Tensor,
+    padding: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`grouped_attention` with each row's visible keys gathered into the order and
+    places a decoding step has them (its earlier tokens, then itself, from slot 0): a
+    product's result for a key depends on where the key lies in the reduction (SIMD lanes
+    and pairs, blocks), so a tree node scored with its siblings masked between its ancestors
+    got other logits than the same token decoded in turn (a bf16 near-tie flipped a greedy
+    choice of SpecExec). Keys past a row's own are padding with zero weight at the end, which
+    a decoding step's reduction does not see either (the chain case, checked)."""
+    batch, heads, rows, dim = query.shape
+    groups = key.shape[1]
+    per_group = heads // groups
+    width = order.shape[-1]
+    scores = torch.matmul(query.reshape(batch, groups, per_group * rows, dim), key.transpose(2, 3))
+    scores = (scores * scaling).view(batch, groups, per_group, rows, -1)
+    index = order.view(batch, 1, 1, rows, width).expand(batch, groups, per_group, rows, width)
+    gathered = torch.gather(scores, -1, index) + padding.view(batch, 1, 1, rows, width)
+    weights = torch.nn.functional.softmax(gathered, dim=-1, dtype=torch.float32).to(query.dtype)
+    # Each row's values in its own order: [B, G, M, W, D], one product per row and group,
+    # whose rows are that group's query heads (as in a decoding step).
+    picked = value[torch.arange(batch).view(batch, 1, 1), :, order]  # [B, M, W, G, D]
+    picked = picked.permute(0, 3, 1, 2, 4)
+    per_row = weights.permute(0, 1, 3, 2, 4)  # [B, G, M, per_group, W]
+    if per_group == 1:  # one row alone would take the one-row kernel: run it as two
+        output = torch.matmul(torch.cat([per_row, per_row], dim=-2), picked)[..., :1, :]
+    else:
+        output = torch.matmul(per_row, picked)  # [B, G, M, per_group, D]
+    output = output.permute(0, 1, 3, 2, 4).reshape(batch, heads, rows, dim)
+    full = torch.zeros(*scores.shape, dtype=weights.dtype, device=weights.device)
+    full.scatter_(-1, index, weights)
+    return output.transpose(1, 2).contiguous(), full.view(batch, heads, rows, -1)
 
 
 def make_batch_invariant(model: torch.nn.Module) -> None:
@@ -659,6 +763,11 @@ def load_hf_model(spec: HFModelSpec, source: str, name: str) -> HFLanguageModel:
     if quant is None:
         model.to(device)
     model.eval()
+    shipped_attention = (
+        spec.attn_implementation or "sdpa"
+        if spec.batch_invariant
+        else getattr(model.config, "_attn_implementation", None)
+    )
     kernels = fast_kernels(model, spec.batch_invariant, spec.prepack and quant is None)
     eos = model.generation_config.eos_token_id if model.generation_config else None
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
@@ -669,6 +778,9 @@ def load_hf_model(spec: HFModelSpec, source: str, name: str) -> HFLanguageModel:
         "gguf_file": spec.gguf_file,
         "quantization": spec.quantization.model_dump() if spec.quantization else None,
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        # What transformers runs without specbench's kernels (its default when a row-stable
+        # eager attention replaced it).
+        "shipped_attention": shipped_attention,
         "batch_invariant": spec.batch_invariant,
         **kernels,
     }

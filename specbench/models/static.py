@@ -176,13 +176,19 @@ class StaticDecoder:
         return logits, states
 
     def forward_tree(
-        self, tokens: torch.Tensor, positions: torch.Tensor, tail: int, visible: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        tail: int,
+        visible: torch.Tensor,
+        n_logits: int | None = None,
     ) -> torch.Tensor:
         """Append ``tokens`` at ``positions``; query ``i`` sees every cached slot before
         ``tail`` and, of the slots from ``tail`` on (earlier tree nodes, then the new rows),
-        those ``visible[i]`` marks. Returns their logits ``[m, V]``; runs eagerly (tree
-        shapes vary)."""
+        those ``visible[i]`` marks. Returns the logits ``[n, V]`` of the last ``n_logits``
+        rows (all by default); runs eagerly (tree shapes vary)."""
         m = tokens.numel()
+        n = m if n_logits is None else n_logits
         self._check_room(m)
         if tail + visible.shape[1] != self.length + m:
             raise ValueError("the tree mask must cover every slot from tail to the new rows")
@@ -191,7 +197,7 @@ class StaticDecoder:
             seen_live = torch.ones(m, self.length + m, dtype=torch.bool)
             seen_live[:, tail:] = visible
             mask = self._allowed_mask(seen_live)
-            scored, _ = self._run_lean(lean, tokens, positions.to(self.device), mask, m, False)
+            scored, _ = self._run_lean(lean, tokens, positions.to(self.device), mask, n, False)
             self.length += m
             self._count(m)
             return scored
@@ -210,7 +216,7 @@ class StaticDecoder:
             )
         self.length += m
         self._count(m)
-        logits: torch.Tensor = out.logits[0, :, : self.model.vocab_size].float()
+        logits: torch.Tensor = out.logits[0, -n:, : self.model.vocab_size].float()
         return logits
 
     def keep(self, base: int, rows: list[int]) -> None:
@@ -373,6 +379,17 @@ class StaticSession(Session):
         self.decoder = decoder
         self._pool = pool
 
+    @property
+    def engine(self) -> str:
+        """``"compiled"``, ``"graphs"`` (CUDA graphs may replay its steps) or ``"static"``
+        (the lean forward on a CPU, else transformers' forward over the static cache)."""
+        decoder = self.decoder
+        if decoder.compiled:
+            return "compiled"
+        if decoder.use_graphs and decoder.graph_lengths:
+            return "graphs"
+        return "static"
+
     def _append(self, tokens: list[int], n_logits: int, hidden: bool) -> ForwardOutput:
         ids = torch.tensor(tokens, dtype=torch.long, device=self.decoder.device)
         logits, states = self.decoder.forward_states(ids, n_logits, hidden)
@@ -384,21 +401,28 @@ class StaticSession(Session):
     def _append_tree(
         self, chain: list[int], parents: list[int], tokens: list[int], depths: list[int]
     ) -> torch.Tensor:
-        rows: list[torch.Tensor] = []
-        if chain:
-            rows.append(self._append(chain, 1, False).logits)
-        if tokens:
-            offset = len(self.tree)
-            committed = len(self.cached) + len(chain)
-            all_parents, _ = self._all_nodes(parents, tokens)
-            # Node i sees the committed prefix and the nodes on its own path, itself included.
-            visible = torch.zeros(len(tokens), offset + len(tokens), dtype=torch.bool)
-            for i in range(len(tokens)):
-                visible[i, ancestors(offset + i, all_parents)] = True
-            positions = torch.tensor([committed - 1 + depth for depth in depths])
-            ids = torch.tensor(tokens, dtype=torch.long, device=self.decoder.device)
-            rows.append(self.decoder.forward_tree(ids, positions, committed, visible))
-        return torch.cat(rows) if rows else torch.empty(0, self.model.vocab_size)
+        if not chain and not tokens:
+            return torch.empty(0, self.model.vocab_size)
+        # One call for the chain and the tree (a chain comes only with a fresh tree, so
+        # ``offset`` is 0 then): chain row r sees the cache and chain rows 0 .. r; node i
+        # sees the cache, the whole chain and the nodes on its own path, itself included.
+        offset = len(self.tree)
+        width = len(chain)
+        committed = len(self.cached) + width
+        all_parents, _ = self._all_nodes(parents, tokens)
+        rows = width + len(tokens)
+        visible = torch.zeros(rows, offset + rows, dtype=torch.bool)
+        visible[:width, :width] = torch.ones(width, width, dtype=torch.bool).tril()
+        visible[width:, :width] = True
+        for i in range(len(tokens)):
+            visible[width + i, [width + a for a in ancestors(offset + i, all_parents)]] = True
+        positions = [len(self.cached) + r for r in range(width)]
+        positions += [committed - 1 + depth for depth in depths]
+        ids = torch.tensor(chain + tokens, dtype=torch.long, device=self.decoder.device)
+        keep = len(tokens) + (1 if chain else 0)
+        return self.decoder.forward_tree(
+            ids, torch.tensor(positions), len(self.cached), visible, n_logits=keep
+        )
 
     def _keep_tree_nodes(self, nodes: list[int]) -> None:
         self.decoder.keep(len(self.cached), nodes)
