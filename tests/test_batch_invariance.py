@@ -54,15 +54,8 @@ def test_verification_rows_equal_one_token_decoding_bit_for_bit(
     assert torch.equal(batched, singles)
 
 
-@pytest.mark.parametrize("prepack", PREPACK)
-@pytest.mark.parametrize("kv_heads", [1, 2])
-def test_attention_past_a_thousand_keys_is_row_stable(
-    tmp_path, prepack: bool, kv_heads: int
-) -> None:
-    """One query row against more than ~1152 keys takes another CPU path in ``weights @
-    values`` than several rows do (a greedy flip at position 1040 of a real 1536-token run):
-    at head size 128, decoding one token at a time must still equal scoring the positions
-    in one call, bit for bit."""
+def _one_layer_qwen2(folder, kv_heads: int):  # type: ignore[no-untyped-def]
+    """A random one-layer Qwen2 with head size 128, as in the Qwen2.5 models, saved."""
     from hf_fixtures import build_tokenizer, save
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -72,11 +65,23 @@ def test_attention_past_a_thousand_keys_is_row_stable(
         hidden_size=256,
         intermediate_size=256,
         num_hidden_layers=1,
-        num_attention_heads=2,  # head size 128, as in the Qwen2.5 models
+        num_attention_heads=2,
         num_key_value_heads=kv_heads,  # 1: two query heads share one (grouped attention)
         max_position_embeddings=2048,
     )
-    folder = save(Qwen2ForCausalLM(config).eval(), build_tokenizer(), tmp_path / "long")
+    return save(Qwen2ForCausalLM(config).eval(), build_tokenizer(), folder)
+
+
+@pytest.mark.parametrize("prepack", PREPACK)
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_attention_past_a_thousand_keys_is_row_stable(
+    tmp_path, prepack: bool, kv_heads: int
+) -> None:
+    """One query row against more than ~1152 keys takes another CPU path in ``weights @
+    values`` than several rows do (a greedy flip at position 1040 of a real 1536-token run):
+    at head size 128, decoding one token at a time must still equal scoring the positions
+    in one call, bit for bit."""
+    folder = _one_layer_qwen2(tmp_path / "long", kv_heads)
     spec = _spec(folder, batch_invariant=True, prepack=prepack)
     model = load_hf_model(spec, str(folder), "t")
     tokens = torch.randint(3, 300, (1400,), generator=torch.Generator().manual_seed(1)).tolist()
@@ -186,20 +191,7 @@ def test_tree_scoring_gives_each_node_the_logits_of_decoding_it_in_turn(
 ) -> None:
     """The same at the model level, for the target's tree call on both engines (head size
     128 and a few hundred cached tokens, as in the Qwen2.5 models)."""
-    from hf_fixtures import build_tokenizer, save
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=300,
-        hidden_size=256,
-        intermediate_size=256,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-    )
-    folder = save(Qwen2ForCausalLM(config).eval(), build_tokenizer(), tmp_path / "tree")
+    folder = _one_layer_qwen2(tmp_path / "tree", kv_heads=1)
     model = load_hf_model(_spec(folder, batch_invariant=True), str(folder), "t")
     generator = torch.Generator().manual_seed(2)
     sequence = torch.randint(3, 300, (300,), generator=generator).tolist()

@@ -77,6 +77,15 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
     return virtual
 
 
+def _run(preset: Path) -> tuple[list[Any], UnitCosts]:
+    """Run ``preset`` next to it; its records and the unit costs its header holds."""
+    out = preset.with_suffix(".jsonl")
+    run_preset(load_preset(str(preset), discover_methods()), output=out)
+    records = read_records(out)
+    header = next(r for r in records if isinstance(r, RunHeader))
+    return records, UnitCosts.model_validate(header.unit_costs)
+
+
 class SlowVerifier(RejectionVerifier):
     """The shared verifier plus a known delay: the delay must land in ``verify``."""
 
@@ -147,11 +156,7 @@ max_new_tokens = 16
 warmup = 0
 """
     )
-    out = tmp_path / "out.jsonl"
-    run_preset(load_preset(str(preset), discover_methods()), output=out)
-    records = read_records(out)
-    header = next(r for r in records if isinstance(r, RunHeader))
-    units = UnitCosts.model_validate(header.unit_costs)
+    records, units = _run(preset)
     assert units.target_ms[1] == pytest.approx(TARGET_MS) and units.draft_ms is not None
     assert units.draft_ms == pytest.approx(DRAFT_MS)
     for sample in (r for r in records if isinstance(r, SampleRecord)):
@@ -337,11 +342,7 @@ max_new_tokens = 6
 warmup = 0
 """
     )
-    out = tmp_path / "out.jsonl"
-    run_preset(load_preset(str(preset), discover_methods()), output=out)
-    records = read_records(out)
-    header = next(r for r in records if isinstance(r, RunHeader))
-    units = UnitCosts.model_validate(header.unit_costs)
+    records, units = _run(preset)
     static = units.engines["static"]
     assert set(static.target_ms) == set(units.target_ms) and static.draft_ms is not None
     engines = {
