@@ -98,7 +98,7 @@ def measure_unit_costs(
             max_len = max(execution.static_max_len, room)
             probed.setdefault("static", Execution("static", max_len, cuda_graphs=False))
     models = [target] if draft is None else [target, draft]
-    costs = _forward_ms(models, list(probed.values()), context, rows, repeats)
+    costs = _forward_ms(models, list(probed.values()), context, rows, repeats, room)
     by_kind = {
         kind: EngineUnitCosts(
             target_ms=costs[(kind_index, 0)], draft_ms=costs.get((kind_index, 1), {}).get(1)
@@ -117,12 +117,12 @@ def _forward_ms(
     context: Sequence[int],
     rows: Sequence[int],
     repeats: int,
+    room: int,
 ) -> dict[tuple[int, int], dict[int, float]]:
     """Per (execution, model) index pair: the median ms of a call of each size (the first
     model at every size in ``rows``, the others at one row), every probe interleaved round
-    by round."""
+    by round, in caches of ``room`` positions."""
     prefix = list(context)
-    room = len(prefix) + max(rows) + repeats
     caches = {
         (e, m): EngineSessions(execution).session(model, room)
         for e, execution in enumerate(executions)

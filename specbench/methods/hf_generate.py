@@ -52,8 +52,10 @@ class HFGenerateMethod(DecodingMethod):
     not_in_all_reason = "a reference implementation (transformers' generate): name it to compare"
 
     def own_baseline(self) -> MethodParams | None:
+        params = self.params
+        assert isinstance(params, HFGenerateParams)
         # Plain generate on the same kernels: the assisted settings do not apply.
-        return HFGenerateParams(kernels=self.params.kernels)  # type: ignore[attr-defined]
+        return HFGenerateParams(kernels=params.kernels)
 
     def engine_info(self) -> dict[str, Any] | None:
         import transformers

@@ -315,6 +315,29 @@ class Session(ABC):
         """Parents and tokens of the nodes already in the tree followed by new ones."""
         return [n.parent for n in self.tree] + parents, [n.token for n in self.tree] + tokens
 
+    def _tree_layout(
+        self, chain: list[int], parents: list[int], tokens: list[int], depths: list[int]
+    ) -> tuple[torch.Tensor, list[int]]:
+        """For one call that scores ``chain`` and then the tree nodes ``tokens``: which slots
+        from the first uncached one on (earlier tree nodes, the chain, the new nodes) each new
+        row sees, ``[rows, len(self.tree) + rows]`` (every row also sees the whole cache), and
+        the rows' positions. Chain row ``r`` sees chain rows ``0 .. r``; node ``i`` sees the
+        whole chain and the nodes on its own path, itself included. A chain comes only with a
+        fresh tree (any ordinary call drops the tree first)."""
+        offset = len(self.tree)
+        width = len(chain)
+        rows = width + len(tokens)
+        all_parents, _ = self._all_nodes(parents, tokens)
+        visible = torch.zeros(rows, offset + rows, dtype=torch.bool)
+        visible[:width, :width] = torch.ones(width, width, dtype=torch.bool).tril()
+        visible[width:, :width] = True
+        for i in range(len(tokens)):
+            visible[width + i, [width + a for a in ancestors(offset + i, all_parents)]] = True
+        committed = len(self.cached) + width  # slot of tree node n: committed + n
+        positions = [len(self.cached) + r for r in range(width)]
+        positions += [committed - 1 + depth for depth in depths]
+        return visible, positions
+
     def _adopt_prompt_cache(self, prefix: list[int]) -> None:  # noqa: B027 - optional hook
         """Start from a stored cache of ``prefix`` (``reuse_prompt_cache``); by default the
         backend has none and the prefix is processed as usual."""

@@ -29,7 +29,6 @@ from specbench.models.base import (
     ForwardOutput,
     LanguageModel,
     Session,
-    ancestors,
     common_prefix,
 )
 from specbench.models.specs import (
@@ -291,25 +290,12 @@ class HFSession(Session):
         self, chain: list[int], parents: list[int], tokens: list[int], depths: list[int]
     ) -> torch.Tensor:
         hf = self.model
-        cache_length = self.cache.get_seq_length()  # cached tokens + tree nodes so far
-        committed = len(self.cached) + len(chain)  # slot of tree node t: committed + t
-        offset = len(self.tree)
-        all_parents, _ = self._all_nodes(parents, tokens)
-        rows = len(chain) + len(tokens)
-        total = cache_length + rows
-        allowed = torch.zeros(rows, total, dtype=torch.bool)
-        for r in range(len(chain)):
-            allowed[r, : cache_length + r + 1] = True
-        for i in range(len(tokens)):
-            allowed[len(chain) + i, :committed] = True
-            allowed[len(chain) + i, [committed + n for n in ancestors(offset + i, all_parents)]] = (
-                True
-            )
+        visible, positions = self._tree_layout(chain, parents, tokens, depths)
+        rows = visible.shape[0]
+        allowed = torch.cat([torch.ones(rows, len(self.cached), dtype=torch.bool), visible], 1)
         dtype = hf.model.dtype
-        mask = torch.zeros(1, 1, rows, total, dtype=dtype)
+        mask = torch.zeros(1, 1, *allowed.shape, dtype=dtype)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        positions = [len(self.cached) + r for r in range(len(chain))]
-        positions += [committed - 1 + depth for depth in depths]
         keep = len(tokens) + (1 if chain else 0)
         with hf.no_grad():
             out = hf.model(

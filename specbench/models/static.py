@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from specbench.errors import ModelLoadError
-from specbench.models.base import ForwardOutput, Session, ancestors
+from specbench.models.base import ForwardOutput, Session
 from specbench.models.lean import LeanForward, lean_supported
 
 if TYPE_CHECKING:
@@ -403,21 +403,8 @@ class StaticSession(Session):
     ) -> torch.Tensor:
         if not chain and not tokens:
             return torch.empty(0, self.model.vocab_size)
-        # One call for the chain and the tree (a chain comes only with a fresh tree, so
-        # ``offset`` is 0 then): chain row r sees the cache and chain rows 0 .. r; node i
-        # sees the cache, the whole chain and the nodes on its own path, itself included.
-        offset = len(self.tree)
-        width = len(chain)
-        committed = len(self.cached) + width
-        all_parents, _ = self._all_nodes(parents, tokens)
-        rows = width + len(tokens)
-        visible = torch.zeros(rows, offset + rows, dtype=torch.bool)
-        visible[:width, :width] = torch.ones(width, width, dtype=torch.bool).tril()
-        visible[width:, :width] = True
-        for i in range(len(tokens)):
-            visible[width + i, [width + a for a in ancestors(offset + i, all_parents)]] = True
-        positions = [len(self.cached) + r for r in range(width)]
-        positions += [committed - 1 + depth for depth in depths]
+        # One call for the chain and the tree.
+        visible, positions = self._tree_layout(chain, parents, tokens, depths)
         ids = torch.tensor(chain + tokens, dtype=torch.long, device=self.decoder.device)
         keep = len(tokens) + (1 if chain else 0)
         return self.decoder.forward_tree(
