@@ -38,7 +38,7 @@ from specbench.models.hf import quiet_transformers
 from specbench.models.loading import load_models
 from specbench.models.specs import DummyModelSpec, ModelsSpec
 from specbench.plugins import DecodingMethod, MethodModels, discover_methods
-from specbench.theory import predicted_speedup
+from specbench.report.theory import predicted_speedup
 
 PROMPTS = [
     "Explain how speculative decoding speeds up large language model inference.",

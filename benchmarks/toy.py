@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.table import Table
 
 from specbench.plugins import discover_methods
-from specbench.presets import validate_preset
+from specbench.presets.schema import validate_preset
 from specbench.records import SampleRecord, read_records
-from specbench.runner import run_preset
-from specbench.summary import summarize
-from specbench.theory import expected_tokens_per_step, predicted_speedup
+from specbench.report.summary import summarize
+from specbench.report.theory import expected_tokens_per_step, predicted_speedup
+from specbench.run.runner import run_preset
 
 TARGET_MS = 4.0
 DRAFT_MS = 0.4

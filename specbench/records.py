@@ -64,7 +64,7 @@ class RunHeader(_Record):
     unit_costs: dict[str, Any] | None = Field(
         None,
         description="What one forward of each in-process model costs, probed before decoding "
-        "(specbench.unit_costs.UnitCosts): the basis of each summary's predicted ms/token.",
+        "(specbench.costs.units.UnitCosts): the basis of each summary's predicted ms/token.",
     )
 
 

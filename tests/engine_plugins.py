@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from specbench.decoding.core import decode
-from specbench.engines import SpecCounters, counter_stats
+from specbench.methods.external_engines import SpecCounters, counter_stats
 from specbench.models.backends import ModelBackend
 from specbench.models.base import LanguageModel, Tokenizer
 from specbench.models.specs import ModelSpecBase

@@ -12,7 +12,7 @@ import torch
 from helpers import make_method, request, toy_pair
 
 from specbench.decoding.sampling import SamplingParams, logits_to_probs
-from specbench.summary import generation_metrics
+from specbench.report.summary import generation_metrics
 
 Z_CRITICAL = 3.29  # two-sided, ALPHA = 1e-3
 

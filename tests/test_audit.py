@@ -22,7 +22,7 @@ from specbench.audit.run import AuditOptions, audit_preset
 from specbench.audit.stats import chi2_sf, goodness_of_fit, homogeneity, ranked_draws
 from specbench.cli.main import app
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset
+from specbench.presets.schema import load_preset
 from specbench.records import AuditRecord, read_records
 
 ALPHA = 0.01

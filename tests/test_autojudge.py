@@ -17,7 +17,6 @@ from helpers import make_method, request, toy_pair
 from typer.testing import CliRunner
 
 from specbench.cli.main import app
-from specbench.conversation import PromptEncoder
 from specbench.decoding.verify import StepFeatures
 from specbench.errors import SpecbenchError
 from specbench.judge import cache
@@ -26,11 +25,12 @@ from specbench.judge.mining import MiningSettings, mine_labels
 from specbench.methods.autojudge import JudgeVerifier
 from specbench.models import catalog
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset, sweep_parameter
-from specbench.prompts import InlinePromptSet, Prompt
+from specbench.presets.schema import load_preset, sweep_parameter
+from specbench.prompts.conversation import PromptEncoder
+from specbench.prompts.sources import InlinePromptSet, Prompt
+from specbench.prompts.tasks import TASKS, Score
 from specbench.records import SampleRecord, read_records
-from specbench.runner import run_context, run_preset
-from specbench.tasks import TASKS, Score
+from specbench.run.runner import run_context, run_preset
 
 
 class LastCharTask:
@@ -820,7 +820,7 @@ def test_confidence_features_without_the_target_logits_are_refused() -> None:
 def test_a_judge_with_no_mismatch_to_train_on_is_refused_in_one_line(tmp_path: Path) -> None:
     """A draft identical to the target leaves mining nothing: training stops with a
     SpecbenchError naming the way out, not a traceback."""
-    from specbench.training import train_methods
+    from specbench.run.training import train_methods
 
     path = _write_preset(tmp_path)
     same = [("models.draft.distance", 0.0)]

@@ -14,9 +14,9 @@ from test_exactness import LENGTH, POSITIONS, PROMPT, SAMPLES, _exact_triples
 from specbench.decoding.sampling import SamplingParams
 from specbench.decoding.verify import RejectionVerifier
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset, sweep_parameter
+from specbench.presets.schema import load_preset, sweep_parameter
 from specbench.records import SampleRecord, read_records
-from specbench.runner import run_preset
+from specbench.run.runner import run_preset
 
 ALPHA = 1e-3
 
@@ -179,7 +179,7 @@ def test_report_draws_latency_throughput(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "plots" / "latency_throughput.png").read_bytes().startswith(b"\x89PNG")
     assert "Latency vs throughput" in result.output
-    from specbench.report import batch_points, load_results
+    from specbench.report.results import batch_points, load_results
 
     points = {(p.method, p.batch_size): p for p in batch_points(load_results(out))}
     assert set(points) == {(m, b) for m in ("baseline", "speculative") for b in (1, 4)}

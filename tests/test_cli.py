@@ -230,7 +230,7 @@ def test_listings_never_truncate_the_names_a_user_types(monkeypatch: pytest.Monk
 
     from specbench.cli import models_cmd, presets_cmd
     from specbench.models.catalog import CATALOG
-    from specbench.presets import available_presets
+    from specbench.presets.schema import available_presets
 
     for module, names in ((presets_cmd, available_presets()), (models_cmd, CATALOG)):
         buffer = io.StringIO()
@@ -254,7 +254,7 @@ def test_piped_output_prints_a_heartbeat_during_long_silent_phases(
     from rich.console import Console
 
     from specbench.cli import live
-    from specbench.progress import Progress
+    from specbench.run.progress import Progress
 
     monkeypatch.setattr(live, "HEARTBEAT_S", 0.2)
     buffer = io.StringIO()
@@ -403,7 +403,7 @@ def test_the_toy_backend_documents_a_pair_that_shows_speculation() -> None:
 
 def test_set_switches_the_prompt_source_and_takes_json_and_labels(tmp_path: Path) -> None:
     from specbench.plugins import discover_methods
-    from specbench.presets import load_preset, parse_override
+    from specbench.presets.schema import load_preset, parse_override
 
     preset = write_fast_preset(tmp_path)  # inline prompts
     (tmp_path / "q.jsonl").write_text('{"prompt": "one"}\n{"prompt": "two"}\n')
@@ -445,7 +445,7 @@ def test_a_narrow_terminal_never_cuts_a_number_in_the_summary(tmp_path: Path, wi
     from rich.console import Console
 
     from specbench.cli.tables import summary_table
-    from specbench.report import load_results
+    from specbench.report.results import load_results
 
     out = tmp_path / "r.jsonl"
     done = invoke("run", "-p", str(write_fast_preset(tmp_path)), "-o", str(out), "-q")

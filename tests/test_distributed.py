@@ -18,11 +18,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from specbench.distributed import CRASH_AFTER, CRASH_MARKER, plan_shards, run_distributed  # noqa: E402
 from specbench.plugins import discover_methods  # noqa: E402
-from specbench.presets import load_preset  # noqa: E402
+from specbench.presets.schema import load_preset  # noqa: E402
 from specbench.records import RunHeader, SampleRecord, SummaryRecord, read_records  # noqa: E402
-from specbench.runner import run_preset  # noqa: E402
+from specbench.run.distributed import CRASH_AFTER, CRASH_MARKER, plan_shards, run_distributed  # noqa: E402
+from specbench.run.runner import run_preset  # noqa: E402
 
 PRESET = """
 [models.target]
@@ -81,7 +81,7 @@ def _samples(path: Path) -> list[SampleRecord]:
 
 
 def test_shards_deal_prompts_round_robin() -> None:
-    from specbench.prompts import Prompt
+    from specbench.prompts.sources import Prompt
 
     prompts = [Prompt(str(i), ("x",)) for i in range(5)]
     assert plan_shards(prompts, 2) == [["0", "2", "4"], ["1", "3"]]
@@ -177,7 +177,7 @@ def test_an_interrupted_and_resumed_ray_run_closes_every_session_it_opened(
 ) -> None:
     """Every header gets one end and no end names a session no header opened: after Ctrl-C
     (the open worker sessions end as interrupted) and after the resume."""
-    from specbench.runner import RunAborted
+    from specbench.run.runner import RunAborted
 
     resolved = load_preset(str(_preset(tmp_path, forward_ms=20.0)), discover_methods())
     out = tmp_path / "stopped.jsonl"

@@ -189,9 +189,9 @@ def test_warm_up_leaves_no_cross_request_state(tmp_path: Path) -> None:
     """The warm-up decodes prompt 0, which is then timed: a suffix trie or a recycling matrix
     that kept the warm-up's output would accept prompt 0's timed sample whole."""
     from specbench.plugins import discover_methods
-    from specbench.presets import load_preset
+    from specbench.presets.schema import load_preset
     from specbench.records import SampleRecord, read_records
-    from specbench.runner import run_preset
+    from specbench.run.runner import run_preset
 
     preset = tmp_path / "p.toml"
     preset.write_text(

@@ -11,9 +11,9 @@ import torch
 from specbench.models.dummy import ARCHITECTURES, ByteTokenizer, dummy_config
 from specbench.models.specs import DummyArchitecture, DummyModelSpec
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset
+from specbench.presets.schema import load_preset
 from specbench.records import SampleRecord, SummaryRecord, read_records
-from specbench.runner import run_preset
+from specbench.run.runner import run_preset
 
 REPO = Path(__file__).resolve().parent.parent
 

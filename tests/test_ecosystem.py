@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from specbench.cli.main import app
 from specbench.plugins import discover_methods
-from specbench.presets import PresetError, load_preset
+from specbench.presets.schema import PresetError, load_preset
 from specbench.records import SampleRecord, read_records
-from specbench.report import load_results
+from specbench.report.results import load_results
 
 runner = CliRunner()
 
@@ -127,7 +127,7 @@ def test_json_preset_and_presets_listing_include_every_format(tmp_path: Path, mo
 def test_a_three_preset_study_runs_resumes_and_reports(tmp_path: Path, monkeypatch) -> None:
     presets = [str(_toy(tmp_path, f"pair{i}", seed=i)) for i in (1, 2, 3)]
     out = tmp_path / "study"
-    import specbench.runner as runner_module
+    import specbench.run.runner as runner_module
 
     calls = {"n": 0}
     original = runner_module._Context.time_unit
@@ -467,7 +467,7 @@ def test_html_report_renders_in_a_real_browser(two_results: list[Path], tmp_path
 
 
 def test_chat_messages_in_jsonl_become_turns_and_a_system_prompt(tmp_path: Path) -> None:
-    from specbench.prompts import JsonlPromptSet
+    from specbench.prompts.sources import JsonlPromptSet
 
     (tmp_path / "chat.jsonl").write_text(
         json.dumps(
@@ -492,7 +492,7 @@ def test_speed_bench_parquet_and_chat_parquet_through_the_dataset_source(tmp_pat
     pyarrow = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    from specbench.prompts import DatasetPromptSet
+    from specbench.prompts.sources import DatasetPromptSet
 
     speed = pyarrow.table(
         {

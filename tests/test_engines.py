@@ -10,15 +10,21 @@ import pytest
 from engine_plugins import CLOSED, ENTRY_POINTS, LOADS
 from helpers import fake_distribution
 
-from specbench.engines import SpecCounters, counter_stats, gguf_path, parse_prometheus, per_position
 from specbench.errors import ModelLoadError
+from specbench.methods.external_engines import (
+    SpecCounters,
+    counter_stats,
+    gguf_path,
+    parse_prometheus,
+    per_position,
+)
 from specbench.models.backends import discover_backends
 from specbench.models.specs import HFModelSpec, ToyModelSpec
 from specbench.plugins import discover_methods
-from specbench.presets import PresetError, load_preset
+from specbench.presets.schema import PresetError, load_preset
 from specbench.records import SampleRecord, SummaryRecord, read_records
-from specbench.report_tables import summary_data
-from specbench.runner import RunAborted, run_preset
+from specbench.report.tables import summary_data
+from specbench.run.runner import RunAborted, run_preset
 
 PRESET = """
 name = "engines-toy"

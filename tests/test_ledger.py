@@ -16,17 +16,17 @@ import pytest
 import torch
 from helpers import hf_pair, make_method, request, sample_record
 
-from specbench.costs import cost_levels, level_for, summarize_costs
+from specbench.costs.phases import cost_levels, level_for, summarize_costs
+from specbench.costs.units import EngineUnitCosts, UnitCosts
 from specbench.decoding.core import decode
 from specbench.decoding.drafters import ModelDrafter
 from specbench.decoding.ledger import CostLedger, open_ledger, phase
 from specbench.decoding.verify import RejectionVerifier, Verdict
 from specbench.models.toy import ToyConfig, ToyLanguageModel
 from specbench.plugins import MethodModels, discover_methods
-from specbench.presets import load_preset
+from specbench.presets.schema import load_preset
 from specbench.records import PHASES, RunHeader, SampleRecord, SummaryRecord, read_records
-from specbench.runner import run_preset
-from specbench.unit_costs import EngineUnitCosts, UnitCosts
+from specbench.run.runner import run_preset
 
 TARGET_MS = 12.0
 DRAFT_MS = 3.0
@@ -63,7 +63,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
     import specbench.decoding.core as core
     import specbench.decoding.ledger as ledger
     import specbench.models.toy as toy
-    import specbench.runner as runner
+    import specbench.run.runner as runner
 
     virtual = VirtualClock()
     fake = SimpleNamespace(
@@ -284,7 +284,7 @@ def test_batched_samples_share_their_batch_ledger(tmp_path: Path) -> None:
 def test_transformers_loop_times_its_forwards_and_leaves_verification_unknown(
     tiny_hf: dict[str, Any],
 ) -> None:
-    from specbench.costs import ledger_costs
+    from specbench.costs.phases import ledger_costs
 
     pair = hf_pair(tiny_hf)
     method = make_method("hf-generate", pair, assisted=True, num_assistant_tokens=3)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from specbench.conversation import PromptEncoder
 from specbench.methods.baseline import BaselineMethod
 from specbench.models.toy import ToyTokenizer
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset
+from specbench.presets.schema import load_preset
+from specbench.prompts.conversation import PromptEncoder
 from specbench.records import SampleRecord, read_records
-from specbench.runner import run_preset
+from specbench.run.runner import run_preset
 
 PRESET = """
 [models.target]

@@ -11,10 +11,10 @@ from presets_for_tests import write_fast_preset
 from typer.testing import CliRunner
 
 import specbench.audit.run as audit_module
-import specbench.runner as runner_module
+import specbench.run.runner as runner_module
 from specbench.cli.main import app
 from specbench.errors import SpecbenchError
-from specbench.output_paths import check_output_dir, check_output_file
+from specbench.run.output_paths import check_output_dir, check_output_file
 
 runner = CliRunner()
 

@@ -11,9 +11,9 @@ from presets_for_tests import write_fast_preset
 import specbench
 from specbench.errors import PluginError
 from specbench.plugins import ModelRole, discover_methods
-from specbench.presets import load_preset
+from specbench.presets.schema import load_preset
 from specbench.records import SampleRecord, read_records
-from specbench.runner import run_preset
+from specbench.run.runner import run_preset
 
 EXAMPLE_PLUGIN = "specbench-adaptive-k"
 INSTALL_HINT = "install it first: pip install -e plugins/specbench-adaptive-k (nox -s tests does)"

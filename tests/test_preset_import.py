@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from specbench.cli.main import app
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset
+from specbench.presets.schema import load_preset
 
 runner = CliRunner()
 

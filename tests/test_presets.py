@@ -10,7 +10,7 @@ from presets_for_tests import write_fast_preset
 
 from specbench.errors import SpecbenchError
 from specbench.plugins import discover_methods
-from specbench.presets import (
+from specbench.presets.schema import (
     PresetError,
     apply_overrides,
     available_presets,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from specbench.conversation import PromptEncoder
 from specbench.errors import SpecbenchError
 from specbench.models.toy import ToyTokenizer
-from specbench.prompts import (
+from specbench.prompts.conversation import PromptEncoder
+from specbench.prompts.sources import (
     BuiltinPromptSet,
     DatasetPromptSet,
     InlinePromptSet,
@@ -58,7 +58,7 @@ def test_humaneval_keeps_tests_as_reference() -> None:
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
 def test_packaged_data_equals_the_shared_copies() -> None:
-    from specbench.prompts import DATA_DIR
+    from specbench.prompts.sources import DATA_DIR
 
     for name in (
         "mt_bench_question.jsonl",
@@ -148,7 +148,7 @@ def test_encoder_falls_back_to_plain_text() -> None:
 
 def test_an_empty_jsonl_file_is_named_in_the_error(tmp_path: Path) -> None:
     from specbench.plugins import discover_methods
-    from specbench.presets import PresetError, load_preset
+    from specbench.presets.schema import PresetError, load_preset
 
     (tmp_path / "empty.jsonl").write_text("\n")
     preset = tmp_path / "p.toml"
@@ -163,7 +163,7 @@ def test_an_empty_jsonl_file_is_named_in_the_error(tmp_path: Path) -> None:
 
 def test_filters_that_leave_nothing_name_the_source(tmp_path: Path) -> None:
     from specbench.plugins import discover_methods
-    from specbench.presets import PresetError, load_preset
+    from specbench.presets.schema import PresetError, load_preset
 
     preset = tmp_path / "p.toml"
     preset.write_text(
@@ -222,7 +222,7 @@ def test_an_automatic_id_never_takes_a_given_one(tmp_path: Path) -> None:
 
 def test_automatic_ids_stay_the_line_numbers_without_collisions(tmp_path: Path) -> None:
     """Files without ids keep the ids earlier results were written with (resume pairs by id)."""
-    from specbench.prompts import JsonlPromptSet
+    from specbench.prompts.sources import JsonlPromptSet
 
     (tmp_path / "p.jsonl").write_text(
         '{"prompt": "a"}\n{"prompt": "b", "id": "x"}\n{"prompt": "c"}\n'

@@ -6,12 +6,12 @@ import pytest
 import torch
 from helpers import make_method, request
 
-from specbench.conversation import PromptEncoder
 from specbench.models import catalog
 from specbench.models.hf import load_hf_model
 from specbench.models.loading import check_models, load_models
 from specbench.models.specs import HFModelSpec, ModelsSpec
-from specbench.prompts import BuiltinPromptSet
+from specbench.prompts.conversation import PromptEncoder
+from specbench.prompts.sources import BuiltinPromptSet
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("transformers")
@@ -97,7 +97,7 @@ def test_audit_passes_the_qwen_pair_greedy_and_sampled(tmp_path) -> None:
     target, and a small sampling audit of speculative decoding (alpha 0.01, Bonferroni)."""
     from specbench.audit.run import AuditOptions, audit_preset
     from specbench.plugins import discover_methods
-    from specbench.presets import load_preset
+    from specbench.presets.schema import load_preset
 
     _fetched("qwen2.5-coder-1.5b")
     _fetched("qwen2.5-coder-0.5b")

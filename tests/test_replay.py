@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from specbench.cli.main import app
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset
+from specbench.presets.schema import load_preset
 from specbench.records import SampleRecord, read_records
-from specbench.replay import load_source, replay
-from specbench.runner import run_preset
+from specbench.run.replay import load_source, replay
+from specbench.run.runner import run_preset
 
 PRESET = """
 [models.target]

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from specbench.cli.main import app
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset
-from specbench.report import category_table, load_results
-from specbench.runner import run_preset
+from specbench.presets.schema import load_preset
+from specbench.report.results import category_table, load_results
+from specbench.run.runner import run_preset
 
 PRESET = """
 [models.target]
@@ -81,7 +81,7 @@ def test_report_cli_prints_tables_and_writes_plots(results: list[Path], tmp_path
 def test_speedup_plot_draws_no_bar_for_a_method_a_file_lacks(
     results: list[Path], tmp_path: Path
 ) -> None:
-    from specbench.plots import speedup_bars
+    from specbench.report.plots import speedup_bars
 
     preset = tmp_path / "other.toml"
     preset.write_text(
@@ -156,7 +156,7 @@ def test_report_profile_writes_the_speculation_profile_layout(
 
 
 def test_noise_warnings_name_load_and_wide_intervals() -> None:
-    from specbench.uncertainty import Interval, MachineLoad, noise_warnings
+    from specbench.report.uncertainty import Interval, MachineLoad, noise_warnings
 
     busy = MachineLoad(cpu_count=2, load_start=3.5, load_end=1.0)
     notes = noise_warnings(1.5, Interval(1.4, 1.6), 10.0, None, busy)
@@ -173,7 +173,7 @@ def test_paired_bootstrap_resamples_prompts_not_samples() -> None:
     """Two methods whose tok/s move together across prompts: the paired interval of their
     ratio is narrow although each tok/s varies widely between prompts."""
     from specbench.records import SampleRecord
-    from specbench.uncertainty import speedup_interval, tokens_per_sec_interval
+    from specbench.report.uncertainty import speedup_interval, tokens_per_sec_interval
 
     def sample(method: str, prompt: int, tps: float) -> SampleRecord:
         return SampleRecord.model_construct(
@@ -196,8 +196,8 @@ def test_acceptance_by_position_counts_how_often_each_position_was_reached(
 ) -> None:
     """A position reached 3 times and accepted 3 times is no 1.00: the plot draws n and a
     Wilson interval per position from the samples' own counts, thin positions greyed."""
-    from specbench.plots import THIN_POSITION, _position_counts, _wilson
-    from specbench.report import load_results
+    from specbench.report.plots import THIN_POSITION, _position_counts, _wilson
+    from specbench.report.results import load_results
 
     loaded = load_results(results[0])
     samples = [s for s in loaded.samples if s.method == "speculative"]

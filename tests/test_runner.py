@@ -9,10 +9,10 @@ from presets_for_tests import write_fast_preset
 
 from specbench.errors import SpecbenchError
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset
-from specbench.progress import Progress
+from specbench.presets.schema import load_preset
 from specbench.records import RunHeader, SampleRecord, SummaryRecord, read_records
-from specbench.runner import RunAborted, run_preset
+from specbench.run.progress import Progress
+from specbench.run.runner import RunAborted, run_preset
 
 SAMPLE_FIELDS = {
     "method",
@@ -239,7 +239,7 @@ def test_prompts_sharing_an_id_are_refused_before_decoding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A prompt source that yields one id twice (a plugin's, say) must not lose a prompt."""
-    from specbench.prompts import InlinePromptSet, Prompt
+    from specbench.prompts.sources import InlinePromptSet, Prompt
 
     def twins(self, base_dir):  # type: ignore[no-untyped-def]
         return [Prompt("same", ("first",)), Prompt("same", ("second",))]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from specbench.prompts import BuiltinPromptSet, Prompt
-from specbench.tasks import Gsm8kTask, HumanEvalTask, extract_number_answer, run_isolated
+from specbench.prompts.sources import BuiltinPromptSet, Prompt
+from specbench.prompts.tasks import Gsm8kTask, HumanEvalTask, extract_number_answer, run_isolated
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def test_execution_has_no_network_and_leaves_the_parent_alone(tmp_path: Path) ->
 def test_humaneval_reference_solutions_pass() -> None:
     import json
 
-    from specbench.prompts import DATA_DIR
+    from specbench.prompts.sources import DATA_DIR
 
     rows = [
         json.loads(line) for line in (DATA_DIR / "humaneval.jsonl").read_text().splitlines()[:3]

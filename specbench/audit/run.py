@@ -26,17 +26,17 @@ from typing import Any, Literal
 import torch
 
 from specbench.audit.stats import RankedDraw, TestResult, goodness_of_fit, homogeneity, ranked_draws
-from specbench.conversation import PromptEncoder
 from specbench.decoding.sampling import SamplingParams, logits_to_probs
 from specbench.decoding.types import GenerationRequest
 from specbench.errors import SpecbenchError
 from specbench.models.base import LanguageModel, common_prefix
 from specbench.models.loading import load_models
 from specbench.plugins import DecodingMethod, MethodModels, ModelRole
-from specbench.presets import ResolvedPreset
-from specbench.prompts import Prompt
+from specbench.presets.schema import ResolvedPreset
+from specbench.prompts.conversation import PromptEncoder
+from specbench.prompts.sources import Prompt
 from specbench.records import AuditRecord, RecordWriter
-from specbench.runner import (
+from specbench.run.runner import (
     close_methods,
     instantiate_methods,
     method_references,

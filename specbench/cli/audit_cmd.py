@@ -22,9 +22,9 @@ from specbench.cli.common import (
 )
 from specbench.cli.live import MessageView
 from specbench.errors import SpecbenchError
-from specbench.output_paths import check_output_file
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset, parse_override, select_methods
+from specbench.presets.schema import load_preset, parse_override, select_methods
+from specbench.run.output_paths import check_output_file
 
 
 def audit(

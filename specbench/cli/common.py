@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from specbench.errors import SpecbenchError
-from specbench.presets import Override
+from specbench.presets.schema import Override
 
 # Piped output is not wrapped at 80 columns: logs and tables stay one line per row.
 console = Console(width=None if sys.stdout.isatty() else 200)

@@ -11,8 +11,8 @@ from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
 from specbench.judge import cache
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset
-from specbench.training import train_methods
+from specbench.presets.schema import load_preset
+from specbench.run.training import train_methods
 
 app = typer.Typer(help="Train judges for AutoJudge and manage the cache of trained ones.")
 cache_app = typer.Typer(help="Trained judges on disk.")

@@ -16,8 +16,8 @@ from rich.live import Live
 from rich.status import Status
 
 from specbench.cli.tables import progress_table
-from specbench.progress import Progress
-from specbench.report_tables import fmt, speedup_text
+from specbench.report.tables import fmt, speedup_text
+from specbench.run.progress import Progress
 
 HEARTBEAT_S = 30.0
 
@@ -58,7 +58,7 @@ def elapsed_text(seconds: float) -> str:
 
 
 class ProgressView:
-    """A progress callback for :func:`specbench.runner.run_preset`, usable as a context manager."""
+    """A progress callback for :func:`specbench.run.runner.run_preset`; a context manager."""
 
     def __init__(self, console: Console, quiet: bool = False) -> None:
         self.console = console

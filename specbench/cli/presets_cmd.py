@@ -10,16 +10,16 @@ from rich.syntax import Syntax
 from specbench.cli.common import EXIT_INVALID_INPUT, console, err_console, fail, fail_with
 from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
-from specbench.output_paths import check_output_file
 from specbench.plugins import discover_methods
-from specbench.preset_formats import dump, format_of
-from specbench.presets import (
+from specbench.presets.formats import dump, format_of
+from specbench.presets.schema import (
     available_presets,
     find_preset,
     load_preset,
     read_preset_file,
     write_imported,
 )
+from specbench.run.output_paths import check_output_file
 
 app = typer.Typer(
     help="List presets, show one, or convert one to another format.", invoke_without_command=True

@@ -12,9 +12,9 @@ from specbench.cli.common import EXIT_INVALID_INPUT, console, fail, fail_with
 from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
 from specbench.plugins import MethodParams, discover_methods
-from specbench.presets import parse_override, parse_sweep
-from specbench.replay import ReplayResult, load_source, replay
-from specbench.report_tables import fmt
+from specbench.presets.schema import parse_override, parse_sweep
+from specbench.report.tables import fmt
+from specbench.run.replay import ReplayResult, load_source, replay
 
 
 def replay_command(

@@ -11,13 +11,13 @@ import typer
 from specbench.cli.common import EXIT_INVALID_INPUT, console, fail, fail_with
 from specbench.cli.tables import rich_table
 from specbench.errors import SpecbenchError
-from specbench.html_report import write_html
-from specbench.output_paths import check_output_dir, check_output_file
-from specbench.plots import write_plots
-from specbench.profile import build_profiles
-from specbench.report import ResultsFile, load_many
-from specbench.report_tables import comparison_data, file_tables, noise_notes
-from specbench.study import study_files
+from specbench.report.html import write_html
+from specbench.report.plots import write_plots
+from specbench.report.profile import build_profiles
+from specbench.report.results import ResultsFile, load_many
+from specbench.report.tables import comparison_data, file_tables, noise_notes
+from specbench.run.output_paths import check_output_dir, check_output_file
+from specbench.run.study import study_files
 
 
 def report(

@@ -26,11 +26,10 @@ from specbench.cli.common import (
 )
 from specbench.cli.live import ProgressView
 from specbench.cli.tables import summary_table
-from specbench.distributed import require_ray, run_distributed
 from specbench.errors import SpecbenchError
 from specbench.models.loading import model_notes
 from specbench.plugins import discover_methods
-from specbench.presets import (
+from specbench.presets.schema import (
     Override,
     ResolvedPreset,
     load_preset,
@@ -39,10 +38,11 @@ from specbench.presets import (
     select_methods,
     sweep_parameter,
 )
-from specbench.progress import Progress
-from specbench.report_tables import noise_notes
-from specbench.runner import RunAborted, RunOutcome, run_preset
-from specbench.study import (
+from specbench.report.tables import noise_notes
+from specbench.run.distributed import require_ray, run_distributed
+from specbench.run.progress import Progress
+from specbench.run.runner import RunAborted, RunOutcome, run_preset
+from specbench.run.study import (
     Study,
     load_study,
     resolve_entries,

@@ -9,15 +9,15 @@ from typing import Annotated, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from rich.table import Table
 
-from specbench.progress import MethodProgress
 from specbench.records import SummaryRecord
-from specbench.report_tables import (
+from specbench.report.tables import (
     TableData,
     fmt,
     percent,
     speedup_text,
     summary_data,
 )
+from specbench.run.progress import MethodProgress
 
 
 def listing_table(

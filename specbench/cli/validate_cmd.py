@@ -12,7 +12,7 @@ from specbench.cli.common import EXIT_INVALID_INPUT, console, err_console
 from specbench.errors import SpecbenchError
 from specbench.models.loading import check_models
 from specbench.plugins import discover_methods
-from specbench.presets import available_presets, load_preset
+from specbench.presets.schema import available_presets, load_preset
 
 
 def validate(

@@ -44,7 +44,7 @@ def features_folder(target_identity: dict[str, Any], answer_tokens: int) -> Path
 def questions(count: int) -> list[str]:
     from importlib.resources import files
 
-    path = files("specbench.data").joinpath("prompts/gsm8k_train.jsonl")
+    path = files("specbench.prompts.data").joinpath("gsm8k_train.jsonl")
     rows = path.read_text().splitlines()[:count]
     return [INSTRUCTION.format(question=json.loads(row)["question"]) for row in rows]
 

@@ -47,12 +47,12 @@ from typing import Any
 
 import torch
 
-from specbench.conversation import PromptEncoder
 from specbench.heads.features import FinalStateCapture, final_norm
 from specbench.judge.confidence_features import confidence_features
 from specbench.judge.token_features import TokenFeaturizer
 from specbench.models.base import Continuation, LanguageModel
-from specbench.prompts import Prompt
+from specbench.prompts.conversation import PromptEncoder
+from specbench.prompts.sources import Prompt
 
 AnswerFn = Callable[[Prompt, str], Hashable | None]
 

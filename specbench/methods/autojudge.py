@@ -15,7 +15,6 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from specbench.conversation import PromptEncoder
 from specbench.decoding.drafters import ModelDrafter
 from specbench.decoding.verify import StepFeatures, Verdict, leading_accepts
 from specbench.errors import SpecbenchError
@@ -47,8 +46,9 @@ from specbench.plugins import (
     ModelRole,
     RunContext,
 )
-from specbench.prompts import BuiltinPromptSet, PromptSetSpec
-from specbench.tasks import task_for
+from specbench.prompts.conversation import PromptEncoder
+from specbench.prompts.sources import BuiltinPromptSet, PromptSetSpec
+from specbench.prompts.tasks import task_for
 
 
 class JudgeSettings(BaseModel):

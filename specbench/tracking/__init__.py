@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from specbench.errors import SpecbenchError
 from specbench.install_hints import install_extra
-from specbench.presets import flatten_preset
-from specbench.progress import Progress
+from specbench.presets.schema import flatten_preset
 from specbench.records import SampleRecord, SummaryRecord
+from specbench.run.progress import Progress
 
 if TYPE_CHECKING:
-    from specbench.presets import ResolvedPreset
-    from specbench.runner import RunOutcome
+    from specbench.presets.schema import ResolvedPreset
+    from specbench.run.runner import RunOutcome
 
 ENTRY_POINT_GROUP = "specbench.trackers"
 
@@ -166,8 +166,8 @@ class TrackingSession:
 def _plots(output: Path) -> list[Path]:
     """The report's PNG plots of ``output`` (nothing when matplotlib is missing)."""
     try:
-        from specbench.plots import write_plots
-        from specbench.report import load_results
+        from specbench.report.plots import write_plots
+        from specbench.report.results import load_results
 
         folder = Path(tempfile.mkdtemp(prefix="specbench-plots-"))
         return write_plots([load_results(output)], folder)

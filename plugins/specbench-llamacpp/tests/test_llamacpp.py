@@ -28,9 +28,9 @@ from specbench_llamacpp.server import SERVER_ENV, find_server
 from specbench.audit.run import AuditOptions, audit_preset
 from specbench.errors import SpecbenchError
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset
+from specbench.presets.schema import load_preset
 from specbench.records import AuditRecord, SampleRecord, SummaryRecord, read_records
-from specbench.runner import RunAborted, run_preset
+from specbench.run.runner import RunAborted, run_preset
 
 HERE = Path(__file__).parent
 

@@ -18,9 +18,9 @@ pytest.importorskip("specbench_vllm")
 from specbench_vllm.method import CPU_SAMPLING_BUG  # noqa: E402
 
 from specbench.plugins import discover_methods  # noqa: E402
-from specbench.presets import load_preset  # noqa: E402
+from specbench.presets.schema import load_preset  # noqa: E402
 from specbench.records import SampleRecord, SummaryRecord, read_records  # noqa: E402
-from specbench.runner import run_preset  # noqa: E402
+from specbench.run.runner import run_preset  # noqa: E402
 
 PRESET = """
 name = "vllm-test"

@@ -14,8 +14,8 @@ if importlib.util.find_spec("vllm") is not None:
 
 from specbench.errors import SpecbenchError
 from specbench.plugins import discover_methods
-from specbench.presets import load_preset
-from specbench.runner import run_preset
+from specbench.presets.schema import load_preset
+from specbench.run.runner import run_preset
 
 
 def test_a_missing_vllm_is_one_line_naming_the_install(tmp_path: Path) -> None:

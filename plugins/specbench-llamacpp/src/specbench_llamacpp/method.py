@@ -14,8 +14,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from specbench.decoding.types import GenerationRequest, GenerationResult, StopReason
-from specbench.engines import SpecCounters, counter_stats, gguf_path, parse_prometheus, per_position
 from specbench.errors import SpecbenchError
+from specbench.methods.external_engines import (
+    SpecCounters,
+    counter_stats,
+    gguf_path,
+    parse_prometheus,
+    per_position,
+)
 from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
 from specbench_llamacpp.server import LlamaServer, binary_version, find_server
 

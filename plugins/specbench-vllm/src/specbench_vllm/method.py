@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import Field
 
 from specbench.decoding.types import GenerationRequest, GenerationResult, StopReason
-from specbench.engines import SpecCounters, counter_stats, engine_model
 from specbench.errors import SpecbenchError
+from specbench.methods.external_engines import SpecCounters, counter_stats, engine_model
 from specbench.models.specs import HFModelSpec, ModelSpecBase
 from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
 

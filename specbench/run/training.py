@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from specbench.models.loading import load_models
-from specbench.presets import ResolvedPreset
-from specbench.runner import instantiate_methods, run_context
+from specbench.presets.schema import ResolvedPreset
+from specbench.run.runner import instantiate_methods, run_context
 
 
 def train_methods(

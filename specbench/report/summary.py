@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from specbench.costs import cost_levels, summarize_costs
+from specbench.costs.phases import cost_levels, summarize_costs
+from specbench.costs.units import UnitCosts
 from specbench.decoding.types import GenerationResult
 from specbench.records import SampleRecord, SummaryRecord
-from specbench.uncertainty import (
+from specbench.report.uncertainty import (
     MachineLoad,
     by_worker,
     combined_speedup,
@@ -38,7 +39,6 @@ from specbench.uncertainty import (
     speedup_interval,
     tokens_per_sec_interval,
 )
-from specbench.unit_costs import UnitCosts
 
 
 def ratio(numerator: float, denominator: float) -> float | None:

@@ -22,11 +22,11 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from specbench.costs.units import UnitCosts
 from specbench.decoding.ledger import TIMED_PHASES, CostLedger
 from specbench.decoding.types import GenerationResult
 from specbench.plugins import DecodingMethod
 from specbench.records import PHASES, PhaseCosts, SampleRecord
-from specbench.unit_costs import UnitCosts
 
 GAP_TOLERANCE = 0.05
 #: Draft forwards of up to this many tokens (a catch-up after full acceptance) cost one

@@ -29,10 +29,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from specbench.errors import SpecbenchError
-from specbench.output_paths import check_output_dir
 from specbench.plugins import MethodRegistry
-from specbench.preset_formats import PresetSyntaxError, format_of, parse
-from specbench.presets import (
+from specbench.presets.formats import PresetSyntaxError, format_of, parse
+from specbench.presets.schema import (
     OverrideLike,
     ResolvedPreset,
     load_preset,
@@ -40,8 +39,9 @@ from specbench.presets import (
     parse_sweep,
     sweep_parameter,
 )
-from specbench.progress import ProgressCallback
-from specbench.runner import RunOutcome, run_preset
+from specbench.run.output_paths import check_output_dir
+from specbench.run.progress import ProgressCallback
+from specbench.run.runner import RunOutcome, run_preset
 
 INDEX = "index.json"
 

@@ -11,7 +11,7 @@ from typing import Any
 from specbench.errors import SpecbenchError
 from specbench.install_hints import install_extra
 from specbench.records import PHASES
-from specbench.report import ResultsFile
+from specbench.report.results import ResultsFile
 
 
 def _pyplot() -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 from specbench.plugins import discover_methods
 from specbench.records import RunHeader, SampleRecord, SummaryRecord
-from specbench.summary import summarize
+from specbench.report.summary import summarize
 
 SCHEMA_VERSION = "1.0"
 #: Tolerance of the AL = 1 + sum(marginal) check against tokens per target call.

@@ -9,7 +9,7 @@ local run does (a header and a ``run_end`` per worker, each sample flushed as it
 A shard whose worker dies loses only its unfinished samples: the driver runs it again (at
 most ``cluster.max_retries`` times) for the samples it has not received. ``--resume`` works on
 a distributed file exactly as on a local one, and Ctrl-C cancels the workers. Summaries take
-each worker's speedup over its own baseline and combine them (:mod:`specbench.uncertainty`).
+each worker's speedup over its own baseline and combine them (:mod:`specbench.report.uncertainty`).
 """
 
 from __future__ import annotations
@@ -23,18 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from specbench.costs.units import header_unit_costs
 from specbench.errors import SpecbenchError
 from specbench.install_hints import install_extra
-from specbench.presets import ResolvedPreset
-from specbench.progress import Progress, ProgressCallback
-from specbench.prompts import Prompt
+from specbench.presets.schema import ResolvedPreset
+from specbench.prompts.sources import Prompt
 from specbench.records import (
     RecordWriter,
     RunEnd,
     RunHeader,
     SampleRecord,
 )
-from specbench.runner import (
+from specbench.report.summary import summarize
+from specbench.report.uncertainty import machine_load
+from specbench.run.progress import Progress, ProgressCallback
+from specbench.run.runner import (
     ResultsFile,
     RunAborted,
     RunOutcome,
@@ -43,9 +46,6 @@ from specbench.runner import (
     run_end_record,
     run_header,
 )
-from specbench.summary import summarize
-from specbench.uncertainty import machine_load
-from specbench.unit_costs import header_unit_costs
 
 #: Test hook: a worker exits hard after this many samples, once (see ``CRASH_MARKER``).
 CRASH_AFTER = "SPECBENCH_RAY_CRASH_AFTER"

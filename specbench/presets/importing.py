@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specbench.prompts import BUILTIN_SETS
+from specbench.prompts.sources import BUILTIN_SETS
 
 __all__ = ["ImportedPreset", "import_config", "recognise"]
 

@@ -23,20 +23,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from specbench.conversation import PromptEncoder
-from specbench.costs import ledger_costs
+from specbench.costs.phases import ledger_costs
+from specbench.costs.units import UnitCosts, measure_unit_costs
 from specbench.decoding.ledger import CostLedger, open_ledger
 from specbench.decoding.sampling import SamplingParams
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
-from specbench.environment import collect_environment
 from specbench.errors import SpecbenchError
 from specbench.methods.in_process import InProcessMethod
 from specbench.models.loading import load_models
-from specbench.output_paths import check_output_file
 from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
-from specbench.presets import Preset, ResolvedPreset, flatten_preset, preset_differences
-from specbench.progress import MethodProgress, Phase, Progress, ProgressCallback
-from specbench.prompts import Prompt
+from specbench.presets.schema import Preset, ResolvedPreset, flatten_preset, preset_differences
+from specbench.prompts.conversation import PromptEncoder
+from specbench.prompts.sources import Prompt
+from specbench.prompts.tasks import task_for
 from specbench.records import (
     AnyRecord,
     PhaseCosts,
@@ -47,10 +46,11 @@ from specbench.records import (
     SummaryRecord,
     read_records,
 )
-from specbench.summary import generation_metrics, summarize
-from specbench.tasks import task_for
-from specbench.uncertainty import current_load, machine_load
-from specbench.unit_costs import UnitCosts, measure_unit_costs
+from specbench.report.summary import generation_metrics, summarize
+from specbench.report.uncertainty import current_load, machine_load
+from specbench.run.environment import collect_environment
+from specbench.run.output_paths import check_output_file
+from specbench.run.progress import MethodProgress, Phase, Progress, ProgressCallback
 
 
 @dataclass

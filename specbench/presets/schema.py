@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from specbench.errors import PluginError, SpecbenchError
 from specbench.models.specs import ModelSpecBase, ModelsSpec
 from specbench.plugins import MethodInfo, MethodParams, MethodRegistry, ModelRole
-from specbench.preset_formats import (
+from specbench.presets.formats import (
     PresetSyntaxError,
     dump,
     format_of,
@@ -31,8 +31,8 @@ from specbench.preset_formats import (
     parse,
     yaml_lines,
 )
-from specbench.preset_import import import_config, recognise
-from specbench.prompts import PromptSetSpec
+from specbench.presets.importing import import_config, recognise
+from specbench.prompts.sources import PromptSetSpec
 
 PRESET_PATH_ENV = "SPECBENCH_PRESET_PATH"
 
@@ -251,10 +251,10 @@ def _effective(preset: Preset, methods: Sequence[ResolvedMethod]) -> dict[str, A
 
 def builtin_preset_dir() -> Path:
     """Presets shipped with specbench: inside the wheel, or ``presets/`` of a source tree."""
-    packaged = Path(__file__).parent / "_presets"
+    packaged = Path(__file__).parent.parent / "_presets"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "presets"
+    return Path(__file__).resolve().parents[2] / "presets"
 
 
 def preset_dirs() -> list[Path]:
@@ -408,7 +408,7 @@ def _list_position(node: list[Any], part: str, dotted: str, before: Sequence[str
 def _switch_prompt_source(table: dict[str, Any], field: str, value: Any) -> dict[str, Any]:
     """The prompt table after setting ``field``: the same source when it has the field, else
     the source that has it (``path``: jsonl for .jsonl files, else dataset)."""
-    from specbench.prompts import source_model, sources_with
+    from specbench.prompts.sources import source_model, sources_with
 
     current = source_model(table.get("source"))
     if field == "source":

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from specbench.profile import consistency
 from specbench.records import PHASES, SummaryRecord
-from specbench.report import ResultsFile, batch_points, category_table
+from specbench.report.profile import consistency
+from specbench.report.results import ResultsFile, batch_points, category_table
 
 
 @dataclass

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from specbench.costs.units import header_unit_costs
 from specbench.errors import SpecbenchError
 from specbench.records import (
     AuditRecord,
@@ -21,9 +22,8 @@ from specbench.records import (
     SummaryRecord,
     read_records,
 )
-from specbench.summary import summarize
-from specbench.uncertainty import machine_load
-from specbench.unit_costs import header_unit_costs
+from specbench.report.summary import summarize
+from specbench.report.uncertainty import machine_load
 
 MT_BENCH_CATEGORIES = (
     "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specbench.conversation import PromptEncoder
 from specbench.decoding.execution import EngineSessions
 from specbench.decoding.proposers import Outcome, Proposer, Slot
 from specbench.decoding.sampling import SamplingParams
@@ -34,7 +33,8 @@ from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationR
 from specbench.errors import SpecbenchError
 from specbench.models.loading import load_tokenizer
 from specbench.plugins import MethodInfo, MethodParams
-from specbench.presets import Preset
+from specbench.presets.schema import Preset
+from specbench.prompts.conversation import PromptEncoder
 from specbench.records import RunHeader, SampleRecord, read_records
 
 

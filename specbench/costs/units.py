@@ -7,7 +7,7 @@ values of ``rows``, in the target (and one token in the draft), timed by the sam
 the samples use, after a few untimed one-token calls. The sizes are probed in rounds, each
 round visiting every size once, and each size keeps its median over the rounds: a shared
 machine's bandwidth drifts by tens of percent within seconds, and rounds see the same drift
-at every size, so the *ratios* between sizes stay sound (:mod:`specbench.costs` prices the
+at every size, so the *ratios* between sizes stay sound (:mod:`specbench.costs.phases` prices the
 level from the run itself). A summary then predicts each method's ms per token from its own
 counts of forwards and rows.
 

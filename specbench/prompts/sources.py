@@ -6,7 +6,7 @@ set has answers, a ``reference`` for scoring.
 
 Sources: ``inline`` (in the preset), ``jsonl`` (``prompt`` or ``turns`` per line), the
 built-in sets ``mt-bench``, ``spec-bench``, ``gsm8k`` and ``humaneval`` (shipped in the
-package; see ``specbench/data/prompts/SOURCES.md``), and ``dataset`` (a local json, jsonl,
+package; see ``specbench/prompts/data/SOURCES.md``), and ``dataset`` (a local json, jsonl,
 parquet or csv file read with the ``datasets`` library).
 """
 
@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from specbench.errors import SpecbenchError
 from specbench.install_hints import install_extra
 
-DATA_DIR = Path(__file__).parent / "data" / "prompts"
+DATA_DIR = Path(__file__).parent / "data"
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class _PromptSetBase(BaseModel):
 
     def check(self, base_dir: Path) -> list[tuple[str, str, str]]:
         """Problems beyond the schema: ``(field, message, hint)`` triples."""
-        from specbench.tasks import TASKS
+        from specbench.prompts.tasks import TASKS
 
         issues = []
         if self.template is not None and "{prompt}" not in self.template:

@@ -1,6 +1,6 @@
 """``specbench report --html``: one self-contained HTML page (no network at view time).
 
-Tables are the same :mod:`specbench.report_tables` data the terminal shows; plots are the
+Tables are the same :mod:`specbench.report.tables` data the terminal shows; plots are the
 report's PNGs embedded as base64 data URIs; the page has no scripts, so nothing can fail to
 load or log an error when it is opened.
 """
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from specbench.report import ResultsFile
-from specbench.report_tables import TableData, comparison_data, file_tables, noise_notes
+from specbench.report.results import ResultsFile
+from specbench.report.tables import TableData, comparison_data, file_tables, noise_notes
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;

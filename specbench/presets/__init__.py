@@ -1,0 +1,1 @@
+"""Presets: the pydantic schema, file formats, and importing other tools' configs."""

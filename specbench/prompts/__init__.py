@@ -1,0 +1,1 @@
+"""Prompt sets: built-in and local sources, tasks, and chat-template encoding."""
