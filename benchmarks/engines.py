@@ -35,13 +35,13 @@ from rich.console import Console
 from rich.table import Table
 
 from specbench.audit.run import AuditOptions, audit_preset
+from specbench.hardware import cpu_flags
 from specbench.models.catalog import CATALOG
 from specbench.plugins import discover_methods
 from specbench.presets.schema import load_preset
 from specbench.records import RunHeader, SummaryRecord, read_records
 from specbench.report.plots import plot_costs
 from specbench.report.results import load_results
-from specbench.run.environment import cpu_flags
 from specbench.run.runner import run_preset
 
 sys.path.insert(0, str(Path(__file__).parent))

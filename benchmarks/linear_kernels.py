@@ -28,8 +28,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from specbench.hardware import cpu_flags
 from specbench.models.packed import ROW_FLOOR
-from specbench.run.environment import cpu_flags
 
 #: One decoder layer's weights ([out, in]) by model: Qwen2.5-Coder-1.5B (hidden 1536, MLP 8960,
 #: 12 query and 2 key/value heads of 128) and 0.5B (hidden 896, MLP 4864, 14 and 2 heads of 64).

@@ -259,7 +259,7 @@ class RunContext:
         if self.output is not None:
             stem = self.output.name.removesuffix(".jsonl")
             return self.output.with_name(f"{stem}.{self.label}.{kind}.log")
-        from specbench.models.catalog import cache_root
+        from specbench.cache_dirs import cache_root
 
         return cache_root() / "logs" / f"{self.preset_name}.{self.label}.{kind}.log"
 

@@ -19,7 +19,7 @@ from specbench.decoding.core import decode
 from specbench.methods.external_engines import SpecCounters, counter_stats
 from specbench.models.backends import ModelBackend
 from specbench.models.base import LanguageModel, Tokenizer
-from specbench.models.specs import ModelSpecBase
+from specbench.models.spec_base import ModelSpecBase
 from specbench.models.toy import ToyConfig, ToyLanguageModel, ToyTokenizer
 from specbench.plugins import (
     DecodingMethod,

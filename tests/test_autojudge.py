@@ -16,6 +16,7 @@ import torch
 from helpers import make_method, request, toy_pair
 from typer.testing import CliRunner
 
+from specbench import cache_dirs
 from specbench.cli.main import app
 from specbench.decoding.verify import StepFeatures
 from specbench.errors import SpecbenchError
@@ -23,11 +24,11 @@ from specbench.judge import cache
 from specbench.judge.classifier import JudgeClassifier
 from specbench.judge.mining import MiningSettings, mine_labels
 from specbench.methods.autojudge import JudgeVerifier
-from specbench.models import catalog
 from specbench.plugins import discover_methods
 from specbench.presets.schema import load_preset, sweep_parameter
 from specbench.prompts.conversation import PromptEncoder
-from specbench.prompts.sources import InlinePromptSet, Prompt
+from specbench.prompts.prompt import Prompt
+from specbench.prompts.sources import InlinePromptSet
 from specbench.prompts.tasks import TASKS, Score
 from specbench.records import SampleRecord, read_records
 from specbench.run.runner import run_context, run_preset
@@ -46,7 +47,7 @@ class LastCharTask:
 @pytest.fixture(autouse=True)
 def toy_task_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(TASKS, "toy-last", LastCharTask())
-    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(cache_dirs.CACHE_ENV, str(tmp_path / "cache"))
 
 
 PRESET = """

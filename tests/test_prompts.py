@@ -10,13 +10,8 @@ import pytest
 from specbench.errors import SpecbenchError
 from specbench.models.toy import ToyTokenizer
 from specbench.prompts.conversation import PromptEncoder
-from specbench.prompts.sources import (
-    BuiltinPromptSet,
-    DatasetPromptSet,
-    InlinePromptSet,
-    gsm8k_final_answer,
-    normalize_number,
-)
+from specbench.prompts.prompt import gsm8k_final_answer, normalize_number
+from specbench.prompts.sources import BuiltinPromptSet, DatasetPromptSet, InlinePromptSet
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

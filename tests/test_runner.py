@@ -239,7 +239,8 @@ def test_prompts_sharing_an_id_are_refused_before_decoding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A prompt source that yields one id twice (a plugin's, say) must not lose a prompt."""
-    from specbench.prompts.sources import InlinePromptSet, Prompt
+    from specbench.prompts.prompt import Prompt
+    from specbench.prompts.sources import InlinePromptSet
 
     def twins(self, base_dir):  # type: ignore[no-untyped-def]
         return [Prompt("same", ("first",)), Prompt("same", ("second",))]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from specbench.prompts.sources import BuiltinPromptSet, Prompt
+from specbench.prompts.prompt import Prompt
+from specbench.prompts.sources import BuiltinPromptSet
 from specbench.prompts.tasks import Gsm8kTask, HumanEvalTask, extract_number_answer, run_isolated
 
 

@@ -34,7 +34,7 @@ from specbench.models.loading import load_models
 from specbench.plugins import DecodingMethod, MethodModels, ModelRole
 from specbench.presets.schema import ResolvedPreset
 from specbench.prompts.conversation import PromptEncoder
-from specbench.prompts.sources import Prompt
+from specbench.prompts.prompt import Prompt
 from specbench.records import AuditRecord, RecordWriter
 from specbench.run.runner import (
     close_methods,

@@ -36,10 +36,3 @@ app.add_typer(judge_cmd.app, name="judge")
 app.add_typer(heads_cmd.app, name="heads")
 app.command("report")(report_cmd.report)
 app.command("replay")(replay_cmd.replay_command)
-
-
-def main() -> None:
-    """The console script (see :mod:`specbench.cli.entry`, which guards start-up)."""
-    from specbench.cli.entry import main as guarded
-
-    guarded()

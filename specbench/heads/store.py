@@ -18,7 +18,7 @@ HEADS_FORMAT = 1
 
 
 def heads_dir() -> Path:
-    from specbench.models.catalog import cache_root
+    from specbench.cache_dirs import cache_root
 
     return cache_root() / "heads"
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from specbench.cache_dirs import cache_root
 from specbench.judge.classifier import JudgeClassifier, TrainReport
 from specbench.judge.mining import MinedData, example_rows
 from specbench.keyed_store import KeyedStore
-from specbench.models.catalog import cache_root
 from specbench.models.specs import ModelSpec
 
 JUDGE_FORMAT = 1

@@ -52,7 +52,7 @@ from specbench.judge.confidence_features import confidence_features
 from specbench.judge.token_features import TokenFeaturizer
 from specbench.models.base import Continuation, LanguageModel
 from specbench.prompts.conversation import PromptEncoder
-from specbench.prompts.sources import Prompt
+from specbench.prompts.prompt import Prompt
 
 AnswerFn = Callable[[Prompt, str], Hashable | None]
 

@@ -17,7 +17,8 @@ from typing import Any
 from specbench.decoding.types import DecodeStats
 from specbench.errors import ModelLoadError
 from specbench.install_hints import install_extra
-from specbench.models.specs import HFModelSpec, ModelSpecBase
+from specbench.models.spec_base import ModelSpecBase
+from specbench.models.specs import HFModelSpec
 
 
 @dataclass

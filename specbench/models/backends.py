@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 from specbench.errors import ModelLoadError
 from specbench.models.base import LanguageModel, Tokenizer
-from specbench.models.specs import ModelSpecBase
+from specbench.models.spec_base import ModelSpecBase
 
 BACKEND_GROUP = "specbench.backends"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,10 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from specbench.cache_dirs import cache_root
 from specbench.errors import ModelLoadError, SpecbenchError
 from specbench.install_hints import install_extra
 
-CACHE_ENV = "SPECBENCH_CACHE"
 MANIFEST = "manifest.json"
 
 Stage = Literal["download", "assemble", "verify", "convert", "save", "done"]
@@ -128,15 +127,6 @@ CATALOG: dict[str, CatalogEntry] = {
         ),
     )
 }
-
-
-def cache_root() -> Path:
-    """Where fetched models live: ``$SPECBENCH_CACHE`` or ``~/.cache/specbench``."""
-    configured = os.environ.get(CACHE_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "specbench"
 
 
 def get_entry(name: str) -> CatalogEntry:

@@ -676,7 +676,7 @@ def resolve_device(spec: HFModelSpec | DummyModelSpec) -> torch.device:
 
 
 def _cpu_has_bf16() -> bool:
-    from specbench.run.environment import cpu_flags
+    from specbench.hardware import cpu_flags
 
     return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 

@@ -2,38 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SerializeAsAny,
-    model_validator,
-)
+from pydantic import BeforeValidator, Field, SerializeAsAny, model_validator
 
-DType = Literal["auto", "bfloat16", "float16", "float32"]
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def requirements(self) -> list[tuple[str, str]]:
-        """Python modules this spec needs, each with the specbench extra that installs it."""
-        return []
-
-
-class ModelSpecBase(_Spec):
-    """Base of every backend's model spec; ``backend`` names the backend that loads it."""
-
-    backend: str
-
-
-def missing_requirements(spec: _Spec) -> list[tuple[str, str]]:
-    """The ``(module, extra)`` pairs of ``spec`` that are not importable here."""
-    return [(m, extra) for m, extra in spec.requirements() if importlib.util.find_spec(m) is None]
+from specbench.models.spec_base import DType, ModelSpecBase, StrictSpec
 
 
 class ToyModelSpec(ModelSpecBase):
@@ -61,7 +34,7 @@ class ToyModelSpec(ModelSpecBase):
     token_ms: float = Field(0.0, ge=0, description="Simulated cost per processed token.")
 
 
-class Bnb4BitSpec(_Spec):
+class Bnb4BitSpec(StrictSpec):
     """bitsandbytes 4-bit weights (NF4 or FP4)."""
 
     method: Literal["bnb-4bit"] = "bnb-4bit"
@@ -74,7 +47,7 @@ class Bnb4BitSpec(_Spec):
     double_quant: bool = False
 
 
-class Bnb8BitSpec(_Spec):
+class Bnb8BitSpec(StrictSpec):
     """bitsandbytes LLM.int8() weights."""
 
     method: Literal["bnb-8bit"] = "bnb-8bit"
@@ -83,7 +56,7 @@ class Bnb8BitSpec(_Spec):
         return [("bitsandbytes", "quant")]
 
 
-class QuantoSpec(_Spec):
+class QuantoSpec(StrictSpec):
     """optimum-quanto weight quantization."""
 
     method: Literal["quanto"] = "quanto"
@@ -211,7 +184,7 @@ def _by_backend(value: Any) -> Any:
 ModelSpec = Annotated[SerializeAsAny[ModelSpecBase], BeforeValidator(_by_backend)]
 
 
-class ModelsSpec(_Spec):
+class ModelsSpec(StrictSpec):
     """The target every method decodes for, and an optional draft."""
 
     target: ModelSpec

@@ -21,7 +21,8 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from specbench.errors import PluginError, SpecbenchError
-from specbench.models.specs import ModelSpecBase, ModelsSpec
+from specbench.models.spec_base import ModelSpecBase
+from specbench.models.specs import ModelsSpec
 from specbench.plugins import MethodInfo, MethodParams, MethodRegistry, ModelRole
 from specbench.presets.formats import (
     PresetSyntaxError,

@@ -12,13 +12,12 @@ parquet or csv file read with the ``datasets`` library).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -26,31 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from specbench.errors import SpecbenchError
 from specbench.install_hints import install_extra
+from specbench.prompts.prompt import Prompt, gsm8k_final_answer, normalize_number
 
 DATA_DIR = Path(__file__).parent / "data"
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One benchmark prompt. ``turns`` are the user messages, in order."""
-
-    id: str
-    turns: tuple[str, ...]
-    category: str | None = None
-    reference: Mapping[str, Any] = field(default_factory=dict)
-    task: str | None = None
-    #: The prompt's own system message (chat data), used instead of the preset's.
-    system: str | None = None
-
-    @property
-    def text(self) -> str:
-        return self.turns[0]
-
-    @property
-    def sha(self) -> str:
-        """A short fingerprint of what the model is given (turns and system message)."""
-        blob = json.dumps([list(self.turns), self.system], ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 class _PromptSetBase(BaseModel):
@@ -359,26 +336,6 @@ def sources_with(field_name: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def gsm8k_final_answer(text: str) -> str | None:
-    """The number after ``####`` in a GSM8K solution, normalised (``1,000`` -> ``1000``)."""
-    match = re.search(r"####\s*(.+)$", text.strip())
-    if not match:
-        return None
-    return normalize_number(match.group(1))
-
-
-def normalize_number(text: str) -> str | None:
-    """A number as a canonical string: commas, dollar signs and trailing ``.0`` removed."""
-    cleaned = text.replace(",", "").replace("$", "").strip()
-    match = re.search(r"-?\d+(?:\.\d+)?", cleaned)
-    if not match:
-        return None
-    value = match.group(0)
-    if "." in value:
-        value = value.rstrip("0").rstrip(".")
-    return value
 
 
 def prompts_from_rows(

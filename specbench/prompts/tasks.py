@@ -20,7 +20,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
-from specbench.prompts.sources import Prompt, normalize_number
+from specbench.prompts.prompt import Prompt, normalize_number
 
 
 @dataclass(frozen=True)

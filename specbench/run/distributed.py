@@ -27,7 +27,7 @@ from specbench.costs.units import header_unit_costs
 from specbench.errors import SpecbenchError
 from specbench.install_hints import install_extra
 from specbench.presets.schema import ResolvedPreset
-from specbench.prompts.sources import Prompt
+from specbench.prompts.prompt import Prompt
 from specbench.records import (
     RecordWriter,
     RunEnd,

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 import specbench
+from specbench.hardware import cpu_flags, cpu_name
 from specbench.plugins import discover_methods
 
 _OPTIONAL_PACKAGES = ("transformers", "accelerate", "bitsandbytes", "optimum-quanto", "gguf")
@@ -27,7 +28,7 @@ def collect_environment() -> dict[str, Any]:
         "numpy": _version("numpy"),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_flags": cpu_flags(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
@@ -50,32 +51,3 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
-
-
-#: The instruction sets that decide which kernel path (and rounding) a matmul takes.
-KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16")
-
-
-def cpu_flags() -> list[str]:
-    """Which of :data:`KERNEL_FLAGS` this CPU has (empty where /proc/cpuinfo is unreadable):
-    timings and numerics of one machine hold for machines with the same flags only."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in KERNEL_FLAGS if flag in present]
-    except OSError:
-        pass
-    return []
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"

@@ -34,7 +34,7 @@ from specbench.models.loading import load_models
 from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
 from specbench.presets.schema import Preset, ResolvedPreset, flatten_preset, preset_differences
 from specbench.prompts.conversation import PromptEncoder
-from specbench.prompts.sources import Prompt
+from specbench.prompts.prompt import Prompt
 from specbench.prompts.tasks import task_for
 from specbench.records import (
     AnyRecord,

@@ -19,7 +19,8 @@ from pydantic import Field
 from specbench.decoding.types import GenerationRequest, GenerationResult, StopReason
 from specbench.errors import SpecbenchError
 from specbench.methods.external_engines import SpecCounters, counter_stats, engine_model
-from specbench.models.specs import HFModelSpec, ModelSpecBase
+from specbench.models.spec_base import ModelSpecBase
+from specbench.models.specs import HFModelSpec
 from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
 
 #: Upstream bug: on the CPU, speculative decoding at temperature > 0 never writes the
