@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from specbench.models.catalog import resolve_model_source
-from specbench.models.hf import load_hf_model
+from specbench.models.hf.loading import load_hf_model
 from specbench.models.specs import HFModelSpec
 
 

@@ -34,7 +34,7 @@ from rich.table import Table
 
 from specbench.decoding.sampling import SamplingParams
 from specbench.decoding.types import GenerationRequest
-from specbench.models.hf import quiet_transformers
+from specbench.models.hf.library import quiet_transformers
 from specbench.models.loading import load_models
 from specbench.models.specs import DummyModelSpec, ModelsSpec
 from specbench.plugins import DecodingMethod, MethodModels, discover_methods

@@ -20,11 +20,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from specbench.decoding.ledger import CostLedger, open_ledger
 from specbench.decoding.sampling import SamplingParams
 from specbench.decoding.types import GenerationRequest
 from specbench.methods.baseline import BaselineMethod, BaselineParams
 from specbench.methods.speculative import SpeculativeMethod, SpeculativeParams
+from specbench.models.ledger import CostLedger, open_ledger
 from specbench.models.loading import load_models
 from specbench.models.specs import DummyModelSpec, ModelsSpec
 

@@ -11,7 +11,7 @@ equals the same row computed alone (m = 1), and with 2 rows (the batch-invariant
     python benchmarks/linear_kernels.py [--shapes 1.5b|0.5b] [--layers 8] [--repeats 5]
 
 Paths: ``linear`` (``F.linear``, what transformers calls), ``linear 2-row`` (a single row run
-as two, :class:`specbench.models.hf.RowStableLinear`), ``onednn packed`` (the weight
+as two, :class:`specbench.models.hf.numerics.RowStableLinear`), ``onednn packed`` (the weight
 reordered once for oneDNN, ``torch.ops.mkldnn._linear_pointwise``: what inductor's CPU
 freezing emits), and ``onednn packed, 4-row floor`` (calls of fewer rows padded to 4: what
 :class:`specbench.models.packed.PackedLinear` runs).

@@ -17,7 +17,7 @@ import time
 from torch.profiler import ProfilerActivity, profile
 
 from specbench.models.catalog import resolve_model_source
-from specbench.models.hf import load_hf_model
+from specbench.models.hf.loading import load_hf_model
 from specbench.models.specs import HFModelSpec
 
 

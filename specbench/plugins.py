@@ -115,17 +115,17 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
+from specbench.entry_points import BrokenEntry, load_entry_points
 from specbench.errors import PluginError
 from specbench.install_hints import install_path
-from specbench.models.base import LanguageModel, Tokenizer
+from specbench.models.roles import MethodModels as MethodModels
+from specbench.models.roles import ModelRole as ModelRole
 
 if TYPE_CHECKING:
     from specbench.decoding.sampling import SamplingParams
@@ -142,7 +142,6 @@ KNOWN_PLUGINS = {
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "BrokenPlugin",
     "DecodeStats",
     "DecodingMethod",
     "GenerationRequest",
@@ -157,77 +156,10 @@ __all__ = [
 ]
 
 
-class ModelRole(str, Enum):
-    """A model a method can ask for."""
-
-    TARGET = "target"
-    DRAFT = "draft"
-
-
 class MethodParams(BaseModel):
     """Base for a method's parameters: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MethodModels:
-    """The models a method works with, and their specs.
-
-    ``target`` is loaded only when some method of the run needs it in-process (``needs``
-    holds ``ModelRole.TARGET``); a run of external engines alone loads only ``tokenizer``
-    (the target's, which the runner encodes prompts with) and hands engines ``specs``.
-    """
-
-    def __init__(
-        self,
-        target: LanguageModel | None = None,
-        draft: LanguageModel | None = None,
-        *,
-        tokenizer: Tokenizer | None = None,
-        specs: ModelsSpec | None = None,
-    ) -> None:
-        if tokenizer is None:
-            if target is None:
-                raise ValueError("MethodModels needs a target model or a tokenizer")
-            tokenizer = target.tokenizer
-        self._target = target
-        self.draft = draft
-        self.tokenizer: Tokenizer = tokenizer
-        self.specs = specs
-
-    @property
-    def target(self) -> LanguageModel:
-        """The in-process target model."""
-        if self._target is None:
-            raise PluginError(
-                "this method needs the in-process target model and none was loaded",
-                "declare needs = {ModelRole.TARGET} on the method",
-            )
-        return self._target
-
-    @property
-    def loaded_target(self) -> LanguageModel | None:
-        """The in-process target, or ``None`` when the run loaded none (engines only)."""
-        return self._target
-
-    @property
-    def loaded(self) -> list[LanguageModel]:
-        """The in-process models of the run (none for engine-only runs)."""
-        return [m for m in (self._target, self.draft) if m is not None]
-
-    def require_draft(self) -> LanguageModel:
-        if self.draft is None:
-            raise PluginError(
-                "this method needs a draft model and none was loaded",
-                "add a [models.draft] table to the preset",
-            )
-        return self.draft
-
-    def require_specs(self) -> ModelsSpec:
-        """The preset's model specs (engines build their own models from them)."""
-        if self.specs is None:
-            raise PluginError("this method needs the preset's model specs and has none")
-        return self.specs
 
 
 @dataclass
@@ -375,23 +307,12 @@ class MethodInfo:
         return needed or "none (engine)"
 
 
-@dataclass(frozen=True)
-class BrokenPlugin:
-    """An entry point that could not be loaded, with the reason."""
-
-    name: str
-    package: str
-    version: str
-    entry_point: str
-    error: str
-
-
 @dataclass
 class MethodRegistry:
     """Every method found in the ``specbench.methods`` entry-point group."""
 
     methods: dict[str, MethodInfo] = field(default_factory=dict)
-    broken: list[BrokenPlugin] = field(default_factory=list)
+    broken: list[BrokenEntry] = field(default_factory=list)
 
     def get(self, name: str) -> MethodInfo:
         """The method called ``name``, or a :class:`PluginError` that says what exists."""
@@ -424,46 +345,14 @@ def discover_methods(*, refresh: bool = False) -> MethodRegistry:
 
 @functools.cache
 def _discover() -> MethodRegistry:
-    registry = MethodRegistry()
-    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        package, version = _distribution_of(entry)
-        try:
-            cls = _load_method_class(entry)
-            if entry.name in registry.methods:
-                other = registry.methods[entry.name].package
-                raise PluginError(f"the name '{entry.name}' is already provided by {other}")
-        except Exception as error:  # a broken plugin must not take the others down
-            registry.broken.append(
-                BrokenPlugin(
-                    name=entry.name,
-                    package=package,
-                    version=version,
-                    entry_point=entry.value,
-                    error=f"{type(error).__name__}: {error}",
-                )
-            )
-            continue
-        registry.methods[entry.name] = MethodInfo(
-            name=entry.name, cls=cls, package=package, version=version, entry_point=entry.value
-        )
-    return registry
+    group = load_entry_points(ENTRY_POINT_GROUP, DecodingMethod, check=_check_params)
+    methods = {
+        name: MethodInfo(name, entry.cls, entry.package, entry.version, entry.value)
+        for name, entry in group.loaded.items()
+    }
+    return MethodRegistry(methods=methods, broken=list(group.broken.values()))
 
 
-def _load_method_class(entry: EntryPoint) -> type[DecodingMethod]:
-    loaded = entry.load()
-    if not (isinstance(loaded, type) and issubclass(loaded, DecodingMethod)):
-        raise TypeError(f"{entry.value} is not a DecodingMethod subclass")
-    if loaded.name != entry.name:
-        raise TypeError(
-            f"{entry.value} calls itself '{loaded.name}' but is registered as '{entry.name}'"
-        )
-    if not issubclass(loaded.Params, MethodParams):
-        raise TypeError(f"{entry.value}.Params does not subclass specbench MethodParams")
-    return loaded
-
-
-def _distribution_of(entry: EntryPoint) -> tuple[str, str]:
-    dist = entry.dist
-    if dist is None:
-        return "unknown", "unknown"
-    return dist.metadata["Name"] or dist.name, dist.version
+def _check_params(cls: type[DecodingMethod]) -> None:
+    if not issubclass(cls.Params, MethodParams):
+        raise TypeError(f"{cls.__module__}.{cls.__name__}.Params does not subclass MethodParams")

@@ -73,7 +73,7 @@ PHASES = ("draft", "target", "verify", "host")
 
 class PhaseCosts(BaseModel):
     """The cost ledger of the unit a sample was decoded in (see
-    :mod:`specbench.decoding.ledger`): its wall time split by phase. ``None`` marks a phase
+    :mod:`specbench.models.ledger`): its wall time split by phase. ``None`` marks a phase
     the method could not measure (an external engine, transformers' own loop), never zero.
 
     The unit is the sample itself, or the batch it was decoded in (``batch_id``); then every

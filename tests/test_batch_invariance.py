@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers import make_method, request
 
-from specbench.models.hf import ROW_STABLE_ATTENTION, RowStableLinear, load_hf_model
+from specbench.models.hf.loading import load_hf_model
+from specbench.models.hf.numerics import ROW_STABLE_ATTENTION, RowStableLinear
 from specbench.models.invariance import check_batch_invariance
 from specbench.models.loading import load_models
 from specbench.models.packed import PackedLinear, packing_available
@@ -157,7 +158,7 @@ def test_tree_rows_attend_as_the_same_tokens_decoded_in_turn(per_group: int) -> 
     Every node's output must equal the decoding step's, bit for bit, at every context length
     (on random data the difference is rare: 2 of 416 nodes on an AVX-512 BF16 EPYC, at 6
     query heads per key/value head; real attention is peakier)."""
-    from specbench.models.hf import grouped_attention
+    from specbench.models.hf.numerics import grouped_attention
 
     generator = torch.Generator().manual_seed(0)
     groups, dim, nodes = 2, 128, len(TREE_PARENTS)
@@ -202,7 +203,7 @@ def test_tree_scoring_gives_each_node_the_logits_of_decoding_it_in_turn(
             return model.new_static_session(len(sequence) + 16, max_len=512)
         return model.new_session()
 
-    import specbench.models.hf as hf
+    import specbench.models.hf.numerics as hf
 
     gathered = []
     original = hf._gathered_attention

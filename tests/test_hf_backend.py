@@ -9,7 +9,8 @@ import torch
 from helpers import hf_pair, make_method, request
 
 from specbench.errors import ModelLoadError
-from specbench.models.hf import HFLanguageModel, load_hf_model
+from specbench.models.hf.loading import load_hf_model
+from specbench.models.hf.model import HFLanguageModel
 from specbench.models.loading import load_models
 from specbench.models.specs import HFModelSpec, ModelsSpec
 from specbench.plugins import MethodModels

@@ -17,7 +17,8 @@ from helpers import make_method, request
 from stats_utils import chi_square_pvalue
 
 from specbench.decoding.sampling import SamplingParams, logits_to_probs
-from specbench.models.hf import HFLanguageModel, HFTokenizer
+from specbench.models.hf.model import HFLanguageModel
+from specbench.models.hf.tokenizer import HFTokenizer
 from specbench.plugins import MethodModels
 
 pytest.importorskip("transformers")

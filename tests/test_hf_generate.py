@@ -54,7 +54,7 @@ def test_transformers_kernels_run_transformers_own_layers_and_give_ours_back(
     it, specbench's packed, row-stable layers and attention are back."""
     import torch
 
-    from specbench.models.hf import ROW_STABLE_ATTENTION
+    from specbench.models.hf.numerics import ROW_STABLE_ATTENTION
 
     models = hf_pair(tiny_hf, batch_invariant=True)
     target = models.target.model  # type: ignore[attr-defined]

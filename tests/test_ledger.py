@@ -20,8 +20,8 @@ from specbench.costs.phases import cost_levels, level_for, summarize_costs
 from specbench.costs.units import EngineUnitCosts, UnitCosts
 from specbench.decoding.core import decode
 from specbench.decoding.drafters import ModelDrafter
-from specbench.decoding.ledger import CostLedger, open_ledger, phase
 from specbench.decoding.verify import RejectionVerifier, Verdict
+from specbench.models.ledger import CostLedger, open_ledger, phase
 from specbench.models.toy import ToyConfig, ToyLanguageModel
 from specbench.plugins import MethodModels, discover_methods
 from specbench.presets.schema import load_preset
@@ -61,7 +61,7 @@ class VirtualClock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
     """Every clock the ledger, the core, the runner and the toy models read, made virtual."""
     import specbench.decoding.core as core
-    import specbench.decoding.ledger as ledger
+    import specbench.models.ledger as ledger
     import specbench.models.toy as toy
     import specbench.run.runner as runner
 

@@ -89,7 +89,8 @@ def small_medusa(tiny_hf: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
     from hf_fixtures import build_model
     from test_hf_exactness import VOCAB
 
-    from specbench.models.hf import HFLanguageModel, HFTokenizer
+    from specbench.models.hf.model import HFLanguageModel
+    from specbench.models.hf.tokenizer import HFTokenizer
     from specbench.plugins import MethodModels
 
     target = build_model("llama", VOCAB, seed=3)

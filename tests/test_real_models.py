@@ -7,7 +7,7 @@ import torch
 from helpers import make_method, request
 
 from specbench.models import catalog
-from specbench.models.hf import load_hf_model
+from specbench.models.hf.loading import load_hf_model
 from specbench.models.loading import check_models, load_models
 from specbench.models.specs import HFModelSpec, ModelsSpec
 from specbench.prompts.conversation import PromptEncoder

@@ -21,7 +21,7 @@ TREE = ([-1, -1, 0, 0, 2, 1, 4], [7, 8, 9, 10, 11, 12, 13])
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_tree_attention_equals_a_forward_per_path(tiny_hf: dict, arch: str) -> None:
-    from specbench.models.hf import load_hf_model
+    from specbench.models.hf.loading import load_hf_model
     from specbench.models.specs import HFModelSpec
 
     folder = tiny_hf[arch]["target"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from helpers import hf_pair, make_method, request
 
+from specbench.models.hf.static import StaticDecoder
 from specbench.models.loading import load_models
 from specbench.models.specs import DummyModelSpec, ModelsSpec
-from specbench.models.static import StaticDecoder
 
 
 def test_static_decoder_rolls_back_like_a_dynamic_cache(tiny_hf: dict) -> None:
@@ -154,8 +154,8 @@ def test_the_lean_forward_gives_the_eager_logits_bit_for_bit(
     packed projections, attention over live slots): in bfloat16 with batch_invariant its
     logits must equal the eager session's bit for bit, for a prompt, one-token steps, a
     4-row verification after a rollback, and a token tree."""
-    from specbench.models import lean
-    from specbench.models.hf import load_hf_model
+    from specbench.models.hf import lean
+    from specbench.models.hf.loading import load_hf_model
     from specbench.models.specs import HFModelSpec
 
     folder = tiny_hf[arch]["target"]

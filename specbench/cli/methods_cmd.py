@@ -42,7 +42,7 @@ def methods(
     for broken in registry.broken:
         console.print(
             f"[bold red]failed to load[/] {escape(broken.name)} from {escape(broken.package)} "
-            f"{escape(broken.version)} ({escape(broken.entry_point)}): {escape(broken.error)}",
+            f"{escape(broken.version)} ({escape(broken.value)}): {escape(broken.error)}",
             highlight=False,
         )
 

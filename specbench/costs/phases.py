@@ -1,6 +1,6 @@
 """The cost ledger in records: each unit's phase costs, and each method's per-token split.
 
-:func:`ledger_costs` turns what a :class:`~specbench.decoding.ledger.CostLedger` measured
+:func:`ledger_costs` turns what a :class:`~specbench.models.ledger.CostLedger` measured
 during one timed unit into the sample records' :class:`~specbench.records.PhaseCosts`.
 :func:`summarize_costs` gives a method's ms per generated token by phase (each unit counted
 once, a batch's ledger shared by its samples) and, from the run's unit costs, the ms per
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from specbench.costs.units import UnitCosts
-from specbench.decoding.ledger import TIMED_PHASES, CostLedger
 from specbench.decoding.types import GenerationResult
+from specbench.models.ledger import TIMED_PHASES, CostLedger
 from specbench.plugins import DecodingMethod
 from specbench.records import PHASES, PhaseCosts, SampleRecord
 

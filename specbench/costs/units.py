@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pydantic import BaseModel, Field
 
 from specbench.decoding.execution import EAGER, EngineSessions, Execution
-from specbench.decoding.ledger import CostLedger, open_ledger
 from specbench.models.base import LanguageModel
+from specbench.models.ledger import CostLedger, open_ledger
 from specbench.records import RunHeader
 
 #: Rows probed in the target, interpolated linearly in between. Larger forwards (prompts,

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import torch
 
-from specbench.decoding import ledger
 from specbench.decoding.execution import EAGER, EngineSessions, Execution
 from specbench.decoding.greedy import greedy_applies, greedy_token, greedy_verdict
 from specbench.decoding.proposers import Draft, NoProposer, Outcome, Proposal, Proposer, Slot
@@ -34,6 +33,7 @@ from specbench.decoding.sampling import logits_to_probs
 from specbench.decoding.tree import TokenTree, walk_tree, walk_tree_with
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult, StopReason
 from specbench.decoding.verify import RejectionVerifier, StepFeatures, Verifier
+from specbench.models import ledger
 from specbench.models.base import BatchSession, ForwardOutput, LanguageModel
 
 #: Room a static cache keeps beyond the budget for a step's drafts when the proposer does

@@ -117,7 +117,7 @@ def heads_for(
     one-line error naming the command that trains it. ``context`` is the method's
     :class:`~specbench.plugins.RunContext`."""
     from specbench.errors import SpecbenchError
-    from specbench.judge.cache import model_identity
+    from specbench.models.backends import model_identity
 
     identity = model_identity(context.models_spec.target)
     key = heads_key(identity, settings, kind=kind)

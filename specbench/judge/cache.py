@@ -22,20 +22,12 @@ from specbench.cache_dirs import cache_root
 from specbench.judge.classifier import JudgeClassifier, TrainReport
 from specbench.judge.mining import MinedData, example_rows
 from specbench.keyed_store import KeyedStore
-from specbench.models.specs import ModelSpec
 
 JUDGE_FORMAT = 1
 
 
 def judges_dir() -> Path:
     return cache_root() / "judges"
-
-
-def model_identity(spec: ModelSpec) -> dict[str, Any]:
-    """A model spec plus a fingerprint of its weights where they are local files."""
-    from specbench.models.backends import backend_of
-
-    return backend_of(spec).identity(spec)
 
 
 def judge_key(determinants: dict[str, Any]) -> str:

@@ -23,7 +23,6 @@ from specbench.judge.cache import (
     judge_key,
     judges_dir,
     load_judge,
-    model_identity,
     save_judge,
 )
 from specbench.judge.classifier import C_GRID, JudgeClassifier, block_columns, train_classifier
@@ -39,6 +38,7 @@ from specbench.judge.mining import (
 )
 from specbench.judge.token_features import TokenFeaturizer
 from specbench.methods.in_process import InProcessMethod, OneSequenceParams
+from specbench.models.backends import model_identity
 from specbench.plugins import (
     GenerationRequest,
     GenerationResult,

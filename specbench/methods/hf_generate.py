@@ -15,9 +15,9 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from specbench.decoding import ledger
 from specbench.decoding.types import DecodeStats, StopReason
 from specbench.errors import PluginError
+from specbench.models import ledger
 from specbench.models.base import LanguageModel
 from specbench.plugins import (
     DecodingMethod,
@@ -99,7 +99,7 @@ class HFGenerateMethod(DecodingMethod):
             hooks += _timing_hooks(draft, self.models.require_draft(), calls, "draft")
         shipped = params.kernels == "transformers"
         try:
-            from specbench.models.hf import quiet_transformers
+            from specbench.models.hf.library import quiet_transformers
 
             with (
                 torch.inference_mode(),

@@ -33,9 +33,9 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
+from specbench.entry_points import load_entry_points
 from specbench.errors import ModelLoadError
 from specbench.models.base import LanguageModel, Tokenizer
 from specbench.models.spec_base import ModelSpecBase
@@ -105,20 +105,18 @@ def discover_backends(*, refresh: bool = False) -> BackendRegistry:
 
 @functools.cache
 def _discover() -> BackendRegistry:
-    registry = BackendRegistry()
-    for entry in sorted(entry_points(group=BACKEND_GROUP), key=lambda e: e.name):
-        try:
-            cls = entry.load()
-            if not (isinstance(cls, type) and issubclass(cls, ModelBackend)):
-                raise TypeError(f"{entry.value} is not a ModelBackend subclass")
-            if cls.name != entry.name:
-                raise TypeError(f"{entry.value} calls itself '{cls.name}', not '{entry.name}'")
-            registry.backends[entry.name] = cls()
-        except Exception as error:  # a broken plugin must not take the others down
-            registry.broken[entry.name] = f"{type(error).__name__}: {error}"
-    return registry
+    group = load_entry_points(BACKEND_GROUP, ModelBackend)
+    return BackendRegistry(
+        backends={name: entry.cls() for name, entry in group.loaded.items()},
+        broken={name: entry.error for name, entry in group.broken.items()},
+    )
 
 
 def backend_of(spec: ModelSpecBase) -> ModelBackend:
     """The backend that loads ``spec``."""
     return discover_backends().get(spec.backend)
+
+
+def model_identity(spec: ModelSpecBase) -> dict[str, Any]:
+    """A model spec plus a fingerprint of its weights where they are local files."""
+    return backend_of(spec).identity(spec)

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import torch
 
-from specbench.decoding import ledger
 from specbench.errors import PluginError
+from specbench.models import ledger
 
 
 class Tokenizer(Protocol):
@@ -302,7 +302,7 @@ class Session(ABC):
         return depths
 
     def _timed_forward(self, rows: int) -> AbstractContextManager[None]:
-        """The cost ledger's forward phase for this call (see :mod:`specbench.decoding.ledger`);
+        """The cost ledger's forward phase for this call (see :mod:`specbench.models.ledger`);
         sessions that serve a batch session's rows leave the timing to it."""
         return ledger.forward(self.model, rows, self.engine) if self.timed else nullcontext()
 

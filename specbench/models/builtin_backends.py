@@ -51,13 +51,13 @@ class HFBackend(ModelBackend):
 
     def load(self, spec: Any, role: str) -> LanguageModel:
         from specbench.models.catalog import resolve_model_source
-        from specbench.models.hf import load_hf_model
+        from specbench.models.hf.loading import load_hf_model
 
         return load_hf_model(spec, resolve_model_source(spec.model), name=spec.model)
 
     def load_tokenizer(self, spec: Any, local_only: bool = True) -> Tokenizer:
         from specbench.models.catalog import resolve_model_source
-        from specbench.models.hf import load_hf_tokenizer
+        from specbench.models.hf.loading import load_hf_tokenizer
 
         return load_hf_tokenizer(spec, resolve_model_source(spec.model), local_only=local_only)
 

@@ -326,7 +326,7 @@ def convert_gguf(
     gguf: Path, out_dir: Path, dtype: str = "float32", on_progress: FetchCallback | None = None
 ) -> None:
     """Dequantize a GGUF file into a transformers folder (weights, config, tokenizer)."""
-    from specbench.models.hf import quiet_transformers, require_transformers
+    from specbench.models.hf.library import quiet_transformers, require_transformers
 
     transformers = require_transformers()
     import torch

@@ -13,13 +13,10 @@ from typing import Any
 
 import torch
 
-from specbench.models.hf import (
-    HFLanguageModel,
-    HFTokenizer,
-    checked,
-    fast_kernels,
-    require_transformers,
-)
+from specbench.models.hf.library import require_transformers
+from specbench.models.hf.loading import checked, fast_kernels
+from specbench.models.hf.model import HFLanguageModel
+from specbench.models.hf.tokenizer import HFTokenizer
 from specbench.models.specs import DummyModelSpec
 
 # Shapes of real checkpoints (from their config.json), keyed by a short name.
@@ -131,7 +128,7 @@ def dummy_config(spec: DummyModelSpec) -> Any:
 
 def load_dummy_model(spec: DummyModelSpec) -> HFLanguageModel:
     """Random weights at the spec's shape, created on the device in the spec's dtype."""
-    from specbench.models.hf import resolve_device, resolve_dtype
+    from specbench.models.hf.loading import resolve_device, resolve_dtype
 
     transformers = require_transformers()
     device = resolve_device(spec)

@@ -9,9 +9,9 @@ from specbench.install_hints import install_extra
 from specbench.models.backends import backend_of
 from specbench.models.base import LanguageModel, Tokenizer
 from specbench.models.compat import compare_tokenizers
+from specbench.models.roles import MethodModels, ModelRole
 from specbench.models.spec_base import missing_requirements
 from specbench.models.specs import ModelSpec, ModelsSpec
-from specbench.plugins import MethodModels, ModelRole
 
 ProgressFn = Callable[[str], None]
 

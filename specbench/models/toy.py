@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from specbench.decoding import ledger
+from specbench.models import ledger
 from specbench.models.base import (
     BatchSession,
     ForwardOutput,

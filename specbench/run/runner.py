@@ -25,11 +25,11 @@ from typing import Any, Literal
 
 from specbench.costs.phases import ledger_costs
 from specbench.costs.units import UnitCosts, measure_unit_costs
-from specbench.decoding.ledger import CostLedger, open_ledger
 from specbench.decoding.sampling import SamplingParams
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
 from specbench.errors import SpecbenchError
 from specbench.methods.in_process import InProcessMethod
+from specbench.models.ledger import CostLedger, open_ledger
 from specbench.models.loading import load_models
 from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
 from specbench.presets.schema import Preset, ResolvedPreset, flatten_preset, preset_differences

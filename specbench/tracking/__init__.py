@@ -12,18 +12,18 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+from specbench.entry_points import LoadedGroup, load_entry_points
 from specbench.errors import SpecbenchError
 from specbench.install_hints import install_extra
 from specbench.presets.schema import flatten_preset
 from specbench.records import SampleRecord, SummaryRecord
-from specbench.run.progress import Progress
 
 if TYPE_CHECKING:
     from specbench.presets.schema import ResolvedPreset
+    from specbench.run.progress import Progress
     from specbench.run.runner import RunOutcome
 
 ENTRY_POINT_GROUP = "specbench.trackers"
@@ -69,8 +69,9 @@ class Tracker(ABC):
         everything logged is stored, so a reader in the same process sees the whole run."""
 
 
-def available_trackers() -> dict[str, Any]:
-    return {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+def available_trackers() -> LoadedGroup[Tracker]:
+    """Every tracker registered under ``specbench.trackers``."""
+    return load_entry_points(ENTRY_POINT_GROUP, Tracker)
 
 
 def make_trackers(names: Sequence[str]) -> list[Tracker]:
@@ -78,12 +79,17 @@ def make_trackers(names: Sequence[str]) -> list[Tracker]:
     found = available_trackers()
     trackers = []
     for name in names:
-        if name not in found:
-            known = ", ".join(sorted(found)) or "none"
+        if name in found.broken:
+            raise SpecbenchError(
+                f"tracker '{name}' failed to load: {found.broken[name].error}",
+                f"reinstall or fix {found.broken[name].package}",
+            )
+        if name not in found.loaded:
+            known = ", ".join(sorted(found.loaded)) or "none"
             raise SpecbenchError(
                 f"no tracker named '{name}' (installed: {known})", "use one of those"
             )
-        cls = found[name].load()
+        cls = found.loaded[name].cls
         try:
             trackers.append(cls())
         except ImportError as error:

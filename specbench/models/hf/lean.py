@@ -8,7 +8,7 @@ model's step. :class:`LeanForward` runs the same layers as gpt-fast does: the em
 each layer's norms, projections and MLP *modules* (so packed weights and hooks on them stay
 in effect), the model's own rotary embedding and ``apply_rotary_pos_emb``, and attention over
 exactly the live slots of a preallocated cache, with
-:func:`~specbench.models.hf.grouped_attention` (the row-stable product order of
+:func:`~specbench.models.hf.numerics.grouped_attention` (the row-stable product order of
 ``batch_invariant``). It computes what transformers' eager forward computes, operation for
 operation, so a position's logits do not depend on how many positions a call scores
 (checked bit for bit by the static engine's tests). Models it does not know, and calls where
@@ -77,7 +77,7 @@ class LeanForward:
         ``positions``, and their final normed states (float) when ``hidden``. ``mask`` is
         the additive ``[1, 1, m, start + m]`` mask of the call (``None``: every query sees
         every slot before it and itself, one row)."""
-        from specbench.models.hf import grouped_attention
+        from specbench.models.hf.numerics import grouped_attention
         from specbench.models.packed import packed_linear
 
         m = ids.shape[0]

@@ -29,10 +29,10 @@ import torch
 
 from specbench.errors import ModelLoadError
 from specbench.models.base import ForwardOutput, Session
-from specbench.models.lean import LeanForward, lean_supported
+from specbench.models.hf.lean import LeanForward, lean_supported
 
 if TYPE_CHECKING:
-    from specbench.models.hf import HFLanguageModel
+    from specbench.models.hf.model import HFLanguageModel
 
 MIN_CACHE = 128
 
@@ -79,7 +79,7 @@ class StaticDecoder:
 
     def _use_cache(self, size: int) -> None:
         if size not in self._caches:
-            from specbench.models.hf import require_transformers
+            from specbench.models.hf.library import require_transformers
 
             transformers = require_transformers()
             self.cache = transformers.StaticCache(

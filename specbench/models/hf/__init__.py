@@ -1,0 +1,1 @@
+"""The Hugging Face transformers backend: loading, sessions, row-stable numerics."""

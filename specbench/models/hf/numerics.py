@@ -1,0 +1,219 @@
+"""Row-stable kernels: linear layers and attention whose rows do not depend on the batch,
+the chunk or the tree around them (``batch_invariant``), and grouped attention without
+``repeat_kv`` copies.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from typing import Any
+
+import torch
+
+from specbench.errors import ModelLoadError
+from specbench.models.hf.library import require_transformers
+
+
+class RowStableLinear(torch.nn.Linear):
+    """``nn.Linear`` that runs a single row as two, so every row goes through the same GEMM.
+
+    CPU and GPU libraries pick a different kernel (a GEMV) for one row than for several, and
+    the two round differently. Scoring k + 1 draft positions in one call would then give
+    slightly different logits than decoding them one at a time, and in bfloat16 a near-tie
+    can flip a greedy choice. With every call on the multi-row kernel, whose result for a
+    row does not depend on the other rows, they agree bit for bit.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == x.shape[-1]:  # a single row
+            return super().forward(torch.cat([x, x], dim=-2))[..., :1, :]
+        return super().forward(x)
+
+
+#: The attention implementation batch-invariant models run (registered with transformers).
+
+
+ROW_STABLE_ATTENTION = "specbench_row_stable_eager"
+
+
+#: Model types whose eager attention is plain scaled dot-product attention over grouped
+#: key/value heads (no soft-capping, sinks or extra terms), which :func:`grouped_attention`
+#: computes without copying the keys and values per query head.
+
+
+GROUPED_ATTENTION_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def row_stable_eager_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *args: Any,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's eager attention, with every product on the multi-row kernel.
+
+    The same trap as :class:`RowStableLinear`, in ``weights @ values``: for one query row the
+    CPU library takes another path once the keys pass about 1152 (measured in bfloat16), so
+    the token decoded alone at position ~1150 gets other logits than the same position
+    scored among k + 1 (a near-tie there flipped a greedy choice in a 1536-token run). Several
+    rows go through the multi-row kernel, which agrees with any number of rows: the query
+    heads that share a key/value head are one product's rows (:func:`grouped_attention`,
+    for the architectures it knows), and a single row left alone is run as two."""
+    config = getattr(module, "config", None)
+    if getattr(config, "model_type", None) in GROUPED_ATTENTION_TYPES:
+        scaling = kwargs.get("scaling", args[0] if args else None)
+        if scaling is not None and not module.training:
+            return grouped_attention(query, key, value, attention_mask, float(scaling))
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    single = query.shape[-2] == 1
+    if single:
+        query = torch.cat([query, query], dim=-2)
+        if attention_mask is not None and attention_mask.shape[-2] == 1:
+            attention_mask = torch.cat([attention_mask, attention_mask], dim=-2)
+    output, weights = eager(module, query, key, value, attention_mask, *args, **kwargs)
+    if single:  # output [batch, rows, heads, dim], weights [batch, heads, rows, keys]
+        output = output[:, :1]
+        weights = None if weights is None else weights[..., :1, :]
+    return output, weights
+
+
+def grouped_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention (``softmax(q k^T * scaling + mask) v``, softmax in float32, the
+    order transformers' eager attention uses) with the query heads of each key/value head
+    as the rows of one product, instead of copying the keys and values for every query
+    head (transformers' ``repeat_kv``): on a CPU those copies cost more than the products.
+
+    ``query`` ``[B, H, M, D]``, ``key``/``value`` ``[B, G, L, D]`` with ``H`` a multiple of
+    ``G``; returns the output ``[B, M, H, D]`` and the weights ``[B, H, M, L]``.
+    """
+    batch, heads, rows, dim = query.shape
+    groups = key.shape[1]
+    per_group = heads // groups
+    layout = _visible_layout(attention_mask, key.shape[-2])
+    if layout is not None:
+        return _gathered_attention(query, key, value, scaling, *layout)
+    single = per_group * rows == 1
+    if single:  # one row alone would take the one-row kernel: run it as two
+        query = torch.cat([query, query], dim=-2)
+        rows = 2
+        if attention_mask is not None and attention_mask.shape[-2] == 1:
+            attention_mask = torch.cat([attention_mask, attention_mask], dim=-2)
+    length = key.shape[-2]
+    grouped = query.reshape(batch, groups, per_group * rows, dim)
+    scores = torch.matmul(grouped, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, :length].unsqueeze(2)  # [B, 1, 1, M, L]
+        scores = (scores.view(batch, groups, per_group, rows, length) + mask).view_as(scores)
+    weights = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(weights, value).view(batch, heads, rows, dim)
+    weights = weights.view(batch, heads, rows, length)
+    if single:
+        output, weights = output[:, :, :1], weights[:, :, :1]
+    return output.transpose(1, 2).contiguous(), weights
+
+
+#: The layout of the last mask seen (a forward passes one mask to every layer): a weak
+#: reference to it, and its gather indices (``None``: every row sees a prefix of the keys).
+_LAST_LAYOUT: tuple[Any, tuple[torch.Tensor, torch.Tensor] | None] | None = None
+
+
+def _visible_layout(
+    attention_mask: torch.Tensor | None, length: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For a mask under which some row sees keys that are not the first ones in order (a
+    token tree's nodes, with their siblings masked between them; padded rows of a batch):
+    per row, the slots it sees in order padded to the longest (``[B, M, W]``) and the
+    additive mask of the padding. ``None`` when every row sees a prefix ``[0, n)`` of the
+    keys, as a decoding step does, and under graph capture or compilation (their steps are
+    chains)."""
+    global _LAST_LAYOUT
+    if attention_mask is None or torch.compiler.is_compiling():
+        return None
+    if attention_mask.is_cuda and torch.cuda.is_current_stream_capturing():
+        return None
+    last = _LAST_LAYOUT
+    if last is not None and last[0]() is attention_mask:
+        return last[1]
+    visible = attention_mask[:, 0, :, :length] == 0  # [B, M, L]; the mask is shared by heads
+    counts = visible.sum(-1)
+    prefixes = visible.to(torch.int8).cumprod(-1).sum(-1)
+    layout = None
+    if not bool((prefixes == counts).all()):  # some row sees keys out of order: gather
+        width = int(counts.max())
+        # Visible slots first, in order (a stable sort of "not visible"), then padding.
+        order = torch.sort((~visible).to(torch.int8), dim=-1, stable=True).indices[..., :width]
+        padding = torch.arange(width, device=counts.device) >= counts.unsqueeze(-1)
+        fill = torch.zeros(padding.shape, dtype=attention_mask.dtype, device=counts.device)
+        layout = (order, fill.masked_fill_(padding, torch.finfo(attention_mask.dtype).min))
+    _LAST_LAYOUT = (weakref.ref(attention_mask), layout)
+    return layout
+
+
+def _gathered_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    order: torch.Tensor,
+    padding: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`grouped_attention` with each row's visible keys gathered into the order and
+    places a decoding step has them (its earlier tokens, then itself, from slot 0): a
+    product's result for a key depends on where the key lies in the reduction (SIMD lanes
+    and pairs, blocks), so a tree node scored with its siblings masked between its ancestors
+    got other logits than the same token decoded in turn (a bf16 near-tie flipped a greedy
+    choice of SpecExec). Keys past a row's own are padding with zero weight at the end, which
+    a decoding step's reduction does not see either (the chain case, checked)."""
+    batch, heads, rows, dim = query.shape
+    groups = key.shape[1]
+    per_group = heads // groups
+    width = order.shape[-1]
+    scores = torch.matmul(query.reshape(batch, groups, per_group * rows, dim), key.transpose(2, 3))
+    scores = (scores * scaling).view(batch, groups, per_group, rows, -1)
+    index = order.view(batch, 1, 1, rows, width).expand(batch, groups, per_group, rows, width)
+    gathered = torch.gather(scores, -1, index) + padding.view(batch, 1, 1, rows, width)
+    weights = torch.nn.functional.softmax(gathered, dim=-1, dtype=torch.float32).to(query.dtype)
+    # Each row's values in its own order: [B, G, M, W, D], one product per row and group,
+    # whose rows are that group's query heads (as in a decoding step).
+    picked = value[torch.arange(batch).view(batch, 1, 1), :, order]  # [B, M, W, G, D]
+    picked = picked.permute(0, 3, 1, 2, 4)
+    per_row = weights.permute(0, 1, 3, 2, 4)  # [B, G, M, per_group, W]
+    if per_group == 1:  # one row alone would take the one-row kernel: run it as two
+        output = torch.matmul(torch.cat([per_row, per_row], dim=-2), picked)[..., :1, :]
+    else:
+        output = torch.matmul(per_row, picked)  # [B, G, M, per_group, D]
+    output = output.permute(0, 1, 3, 2, 4).reshape(batch, heads, rows, dim)
+    full = torch.zeros(*scores.shape, dtype=weights.dtype, device=weights.device)
+    full.scatter_(-1, index, weights)
+    return output.transpose(1, 2).contiguous(), full.view(batch, heads, rows, -1)
+
+
+def make_batch_invariant(model: torch.nn.Module) -> None:
+    """Swap plain ``nn.Linear`` layers for :class:`RowStableLinear` in place (no copies) and
+    run attention through :func:`row_stable_eager_attention`."""
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = RowStableLinear
+    modeling = sys.modules[type(model).__module__]
+    if not hasattr(modeling, "eager_attention_forward"):
+        raise ModelLoadError(
+            f"batch_invariant does not know the attention of {type(model).__name__} (its "
+            "module has no eager_attention_forward)",
+            "set batch_invariant = false for this model",
+        )
+    transformers = require_transformers()
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    transformers.AttentionInterface.register(ROW_STABLE_ATTENTION, row_stable_eager_attention)
+    AttentionMaskInterface.register(ROW_STABLE_ATTENTION, eager_mask)  # eager's float masks
+    model.set_attn_implementation(ROW_STABLE_ATTENTION)  # type: ignore[operator]
