@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from importlinter.cli import lint_imports
 
 ROOT = Path(__file__).resolve().parent.parent

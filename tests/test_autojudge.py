@@ -22,6 +22,7 @@ from specbench.decoding.verify import StepFeatures
 from specbench.errors import SpecbenchError
 from specbench.judge import cache
 from specbench.judge.classifier import JudgeClassifier
+from specbench.judge.continuations import greedy_continuations
 from specbench.judge.mining import MiningSettings, mine_labels
 from specbench.methods.autojudge import JudgeVerifier
 from specbench.plugins import discover_methods
@@ -157,10 +158,10 @@ def test_mining_labels_mismatches_by_answer_change() -> None:
     prompt = next(p for p in prompts if p.id == example.prompt_id)
     encoder = PromptEncoder(models.target.tokenizer)
     ids = encoder.encode([], prompt.text)
-    reference = models.target.greedy_continuations([ids], 24, frozenset())[0].tokens
+    reference = greedy_continuations(models.target, [ids], 24, frozenset())[0].tokens
     assert reference[example.position] == example.target_token
     alternative = reference[: example.position] + [example.draft_token]
-    alternative += models.target.greedy_continuations([ids + alternative], 24, frozenset())[
+    alternative += greedy_continuations(models.target, [ids + alternative], 24, frozenset())[
         0
     ].tokens
     alternative = alternative[:24]
@@ -194,7 +195,7 @@ def test_semi_greedy_search_goes_on_from_the_alternative_answer() -> None:
     ).load(Path())
     encoder = PromptEncoder(models.target.tokenizer)
     references = {
-        p.id: models.target.greedy_continuations([encoder.encode([], p.text)], 24, frozenset())[
+        p.id: greedy_continuations(models.target, [encoder.encode([], p.text)], 24, frozenset())[
             0
         ].tokens
         for p in prompts
@@ -721,7 +722,7 @@ def test_continuations_carry_the_logits_the_last_prefix_token_came_from(tiny_hf:
 
     toy = toy_pair(vocab_size=24, order=1, seed=21, distance=1.5, sharpness=3.0).target
     prefix = [3, 7, 11, 2]
-    (continuation,) = toy.greedy_continuations([prefix], 5, frozenset())
+    (continuation,) = greedy_continuations(toy, [prefix], 5, frozenset())
     expected = toy.new_session().logits_from(prefix, len(prefix) - 2)[0]
     assert continuation.prefix_logits is not None
     assert torch.allclose(continuation.prefix_logits, expected)

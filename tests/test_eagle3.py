@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 
 from specbench.errors import ModelLoadError
 from specbench.heads.eagle3 import Eagle3Config, Eagle3Head, load_eagle3, save_eagle3
-from specbench.heads.features import LayerInputCapture
+from specbench.models.hf.capture import LayerInputCapture
 
 ALPHA = 1e-3
 

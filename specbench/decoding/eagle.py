@@ -2,10 +2,10 @@
 
 The head keeps its own key/value cache over the committed sequence. Position ``t`` of that
 cache pairs the target's features at ``t`` with the token at ``t + 1``; after each verification
-the committed positions' features (recorded during that call by
-:class:`~specbench.heads.features.LayerInputCapture`) extend it, and the last pair's output
-gives the first draft token. Further drafts feed the head's own output state back, on
-cache entries that are dropped again once the proposal is made.
+the committed positions' features (recorded during that call by the target's
+:meth:`~specbench.models.capabilities.InternalStates.capture_layer_inputs`) extend it, and the
+last pair's output gives the first draft token. Further drafts feed the head's own output state
+back, on cache entries that are dropped again once the proposal is made.
 
 Chains: ``k`` tokens, each the head's argmax or, when sampling, a sample whose distribution
 ``q`` (the same logits processing as the target's) is reported to the verifier, so the
@@ -27,18 +27,18 @@ from specbench.decoding.sampling import SamplingParams, logits_to_probs, sample
 from specbench.decoding.tree import Candidate, TokenTree, TreeProposer, best_subtree
 from specbench.decoding.types import GenerationRequest
 from specbench.heads.eagle3 import Eagle3Head, KVCache
-from specbench.heads.features import LayerInputCapture
+from specbench.models.capabilities import InternalStates, StateCapture
 
 
 class HeadState:
     """One generation as the head sees it: its cache of committed pairs and the features
     of the latest target call not yet absorbed."""
 
-    def __init__(self, head: Eagle3Head, target_module: torch.nn.Module, vocab_size: int) -> None:
+    def __init__(self, head: Eagle3Head, target: InternalStates, vocab_size: int) -> None:
         self.head = head
-        self.target_module = target_module
+        self.target = target
         self.vocab_size = vocab_size
-        self.capture: LayerInputCapture | None = None
+        self.capture: StateCapture | None = None
         weight = head.lm_head.weight
         self.device, self.dtype = weight.device, weight.dtype
         ids = torch.arange(head.config.draft_vocab_size, device=self.device)
@@ -71,9 +71,9 @@ class HeadState:
 
     def embed(self, tokens: Sequence[int]) -> torch.Tensor:
         ids = torch.tensor(list(tokens), dtype=torch.long, device=self.device)
-        table = self.head.embed_tokens
+        table: torch.nn.Module | None = self.head.embed_tokens
         if table is None:
-            table = self.target_module.get_input_embeddings()  # type: ignore[operator]
+            table = self.target.input_embeddings()
         out: torch.Tensor = table(ids)
         return out.to(self.dtype)
 
@@ -123,8 +123,7 @@ class HeadState:
     def _recompute(self, sequence: Sequence[int]) -> torch.Tensor:
         self.recomputes += 1
         ids = torch.tensor([list(sequence[:-1])], device=self.device)
-        with torch.inference_mode():
-            self.target_module(input_ids=ids)
+        self.target.forward_uncached(ids)
         rows = self.take_rows()
         assert rows is not None
         return rows

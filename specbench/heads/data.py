@@ -23,6 +23,7 @@ import torch
 
 from specbench.heads.store import heads_dir, heads_key
 from specbench.models.base import LanguageModel
+from specbench.models.capabilities import internal_states
 
 DATA = "gsm8k-train-target-answers"
 INSTRUCTION = (
@@ -61,7 +62,7 @@ def collect(
     """Per question: ``tokens`` (prompt + the target's answer), ``aux`` (feature layers'
     inputs, ``[n - 1, 3H]``) and ``final`` (the target's normed last state, ``[n - 1, H]``),
     bfloat16, one cached file each."""
-    module = target.model  # type: ignore[attr-defined]
+    states = internal_states(target, "head training")
     tokenizer = target.tokenizer
     folder.mkdir(parents=True, exist_ok=True)
     prompts = []
@@ -70,27 +71,17 @@ def collect(
         prompts.append(ids if ids is not None else tokenizer.encode(text))
     todo = [i for i in range(len(prompts)) if not (folder / f"{i:05d}.pt").is_file()]
     stop = sorted(tokenizer.eos_token_ids)
-    pad = getattr(getattr(tokenizer, "hf", None), "pad_token_id", None) or (stop or [0])[0]
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         say(f"target answers and features: question {start + 1}/{len(todo)} still to do")
         width = max(len(prompts[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        # Left padding: the filler is masked out, any id does.
+        input_ids = torch.full((len(batch), width), (stop or [0])[0], dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, i in enumerate(batch):
             input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             mask[row, width - len(prompts[i]) :] = 1
-        with torch.inference_mode():
-            out = module.generate(
-                input_ids=input_ids.to(target.device),
-                attention_mask=mask.to(target.device),
-                max_new_tokens=answer_tokens,
-                do_sample=False,
-                eos_token_id=stop or None,
-                pad_token_id=pad,
-                output_hidden_states=True,
-                return_dict_in_generate=True,
-            )
+        out = states.generate_greedy_with_states(input_ids, mask, answer_tokens, stop)
         steps = out.hidden_states  # per generation step, per layer [B, T, H]
         for row, i in enumerate(batch):
             answer: list[int] = []

@@ -41,7 +41,6 @@ from specbench.heads.eagle3 import (
     load_eagle3,
     save_eagle3,
 )
-from specbench.heads.features import decoder_layers
 from specbench.heads.store import (
     HEADS_FORMAT,
     Checkpoint,
@@ -51,6 +50,7 @@ from specbench.heads.store import (
     stored_meta,
 )
 from specbench.models.base import LanguageModel
+from specbench.models.capabilities import internal_states
 
 
 @dataclass(frozen=True)
@@ -87,29 +87,28 @@ def draft_vocabulary(data: list[dict[str, torch.Tensor]], size: int, vocab: int)
 def initial_head(
     target: LanguageModel, training: Eagle3Training, layer_ids: tuple[int, ...], ids: torch.Tensor
 ) -> Eagle3Head:
-    module = target.model  # type: ignore[attr-defined]
-    config = module.config
-    hidden = int(config.hidden_size)
-    rope = getattr(config, "rope_parameters", None) or {}
+    states = internal_states(target, "EAGLE-3 training")
+    shape = states.architecture()
+    hidden = shape.hidden_size
     head_config = Eagle3Config(
-        hidden_size=hidden,
+        hidden_size=shape.hidden_size,
         intermediate_size=training.intermediate_size,
-        num_attention_heads=int(config.num_attention_heads),
-        num_key_value_heads=int(getattr(config, "num_key_value_heads", None) or 1),
-        vocab_size=int(config.vocab_size),
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        vocab_size=shape.vocab_size,
         draft_vocab_size=len(ids),
-        target_hidden_size=hidden,
-        head_dim=getattr(config, "head_dim", None),
-        rms_norm_eps=float(getattr(config, "rms_norm_eps", 1e-6)),
-        rope_theta=float(getattr(config, "rope_theta", None) or rope.get("rope_theta") or 1e4),
-        max_position_embeddings=int(getattr(config, "max_position_embeddings", 32768)),
+        target_hidden_size=shape.hidden_size,
+        head_dim=shape.head_dim,
+        rms_norm_eps=shape.rms_norm_eps,
+        rope_theta=shape.rope_theta,
+        max_position_embeddings=shape.max_position_embeddings,
         aux_layer_ids=layer_ids,
         norm_before_residual=False,
     )
     generator = torch.Generator().manual_seed(training.seed)
     head = Eagle3Head(head_config)
-    lm_head = module.get_output_embeddings().weight.detach().float().cpu()
-    final_norm = _final_norm_weight(module, hidden)
+    lm_head = states.output_weight().detach().float().cpu()
+    final_norm = states.final_norm_weight()
     with torch.no_grad():
         for name, parameter in head.named_parameters():
             if name.endswith("norm.weight"):
@@ -122,19 +121,11 @@ def initial_head(
         head.fc.weight[:, 2 * hidden : 3 * hidden] = torch.eye(hidden)
         head.lm_head.weight.copy_(lm_head[ids])
         if final_norm is not None:
-            head.norm.weight.copy_(final_norm)
+            head.norm.weight.copy_(final_norm.detach().float().cpu())
         head.d2t.copy_(ids - torch.arange(len(ids)))
         head.t2d.zero_()
         head.t2d[ids] = True
     return head
-
-
-def _final_norm_weight(module: Any, hidden: int) -> torch.Tensor | None:
-    norm = getattr(getattr(module, "model", None), "norm", None)
-    weight = getattr(norm, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.shape != (hidden,):
-        return None
-    return weight.detach().float().cpu()
 
 
 class _Sequence:
@@ -238,19 +229,20 @@ def train_eagle3(
     if found is not None:
         return heads_dir() / key, found
     started = time.perf_counter()
-    module = target.model  # type: ignore[attr-defined]
-    layer_ids = default_aux_layers(len(decoder_layers(module)))
+    states = internal_states(target, "EAGLE-3 training")
+    shape = states.architecture()
+    layer_ids = default_aux_layers(shape.num_layers)
     folder_ = features_folder(target_identity, training.answer_tokens)
     data = collect(target, training.texts, training.answer_tokens, layer_ids, folder_, say)
     collected = time.perf_counter()
-    ids = draft_vocabulary(data, training.draft_vocab, int(module.config.vocab_size))
+    ids = draft_vocabulary(data, training.draft_vocab, shape.vocab_size)
     head = initial_head(target, training, layer_ids, ids)
-    draft_index = torch.full((int(module.config.vocab_size),), -1, dtype=torch.long)
+    draft_index = torch.full((shape.vocab_size,), -1, dtype=torch.long)
     draft_index[ids] = torch.arange(len(ids))
     sequences = [_Sequence(item, draft_index) for item in data]
     holdout = [s for i, s in enumerate(sequences) if i % 10 == 9]
     train = [s for i, s in enumerate(sequences) if i % 10 != 9]
-    embedding = module.get_input_embeddings()
+    embedding = states.input_embeddings()
 
     def embed(tokens: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # the target's table: looked up, never trained
@@ -315,7 +307,7 @@ def train_eagle3(
         },
     }
     verifier = str(target_identity.get("model", "")) or None
-    architectures = list(getattr(module.config, "architectures", None) or [])
+    architectures = list(shape.class_names)
     folder = publish(key, lambda out: save_eagle3(head, out, verifier, architectures), meta)
     load_eagle3(str(folder))  # what was written loads back
     return folder, meta

@@ -40,6 +40,7 @@ from specbench.heads.store import (
     stored_meta,
 )
 from specbench.models.base import LanguageModel
+from specbench.models.capabilities import internal_states
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,9 @@ def _medusa_data(
     """(final states [n - 1, H], the token after each [n - 1]) per answered question, from the
     shared cache of the target's answers (the same files EAGLE-3 training reads)."""
     from specbench.heads.eagle3 import default_aux_layers
-    from specbench.heads.features import decoder_layers
 
-    module = target.model  # type: ignore[attr-defined]
-    layers = default_aux_layers(len(decoder_layers(module)))
+    shape = internal_states(target, "Medusa training").architecture()
+    layers = default_aux_layers(shape.num_layers)
     folder = features_folder(identity, training.answer_tokens)
     items = collect(target, training.texts, training.answer_tokens, layers, folder, say)
     return [(item["final"], item["tokens"][1:]) for item in items]
@@ -101,9 +101,9 @@ def train_medusa(
     data = _medusa_data(target, training, target_identity, say)
     holdout = [d for i, d in enumerate(data) if i % 10 == 9]
     train = [d for i, d in enumerate(data) if i % 10 != 9]
-    module = target.model  # type: ignore[attr-defined]
-    hidden_size = int(module.config.hidden_size)
-    lm_head = module.get_output_embeddings().weight.detach().float().cpu()
+    states = internal_states(target, "Medusa training")
+    hidden_size = states.architecture().hidden_size
+    lm_head = states.output_weight().detach().float().cpu()
     config = MedusaConfig(
         training.num_heads, training.num_layers, hidden_size, lm_head.shape[0], None
     )

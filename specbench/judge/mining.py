@@ -47,10 +47,11 @@ from typing import Any
 
 import torch
 
-from specbench.heads.features import FinalStateCapture, final_norm
 from specbench.judge.confidence_features import confidence_features
+from specbench.judge.continuations import Continuation, greedy_continuations
 from specbench.judge.token_features import TokenFeaturizer
-from specbench.models.base import Continuation, LanguageModel
+from specbench.models.base import LanguageModel
+from specbench.models.capabilities import InternalStates
 from specbench.prompts.conversation import PromptEncoder
 from specbench.prompts.prompt import Prompt
 
@@ -537,11 +538,14 @@ def _continue(
 ) -> list[Continuation]:
     """Greedy continuations of ``prefixes`` (at most ``budgets`` tokens each) with the
     target's state at each prefix's end."""
-    module = getattr(target, "model", None)
-    logits_of_states = getattr(target, "logits_of_states", None)
-    if settings.speculative_k <= 0 or final_norm(module) is None or logits_of_states is None:
-        outputs = target.greedy_continuations(
-            prefixes, max(budgets), stop_ids, batch_size=settings.batch_size
+    states_model = target if isinstance(target, InternalStates) else None
+    if (
+        settings.speculative_k <= 0
+        or states_model is None
+        or not states_model.final_states_readable()
+    ):
+        outputs = greedy_continuations(
+            target, prefixes, max(budgets), stop_ids, batch_size=settings.batch_size
         )
         return [
             Continuation(o.tokens[:budget], o.prefix_hidden, o.prefix_logits)
@@ -560,7 +564,7 @@ def _continue(
             for p, budget in zip(chunk, budgets[start : start + settings.batch_size], strict=True)
         ]
         drafter = ModelDrafter(draft, settings.speculative_k)
-        with FinalStateCapture(module, first_call=True) as first:  # type: ignore[arg-type]
+        with states_model.capture_final_states(first_call=True) as first:
             results = decode(requests, target, drafter)
         # The first call is every row's prefill, rows left-aligned: the state at the
         # prefix's last token is at its length - 1, the one that chose it at length - 2.
@@ -568,7 +572,7 @@ def _continue(
         assert states is not None
         # One output-layer call for the chunk (a one-token prefix has no token before it).
         rows = torch.arange(len(chunk))
-        before = logits_of_states(states[rows, [max(0, len(p) - 2) for p in chunk]])
+        before = states_model.logits_of_states(states[rows, [max(0, len(p) - 2) for p in chunk]])
         for row, (prefix, result) in enumerate(zip(chunk, results, strict=True)):
             out.append(
                 Continuation(

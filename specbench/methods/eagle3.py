@@ -11,12 +11,12 @@ from pydantic import Field
 
 from specbench.decoding.eagle import Eagle3Drafter, Eagle3TreeProposer, HeadState
 from specbench.decoding.types import GenerationRequest
-from specbench.errors import PluginError, SpecbenchError
+from specbench.errors import SpecbenchError
 from specbench.heads.eagle3 import Eagle3Head, aux_layers, check_fits, load_eagle3
 from specbench.heads.eagle3_training import Eagle3Training, train_eagle3
-from specbench.heads.features import LayerInputCapture, decoder_layers
 from specbench.heads.store import heads_for
 from specbench.methods.in_process import InProcessMethod, OneSequenceParams
+from specbench.models.capabilities import internal_states
 from specbench.plugins import GenerationResult, MethodModels, MethodParams, ModelRole, RunContext
 
 
@@ -67,13 +67,7 @@ class Eagle3Method(InProcessMethod):
     def __init__(self, params: MethodParams, models: MethodModels) -> None:
         super().__init__(params, models)
         assert isinstance(params, Eagle3Params)
-        module = getattr(models.target, "model", None)
-        if getattr(module, "config", None) is None:
-            raise PluginError(
-                f"eagle3 needs a Hugging Face target, not {models.target.name}",
-                "use backend = 'hf' (or 'dummy') for the target",
-            )
-        self._module = module
+        self._states = internal_states(models.target, "eagle3")
         self.state: HeadState | None = None
         self._layers: tuple[int, ...] = ()
         if params.head is not None:
@@ -84,17 +78,14 @@ class Eagle3Method(InProcessMethod):
         return None if self.state is None else self.state.head
 
     def _use(self, head: Eagle3Head, source: str) -> None:
-        target = self.models.target
-        module = self._module
-        config = module.config  # type: ignore[union-attr]
-        layers = len(decoder_layers(module))  # type: ignore[arg-type]
-        check_fits(head, int(config.hidden_size), int(config.vocab_size), layers, source)
+        target, states = self.models.target, self._states
+        shape = states.architecture()
+        check_fits(head, shape.hidden_size, shape.vocab_size, shape.num_layers, source)
         # The target's dtype: drafts are deterministic or their q is reported, so the
         # head's precision changes which tokens are proposed, never exactness.
-        dtype = next(module.parameters()).dtype  # type: ignore[union-attr]
-        head.to(target.device, dtype)
-        self._layers = aux_layers(head, layers)
-        self.state = HeadState(head, module, target.vocab_size)  # type: ignore[arg-type]
+        head.to(target.device, states.weights_dtype)
+        self._layers = aux_layers(head, shape.num_layers)
+        self.state = HeadState(head, states, target.vocab_size)
         params = self.params
         assert isinstance(params, Eagle3Params)
         if params.tree:
@@ -133,7 +124,7 @@ class Eagle3Method(InProcessMethod):
         state = self.state
         if state is None:
             raise SpecbenchError("eagle3 was used before prepare()", "call prepare(context)")
-        with LayerInputCapture(self._module, self._layers) as capture:  # type: ignore[arg-type]
+        with self._states.capture_layer_inputs(self._layers) as capture:
             state.capture = capture
             try:
                 return super().decode(requests)

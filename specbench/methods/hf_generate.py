@@ -16,9 +16,9 @@ import torch
 from pydantic import Field
 
 from specbench.decoding.types import DecodeStats, StopReason
-from specbench.errors import PluginError
 from specbench.models import ledger
 from specbench.models.base import LanguageModel
+from specbench.models.capabilities import transformers_model
 from specbench.plugins import (
     DecodingMethod,
     GenerationRequest,
@@ -69,11 +69,13 @@ class HFGenerateMethod(DecodingMethod):
     def generate(self, request: GenerationRequest) -> GenerationResult:
         params = self.params
         assert isinstance(params, HFGenerateParams)
-        target = _hf_module(self.models.target)
+        # transformers' own API (generate, generation_config) is what this method times.
+        target: Any = transformers_model(self.models.target, self.name).transformers_module()
         kwargs: dict[str, Any] = {}
-        draft = None
+        draft: Any = None
         if params.assisted:
-            draft = _hf_module(self.models.require_draft())
+            draft = transformers_model(self.models.require_draft(), self.name)
+            draft = draft.transformers_module()
             config = draft.generation_config
             config.num_assistant_tokens = params.num_assistant_tokens
             config.num_assistant_tokens_schedule = "constant"
@@ -156,13 +158,3 @@ def _timing_hooks(module: Any, model: LanguageModel, calls: dict[str, int], role
         module.register_forward_pre_hook(before, with_kwargs=True),
         module.register_forward_hook(after),
     ]
-
-
-def _hf_module(model: LanguageModel) -> Any:
-    module = getattr(model, "model", None)
-    if module is None or not hasattr(module, "generate"):
-        raise PluginError(
-            f"hf-generate needs Hugging Face models, not {model.name}",
-            "use backend = 'hf' or 'dummy' for the target and draft",
-        )
-    return module

@@ -19,12 +19,12 @@ from specbench.decoding.proposers import Draft, Outcome, Proposal, RowProposer, 
 from specbench.decoding.tree import Candidate, TokenTree, TreeProposer, best_subtree
 from specbench.decoding.types import GenerationRequest
 from specbench.decoding.verify import RejectionVerifier, TypicalAcceptanceVerifier, Verifier
-from specbench.errors import PluginError, SpecbenchError
-from specbench.heads.features import FinalStateCapture
+from specbench.errors import SpecbenchError
 from specbench.heads.medusa import MedusaHeads, check_fits, load_medusa
 from specbench.heads.medusa_training import MedusaTraining, train_medusa
 from specbench.heads.store import heads_for
 from specbench.methods.in_process import InProcessMethod, OneSequenceParams
+from specbench.models.capabilities import StateCapture, internal_states
 from specbench.plugins import GenerationResult, MethodModels, MethodParams, ModelRole, RunContext
 
 
@@ -114,7 +114,7 @@ class MedusaTreeProposer(TreeProposer):
         self.top_k = top_k
         self.budget = budget
         self.vocab_size = vocab
-        self.capture: FinalStateCapture | None = None
+        self.capture: StateCapture | None = None
         self._hidden: torch.Tensor | None = None
 
     def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
@@ -174,15 +174,7 @@ class MedusaMethod(InProcessMethod):
     def __init__(self, params: MethodParams, models: MethodModels) -> None:
         super().__init__(params, models)
         assert isinstance(params, MedusaParams)
-        target = models.target
-        module = getattr(target, "model", None)
-        config = getattr(module, "config", None)
-        if config is None:
-            raise PluginError(
-                f"medusa needs a Hugging Face target, not {target.name}",
-                "use backend = 'hf' (or 'dummy') for the target",
-            )
-        self._config = config
+        self._states = internal_states(models.target, "medusa")
         self.drafter: MedusaDrafter | None = None
         if params.heads is not None:
             self._use(load_medusa(params.heads), params.heads)
@@ -190,12 +182,12 @@ class MedusaMethod(InProcessMethod):
     def _use(self, heads: MedusaHeads, source: str) -> None:
         params = self.params
         assert isinstance(params, MedusaParams)
-        config, target = self._config, self.models.target
-        check_fits(heads, int(config.hidden_size), int(config.vocab_size), source)
+        target, states = self.models.target, self._states
+        shape = states.architecture()
+        check_fits(heads, shape.hidden_size, shape.vocab_size, source)
         # The target's dtype halves the bytes a bf16 target's heads read per step; drafts
         # are deterministic, so the dtype changes which tokens are proposed, never exactness.
-        dtype = next(target.model.parameters()).dtype  # type: ignore[attr-defined]
-        heads.to(target.device, dtype)
+        heads.to(target.device, states.weights_dtype)
         k = min(params.k or heads.config.num_heads, heads.config.num_heads)
         self.drafter = MedusaDrafter(heads, k, target.vocab_size)
         self.proposer = self.drafter
@@ -235,7 +227,7 @@ class MedusaMethod(InProcessMethod):
         proposer = self.proposer
         if not isinstance(proposer, MedusaTreeProposer):
             return super().decode(requests)
-        with FinalStateCapture(self.models.target.model) as capture:  # type: ignore[attr-defined]
+        with self._states.capture_final_states() as capture:
             proposer.capture = capture
             try:
                 return super().decode(requests)

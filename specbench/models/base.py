@@ -129,51 +129,6 @@ class LanguageModel(ABC):
             "use engine = 'eager' with this model",
         )
 
-    def greedy_continuations(
-        self,
-        prefixes: Sequence[Sequence[int]],
-        max_new_tokens: int,
-        stop_ids: frozenset[int],
-        batch_size: int = 8,
-    ) -> list[Continuation]:
-        """Greedy continuation of each prefix, with the hidden state at the prefix's last token
-        and the logits that predicted that token.
-
-        Label mining calls this for many prefixes at once; backends that can batch override
-        it. This default decodes them one after another through sessions.
-        """
-        del batch_size
-        out = []
-        for prefix in prefixes:
-            session = self.new_session()
-            first = session.forward_from(prefix, max(0, len(prefix) - 2), hidden=True)
-            assert first.hidden is not None
-            before_last = first.logits[0] if len(first.logits) > 1 else None
-            sequence = list(prefix)
-            tokens: list[int] = []
-            logits = first.logits[-1]
-            while True:
-                token = int(logits.argmax())
-                tokens.append(token)
-                sequence.append(token)
-                if token in stop_ids or len(tokens) >= max_new_tokens:
-                    break
-                logits = session.logits_from(sequence, len(sequence) - 1)[-1]
-            out.append(Continuation(tokens, first.hidden[-1], before_last))
-        return out
-
-
-@dataclass
-class Continuation:
-    """A greedy continuation, the hidden state at the last token of its prefix, and the raw
-    logits at the token before it: the distribution the prefix's last token was chosen from
-    (``None`` for a one-token prefix). Label mining puts the draft's token last, so these
-    are the target's logits at the mismatch."""
-
-    tokens: list[int]
-    prefix_hidden: torch.Tensor
-    prefix_logits: torch.Tensor | None = None
-
 
 @dataclass
 class ForwardOutput:

@@ -8,11 +8,13 @@ from typing import Any
 
 import torch
 
-from specbench.models.base import (
-    BatchSession,
-    Continuation,
-    LanguageModel,
-    Session,
+from specbench.models.base import BatchSession, LanguageModel, Session
+from specbench.models.capabilities import Architecture, GeneratedStates
+from specbench.models.hf.capture import (
+    FinalStateCapture,
+    LayerInputCapture,
+    decoder_layers,
+    final_norm,
 )
 from specbench.models.hf.session import HFBatchSession, HFSession, cache_argument
 from specbench.models.hf.tokenizer import HFTokenizer
@@ -95,6 +97,88 @@ class HFLanguageModel(LanguageModel):
         decoder.reserve(positions)
         return StaticSession(self, decoder, pool)
 
+    # ------------------------------------------------------------ capabilities: InternalStates
+
+    def architecture(self) -> Architecture:
+        config = self.model.config
+        rope = getattr(config, "rope_parameters", None) or {}
+        return Architecture(
+            hidden_size=int(config.hidden_size),
+            vocab_size=int(config.vocab_size),
+            num_layers=len(decoder_layers(self.model)),
+            num_attention_heads=int(config.num_attention_heads),
+            num_key_value_heads=int(getattr(config, "num_key_value_heads", None) or 1),
+            head_dim=getattr(config, "head_dim", None),
+            rms_norm_eps=float(getattr(config, "rms_norm_eps", 1e-6)),
+            rope_theta=float(getattr(config, "rope_theta", None) or rope.get("rope_theta") or 1e4),
+            max_position_embeddings=int(getattr(config, "max_position_embeddings", 32768)),
+            class_names=tuple(getattr(config, "architectures", None) or ()),
+        )
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        dtype: torch.dtype = next(self.model.parameters()).dtype
+        return dtype
+
+    def capture_layer_inputs(self, layer_ids: Sequence[int]) -> LayerInputCapture:
+        return LayerInputCapture(self.model, layer_ids)
+
+    def final_states_readable(self) -> bool:
+        return final_norm(self.model) is not None
+
+    def capture_final_states(self, first_call: bool = False) -> FinalStateCapture:
+        return FinalStateCapture(self.model, first_call=first_call)
+
+    def input_embeddings(self) -> torch.nn.Module:
+        table: torch.nn.Module = self.model.get_input_embeddings()
+        return table
+
+    def output_weight(self) -> torch.Tensor:
+        weight: torch.Tensor = self.model.get_output_embeddings().weight
+        return weight
+
+    def final_norm_weight(self) -> torch.Tensor | None:
+        weight = getattr(final_norm(self.model), "weight", None)
+        hidden = int(self.model.config.hidden_size)
+        if not isinstance(weight, torch.Tensor) or weight.shape != (hidden,):
+            return None
+        return weight
+
+    def forward_uncached(self, ids: torch.Tensor) -> None:
+        with self.no_grad():
+            self.model(input_ids=ids.to(self.device))
+
+    def generate_greedy_with_states(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        max_new_tokens: int,
+        stop_ids: Sequence[int],
+        pad_id: int | None = None,
+    ) -> GeneratedStates:
+        if pad_id is None:
+            pad_id = self.tokenizer.hf.pad_token_id
+        if pad_id is None:
+            pad_id = next(iter(stop_ids), 0)
+        with self.no_grad():
+            out = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=list(stop_ids) or None,
+                pad_token_id=pad_id,
+                output_hidden_states=True,
+                return_dict_in_generate=True,
+            )
+        return GeneratedStates(out.sequences, out.hidden_states)
+
+    # --------------------------------------------------------- capabilities: TransformersModel
+
+    def transformers_module(self) -> torch.nn.Module:
+        module: torch.nn.Module = self.model
+        return module
+
     def logits_of_states(self, states: torch.Tensor) -> torch.Tensor:
         """Raw logits ``[..., V]`` (float, on the CPU) for final normed hidden states."""
         head = self.model.get_output_embeddings()
@@ -105,58 +189,6 @@ class HFLanguageModel(LanguageModel):
 
     def new_batch_session(self, size: int) -> BatchSession:
         return HFBatchSession(self, size)
-
-    def greedy_continuations(
-        self,
-        prefixes: Sequence[Sequence[int]],
-        max_new_tokens: int,
-        stop_ids: frozenset[int],
-        batch_size: int = 8,
-    ) -> list[Continuation]:
-        """Batched greedy continuations (left padding), the way label mining stays affordable."""
-        pad = self.tokenizer.hf.pad_token_id
-        if pad is None:
-            pad = next(iter(stop_ids), 0)
-        out: list[Continuation] = []
-        for start in range(0, len(prefixes), batch_size):
-            batch = [list(p) for p in prefixes[start : start + batch_size]]
-            width = max(len(p) for p in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, prefix in enumerate(batch):
-                ids[row, width - len(prefix) :] = torch.tensor(prefix)
-                mask[row, width - len(prefix) :] = 1
-            with self.no_grad():
-                generated = self.model.generate(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=sorted(stop_ids) or None,
-                    pad_token_id=pad,
-                    output_hidden_states=True,
-                    return_dict_in_generate=True,
-                )
-            # The last layer's states are the final norm's output, what the output layer
-            # reads: the state before the last prefix token gives the logits it came from.
-            prefill = generated.hidden_states[0][-1]
-            prefill_hidden = prefill[:, -1].float().cpu()
-            before_last = self.logits_of_states(prefill[:, -2]) if width > 1 else None
-            new = generated.sequences[:, width:].cpu()
-            for row in range(len(batch)):
-                tokens: list[int] = []
-                for token in new[row].tolist():
-                    tokens.append(token)
-                    if token in stop_ids:
-                        break
-                out.append(
-                    Continuation(
-                        tokens,
-                        prefill_hidden[row],
-                        None if before_last is None or len(batch[row]) < 2 else before_last[row],
-                    )
-                )
-        return out
 
     def describe(self) -> dict[str, Any]:
         parameters = sum(p.numel() for p in self.model.parameters())

@@ -1,8 +1,10 @@
-"""The target's intermediate hidden states, collected from the calls it makes anyway.
+"""Reading a transformers model's internal states from the calls it makes anyway.
 
 A trained head (EAGLE-3) reads the inputs of a few target layers at every position the
 target processes. Forward pre-hooks on those layers record them during the verification
-call itself, so no position is run through the target twice.
+call itself, so no position is run through the target twice. Medusa and AutoJudge's mining
+read the final norm's output the same way. This is how the HF model implements
+:class:`~specbench.models.capabilities.InternalStates`.
 """
 
 from __future__ import annotations
