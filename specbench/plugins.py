@@ -34,26 +34,33 @@ A method is a subclass of :class:`DecodingMethod`:
   it for every method of a preset); return a one-line summary.
 * optional classmethod ``replay_proposer(params)``: for draft-free methods, the proposer
   ``generate`` uses; ``specbench replay`` then replays saved greedy outputs through it.
-* optional ``own_baseline()``: the parameters of this same method without speculation (an
-  engine's plain decoding). Its speedup, greedy identity (``= baseline``) and audit are then
-  measured against that preset method instead of the run's baseline.
-* optional ``reference_method()``: what ``specbench audit`` compares samples with when they
-  do not come from the in-process target; by default the ``own_baseline()`` method (a
-  two-sample test) or, without one, the target's exact distribution.
-* optional ``engine_info()`` and ``close()``: methods that run in an external engine
-  describe it (written into every record) and release it when the run ends.
+* optional ``close()``: release what the method holds (processes, servers); called once
+  when the run ends, also after an error or Ctrl-C.
+
+Import everything from :mod:`specbench.api`. Declare the parameter class as the generic
+argument, ``class MyMethod(DecodingMethod[MyParams])``, and ``self.params`` is typed as it.
 
 External engines
 ================
-A method whose generation runs in another process or library declares ``needs =
-frozenset()``: the runner then loads no in-process weights for it, only the target's
+A method whose generation runs in another process or library subclasses
+:class:`EngineMethod` (``needs = frozenset()`` and ``ledger_phases = frozenset()`` by
+default): the runner then loads no in-process weights for it, only the target's
 tokenizer (prompts are handed over as token ids, the same ids every method gets), and
 ``self.models.specs`` holds the preset's model specs to build the engine from. It fills
 :class:`DecodeStats` from what the engine reports (drafts proposed and accepted, per
-position) and puts engine-specific numbers in ``stats.extra``. It sets ``ledger_phases =
-frozenset()`` and returns the phase times the engine reports in ``GenerationResult.costs``
-(seconds by phase); the rest are unknown, never zero. ``plugins/specbench-llamacpp``
-and ``plugins/specbench-vllm`` are complete examples.
+position) and puts engine-specific numbers in ``stats.extra``. It returns the phase times
+the engine reports in ``GenerationResult.costs`` (seconds by phase); the rest are unknown,
+never zero. Its hooks:
+
+* ``engine_info()``: ``{"name", "version", "options"}`` of the engine, in every record.
+* optional ``own_baseline()``: the parameters of this same method without speculation (the
+  engine's plain decoding). Its speedup, greedy identity (``= baseline``) and audit are then
+  measured against that preset method instead of the run's baseline.
+* optional ``reference_method()``: what ``specbench audit`` compares its samples with; by
+  default the ``own_baseline()`` method (a two-sample test) or, without one, the target's
+  exact distribution.
+
+``plugins/specbench-llamacpp`` and ``plugins/specbench-vllm`` are complete examples.
 
 The runner builds one instance per preset method after the models load, so an instance may
 keep state across prompts (compiled graphs, a trained judge).
@@ -116,9 +123,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 from pydantic import BaseModel, ConfigDict
+from typing_extensions import TypeVar
 
 from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
 from specbench.entry_points import BrokenEntry, load_entry_points
@@ -144,6 +152,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "DecodeStats",
     "DecodingMethod",
+    "EngineMethod",
     "GenerationRequest",
     "GenerationResult",
     "MethodInfo",
@@ -160,6 +169,10 @@ class MethodParams(BaseModel):
     """Base for a method's parameters: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: A method's parameter class (``DecodingMethod[P]``).
+P = TypeVar("P", bound=MethodParams, default=MethodParams)
 
 
 @dataclass
@@ -196,7 +209,7 @@ class RunContext:
         return cache_root() / "logs" / f"{self.preset_name}.{self.label}.{kind}.log"
 
 
-class DecodingMethod(ABC):
+class DecodingMethod(ABC, Generic[P]):
     """A decoding method; see the module docstring for the plugin guide."""
 
     name: ClassVar[str] = ""
@@ -214,8 +227,10 @@ class DecodingMethod(ABC):
     #: ``GenerationResult.costs`` instead.
     ledger_phases: ClassVar[frozenset[str]] = frozenset({"draft", "target", "verify"})
 
-    def __init__(self, params: MethodParams, models: MethodModels) -> None:
-        self.params = params
+    def __init__(self, params: P, models: MethodModels) -> None:
+        #: The validated parameters, typed as the subclass's ``P``: ``class
+        #: MyMethod(DecodingMethod[MyParams])`` reads ``self.params.k`` with no cast.
+        self.params: P = params
         self.models = models
         #: Set by methods whose acceptance is simulated (timing only): records are marked.
         self.synthetic = False
@@ -234,10 +249,10 @@ class DecodingMethod(ABC):
         decodes them one after another. Results may carry ``latency_s`` per sequence."""
         return [self.generate(request) for request in requests]
 
-    def prepare(self, context: RunContext) -> None:  # noqa: B027 - optional hook
+    def prepare(self, context: RunContext) -> None:
         """Called once before the warm-up; raise a ``SpecbenchError`` to stop the run."""
 
-    def end_warmup(self) -> None:  # noqa: B027 - optional hook
+    def end_warmup(self) -> None:
         """Called after this method's warm-up generations: forget what they taught state kept
         across requests (a global cache, a learned matrix), so a timed prompt never meets
         its own warm-up output."""
@@ -253,7 +268,21 @@ class DecodingMethod(ABC):
         outputs and cannot be replayed from saved tokens."""
         return None
 
-    def own_baseline(self) -> MethodParams | None:
+    def close(self) -> None:
+        """Release what the method holds (engine processes, servers); called once when the
+        run ends, also after an error or Ctrl-C."""
+
+
+class EngineMethod(DecodingMethod[P]):
+    """A method whose generation runs in another engine or library (vLLM, llama.cpp,
+    transformers' own ``generate``): it describes that engine in every record, may name a
+    plain-decoding twin of itself to be measured against, and reports the phase times the
+    engine measured (``GenerationResult.costs``) instead of the ledger's."""
+
+    needs: ClassVar[frozenset[ModelRole]] = frozenset()
+    ledger_phases: ClassVar[frozenset[str]] = frozenset()
+
+    def own_baseline(self) -> P | None:
         """The parameters of this same method that decode without speculation, when its
         speedup and greedy identity should be measured against those rather than against
         the run's baseline (an engine's plain decoding: ``vllm`` without ``speculative``).
@@ -264,7 +293,7 @@ class DecodingMethod(ABC):
         """
         return None
 
-    def reference_method(self) -> DecodingMethod | None:
+    def reference_method(self) -> DecodingMethod[P] | None:
         """What ``specbench audit`` compares this method's samples with.
 
         ``None``: the in-process target's exact distribution, computed by teacher-forcing
@@ -276,14 +305,25 @@ class DecodingMethod(ABC):
             return None
         return type(self)(params, self.models)
 
-    def engine_info(self) -> dict[str, Any] | None:
-        """For methods that run in an external engine: ``{"name", "version", "options"}``,
-        written into every record of the method; ``None`` for in-process methods."""
-        return None
+    @abstractmethod
+    def engine_info(self) -> dict[str, Any]:
+        """``{"name", "version", "options"}`` of the engine, written into every record."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release what the method holds (engine processes, servers); called once when the
-        run ends, also after an error or Ctrl-C."""
+
+def own_baseline(method: DecodingMethod) -> MethodParams | None:
+    """``method``'s plain-decoding twin's parameters (engines only), else ``None``."""
+    return method.own_baseline() if isinstance(method, EngineMethod) else None
+
+
+def engine_info(method: DecodingMethod) -> dict[str, Any] | None:
+    """What ``method``'s records say about its engine; ``None`` for specbench's own."""
+    return method.engine_info() if isinstance(method, EngineMethod) else None
+
+
+def reference_method(method: DecodingMethod) -> DecodingMethod | None:
+    """What the audit compares ``method``'s samples with; ``None``: the target's exact
+    distribution (every in-process method)."""
+    return method.reference_method() if isinstance(method, EngineMethod) else None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field
 
@@ -20,6 +22,7 @@ from specbench.decoding.verify import RejectionVerifier, Verdict
 from specbench.methods.in_process import InProcessMethod
 from specbench.plugins import (
     DecodingMethod,
+    EngineMethod,
     GenerationRequest,
     GenerationResult,
     MethodModels,
@@ -80,7 +83,7 @@ class FakeEngineParams(MethodParams):
     k: int = Field(3, ge=1)
 
 
-class FakeEngineMethod(DecodingMethod):
+class FakeEngineMethod(EngineMethod[FakeEngineParams]):
     name = "fake-engine"
     description = "TEST ONLY: an 'external engine' audited against its own plain decoding."
     needs = frozenset({ModelRole.TARGET, ModelRole.DRAFT})
@@ -89,7 +92,6 @@ class FakeEngineMethod(DecodingMethod):
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         params = self.params
-        assert isinstance(params, FakeEngineParams)
         if not params.speculative:
             return decode([request], self.models.target)[0]
         verifier = AcceptEverything() if params.broken else RejectionVerifier()
@@ -98,6 +100,9 @@ class FakeEngineMethod(DecodingMethod):
 
     def reference_method(self) -> DecodingMethod:
         return FakeEngineMethod(FakeEngineParams(), self.models)
+
+    def engine_info(self) -> dict[str, Any]:
+        return {"name": "fake-engine", "version": "0", "options": self.params.model_dump()}
 
 
 ENTRY_POINTS = """

@@ -22,7 +22,7 @@ from specbench.models.base import LanguageModel, Tokenizer
 from specbench.models.spec_base import ModelSpecBase
 from specbench.models.toy import ToyConfig, ToyLanguageModel, ToyTokenizer
 from specbench.plugins import (
-    DecodingMethod,
+    EngineMethod,
     GenerationRequest,
     GenerationResult,
     MethodModels,
@@ -59,14 +59,14 @@ class FakeRemoteParams(MethodParams):
     fail_at: int = Field(-1, description="Raise on this call (counted from 0).")
 
 
-class FakeRemoteMethod(DecodingMethod):
+class FakeRemoteMethod(EngineMethod[FakeRemoteParams]):
     name = "fake-remote"
     description = "TEST ONLY: an external engine that loads its own model."
     needs: ClassVar[frozenset] = frozenset()
     Params = FakeRemoteParams
     in_all = False
 
-    def __init__(self, params: MethodParams, models: MethodModels) -> None:
+    def __init__(self, params: FakeRemoteParams, models: MethodModels) -> None:
         super().__init__(params, models)
         self.engine: ToyLanguageModel | None = None
         self.calls = 0
@@ -77,10 +77,10 @@ class FakeRemoteMethod(DecodingMethod):
         self.engine = ToyLanguageModel(ToyConfig(vocab_size=spec.vocab_size, seed=spec.seed), "e")
         self.label = context.label
 
-    def own_baseline(self) -> MethodParams | None:
+    def own_baseline(self) -> FakeRemoteParams | None:
         return FakeRemoteParams(fail_at=self.params.fail_at)  # type: ignore[attr-defined]
 
-    def engine_info(self) -> dict[str, Any] | None:
+    def engine_info(self) -> dict[str, Any]:
         return {"name": "fake", "version": "1.0", "options": self.params.model_dump()}
 
     def close(self) -> None:
@@ -88,7 +88,7 @@ class FakeRemoteMethod(DecodingMethod):
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         params = self.params
-        assert isinstance(params, FakeRemoteParams) and self.engine is not None
+        assert self.engine is not None
         if self.calls == params.fail_at:
             raise RuntimeError("the engine crashed")
         self.calls += 1

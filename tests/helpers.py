@@ -1,4 +1,5 @@
-"""Shared builders for tests: toy model pairs and methods by name."""
+"""Shared builders for tests: toy model pairs and methods by name (from specbench.testing),
+HF pairs, fake distributions."""
 
 from __future__ import annotations
 
@@ -6,52 +7,14 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from specbench.decoding.sampling import SamplingParams
-from specbench.decoding.types import GenerationRequest
-from specbench.models.toy import ToyConfig, ToyLanguageModel
-from specbench.plugins import DecodingMethod, MethodModels, discover_methods
+from specbench.plugins import MethodModels
 from specbench.records import SampleRecord
+from specbench.testing import make_method as make_method
+from specbench.testing import request as request
+from specbench.testing import toy_models
 
-
-def toy_pair(
-    vocab_size: int = 6,
-    order: int = 1,
-    seed: int = 0,
-    distance: float = 1.0,
-    sharpness: float = 1.5,
-    eos_bias: float | None = None,
-) -> MethodModels:
-    """A toy target and a draft at ``distance`` from it."""
-    common: dict[str, Any] = dict(
-        vocab_size=vocab_size, order=order, seed=seed, sharpness=sharpness, eos_bias=eos_bias
-    )
-    target = ToyLanguageModel(ToyConfig(**common), name="toy-target")
-    draft = ToyLanguageModel(ToyConfig(**common, distance=distance), name="toy-draft")
-    return MethodModels(target=target, draft=draft)
-
-
-def make_method(name: str, models: MethodModels, **params: Any) -> DecodingMethod:
-    """An installed method, built the way the runner builds it."""
-    info = discover_methods().get(name)
-    return info.cls(info.cls.Params(**params), models)
-
-
-def request(
-    prompt: list[int],
-    max_new_tokens: int,
-    seed: int = 0,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float = 1.0,
-    stop: frozenset[int] = frozenset(),
-) -> GenerationRequest:
-    return GenerationRequest(
-        prompt_ids=prompt,
-        max_new_tokens=max_new_tokens,
-        sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p),
-        seed=seed,
-        stop_token_ids=stop,
-    )
+#: The toy target and draft most tests use.
+toy_pair = toy_models
 
 
 def hf_pair(tiny_hf: dict[str, Any], arch: str = "llama", **draft_extra: Any) -> MethodModels:

@@ -10,7 +10,7 @@ import pytest
 from engine_plugins import CLOSED, ENTRY_POINTS, LOADS
 from helpers import fake_distribution
 
-from specbench.errors import ModelLoadError
+from specbench.errors import ModelLoadError, SpecbenchError
 from specbench.methods.external_engines import (
     SpecCounters,
     counter_stats,
@@ -181,12 +181,13 @@ def test_prometheus_text_is_parsed_with_labels() -> None:
 llamacpp:n_decode_total 42
 llamacpp:spec_decode_num_accepted_tokens_per_pos_total{position="1"} 3
 llamacpp:spec_decode_num_accepted_tokens_per_pos_total{position="0"} 7
-bad line without value
 """
     metrics = parse_prometheus(text)
     assert metrics["llamacpp:n_decode_total"] == [({}, 42.0)]
     per_pos = metrics["llamacpp:spec_decode_num_accepted_tokens_per_pos_total"]
     assert per_position(per_pos) == [7, 3]
+    with pytest.raises(SpecbenchError, match=r"/metrics is not Prometheus text"):
+        parse_prometheus(text + "a line without a value\n")
 
 
 def test_gguf_paths_of_model_specs(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import fake_distribution, make_method, request, toy_pair
+from helpers import fake_distribution
 from presets_for_tests import write_fast_preset
 
 import specbench
@@ -104,24 +104,3 @@ def test_example_plugin_is_discovered_validated_and_run(tmp_path: Path) -> None:
     ]
     assert len(samples) == 8
     assert all(1 <= s.stats["mean_k"] <= 6 for s in samples)
-
-
-def test_example_plugin_parameters_are_validated(tmp_path: Path) -> None:
-    assert "adaptive-speculative" in discover_methods().methods, INSTALL_HINT
-    preset_path = write_fast_preset(tmp_path)
-    preset_path.write_text(
-        preset_path.read_text().replace(
-            "[prompts]",
-            '[[methods]]\nname = "adaptive-speculative"\nparams = { start_k = 9, max_k = 6 }\n\n[prompts]',
-        )
-    )
-    with pytest.raises(Exception, match=r"methods\[2\]\.params: need min_k <= start_k <= max_k"):
-        load_preset(str(preset_path), discover_methods())
-
-
-def test_example_plugin_adapts_k() -> None:
-    assert "adaptive-speculative" in discover_methods().methods, INSTALL_HINT
-    perfect = toy_pair(vocab_size=16, distance=0.0)
-    method = make_method("adaptive-speculative", perfect, start_k=2, min_k=1, max_k=9)
-    result = method.generate(request([2], 60, 0))
-    assert result.stats.extra["final_k"] == 9  # every draft accepted: k climbs to max_k

@@ -31,7 +31,13 @@ from specbench.decoding.types import GenerationRequest
 from specbench.errors import SpecbenchError
 from specbench.models.base import LanguageModel, common_prefix
 from specbench.models.loading import load_models
-from specbench.plugins import DecodingMethod, MethodModels, ModelRole
+from specbench.plugins import (
+    DecodingMethod,
+    MethodModels,
+    ModelRole,
+    own_baseline,
+    reference_method,
+)
 from specbench.presets.schema import ResolvedPreset
 from specbench.prompts.conversation import PromptEncoder
 from specbench.prompts.prompt import Prompt
@@ -211,7 +217,7 @@ def _audit_methods(
     references = {
         label: reference
         for label, reference in method_references(methods, baseline_label).items()
-        if methods[label].own_baseline() is not None
+        if own_baseline(methods[label]) is not None
     }
     referenced = {r for label in labels if (r := references.get(label)) and r != label}
     needed = labels + sorted(referenced - set(labels))
@@ -251,7 +257,7 @@ def _audit_methods(
             draws = draw_all(label, method)
             records.append(_lossy_record(label, method, draws, baseline_draws, n_tokens))
             return
-        reference = method.reference_method()
+        reference = reference_method(method)
         reference_label = references.get(label)
         if reference is not None and reference_label == label:
             # An engine's own plain decoding: the reference of its speculative rows.

@@ -275,7 +275,7 @@ class JudgeVerifier:
         return unimportant
 
 
-class AutoJudgeMethod(InProcessMethod):
+class AutoJudgeMethod(InProcessMethod[AutoJudgeParams]):
     """Greedy speculative decoding that accepts mismatches a learned judge deems harmless."""
 
     name = "autojudge"

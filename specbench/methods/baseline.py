@@ -10,7 +10,7 @@ class BaselineParams(ExecutionParams):
     """Plain decoding has only the execution fields."""
 
 
-class BaselineMethod(InProcessMethod):
+class BaselineMethod(InProcessMethod[BaselineParams]):
     """Plain autoregressive decoding with the target's KV cache.
 
     It is the execution core with a proposer that drafts nothing, so each step samples one

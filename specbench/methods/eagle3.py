@@ -17,7 +17,7 @@ from specbench.heads.eagle3_training import Eagle3Training, train_eagle3
 from specbench.heads.store import heads_for
 from specbench.methods.in_process import InProcessMethod, OneSequenceParams
 from specbench.models.capabilities import internal_states
-from specbench.plugins import GenerationResult, MethodModels, MethodParams, ModelRole, RunContext
+from specbench.plugins import GenerationResult, MethodModels, ModelRole, RunContext
 
 
 class Eagle3Params(OneSequenceParams):
@@ -54,7 +54,7 @@ class Eagle3Params(OneSequenceParams):
         )
 
 
-class Eagle3Method(InProcessMethod):
+class Eagle3Method(InProcessMethod[Eagle3Params]):
     """An EAGLE-3 head drafting chains (shared verifier) or EAGLE-2 trees (shared tree walk)."""
 
     name = "eagle3"
@@ -64,9 +64,8 @@ class Eagle3Method(InProcessMethod):
     in_all = False
     not_in_all_reason = "needs a trained head: set params.head, or run `specbench heads train`"
 
-    def __init__(self, params: MethodParams, models: MethodModels) -> None:
+    def __init__(self, params: Eagle3Params, models: MethodModels) -> None:
         super().__init__(params, models)
-        assert isinstance(params, Eagle3Params)
         self._states = internal_states(models.target, "eagle3")
         self.state: HeadState | None = None
         self._layers: tuple[int, ...] = ()
@@ -87,7 +86,6 @@ class Eagle3Method(InProcessMethod):
         self._layers = aux_layers(head, shape.num_layers)
         self.state = HeadState(head, states, target.vocab_size)
         params = self.params
-        assert isinstance(params, Eagle3Params)
         if params.tree:
             self.proposer = Eagle3TreeProposer(
                 self.state, params.top_k, params.depth, params.budget
@@ -99,7 +97,6 @@ class Eagle3Method(InProcessMethod):
         """Use the head trained for this target and these settings (training it when
         ``train``); a one-line summary of it."""
         params = self.params
-        assert isinstance(params, Eagle3Params)
         target = self.models.target
         folder, meta = heads_for(
             context, target, "eagle3", params.training(), train_eagle3, train, force
@@ -115,7 +112,6 @@ class Eagle3Method(InProcessMethod):
 
     def train(self, context: RunContext) -> str | None:
         params = self.params
-        assert isinstance(params, Eagle3Params)
         if params.head is not None:
             return None
         return self._trained(context, train=True, force=context.force_train)

@@ -8,14 +8,13 @@ requests run one at a time. :func:`counter_stats` turns such a change into the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from specbench.decoding.types import DecodeStats
-from specbench.errors import ModelLoadError
+from specbench.errors import ModelLoadError, SpecbenchError
 from specbench.install_hints import install_extra
 from specbench.models.spec_base import ModelSpecBase
 from specbench.models.specs import HFModelSpec
@@ -84,28 +83,21 @@ def counter_stats(change: SpecCounters, new_tokens: int) -> DecodeStats:
     return stats
 
 
-_SAMPLE = re.compile(
-    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)"
-)
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
 def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Prometheus text exposition to ``{name: [(labels, value), ...]}`` (comments skipped)."""
+    """Prometheus text exposition (read by ``prometheus_client``'s parser) as ``{sample
+    name: [(labels, value), ...]}``; sample names as the text writes them (``..._total``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        try:
-            value = float(match["value"])
-        except ValueError:
-            continue
-        labels = dict(_LABEL.findall(match["labels"] or ""))
-        out.setdefault(match["name"], []).append((labels, value))
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    except ValueError as error:
+        raise SpecbenchError(
+            f"the engine's /metrics is not Prometheus text ({error})",
+            "check the engine's version; specbench reads its counters from /metrics",
+        ) from error
     return out
 
 

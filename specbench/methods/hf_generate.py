@@ -20,7 +20,7 @@ from specbench.models import ledger
 from specbench.models.base import LanguageModel
 from specbench.models.capabilities import transformers_model
 from specbench.plugins import (
-    DecodingMethod,
+    EngineMethod,
     GenerationRequest,
     GenerationResult,
     MethodParams,
@@ -39,7 +39,7 @@ class HFGenerateParams(MethodParams):
     )
 
 
-class HFGenerateMethod(DecodingMethod):
+class HFGenerateMethod(EngineMethod[HFGenerateParams]):
     """transformers' ``generate`` (plain or assisted) on the in-process models."""
 
     name = "hf-generate"
@@ -51,13 +51,12 @@ class HFGenerateMethod(DecodingMethod):
     in_all = False
     not_in_all_reason = "a reference implementation (transformers' generate): name it to compare"
 
-    def own_baseline(self) -> MethodParams | None:
+    def own_baseline(self) -> HFGenerateParams | None:
         params = self.params
-        assert isinstance(params, HFGenerateParams)
         # Plain generate on the same kernels: the assisted settings do not apply.
         return HFGenerateParams(kernels=params.kernels)
 
-    def engine_info(self) -> dict[str, Any] | None:
+    def engine_info(self) -> dict[str, Any]:
         import transformers
 
         return {
@@ -68,7 +67,6 @@ class HFGenerateMethod(DecodingMethod):
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         params = self.params
-        assert isinstance(params, HFGenerateParams)
         # transformers' own API (generate, generation_config) is what this method times.
         target: Any = transformers_model(self.models.target, self.name).transformers_module()
         kwargs: dict[str, Any] = {}

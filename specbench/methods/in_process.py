@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
+from typing_extensions import TypeVar
 
 from specbench.decoding.core import decode
 from specbench.decoding.execution import Execution
@@ -64,7 +65,11 @@ class OneSequenceParams(ExecutionParams):
     )
 
 
-class InProcessMethod(DecodingMethod):
+#: An in-process method's parameter class (``InProcessMethod[E]``).
+E = TypeVar("E", bound=ExecutionParams, default=ExecutionParams)
+
+
+class InProcessMethod(DecodingMethod[E]):
     """A method on the execution core: set ``self.proposer`` and ``self.verifier`` (defaults:
     plain decoding with the exact rejection verifier) and the core does the rest.
 
@@ -74,13 +79,13 @@ class InProcessMethod(DecodingMethod):
 
     Params = ExecutionParams
 
-    def __init__(self, params: MethodParams, models: MethodModels) -> None:
+    def __init__(self, params: E, models: MethodModels) -> None:
         super().__init__(params, models)
         self.proposer: Proposer = NoProposer()
         self.verifier: Verifier = RejectionVerifier()
 
     def execution(self) -> Execution:
-        params = self.params
+        params: MethodParams = self.params  # a plugin's Params may lack the execution fields
         return params.execution() if isinstance(params, ExecutionParams) else Execution()
 
     def generate(self, request: GenerationRequest) -> GenerationResult:

@@ -15,7 +15,7 @@ class LookaheadParams(ExecutionParams):
     pool_size: int = Field(5, ge=1, le=64, description="G: n-grams verified per step at most.")
 
 
-class LookaheadMethod(InProcessMethod):
+class LookaheadMethod(InProcessMethod[LookaheadParams]):
     """Lookahead decoding; exact at any temperature (the target's samples walk the tree).
 
     Records add ``lookahead_pool_size``, ``lookahead_hit_rate`` (steps with a pool candidate)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from pydantic import Field, model_validator
+from typing_extensions import TypeVar
 
 from specbench.decoding.proposers import Draft, Outcome, Proposal, RowProposer, Sessions, Slot
 from specbench.decoding.tree import Candidate, TokenTree, TreeProposer, best_subtree
@@ -25,7 +26,7 @@ from specbench.heads.medusa_training import MedusaTraining, train_medusa
 from specbench.heads.store import heads_for
 from specbench.methods.in_process import InProcessMethod, OneSequenceParams
 from specbench.models.capabilities import StateCapture, internal_states
-from specbench.plugins import GenerationResult, MethodModels, MethodParams, ModelRole, RunContext
+from specbench.plugins import GenerationResult, MethodModels, ModelRole, RunContext
 
 
 class MedusaParams(OneSequenceParams):
@@ -160,7 +161,10 @@ class MedusaTreeProposer(TreeProposer):
         return tree
 
 
-class MedusaMethod(InProcessMethod):
+M = TypeVar("M", bound="MedusaParams", default="MedusaParams")
+
+
+class MedusaMethod(InProcessMethod[M]):
     """Medusa-1 heads drafting a chain for the shared exact verifier."""
 
     name = "medusa"
@@ -171,9 +175,8 @@ class MedusaMethod(InProcessMethod):
     in_all = False
     not_in_all_reason = "needs trained heads: set params.heads to a Medusa folder or hub id"
 
-    def __init__(self, params: MethodParams, models: MethodModels) -> None:
+    def __init__(self, params: M, models: MethodModels) -> None:
         super().__init__(params, models)
-        assert isinstance(params, MedusaParams)
         self._states = internal_states(models.target, "medusa")
         self.drafter: MedusaDrafter | None = None
         if params.heads is not None:
@@ -181,7 +184,6 @@ class MedusaMethod(InProcessMethod):
 
     def _use(self, heads: MedusaHeads, source: str) -> None:
         params = self.params
-        assert isinstance(params, MedusaParams)
         target, states = self.models.target, self._states
         shape = states.architecture()
         check_fits(heads, shape.hidden_size, shape.vocab_size, source)
@@ -201,7 +203,6 @@ class MedusaMethod(InProcessMethod):
         """Use the heads trained for this target and these settings (training them when
         ``train``); a one-line summary of them."""
         params = self.params
-        assert isinstance(params, MedusaParams)
         target = self.models.target
         folder, meta = heads_for(
             context, target, "medusa", params.training(), train_medusa, train, force
@@ -216,7 +217,6 @@ class MedusaMethod(InProcessMethod):
 
     def train(self, context: RunContext) -> str | None:
         params = self.params
-        assert isinstance(params, MedusaParams)
         if params.heads is not None:
             return None  # given heads: nothing to train
         return self._trained(context, train=True, force=context.force_train)
@@ -253,7 +253,7 @@ class MedusaTypicalParams(MedusaParams):
         return self
 
 
-class MedusaTypicalMethod(MedusaMethod):
+class MedusaTypicalMethod(MedusaMethod[MedusaTypicalParams]):
     """Medusa with its typical acceptance: more tokens per call, not the target's output."""
 
     name = "medusa-typical"
@@ -264,5 +264,4 @@ class MedusaTypicalMethod(MedusaMethod):
 
     def chain_verifier(self) -> Verifier:
         params = self.params
-        assert isinstance(params, MedusaTypicalParams)
         return TypicalAcceptanceVerifier(params.epsilon, params.delta)

@@ -21,7 +21,7 @@ class PromptLookupParams(ExecutionParams):
         return self
 
 
-class PromptLookupMethod(InProcessMethod):
+class PromptLookupMethod(InProcessMethod[PromptLookupParams]):
     """Draft by n-gram lookup in the sequence, verify with the shared (exact) verifier.
 
     Records add ``lookup_hit_rate`` (steps whose lookup found a continuation).
@@ -38,5 +38,5 @@ class PromptLookupMethod(InProcessMethod):
 
     @classmethod
     def replay_proposer(cls, params: MethodParams) -> NgramDrafter:
-        assert isinstance(params, PromptLookupParams)
+        assert isinstance(params, PromptLookupParams)  # replay hands over validated Params
         return NgramDrafter(params.k, params.max_ngram, params.min_ngram)

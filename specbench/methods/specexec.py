@@ -19,7 +19,7 @@ class SpecExecParams(ExecutionParams):
     )
 
 
-class SpecExecMethod(InProcessMethod):
+class SpecExecMethod(InProcessMethod[SpecExecParams]):
     """Draft tree grown by cumulative probability; the target keeps the path its own samples take.
 
     Records add ``tree_size``, ``branch_prune_rate`` (share of proposed children that did not

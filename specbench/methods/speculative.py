@@ -20,7 +20,7 @@ class SpeculativeParams(ExecutionParams):
     )
 
 
-class SpeculativeMethod(InProcessMethod):
+class SpeculativeMethod(InProcessMethod[SpeculativeParams]):
     """Draft ``k`` tokens with the draft model, verify them in one target call.
 
     Exact speculative sampling at any temperature, top-k and top-p (draft and target go

@@ -30,7 +30,7 @@ class SuffixParams(ExecutionParams):
     )
 
 
-class SuffixMethod(InProcessMethod):
+class SuffixMethod(InProcessMethod[SuffixParams]):
     """Suffix Decoding: no draft model; the tree walk verifies exactly.
 
     Records add ``suffix_match_rate`` (steps with a match), ``suffix_match_length``,
@@ -53,7 +53,7 @@ class SuffixMethod(InProcessMethod):
 
     @classmethod
     def replay_proposer(cls, params: MethodParams) -> SuffixProposer:
-        assert isinstance(params, SuffixParams)
+        assert isinstance(params, SuffixParams)  # replay hands over validated Params
         return suffix_proposer(params)
 
 

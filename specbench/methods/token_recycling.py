@@ -34,7 +34,7 @@ class TokenRecyclingParams(ExecutionParams):
         return value
 
 
-class TokenRecyclingMethod(InProcessMethod):
+class TokenRecyclingMethod(InProcessMethod[TokenRecyclingParams]):
     """Token Recycling; exact (the target's samples walk the tree). The matrix persists across
     the prompts of a run.
 
@@ -64,7 +64,6 @@ class TokenRecyclingMethod(InProcessMethod):
 
     def prepare(self, context: RunContext) -> None:
         params = self.params
-        assert isinstance(params, TokenRecyclingParams)
         if params.matrix_path is None:
             return
         self.matrix_file = context.base_dir / params.matrix_path

@@ -31,7 +31,14 @@ from specbench.errors import SpecbenchError
 from specbench.methods.in_process import InProcessMethod
 from specbench.models.ledger import CostLedger, open_ledger
 from specbench.models.loading import load_models
-from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
+from specbench.plugins import (
+    DecodingMethod,
+    MethodModels,
+    MethodParams,
+    RunContext,
+    engine_info,
+    own_baseline,
+)
 from specbench.presets.schema import Preset, ResolvedPreset, flatten_preset, preset_differences
 from specbench.prompts.conversation import PromptEncoder
 from specbench.prompts.prompt import Prompt
@@ -487,7 +494,7 @@ def method_references(
     parameters (an engine's plain decoding), else the run's baseline."""
     references: dict[str, str | None] = {}
     for label, method in methods.items():
-        wanted = method.own_baseline()
+        wanted = own_baseline(method)
         if wanted is None:
             references[label] = baseline
             continue
@@ -774,7 +781,7 @@ class _Context:
         if comparable and reference is not None and key in self.outputs.get(reference, {}):
             matches = self.outputs[reference][key] == sha
         if task.label not in self.engines:
-            self.engines[task.label] = method.engine_info()
+            self.engines[task.label] = engine_info(method)
         scorer = task_for(task.prompt)
         score = scorer.score(task.prompt, texts[-1]) if scorer else None
         output = self.preset.output

@@ -10,11 +10,18 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from specbench.decoding.drafters import ModelDrafter
-from specbench.decoding.proposers import Outcome, Sessions, Slot
-from specbench.methods.in_process import ExecutionParams, InProcessMethod
-from specbench.models.base import LanguageModel
-from specbench.plugins import GenerationRequest, MethodModels, ModelRole
+from specbench.api import (
+    ExecutionParams,
+    GenerationRequest,
+    InProcessMethod,
+    LanguageModel,
+    MethodModels,
+    ModelDrafter,
+    ModelRole,
+    Outcome,
+    Sessions,
+    Slot,
+)
 
 __version__ = "0.1.0"
 
@@ -72,7 +79,7 @@ class AdaptiveDrafter(ModelDrafter):
         }
 
 
-class AdaptiveSpeculativeMethod(InProcessMethod):
+class AdaptiveSpeculativeMethod(InProcessMethod[AdaptiveParams]):
     """Speculative sampling with a draft length that follows recent acceptance: it supplies
     a proposer and leaves decoding to specbench's execution core."""
 

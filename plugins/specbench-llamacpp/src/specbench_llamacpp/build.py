@@ -38,7 +38,7 @@ CMAKE_FLAGS = [
 
 
 def install_root() -> Path:
-    from specbench.cache_dirs import cache_root
+    from specbench.api import cache_root
 
     return cache_root() / "llama.cpp"
 

@@ -13,16 +13,21 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from specbench.decoding.types import GenerationRequest, GenerationResult, StopReason
-from specbench.errors import SpecbenchError
-from specbench.methods.external_engines import (
+from specbench.api import (
+    EngineMethod,
+    GenerationRequest,
+    GenerationResult,
+    MethodModels,
+    MethodParams,
+    RunContext,
+    SpecbenchError,
     SpecCounters,
+    StopReason,
     counter_stats,
     gguf_path,
     parse_prometheus,
     per_position,
 )
-from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
 from specbench_llamacpp.server import LlamaServer, binary_version, find_server
 
 SpecType = Literal[
@@ -73,7 +78,7 @@ class LlamaCppParams(MethodParams):
 _SPECULATIVE_FIELDS = ("draft", "spec_type", "draft_max", "draft_min", "draft_p_min", "spec_args")
 
 
-class LlamaCppMethod(DecodingMethod):
+class LlamaCppMethod(EngineMethod[LlamaCppParams]):
     """llama.cpp's llama-server: plain decoding, a draft model, or n-gram speculation."""
 
     name = "llama-cpp"
@@ -84,19 +89,14 @@ class LlamaCppMethod(DecodingMethod):
     not_in_all_reason = "an external engine (llama-server): name it in a preset's methods"
     Params = LlamaCppParams
 
-    def __init__(self, params: MethodParams, models: MethodModels) -> None:
+    def __init__(self, params: LlamaCppParams, models: MethodModels) -> None:
         super().__init__(params, models)
         self.server: LlamaServer | None = None
         self._version: str | None = None
 
-    @property
-    def config(self) -> LlamaCppParams:
-        assert isinstance(self.params, LlamaCppParams)
-        return self.params
-
     def server_args(self) -> list[str]:
         """The llama-server flags of this configuration (model paths from the preset)."""
-        params = self.config
+        params = self.params
         specs = self.models.require_specs()
         args = ["--model", str(gguf_path(specs.target, "target"))]
         args += ["--ctx-size", str(params.ctx_size), "--parallel", "1", "--metrics"]
@@ -123,10 +123,10 @@ class LlamaCppMethod(DecodingMethod):
     def prepare(self, context: RunContext) -> None:
         if self.server is not None:
             return
-        binary = find_server(self.config.server)
+        binary = find_server(self.params.server)
         server = LlamaServer(binary, self.server_args(), context.log_path("llama-server"))
         context.on_progress(f"{context.label}: starting llama-server (log: {server.log_path})")
-        server.start(self.config.startup_timeout_s)
+        server.start(self.params.startup_timeout_s)
         self.server = server
         props = self._props()
         self._version = str(props.get("build_info") or "unknown")
@@ -146,13 +146,13 @@ class LlamaCppMethod(DecodingMethod):
             return {}
         return value if isinstance(value, dict) else {}
 
-    def own_baseline(self) -> MethodParams | None:
-        plain = self.config.model_dump()
+    def own_baseline(self) -> LlamaCppParams | None:
+        plain = self.params.model_dump()
         for name in _SPECULATIVE_FIELDS:
             plain.pop(name)
         return LlamaCppParams(**plain)
 
-    def engine_info(self) -> dict[str, Any] | None:
+    def engine_info(self) -> dict[str, Any]:
         binary = self.server.binary if self.server is not None else None
         return {
             "name": "llama.cpp",
@@ -244,7 +244,6 @@ class LlamaCppMethod(DecodingMethod):
         (and its sampling). A speculative server reports one figure for drafting and
         verifying together, which no phase of the ledger can take: left unknown."""
         params = self.params
-        assert isinstance(params, LlamaCppParams)
         if params.speculative or "predicted_ms" not in timings:
             return None
         return {"target": (timings.get("prompt_ms", 0.0) + timings["predicted_ms"]) / 1000.0}

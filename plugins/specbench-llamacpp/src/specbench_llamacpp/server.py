@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from specbench.errors import SpecbenchError
+from specbench.api import SpecbenchError
 
 SERVER_ENV = "SPECBENCH_LLAMA_SERVER"
 BUILD_HINT = (

@@ -16,12 +16,21 @@ from typing import Any
 
 from pydantic import Field
 
-from specbench.decoding.types import GenerationRequest, GenerationResult, StopReason
-from specbench.errors import SpecbenchError
-from specbench.methods.external_engines import SpecCounters, counter_stats, engine_model
-from specbench.models.spec_base import ModelSpecBase
-from specbench.models.specs import HFModelSpec
-from specbench.plugins import DecodingMethod, MethodModels, MethodParams, RunContext
+from specbench.api import (
+    EngineMethod,
+    GenerationRequest,
+    GenerationResult,
+    HFModelSpec,
+    MethodModels,
+    MethodParams,
+    ModelSpecBase,
+    RunContext,
+    SpecbenchError,
+    SpecCounters,
+    StopReason,
+    counter_stats,
+    engine_model,
+)
 
 #: Upstream bug: on the CPU, speculative decoding at temperature > 0 never writes the
 #: per-token sampling buffers, so target probabilities become NaN (acceptance ~1%).
@@ -67,7 +76,7 @@ class VllmParams(MethodParams):
         return bool(self.speculative)
 
 
-class VllmMethod(DecodingMethod):
+class VllmMethod(EngineMethod[VllmParams]):
     """vLLM's offline engine: plain decoding, or any of its speculative methods."""
 
     name = "vllm"
@@ -78,19 +87,14 @@ class VllmMethod(DecodingMethod):
     not_in_all_reason = "an external engine (vLLM): name it in a preset's methods"
     Params = VllmParams
 
-    def __init__(self, params: MethodParams, models: MethodModels) -> None:
+    def __init__(self, params: VllmParams, models: MethodModels) -> None:
         super().__init__(params, models)
         self.llm: Any = None
         self._known_issues: list[str] = []
 
-    @property
-    def config(self) -> VllmParams:
-        assert isinstance(self.params, VllmParams)
-        return self.params
-
     def engine_kwargs(self) -> dict[str, Any]:
         """The ``LLM(...)`` arguments of this configuration (model folders from the preset)."""
-        params = self.config
+        params = self.params
         specs = self.models.require_specs()
         kwargs: dict[str, Any] = {
             "model": model_source(specs.target, "target"),
@@ -131,7 +135,7 @@ class VllmMethod(DecodingMethod):
                 "install it in its own environment: see plugins/specbench-vllm/README.md "
                 "(or `nox -s vllm`)",
             ) from error
-        params = self.config
+        params = self.params
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(params.kv_cache_space_gib))
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if params.multiprocessing else "0"
         on_cpu = not torch.cuda.is_available()
@@ -150,10 +154,10 @@ class VllmMethod(DecodingMethod):
                 "check the speculative settings and the model folders; vLLM's log is above",
             ) from error
 
-    def own_baseline(self) -> MethodParams | None:
-        return self.config.model_copy(update={"speculative": None})
+    def own_baseline(self) -> VllmParams | None:
+        return self.params.model_copy(update={"speculative": None})
 
-    def engine_info(self) -> dict[str, Any] | None:
+    def engine_info(self) -> dict[str, Any]:
         import vllm
 
         options = self.engine_kwargs()

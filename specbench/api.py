@@ -1,0 +1,130 @@
+"""Everything a plugin author needs, from one module.
+
+A method, backend or tracker plugin imports from here only::
+
+    from specbench.api import InProcessMethod, ExecutionParams, RowProposer, Proposal
+
+The names below are specbench's plugin interface: they keep their meaning across minor
+versions, while the modules they live in may move. The plugin guides are the docstrings of
+:class:`DecodingMethod` (methods and their hooks), :class:`Proposer` (drafting),
+:class:`ModelBackend` (loading models) and :class:`Tracker` (experiment trackers);
+``docs/plugins.md`` walks through writing each.
+"""
+
+from __future__ import annotations
+
+from specbench.cache_dirs import cache_root
+from specbench.decoding.drafters import ModelDrafter, NgramDrafter
+from specbench.decoding.proposers import (
+    NoProposer,
+    Outcome,
+    Proposal,
+    Proposer,
+    RowProposer,
+    Sessions,
+    Slot,
+)
+from specbench.decoding.sampling import SamplingParams, logits_to_probs, sample
+from specbench.decoding.tree import Candidate, TokenTree, TreeProposer, best_subtree
+from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult, StopReason
+from specbench.decoding.verify import (
+    RejectionVerifier,
+    StepFeatures,
+    TypicalAcceptanceVerifier,
+    Verdict,
+    Verifier,
+)
+from specbench.errors import PluginError, SpecbenchError
+from specbench.methods.external_engines import (
+    SpecCounters,
+    counter_stats,
+    engine_model,
+    gguf_path,
+    parse_prometheus,
+    per_position,
+)
+from specbench.methods.in_process import ExecutionParams, InProcessMethod, OneSequenceParams
+from specbench.models.backends import ModelBackend
+from specbench.models.base import BatchSession, ForwardOutput, LanguageModel, Session, Tokenizer
+from specbench.models.capabilities import (
+    Architecture,
+    InternalStates,
+    StateCapture,
+    TransformersModel,
+    internal_states,
+    transformers_model,
+)
+from specbench.models.spec_base import ModelSpecBase
+from specbench.models.specs import HFModelSpec
+from specbench.plugins import (
+    DecodingMethod,
+    EngineMethod,
+    MethodModels,
+    MethodParams,
+    ModelRole,
+    RunContext,
+    discover_methods,
+)
+from specbench.tracking import Tracker
+
+__all__ = [
+    "Architecture",
+    "BatchSession",
+    "Candidate",
+    "DecodeStats",
+    "DecodingMethod",
+    "EngineMethod",
+    "ExecutionParams",
+    "ForwardOutput",
+    "GenerationRequest",
+    "GenerationResult",
+    "HFModelSpec",
+    "InProcessMethod",
+    "InternalStates",
+    "LanguageModel",
+    "MethodModels",
+    "MethodParams",
+    "ModelBackend",
+    "ModelDrafter",
+    "ModelRole",
+    "ModelSpecBase",
+    "NgramDrafter",
+    "NoProposer",
+    "OneSequenceParams",
+    "Outcome",
+    "PluginError",
+    "Proposal",
+    "Proposer",
+    "RejectionVerifier",
+    "RowProposer",
+    "RunContext",
+    "SamplingParams",
+    "Session",
+    "Sessions",
+    "Slot",
+    "SpecCounters",
+    "SpecbenchError",
+    "StateCapture",
+    "StepFeatures",
+    "StopReason",
+    "TokenTree",
+    "Tokenizer",
+    "Tracker",
+    "TransformersModel",
+    "TreeProposer",
+    "TypicalAcceptanceVerifier",
+    "Verdict",
+    "Verifier",
+    "best_subtree",
+    "cache_root",
+    "counter_stats",
+    "discover_methods",
+    "engine_model",
+    "gguf_path",
+    "internal_states",
+    "logits_to_probs",
+    "parse_prometheus",
+    "per_position",
+    "sample",
+    "transformers_model",
+]
