@@ -1,5 +1,5 @@
 """Developer sessions: `nox -s tests`, `llamacpp`, `vllm`, `slow`, `lint`, `typecheck`,
-`bench-toy`, `engines`.
+`docs`, `bench-toy`, `engines`.
 
 CPU installs use constraints/cpu.txt so torch resolves to the CPU build.
 """
@@ -115,6 +115,15 @@ def browser(session: nox.Session) -> None:
     session.install("selenium>=4.20")
     session.env["SPECBENCH_SCREENSHOT"] = "benchmarks/results/html-report-screenshot.png"
     session.run("pytest", "-m", "browser", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Regenerate the reference pages in docs/reference/ (CLI, method parameters, record
+    fields, preset schema) from the code; tests/test_reference_pages.py fails when they are
+    stale."""
+    install_project(session)
+    session.run("python", "-m", "specbench.reference_pages", "docs/reference")
 
 
 @nox.session

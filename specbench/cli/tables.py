@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import UnionType
-from typing import Annotated, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from rich.table import Table
 
 from specbench.records import SummaryRecord
+from specbench.report.fields import field_rows
 from specbench.report.tables import (
     TableData,
     fmt,
@@ -36,31 +35,13 @@ def listing_table(
 def fields_table(title: str, model: type[BaseModel], skip: Sequence[str] = ()) -> Table:
     """Every field of a pydantic model (method parameters, a backend's model table): name,
     type, default and description, as the model declares them."""
-    names = [name for name in model.model_fields if name not in skip]
-    table = listing_table(title, ("field", "type", "default", "description"), names)
-    for name in names:
-        info = model.model_fields[name]
-        default = info.get_default(call_default_factory=True)
-        shown = "required" if info.is_required() else repr(default)
-        table.add_row(name, _type_name(info.annotation), shown, info.description or "")
+    rows = field_rows(model, skip)
+    table = listing_table(
+        title, ("field", "type", "default", "description"), [r.name for r in rows]
+    )
+    for row in rows:
+        table.add_row(row.name, row.type, row.default, row.description)
     return table
-
-
-def _type_name(annotation: object) -> str:
-    """``int``, ``float | None``, ``'eager' | 'static'`` (a Literal lists its values)."""
-    origin = get_origin(annotation)
-    if origin is Literal:
-        return " | ".join(repr(value) for value in get_args(annotation))
-    if origin is Annotated:
-        return _type_name(get_args(annotation)[0])
-    if origin in (Union, UnionType):
-        return " | ".join(_type_name(arg) for arg in get_args(annotation))
-    if annotation is type(None):
-        return "None"
-    name = getattr(annotation, "__name__", None)
-    if isinstance(name, str) and not get_args(annotation):
-        return name
-    return str(annotation).replace("typing.", "")
 
 
 def progress_table(rows: Sequence[MethodProgress], title: str | None = None) -> Table:

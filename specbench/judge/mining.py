@@ -34,7 +34,7 @@ a near-tie can go the other way and the replayed path part from the mined one: s
 prompt is marked in the cache and mined again, its confidence read inline. Leaving it out
 instead would bias the data: paths part most after an important mismatch, whose path is
 rebuilt from a fresh prefill, so the prompts that part hold more important mismatches
-(BENCHMARKS.md, "AutoJudge: the target's confidence at the mismatch").
+(docs/benchmarks/history.md, "AutoJudge: the target's confidence at the mismatch").
 """
 
 from __future__ import annotations
