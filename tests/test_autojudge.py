@@ -32,7 +32,8 @@ from specbench.prompts.prompt import Prompt
 from specbench.prompts.sources import InlinePromptSet
 from specbench.prompts.tasks import TASKS, Score
 from specbench.records import SampleRecord, read_records
-from specbench.run.runner import run_context, run_preset
+from specbench.run.plan import run_context
+from specbench.run.runner import run_preset
 
 
 class LastCharTask:

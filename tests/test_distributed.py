@@ -18,10 +18,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from ray_crash import CrashAfter, ship_by_value  # noqa: E402
+
 from specbench.plugins import discover_methods  # noqa: E402
 from specbench.presets.schema import load_preset  # noqa: E402
 from specbench.records import RunHeader, SampleRecord, SummaryRecord, read_records  # noqa: E402
-from specbench.run.distributed import CRASH_AFTER, CRASH_MARKER, plan_shards, run_distributed  # noqa: E402
+from specbench.run.distributed import plan_shards, run_distributed  # noqa: E402
 from specbench.run.runner import run_preset  # noqa: E402
 
 PRESET = """
@@ -105,14 +107,12 @@ def test_a_sharded_run_equals_a_local_run(cluster: object, tmp_path: Path) -> No
     assert summaries["speculative"].speedup is not None and summaries["speculative"].samples == 12
 
 
-def test_a_worker_that_dies_is_retried_and_nothing_is_lost(
-    cluster: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_worker_that_dies_is_retried_and_nothing_is_lost(cluster: object, tmp_path: Path) -> None:
     marker = tmp_path / "crashed"
-    monkeypatch.setenv(CRASH_AFTER, "3")
-    monkeypatch.setenv(CRASH_MARKER, str(marker))
+    ship_by_value()
     resolved = load_preset(str(_preset(tmp_path)), discover_methods())
-    outcome = run_distributed(resolved, "auto", output=tmp_path / "retry.jsonl")
+    crash = CrashAfter(3, str(marker))
+    outcome = run_distributed(resolved, "auto", output=tmp_path / "retry.jsonl", after_sample=crash)
     assert marker.exists()  # a worker really died
     keys = [(s.method, s.prompt_id, s.run) for s in _samples(outcome.output)]
     assert len(keys) == len(set(keys)) == 24
@@ -200,12 +200,10 @@ def test_an_interrupted_and_resumed_ray_run_closes_every_session_it_opened(
     assert len(keys) == len(set(keys)) == 24
 
 
-def test_a_retried_shard_ends_the_dead_workers_session(
-    cluster: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(CRASH_AFTER, "3")
-    monkeypatch.setenv(CRASH_MARKER, str(tmp_path / "crashed"))
+def test_a_retried_shard_ends_the_dead_workers_session(cluster: object, tmp_path: Path) -> None:
+    ship_by_value()
     resolved = load_preset(str(_preset(tmp_path)), discover_methods())
-    outcome = run_distributed(resolved, "auto", output=tmp_path / "retry.jsonl")
+    crash = CrashAfter(3, str(tmp_path / "crashed"))
+    outcome = run_distributed(resolved, "auto", output=tmp_path / "retry.jsonl", after_sample=crash)
     headers, ends = _session_bookkeeping(outcome.output)
     assert headers == ends == [1, 2, 3]

@@ -10,8 +10,7 @@ import pytest
 from presets_for_tests import write_fast_preset
 from typer.testing import CliRunner
 
-import specbench.audit.run as audit_module
-import specbench.run.runner as runner_module
+import specbench.run.plan as plan_module
 from specbench.cli.main import app
 from specbench.errors import SpecbenchError
 from specbench.run.output_paths import check_output_dir, check_output_file
@@ -26,8 +25,8 @@ def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a model was loaded before the output path was checked")
 
-    monkeypatch.setattr(runner_module, "load_models", refuse)
-    monkeypatch.setattr(audit_module, "load_models", refuse)
+    # Every command loads its models through the one session plan.
+    monkeypatch.setattr(plan_module, "load_models", refuse)
 
 
 def _bad_file_paths(tmp_path: Path) -> dict[str, tuple[Path, str]]:

@@ -30,7 +30,6 @@ from specbench.decoding.sampling import SamplingParams, logits_to_probs
 from specbench.decoding.types import GenerationRequest
 from specbench.errors import SpecbenchError
 from specbench.models.base import LanguageModel, common_prefix
-from specbench.models.loading import load_models
 from specbench.plugins import (
     DecodingMethod,
     MethodModels,
@@ -40,16 +39,9 @@ from specbench.plugins import (
 )
 from specbench.presets.schema import ResolvedPreset
 from specbench.prompts.conversation import PromptEncoder
-from specbench.prompts.prompt import Prompt
 from specbench.records import AuditRecord, RecordWriter
-from specbench.run.runner import (
-    close_methods,
-    instantiate_methods,
-    method_references,
-    run_context,
-    run_end_record,
-    run_header,
-)
+from specbench.run.plan import SessionPlan
+from specbench.run.runner import run_end_record, run_header
 
 #: Largest top-2 logit margin that still counts as a numerical near-tie, per target dtype.
 TIE_MARGINS = {"bfloat16": 0.5, "float16": 0.1, "float32": 0.01, "float64": 1e-6}
@@ -124,7 +116,6 @@ def audit_preset(
     mode: Mode = "greedy" if sampling.greedy else "sampling"
     n_prompts = options.prompts or (2 if mode == "sampling" else 5)
 
-    report("loading models")
     chosen = [m for m in resolved.methods if not options.methods or m.label in options.methods]
     roles = frozenset(role for m in chosen for role in m.info.cls.needs)
     if mode == "sampling" and any(m.info.cls.exact for m in chosen):
@@ -136,25 +127,20 @@ def audit_preset(
     if mode == "greedy" and any(m.label == preset.runs.baseline for m in resolved.methods):
         baseline_info = next(m for m in resolved.methods if m.label == preset.runs.baseline)
         roles |= baseline_info.info.cls.needs
-    models = load_models(preset.models, report, roles)
-    for model in models.loaded:
-        model.simulate_costs = False  # nothing is timed here
-        # Thousands of short draws from one prompt: process the prompt once.
-        model.reuse_prompt_cache = mode == "sampling"
     prompts = preset.prompts.load(resolved.base_dir)[:n_prompts]
-    tokenizer = models.tokenizer
-    encoder = PromptEncoder(tokenizer, preset.prompts.chat_template, preset.prompts.system_prompt)
-    encoded = [encoder.encode([], p.turns[0], p.system) for p in prompts]
-    if any(not ids for ids in encoded):
-        raise SpecbenchError("a prompt encodes to no tokens", "remove or fix that prompt")
-    methods = instantiate_methods(resolved, models)
-    closed: set[str] = set()  # method-major audits close each method after its draws
-    try:
-        return _audit_methods(
-            resolved, options, output, report, models, methods, prompts, encoded, closed
+    with SessionPlan.open(resolved, prompts, report, roles=roles) as plan:
+        for model in plan.models.loaded:
+            model.simulate_costs = False  # nothing is timed here
+            # Thousands of short draws from one prompt: process the prompt once.
+            model.reuse_prompt_cache = mode == "sampling"
+        tokenizer = plan.models.tokenizer
+        encoder = PromptEncoder(
+            tokenizer, preset.prompts.chat_template, preset.prompts.system_prompt
         )
-    finally:
-        close_methods({label: m for label, m in methods.items() if label not in closed})
+        encoded = [encoder.encode([], p.turns[0], p.system) for p in prompts]
+        if any(not ids for ids in encoded):
+            raise SpecbenchError("a prompt encodes to no tokens", "remove or fix that prompt")
+        return _audit_methods(resolved, options, output, report, plan, encoded)
 
 
 def _audit_methods(
@@ -162,13 +148,11 @@ def _audit_methods(
     options: AuditOptions,
     output: Path,
     report: AuditProgress,
-    models: MethodModels,
-    methods: dict[str, DecodingMethod],
-    prompts: Sequence[Prompt],
+    plan: SessionPlan,
     encoded: list[list[int]],
-    closed: set[str],
 ) -> AuditOutcome:
     preset = resolved.preset
+    models, methods = plan.models, plan.methods
     sampling = SamplingParams(
         preset.sampling.temperature, preset.sampling.top_k, preset.sampling.top_p
     )
@@ -216,7 +200,7 @@ def _audit_methods(
     # Methods measured against a plain-decoding row of their own (engines), by label.
     references = {
         label: reference
-        for label, reference in method_references(methods, baseline_label).items()
+        for label, reference in plan.references.items()
         if own_baseline(methods[label]) is not None
     }
     referenced = {r for label in labels if (r := references.get(label)) and r != label}
@@ -230,7 +214,7 @@ def _audit_methods(
     def ensure(label: str) -> str | None:
         if label not in prepared:
             try:
-                methods[label].prepare(run_context(resolved, label, prompts, on_message=report))
+                plan.prepare(label)
                 prepared[label] = None
             except SpecbenchError as error:
                 prepared[label] = str(error)
@@ -271,8 +255,7 @@ def _audit_methods(
                 records.append(_error_record(label, method, mode, prepared[reference_label] or ""))
                 return
         elif reference is not None:  # not in the preset: start it for the audit
-            reference.prepare(run_context(resolved, reference_key, prompts, on_message=report))
-            methods[reference_key] = reference  # closed with the others
+            plan.adopt(reference_key, reference)  # closed with the others
         if mode == "greedy" and reference is not None:
             draws = draw_all(label, method)
             reference_draws = draw_all(reference_key, reference)
@@ -320,8 +303,7 @@ def _audit_methods(
                 audit_one(label)
         finally:
             if method_major:
-                closed.add(label)
-                method.close()
+                plan.finish(label)
 
     total_tests = sum(len(tests) for _, _, tests, _ in pending)
     per_test = options.alpha / max(total_tests, 1)

@@ -19,6 +19,7 @@ import os
 import queue as queue_module
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,20 +37,19 @@ from specbench.records import (
 )
 from specbench.report.summary import summarize
 from specbench.report.uncertainty import machine_load
-from specbench.run.progress import Progress, ProgressCallback
+from specbench.run.progress import Progress, ProgressCallback, ProgressTracker
 from specbench.run.runner import (
     ResultsFile,
     RunAborted,
     RunOutcome,
     Session,
-    _Tracker,
     run_end_record,
     run_header,
 )
 
-#: Test hook: a worker exits hard after this many samples, once (see ``CRASH_MARKER``).
-CRASH_AFTER = "SPECBENCH_RAY_CRASH_AFTER"
-CRASH_MARKER = "SPECBENCH_RAY_CRASH_MARKER"
+#: Called on the worker after each sample it sent: ``(worker, samples sent so far)``. Tests
+#: pass one that kills the worker mid-shard; it must pickle (Ray ships it to the workers).
+AfterSample = Callable[[str, int], None]
 
 Key = tuple[str, str, int]
 
@@ -81,6 +81,7 @@ def run_shard(
     run_id: str,
     channel: Any,
     shard: int,
+    after_sample: AfterSample | None = None,
 ) -> int:
     """One shard on a Ray worker: every method on ``prompt_ids``; records go to ``channel``."""
     worker = f"shard{shard}@{socket.gethostname()}:{os.getpid()}"
@@ -97,8 +98,6 @@ def run_shard(
         update={"worker": worker}
     )
     channel.put(("header", shard, header.model_dump_json()))
-    crash_after = int(os.environ.get(CRASH_AFTER, "0") or 0)
-    marker = os.environ.get(CRASH_MARKER, "")
     sent = 0
 
     def on_record(record: SampleRecord) -> None:
@@ -107,10 +106,8 @@ def run_shard(
             ("sample", shard, record.model_copy(update={"worker": worker}).model_dump_json())
         )
         sent += 1
-        if crash_after and sent == crash_after and marker and not Path(marker).exists():
-            Path(marker).write_text(worker)
-            time.sleep(0.5)  # let the queue deliver what was sent
-            os._exit(1)  # a worker dying mid-shard (tested)
+        if after_sample is not None:
+            after_sample(worker, sent)
 
     try:
         session.decode(lambda label, w: message(f"warming up {label} ({w})"), on_record)
@@ -133,7 +130,7 @@ class _Driver:
     """Writes what workers send, in arrival order; numbers each worker's session."""
 
     writer: RecordWriter
-    tracker: _Tracker
+    tracker: ProgressTracker
     report: ProgressCallback
     done: set[Key]
     next_session: int
@@ -226,8 +223,10 @@ def run_distributed(
     resume: bool = False,
     on_progress: ProgressCallback | None = None,
     poll_s: float = 0.1,
+    after_sample: AfterSample | None = None,
 ) -> RunOutcome:
-    """Run ``resolved`` on a Ray cluster and write one results file (see the module doc)."""
+    """Run ``resolved`` on a Ray cluster and write one results file (see the module doc);
+    ``after_sample`` runs on the workers after each sample (see :data:`AfterSample`)."""
     ray = require_ray()
     from ray.util.queue import Queue
 
@@ -254,7 +253,7 @@ def run_distributed(
     task = ray.remote(max_retries=0)(run_shard).options(runtime_env=runtime_env, **resources)
     baseline = preset.runs.baseline
     ordered = sorted((m.label for m in resolved.methods), key=lambda label: label != baseline)
-    tracker = _Tracker(ordered, state.wanted, state.previous_samples, baseline, run_id, path)
+    tracker = ProgressTracker(ordered, state.wanted, state.previous_samples, baseline, run_id, path)
 
     def submit(shard: _Shard) -> None:
         # A retry skips what the driver already has, and sees the baseline outputs it needs.
@@ -263,7 +262,14 @@ def run_distributed(
         shard_previous = [s for s in tracker.samples if s.prompt_id in ids]
         shard.attempts += 1
         shard.ref = task.remote(
-            resolved, shard.prompt_ids, shard_done, shard_previous, run_id, channel, shard.index
+            resolved,
+            shard.prompt_ids,
+            shard_done,
+            shard_previous,
+            run_id,
+            channel,
+            shard.index,
+            after_sample,
         )
 
     with RecordWriter(path) as writer:

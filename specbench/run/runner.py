@@ -11,13 +11,12 @@ seeing the model's earlier answers, and the sample adds up time, tokens and stat
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import shlex
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,14 +29,10 @@ from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationR
 from specbench.errors import SpecbenchError
 from specbench.methods.in_process import InProcessMethod
 from specbench.models.ledger import CostLedger, open_ledger
-from specbench.models.loading import load_models
 from specbench.plugins import (
     DecodingMethod,
     MethodModels,
-    MethodParams,
-    RunContext,
     engine_info,
-    own_baseline,
 )
 from specbench.presets.schema import Preset, ResolvedPreset, flatten_preset, preset_differences
 from specbench.prompts.conversation import PromptEncoder
@@ -57,7 +52,8 @@ from specbench.report.summary import generation_metrics, summarize
 from specbench.report.uncertainty import current_load, machine_load
 from specbench.run.environment import collect_environment
 from specbench.run.output_paths import check_output_file
-from specbench.run.progress import MethodProgress, Phase, Progress, ProgressCallback
+from specbench.run.plan import SessionPlan
+from specbench.run.progress import Progress, ProgressCallback, ProgressTracker
 
 
 @dataclass
@@ -156,33 +152,6 @@ def resolve_output(resolved: ResolvedPreset, output: Path | None, resume: bool) 
     return Path(pattern.replace("{timestamp}", stamp))
 
 
-def run_context(
-    resolved: ResolvedPreset,
-    label: str,
-    prompts: Sequence[Prompt],
-    train_missing: bool = False,
-    force_train: bool = False,
-    on_message: Callable[[str], None] | None = None,
-    output: Path | None = None,
-) -> RunContext:
-    """What a method's ``prepare`` and ``train`` hooks get to see of the run."""
-    sampling = resolved.preset.sampling
-    return RunContext(
-        label=label,
-        preset_name=resolved.name,
-        preset_source=resolved.source,
-        models_spec=resolved.preset.models,
-        prompts=resolved.preset.prompts,
-        prompt_ids=[p.id for p in prompts],
-        base_dir=resolved.base_dir,
-        sampling=SamplingParams(sampling.temperature, sampling.top_k, sampling.top_p),
-        train_missing=train_missing,
-        force_train=force_train,
-        on_progress=on_message or (lambda message: None),
-        output=output,
-    )
-
-
 def run_preset(
     resolved: ResolvedPreset,
     output: Path | None = None,
@@ -215,7 +184,7 @@ def run_preset(
     baseline = preset.runs.baseline
     skipped = len(session.tasks) - len(session.todo)
     keys = [t.key for t in session.tasks]
-    tracker = _Tracker(session.labels, keys, state.previous_samples, baseline, run_id, path)
+    tracker = ProgressTracker(session.labels, keys, state.previous_samples, baseline, run_id, path)
     tracker.processed = lambda: _tokens_processed(session.models)
     written = 0
     number = len(headers) + 1
@@ -305,26 +274,30 @@ class ResultsFile:
 
 @dataclass
 class Session:
-    """One session's work: models loaded, methods prepared, and the units it still has to
-    decode (prompt-major order). The local runner and each distributed shard use it alike."""
+    """One session's work: its :class:`SessionPlan` (models, methods, their order and
+    lifecycle) and the units it still has to decode (prompt-major order). The local runner
+    and each distributed shard use it alike."""
 
-    resolved: ResolvedPreset
-    prompts: list[Prompt]
-    models: MethodModels
-    methods: dict[str, DecodingMethod]
-    labels: list[str]
+    plan: SessionPlan
     tasks: list[_Task]
     todo_units: list[tuple[_Task, ...]]
     done: set[tuple[str, str, int]]
     context: _Context
     where: str = "starting"
-    #: Prepares one method (methods decoded apart are prepared just before their turn).
-    prepare: Callable[[str], None] = lambda label: None
-    #: Labels decoded one at a time after the others (``runs.order``).
-    apart: frozenset[str] = frozenset()
-    closed: set[str] = field(default_factory=set)
     #: What one forward of each in-process model costs (None: no in-process target).
     unit_costs: UnitCosts | None = None
+
+    @property
+    def models(self) -> MethodModels:
+        return self.plan.models
+
+    @property
+    def methods(self) -> dict[str, DecodingMethod]:
+        return self.plan.methods
+
+    @property
+    def labels(self) -> list[str]:
+        return self.plan.order
 
     @property
     def todo(self) -> list[_Task]:
@@ -346,40 +319,17 @@ class Session:
         """Load the models, build and prepare the methods, and plan what is left to do;
         ``indices`` place a shard's prompts in the whole set (for seeds)."""
         preset = resolved.preset
-        on_message("loading models")
-        roles = frozenset(role for m in resolved.methods for role in m.info.cls.needs)
-        models = load_models(preset.models, on_message, roles)
-        baseline = preset.runs.baseline
-        methods = instantiate_methods(resolved, models)
-
-        def prepare(label: str) -> None:
-            methods[label].prepare(
-                run_context(resolved, label, prompts, train_missing, False, on_message, output)
-            )
-
-        apart = methods_apart(preset.runs.order, methods)
-        try:
-            references = method_references(methods, baseline, on_message)
-            # The baseline first, then every other method's reference, then the rest.
-            order = {label: 0 if label == baseline else 1 for label in references.values()}
-            labels = sorted((m.label for m in resolved.methods), key=lambda x: order.get(x, 2))
-            for label in methods:
-                if label not in apart:
-                    prepare(label)
-        except BaseException:
-            close_methods(methods)
-            raise
-        units = _units(prompts, preset.runs.count, labels, methods, indices, apart)
+        plan = SessionPlan.open(
+            resolved, prompts, on_message, train_missing=train_missing, output=output
+        )
+        plan.prepare_together()
+        units = _units(prompts, preset.runs.count, plan.order, plan.methods, indices, plan.apart)
         tasks = [task for unit in units for task in unit]
         _check_unique([task.key for task in tasks])
         todo_units = [unit for unit in units if any(t.key not in done for t in unit)]
-        context = _Context(preset, models, run_id, previous_samples, references)
-        session = cls(
-            resolved, prompts, models, methods, labels, tasks, todo_units, set(done), context
-        )
-        session.prepare = prepare
-        session.apart = apart
-        target = models.loaded_target
+        context = _Context(preset, plan.models, run_id, previous_samples, plan.references)
+        session = cls(plan, tasks, todo_units, set(done), context)
+        target = plan.models.loaded_target
         if target is not None and todo_units:
             on_message("measuring unit costs")
             first = todo_units[0][0].prompt
@@ -391,19 +341,18 @@ class Session:
                 # Every engine the methods decode on is probed (its cost shape differs).
                 executions = [
                     method.execution()
-                    for method in methods.values()
+                    for method in plan.methods.values()
                     if isinstance(method, InProcessMethod)
                 ]
                 session.unit_costs = measure_unit_costs(
-                    target, models.draft, grown, engines=executions
+                    target, plan.models.draft, grown, engines=executions
                 )
         return session
 
     def close(self) -> None:
         """Release what the methods hold (engine processes); each method's ``close`` runs
         once, also when method-major decoding closed some already."""
-        close_methods({k: m for k, m in self.methods.items() if k not in self.closed})
-        self.closed.update(self.methods)
+        self.plan.close()
 
     def decode(
         self,
@@ -417,30 +366,30 @@ class Session:
         engines with ``"engines-last"``) come after the others, one at a time: prepared just
         before its warm-up and closed after its last prompt, so only one external engine
         holds memory at a time."""
+        apart = self.plan.apart
         pending = [label for label in self.labels if label in {t.label for t in self.todo}]
-        together = [label for label in pending if label not in self.apart]
+        together = [label for label in pending if label not in apart]
         for label in together:
             self._warm_up(label, on_warmup)
         self._decode_units([u for u in self.todo_units if u[0].label in together], on_record)
-        for label in (label for label in pending if label in self.apart):
+        for label in (label for label in pending if label in apart):
             self.where = f"starting {label}"
-            self.prepare(label)
+            self.plan.prepare(label)
             self._warm_up(label, on_warmup)
             self._decode_units([u for u in self.todo_units if u[0].label == label], on_record)
-            self.closed.add(label)
-            self.methods[label].close()
+            self.plan.finish(label)
 
     def _warm_up(self, label: str, on_warmup: Callable[[str, int], None]) -> None:
-        for w in range(self.resolved.preset.runs.warmup):
+        for w in range(self.plan.resolved.preset.runs.warmup):
             self.where = f"warm-up of {label}"
             on_warmup(label, w + 1)
-            self.context.warm_up(self.methods[label], self.prompts[0], w)
+            self.context.warm_up(self.methods[label], self.plan.prompts[0], w)
         self.methods[label].end_warmup()
 
     def _decode_units(
         self, units: Sequence[tuple[_Task, ...]], on_record: Callable[[SampleRecord], None]
     ) -> None:
-        preset = self.resolved.preset
+        preset = self.plan.resolved.preset
         for unit in units:
             first = unit[0]
             self.where = f"{first.label} on prompt {first.prompt.id} (run {first.run})"
@@ -458,16 +407,6 @@ class Session:
                 on_record(record)
 
 
-def methods_apart(order: str, methods: dict[str, DecodingMethod]) -> frozenset[str]:
-    """The labels ``runs.order`` decodes one at a time, after the others: every method for
-    ``method``, the external engines (no in-process model) for ``engines-last``."""
-    if order == "method":
-        return frozenset(methods)
-    if order == "engines-last":
-        return frozenset(label for label, method in methods.items() if not method.needs)
-    return frozenset()
-
-
 def _check_unique(keys: Sequence[tuple[str, str, int]]) -> None:
     """Decoding skips a (method, prompt id, run) already done: two tasks with one key would
     lose the second without a word, so prompts sharing an id are refused up front."""
@@ -483,41 +422,6 @@ def _check_unique(keys: Sequence[tuple[str, str, int]]) -> None:
 
 def _tokens_processed(models: MethodModels) -> int:
     return sum(model.counters.tokens_processed for model in models.loaded)
-
-
-def method_references(
-    methods: dict[str, DecodingMethod],
-    baseline: str | None,
-    on_message: Callable[[str], None] = lambda message: None,
-) -> dict[str, str | None]:
-    """Each method's reference label: the preset method with its ``own_baseline()``
-    parameters (an engine's plain decoding), else the run's baseline."""
-    references: dict[str, str | None] = {}
-    for label, method in methods.items():
-        wanted = own_baseline(method)
-        if wanted is None:
-            references[label] = baseline
-            continue
-        found = [
-            other
-            for other, candidate in methods.items()
-            if type(candidate) is type(method) and candidate.params == wanted
-        ]
-        references[label] = found[0] if found else None
-        if not found:
-            on_message(
-                f"note: {label} has no plain-decoding row of its own in the preset (add "
-                f"method '{method.name}' with params {wanted.model_dump(exclude_defaults=True)})"
-                "; its within-engine speedup and '= baseline' are not measured"
-            )
-    return references
-
-
-def close_methods(methods: dict[str, DecodingMethod]) -> None:
-    """Call every method's ``close`` hook; one failing does not keep the others open."""
-    for method in methods.values():
-        with contextlib.suppress(Exception):  # best effort at the end of a run
-            method.close()
 
 
 def run_end_record(run_id: str, session: int, status: str) -> RunEnd:
@@ -628,27 +532,6 @@ def _check_prompts_unchanged(
             "set changed since)",
             "restore the prompts the file was written with, or start a new file with --output",
         )
-
-
-def instantiate_methods(
-    resolved: ResolvedPreset, models: MethodModels
-) -> dict[str, DecodingMethod]:
-    """One instance per preset method, keyed by label."""
-    return {m.label: _instantiate(m.label, m.info.cls, m.params, models) for m in resolved.methods}
-
-
-def _instantiate(
-    label: str, cls: type[DecodingMethod], params: MethodParams, models: MethodModels
-) -> DecodingMethod:
-    try:
-        return cls(params, models)
-    except SpecbenchError:
-        raise
-    except Exception as error:
-        raise SpecbenchError(
-            f"method '{label}' failed to start: {type(error).__name__}: {error}",
-            "check its parameters; `specbench methods` shows where it comes from",
-        ) from error
 
 
 @dataclass
@@ -841,61 +724,3 @@ def _merge(results: Sequence[GenerationResult]) -> GenerationResult:
         stats.merge(result.stats)
     tokens = [token for result in results for token in result.tokens]
     return GenerationResult(tokens=tokens, stop_reason=results[-1].stop_reason, stats=stats)
-
-
-class _Tracker:
-    """Running per-method summaries for the progress callback."""
-
-    def __init__(
-        self,
-        labels: Sequence[str],
-        keys: Iterable[tuple[str, str, int]],
-        previous: Sequence[SampleRecord],
-        baseline: str,
-        run_id: str,
-        output: Path,
-    ) -> None:
-        """``keys``: every (label, prompt id, run) of the run."""
-        self.labels = list(labels)
-        wanted = set(keys)
-        self.totals = {label: sum(key[0] == label for key in wanted) for label in labels}
-        self.samples = [s for s in previous if (s.method, s.prompt_id, s.run) in wanted]
-        self.baseline = baseline
-        self.run_id = run_id
-        self.output = output
-        self.processed: Callable[[], int] | None = None
-        self._intervals_at = 0.0
-        self._intervals: dict[str, tuple[tuple[float, float] | None, ...]] = {}
-
-    def add(self, record: SampleRecord) -> Progress:
-        self.samples.append(record)
-        progress = self.snapshot("running", f"{record.method} on {record.prompt_id}")
-        progress.last = record
-        return progress
-
-    def snapshot(self, phase: Phase, message: str) -> Progress:
-        # Bootstrap intervals cost tens of milliseconds: refresh them at most once a second
-        # (between samples, never inside a timed generation).
-        fresh = time.monotonic() - self._intervals_at > 1.0 or phase == "done"
-        if fresh:
-            self._intervals_at = time.monotonic()
-        listed = summarize(self.samples, self.baseline, self.run_id, intervals=fresh)
-        for summary in listed:
-            if fresh:
-                self._intervals[summary.method] = (summary.tokens_per_sec_ci, summary.speedup_ci)
-            else:
-                tps_ci, speedup_ci = self._intervals.get(summary.method, (None, None))
-                summary.tokens_per_sec_ci, summary.speedup_ci = tps_ci, speedup_ci
-        summaries = {s.method: s for s in listed}
-        rows = []
-        for label in self.labels:
-            mine = [s for s in self.samples if s.method == label]
-            workers: dict[str, int] = {}
-            for s in mine:
-                if s.worker is not None:
-                    name = s.worker.split("@")[0]
-                    workers[name] = workers.get(name, 0) + 1
-            rows.append(
-                MethodProgress(label, len(mine), self.totals[label], summaries.get(label), workers)
-            )
-        return Progress(phase, message, self.output, rows, processed=self.processed)

@@ -1,12 +1,11 @@
-"""Train what a preset's methods need before they run (``specbench judge train``)."""
+"""Train what a preset's methods need before they run (``specbench train``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from specbench.models.loading import load_models
 from specbench.presets.schema import ResolvedPreset
-from specbench.run.runner import instantiate_methods, run_context
+from specbench.run.plan import SessionPlan
 
 
 def train_methods(
@@ -14,15 +13,14 @@ def train_methods(
     force: bool = False,
     on_message: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """Load the preset's models once and call ``train`` on every method; returns summaries."""
+    """Load the preset's models once and call ``train`` on every method, in the session
+    plan's order; returns the one-line summaries of what was trained or found."""
     say = on_message or (lambda message: None)
-    say("loading models")
-    models = load_models(resolved.preset.models, say)
     prompts = resolved.preset.prompts.load(resolved.base_dir)
     summaries = []
-    for label, method in instantiate_methods(resolved, models).items():
-        context = run_context(resolved, label, prompts, force_train=force, on_message=say)
-        summary = method.train(context)
-        if summary:
-            summaries.append(summary)
+    with SessionPlan.open(resolved, prompts, say, force_train=force) as plan:
+        for label in plan.order:
+            summary = plan.methods[label].train(plan.context(label))
+            if summary:
+                summaries.append(summary)
     return summaries
