@@ -30,7 +30,7 @@ A method is a subclass of :class:`DecodingMethod`:
   :class:`RunContext` (the preset, prompts, sampling); load or check what the method needs.
 * optional ``end_warmup()``: methods that keep state across requests reset what the
   warm-up taught them (the warm-up decodes prompt 0, which is then timed).
-* optional ``train(context)``: train what the method needs (``specbench judge train`` calls
+* optional ``train(context)``: train what the method needs (``specbench train`` calls
   it for every method of a preset); return a one-line summary.
 * optional classmethod ``replay_proposer(params)``: for draft-free methods, the proposer
   ``generate`` uses; ``specbench replay`` then replays saved greedy outputs through it.
@@ -181,7 +181,7 @@ class RunContext:
 
     ``prompts`` is the preset's prompt-set spec and ``prompt_ids`` the ids of the prompts
     this run decodes; ``train_missing`` says the user asked to train what is missing on the
-    spot (``--train-judge``) and ``force_train`` to train again even if it exists.
+    spot (``run --train``) and ``force_train`` to train again even if it exists.
     """
 
     label: str

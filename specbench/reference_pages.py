@@ -62,7 +62,7 @@ def cli_page() -> str:
     lines = [NOTICE, "", "# Command-line reference", "", _text(root.help), ""]
     for path, cmd in _commands(root, ["specbench"]):
         lines += [f"## `{' '.join(path)}`", "", _text(cmd.help), ""]
-        params = [p for p in cmd.params if p.name != "help"]
+        params = [p for p in cmd.params if p.name != "help" and not getattr(p, "hidden", False)]
         arguments = [p for p in params if p.param_type_name == "argument"]
         options = [p for p in params if p.param_type_name == "option"]
         usage = " ".join([*path, *(f"[{a.name.upper()}]" for a in arguments), "[OPTIONS]"])
@@ -77,6 +77,8 @@ def cli_page() -> str:
 
 def _commands(group: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
     for name, sub in getattr(group, "commands", {}).items():
+        if getattr(sub, "hidden", False):  # older spellings, kept working with a note
+            continue
         here = [*path, name]
         if getattr(sub, "commands", None):
             yield here, sub

@@ -24,7 +24,7 @@ from specbench.judge import cache
 from specbench.judge.classifier import JudgeClassifier
 from specbench.judge.continuations import greedy_continuations
 from specbench.judge.mining import MiningSettings, mine_labels
-from specbench.methods.autojudge import JudgeVerifier
+from specbench.judge.verifier import JudgeVerifier
 from specbench.plugins import discover_methods
 from specbench.presets.schema import load_preset, sweep_parameter
 from specbench.prompts.conversation import PromptEncoder
@@ -252,7 +252,7 @@ def test_judge_cache_key_changes_with_every_determinant(tmp_path: Path) -> None:
     def key(resolved) -> str:
         method = next(m for m in resolved.methods if m.info.name == "autojudge")
         instance = method.info.cls(method.params, models)
-        return instance.key(run_context(resolved, method.label, prompts))
+        return instance.training(run_context(resolved, method.label, prompts)).key()
 
     reference = key(base)
     changes = [
@@ -289,7 +289,7 @@ def test_judge_cache_key_changes_with_every_determinant(tmp_path: Path) -> None:
 
 def test_run_without_judge_says_how_to_train_then_trains_on_request(tmp_path: Path) -> None:
     preset = load_preset(str(_write_preset(tmp_path)), discover_methods())
-    with pytest.raises(SpecbenchError, match=r"specbench judge train --preset .*aj\.toml"):
+    with pytest.raises(SpecbenchError, match=r"specbench train --preset .*aj\.toml"):
         run_preset(preset, output=tmp_path / "a.jsonl")
     outcome = run_preset(preset, output=tmp_path / "b.jsonl", train_missing=True)
     assert len(cache.list_judges()) == 1
@@ -394,7 +394,7 @@ def test_a_judge_chooses_its_feature_set_inside_validation_and_decodes_with_it(
 def test_feature_sets_must_name_blocks_that_are_on() -> None:
     from pydantic import ValidationError
 
-    from specbench.methods.autojudge import JudgeSettings
+    from specbench.judge.settings import JudgeSettings
 
     with pytest.raises(ValidationError, match="'confidence', which is off"):
         JudgeSettings(feature_sets=["target+confidence"])

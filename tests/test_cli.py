@@ -487,3 +487,15 @@ def test_a_toy_pair_that_cannot_show_speculation_is_named_in_validate_and_run(
         assert "models.draft: a toy draft with distance = 0" in result.output
     quick = runner.invoke(app, ["validate", "quickstart"], env={"COLUMNS": "400"})
     assert "a toy target with" not in quick.output and "a toy draft with" not in quick.output
+
+
+def test_train_is_one_command_and_older_spellings_say_so() -> None:
+    """`specbench train` trains what any method needs; `judge train` and `heads train` still
+    run it, with a note naming the new command."""
+    plain = CliRunner().invoke(app, ["train", "-p", "quickstart"])
+    assert plain.exit_code == 2
+    assert "has no method that trains anything" in " ".join(plain.output.split())
+    for group in ("judge", "heads"):
+        older = CliRunner().invoke(app, [group, "train", "-p", "quickstart"])
+        assert older.exit_code == 2
+        assert f"`specbench {group} train` is now `specbench train`" in older.output

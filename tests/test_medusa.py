@@ -249,7 +249,7 @@ max_new_tokens = 16
     # Without trained heads a run stops at once, naming the command that trains them.
     missing = runner.invoke(app, ["run", "-p", str(preset), "-o", str(tmp_path / "a.jsonl")])
     assert missing.exit_code != 0
-    assert "specbench heads train" in " ".join(missing.output.split())
+    assert "specbench train -p" in " ".join(missing.output.split())
     trained = runner.invoke(app, ["heads", "train", "-p", str(preset)])
     assert trained.exit_code == 0, trained.output
     assert "holdout top-1 per head" in trained.output

@@ -256,7 +256,7 @@ def test_methods_all_says_what_it_skipped_and_why(tmp_path: Path) -> None:
 
     resolved = load_preset("quickstart", discover_methods())
     skipped = dict(resolved.skipped)
-    assert "autojudge" in skipped and "judge train" in skipped["autojudge"]
+    assert "autojudge" in skipped and "specbench train" in skipped["autojudge"]
     no_draft = tmp_path / "target-only.toml"
     no_draft.write_text(
         'methods = "all"\n[models.target]\nbackend = "toy"\n'

@@ -18,12 +18,11 @@ from specbench.cli.common import (
     console,
     err_console,
     fail_with,
-    flag_overrides,
+    resolve_preset,
 )
 from specbench.cli.live import MessageView
 from specbench.errors import SpecbenchError
-from specbench.plugins import discover_methods
-from specbench.presets.schema import load_preset, parse_override, select_methods
+from specbench.presets.schema import select_methods
 from specbench.run.output_paths import check_output_file
 
 
@@ -66,16 +65,13 @@ def audit(
     """Audit exact methods: sampled outputs against the target's exact distribution
     (chi-square), greedy outputs token for token against the baseline. Exit code 1 when an
     exact method fails."""
-    flags = flag_overrides(
-        {
-            "--temperature": ("sampling.temperature", temperature),
-            "--top-k": ("sampling.top_k", top_k),
-            "--top-p": ("sampling.top_p", top_p),
-        }
-    )
+    flags = {
+        "--temperature": ("sampling.temperature", temperature),
+        "--top-k": ("sampling.top_k", top_k),
+        "--top-p": ("sampling.top_p", top_p),
+    }
     try:
-        overrides = [parse_override(a) for a in assignments or []] + flags
-        resolved = load_preset(preset, discover_methods(), overrides)
+        resolved = resolve_preset(preset, assignments, flags)
         chosen = [m.strip() for m in methods.split(",")] if methods else None
         if chosen:
             # The baseline comes along: greedy verdicts and lossy divergence compare with it.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NoReturn
 
 import typer
@@ -11,7 +11,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from specbench.errors import SpecbenchError
-from specbench.presets.schema import Override
+from specbench.plugins import discover_methods
+from specbench.presets.schema import (
+    Override,
+    ResolvedPreset,
+    load_preset,
+    parse_override,
+)
 
 # Piped output is not wrapped at 80 columns: logs and tables stay one line per row.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -55,3 +61,34 @@ def flag_overrides(flags: Mapping[str, tuple[str, Any]]) -> list[Override]:
 def flag_arguments(overrides: list[Override]) -> list[str]:
     """The command-line words that give these flag overrides again (for resume commands)."""
     return [word for o in overrides for word in o.origin.split(" ", 1)]
+
+
+def resolve_preset(
+    preset: str, assignments: Sequence[str] | None, flags: Mapping[str, tuple[str, Any]]
+) -> ResolvedPreset:
+    """A preset with the command's overrides: its value flags (``{"--runs": ("runs.count",
+    2)}``, unset ones left out) and every ``--set``; the one override path of every command."""
+    overrides = [parse_override(a) for a in assignments or []] + flag_overrides(flags)
+    return load_preset(preset, discover_methods(), overrides)
+
+
+def typed_arguments(ctx: typer.Context, skip: Collection[str] = ()) -> list[str]:
+    """The options of the running command the user gave (not left at their defaults), as
+    command-line words in the command's order; ``skip`` names parameters to leave out. What
+    a printed resume command repeats, read from the parsed command line itself."""
+    words: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if param.param_type_name != "option" or name in skip:
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name == "DEFAULT":
+            continue
+        flag = max(param.opts, key=len)
+        value = ctx.params.get(name)
+        if getattr(param, "is_flag", False):
+            words += [flag] if value else []
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            words += [flag, str(item)]
+    return words

@@ -5,25 +5,26 @@ from __future__ import annotations
 import typer
 
 from specbench.cli.common import EXIT_INVALID_INPUT, console, fail_with
-from specbench.cli.judge_cmd import train_preset
 from specbench.cli.tables import listing_table
+from specbench.cli.train_cmd import note_renamed, train_preset
 from specbench.errors import SpecbenchError
 from specbench.heads.store import STORE, heads_dir
 
-app = typer.Typer(help="Train drafting heads (EAGLE-3, Medusa) and manage the trained ones.")
+app = typer.Typer(
+    help="The cache of trained EAGLE-3 and Medusa heads (train them with `specbench train`)."
+)
 
 
-@app.command("train")
+@app.command("train", hidden=True)
 def train(
     preset: str = typer.Option(
         ..., "--preset", "-p", help="Preset with an eagle3 or medusa method."
     ),
     force: bool = typer.Option(False, "--force", help="Train again even if cached."),
 ) -> None:
-    """Train (or find) the heads of every method of a preset that needs some."""
-    train_preset(
-        preset, force, "add an eagle3 method without params.head, or medusa without params.heads"
-    )
+    """The older spelling of ``specbench train``."""
+    note_renamed("specbench heads train", "specbench train")
+    train_preset(preset, force)
 
 
 @app.command("list")

@@ -6,52 +6,25 @@ import json
 
 import typer
 
-from specbench.cli.common import EXIT_FAILURE, EXIT_INVALID_INPUT, console, fail_with
+from specbench.cli.common import EXIT_INVALID_INPUT, console, fail_with
 from specbench.cli.tables import listing_table
+from specbench.cli.train_cmd import note_renamed, train_preset
 from specbench.errors import SpecbenchError
 from specbench.judge import cache
-from specbench.plugins import discover_methods
-from specbench.presets.schema import load_preset
-from specbench.run.training import train_methods
 
-app = typer.Typer(help="Train judges for AutoJudge and manage the cache of trained ones.")
+app = typer.Typer(help="The cache of trained AutoJudge judges (train them with `specbench train`).")
 cache_app = typer.Typer(help="Trained judges on disk.")
 app.add_typer(cache_app, name="cache")
 
 
-@app.command("train")
+@app.command("train", hidden=True)
 def train(
     preset: str = typer.Option(..., "--preset", "-p", help="Preset with an autojudge method."),
     force: bool = typer.Option(False, "--force", help="Mine and train again even if cached."),
 ) -> None:
-    """Mine labels, train and cache the judge of every autojudge method of a preset."""
-    train_preset(preset, force, "add an autojudge method")
-
-
-def train_preset(preset: str, force: bool, nothing_hint: str) -> None:
-    """Train what every method of ``preset`` needs (judges, heads), printing progress; the
-    body of ``judge train`` and ``heads train``."""
-    try:
-        resolved = load_preset(preset, discover_methods())
-    except SpecbenchError as error:
-        fail_with(error, EXIT_INVALID_INPUT)
-    with console.status("starting") as status:
-
-        def say(message: str) -> None:
-            status.update(message)
-            console.print(message, highlight=False, markup=False)
-
-        try:
-            summaries = train_methods(resolved, force=force, on_message=say)
-        except SpecbenchError as error:
-            fail_with(error, EXIT_FAILURE)
-    if not summaries:
-        fail_with(
-            SpecbenchError(f"preset '{resolved.name}' has no method to train", nothing_hint),
-            EXIT_INVALID_INPUT,
-        )
-    for line in summaries:
-        console.print(line, highlight=False, markup=False)
+    """The older spelling of ``specbench train``."""
+    note_renamed("specbench judge train", "specbench train")
+    train_preset(preset, force)
 
 
 @cache_app.command("list")

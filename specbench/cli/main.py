@@ -15,6 +15,7 @@ from specbench.cli import (
     replay_cmd,
     report_cmd,
     run_cmd,
+    train_cmd,
     validate_cmd,
 )
 
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.command("run")(run_cmd.run)
 app.command("validate")(validate_cmd.validate)
 app.command("audit")(audit_cmd.audit)
+app.command("train")(train_cmd.train)
 app.command("methods")(methods_cmd.methods)
 app.command("backends")(backends_cmd.backends)
 app.add_typer(presets_cmd.app, name="presets")

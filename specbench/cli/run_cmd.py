@@ -21,8 +21,8 @@ from specbench.cli.common import (
     err_console,
     fail,
     fail_with,
-    flag_arguments,
     flag_overrides,
+    typed_arguments,
 )
 from specbench.cli.live import ProgressView
 from specbench.cli.tables import summary_table
@@ -54,6 +54,7 @@ from specbench.tracking import TrackingSession, make_trackers
 
 
 def run(
+    ctx: typer.Context,
     preset: list[str] = typer.Option(
         None,
         "--preset",
@@ -83,12 +84,13 @@ def run(
     sweeps: list[str] = typer.Option(
         None, "--sweep", help="One method copy per value: --sweep k=2,4,8 (repeatable)."
     ),
-    thresholds: str = typer.Option(
-        None, "--thresholds", help="AutoJudge sweep, same as --sweep threshold=a,b,c."
+    train: bool = typer.Option(
+        False,
+        "--train",
+        help="Train what a method needs (a judge, heads) on the spot instead of stopping.",
     ),
-    train_judge: bool = typer.Option(
-        False, "--train-judge", help="Train a missing judge on the spot instead of stopping."
-    ),
+    thresholds: str = typer.Option(None, "--thresholds", hidden=True),
+    train_judge: bool = typer.Option(False, "--train-judge", hidden=True),
     track: list[str] = typer.Option(
         None, "--track", help="Log to an experiment tracker: mlflow or wandb (repeatable)."
     ),
@@ -117,24 +119,15 @@ def run(
     presets = list(preset or [])
     if not presets and study is None:
         fail("name a preset with --preset (or a study with --study)", EXIT_INVALID_INPUT)
-    sweep_texts = list(sweeps or []) + ([f"threshold={thresholds}"] if thresholds else [])
-    # Every flag that changed the preset, so the printed resume command reproduces it.
-    replay = [arg for p in presets for arg in ("--preset", p)]
-    replay += ["--study", str(study)] if study is not None else []
-    replay += flag_arguments(flags)
-    for name, value in (("--methods", methods), ("--thresholds", thresholds)):
-        if value is not None:
-            replay += [name, str(value)]
-    for assignment in assignments or []:
-        replay += ["--set", assignment]
-    for sweep in sweeps or []:
-        replay += ["--sweep", sweep]
-    for tracker in track or []:
-        replay += ["--track", tracker]
-    if ray is not None:
-        replay += ["--ray", ray]
+    # The older spellings still work, each with a note naming the current one.
+    if thresholds:
+        _note(f"--thresholds {thresholds} is --sweep threshold={thresholds}")
     if train_judge:
-        replay.append("--train-judge")
+        _note("--train-judge is --train (it trains judges and heads alike)")
+    sweep_texts = list(sweeps or []) + ([f"threshold={thresholds}"] if thresholds else [])
+    train = train or train_judge
+    # Every flag that changed the preset, so the printed resume command reproduces it.
+    replay = typed_arguments(ctx, skip={"output", "resume", "quiet", "debug"})
 
     try:
         overrides = [parse_override(a) for a in assignments or []] + flags
@@ -163,9 +156,7 @@ def run(
     except SpecbenchError as error:
         fail_with(error, EXIT_INVALID_INPUT)
     _notes(resolved, quiet)
-    outcome = _run_one(
-        resolved, output, resume, quiet, train_judge, tracking, replay, debug, runner
-    )
+    outcome = _run_one(resolved, output, resume, quiet, train, tracking, replay, debug, runner)
     if quiet:
         console.print(str(outcome.output), highlight=False, markup=False)
         return
@@ -199,13 +190,13 @@ def _run_one(
     output: Path | None,
     resume: bool,
     quiet: bool,
-    train_judge: bool,
+    train: bool,
     tracking: TrackingSession,
     replay: list[str],
     debug: bool,
     runner: Callable[..., RunOutcome],
 ) -> RunOutcome:
-    extra = {"train_missing": train_judge} if runner is run_preset else {}
+    extra = {"train_missing": train} if runner is run_preset else {}
     try:
         with ProgressView(console, quiet=quiet) as view:
             tracking.start(resolved)
@@ -354,3 +345,7 @@ def _hint_for(error: BaseException) -> str:
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else ""
+
+
+def _note(text: str) -> None:
+    err_console.print(f"note: {text}", highlight=False, markup=False, soft_wrap=True)

@@ -125,8 +125,8 @@ def heads_for(
         if not train:
             raise SpecbenchError(
                 f"{context.label}: no {kind} head trained for this target and settings",
-                f"run `specbench heads train -p {context.preset_source}` (or `run "
-                "--train-judge`), or point the method's params at a head folder",
+                f"run `specbench train -p {context.preset_source}` (or `run --train`), "
+                "or point the method's params at a head folder",
             )
         trainer(target, identity, settings, force, context.on_progress)
     folder = heads_dir() / key

@@ -24,7 +24,7 @@ class Eagle3Params(OneSequenceParams):
     head: str | None = Field(
         None,
         description="EAGLE-3 head: a folder or hub id (speculators or EAGLE layout); unset: "
-        "the head `specbench heads train` trained for this target with the settings below.",
+        "the head `specbench train` trained for this target with the settings below.",
     )
     tree: bool = Field(False, description="EAGLE-2 dynamic trees instead of chains.")
     k: int = Field(4, ge=1, le=16, description="Chain: drafts per step.")
@@ -62,7 +62,7 @@ class Eagle3Method(InProcessMethod[Eagle3Params]):
     needs = frozenset({ModelRole.TARGET})
     Params = Eagle3Params
     in_all = False
-    not_in_all_reason = "needs a trained head: set params.head, or run `specbench heads train`"
+    not_in_all_reason = "needs a trained head: set params.head, or run `specbench train`"
 
     def __init__(self, params: Eagle3Params, models: MethodModels) -> None:
         super().__init__(params, models)

@@ -33,7 +33,7 @@ class MedusaParams(OneSequenceParams):
     heads: str | None = Field(
         None,
         description="Medusa heads: a folder or a hub id (Medusa's hub layout); unset: heads "
-        "`specbench heads train` trained for this target with the settings below.",
+        "`specbench train` trained for this target with the settings below.",
     )
     k: int | None = Field(None, ge=1, le=16, description="Heads used per step (default: all).")
     tree: bool = Field(False, description="Candidate trees (top_k per head) instead of a chain.")

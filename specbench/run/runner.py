@@ -161,7 +161,7 @@ def run_preset(
 ) -> RunOutcome:
     """Run every method of ``resolved`` and write records to the results file.
 
-    ``train_missing`` lets methods train what they need on the spot (``--train-judge``).
+    ``train_missing`` lets methods train what they need on the spot (``--train``).
     """
     state = ResultsFile.open(resolved, output, resume)
     path, run_id, headers = state.path, state.run_id, state.headers
