@@ -57,6 +57,7 @@ from specbench.models.capabilities import (
 from specbench.models.spec_base import ModelSpecBase
 from specbench.models.specs import HFModelSpec
 from specbench.plugins import (
+    CommandPlugin,
     DecodingMethod,
     EngineMethod,
     MethodModels,
@@ -65,12 +66,15 @@ from specbench.plugins import (
     RunContext,
     discover_methods,
 )
+from specbench.prompts.prompt import Prompt
+from specbench.prompts.tasks import Score, Task
 from specbench.tracking import Tracker
 
 __all__ = [
     "Architecture",
     "BatchSession",
     "Candidate",
+    "CommandPlugin",
     "DecodeStats",
     "DecodingMethod",
     "EngineMethod",
@@ -93,12 +97,14 @@ __all__ = [
     "OneSequenceParams",
     "Outcome",
     "PluginError",
+    "Prompt",
     "Proposal",
     "Proposer",
     "RejectionVerifier",
     "RowProposer",
     "RunContext",
     "SamplingParams",
+    "Score",
     "Session",
     "Sessions",
     "Slot",
@@ -107,6 +113,7 @@ __all__ = [
     "StateCapture",
     "StepFeatures",
     "StopReason",
+    "Task",
     "TokenTree",
     "Tokenizer",
     "Tracker",

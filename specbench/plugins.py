@@ -149,7 +149,9 @@ KNOWN_PLUGINS = {
 }
 
 __all__ = [
+    "COMMAND_GROUP",
     "ENTRY_POINT_GROUP",
+    "CommandPlugin",
     "DecodeStats",
     "DecodingMethod",
     "EngineMethod",
@@ -324,6 +326,23 @@ def reference_method(method: DecodingMethod) -> DecodingMethod | None:
     """What the audit compares ``method``'s samples with; ``None``: the target's exact
     distribution (every in-process method)."""
     return method.reference_method() if isinstance(method, EngineMethod) else None
+
+
+#: Entry-point group of CLI command plugins.
+COMMAND_GROUP = "specbench.commands"
+
+
+class CommandPlugin(ABC):
+    """Adds commands to the ``specbench`` CLI (entry-point group ``specbench.commands``, the
+    way simonw/llm's ``register_commands`` hook does): ``register(app)`` receives the root
+    Typer app and adds commands or groups to it. Keep the command thin: parse, call the
+    library, render."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def register(self, app: Any) -> None:
+        """Add this plugin's commands to ``app`` (a ``typer.Typer``)."""
 
 
 @dataclass(frozen=True)

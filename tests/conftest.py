@@ -7,6 +7,7 @@ import torch
 
 from specbench.models.backends import discover_backends
 from specbench.plugins import discover_methods
+from specbench.prompts.tasks import tasks
 
 # Tests use toy and tiny models whose matrices are too small to gain from threads, and a
 # second busy process (a benchmark on the same two cores) makes OpenMP's spinning threads
@@ -19,9 +20,11 @@ def _fresh_registry() -> Iterator[None]:
     """Entry points are re-read for every test, so installs or sys.path changes show up."""
     discover_methods(refresh=True)
     discover_backends(refresh=True)
+    tasks.cache_clear()
     yield
     discover_methods(refresh=True)
     discover_backends(refresh=True)
+    tasks.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ from specbench.presets.schema import load_preset, sweep_parameter
 from specbench.prompts.conversation import PromptEncoder
 from specbench.prompts.prompt import Prompt
 from specbench.prompts.sources import InlinePromptSet
-from specbench.prompts.tasks import TASKS, Score
+from specbench.prompts.tasks import Score, tasks
 from specbench.records import SampleRecord, read_records
 from specbench.run.plan import run_context
 from specbench.run.runner import run_preset
@@ -48,7 +48,7 @@ class LastCharTask:
 
 @pytest.fixture(autouse=True)
 def toy_task_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(TASKS, "toy-last", LastCharTask())
+    monkeypatch.setitem(tasks(), "toy-last", LastCharTask())
     monkeypatch.setenv(cache_dirs.CACHE_ENV, str(tmp_path / "cache"))
 
 

@@ -50,14 +50,14 @@ class _PromptSetBase(BaseModel):
 
     def check(self, base_dir: Path) -> list[tuple[str, str, str]]:
         """Problems beyond the schema: ``(field, message, hint)`` triples."""
-        from specbench.prompts.tasks import TASKS
+        from specbench.prompts.tasks import tasks, unknown_task
 
         issues = []
         if self.template is not None and "{prompt}" not in self.template:
             issues.append(("template", "the template has no {prompt} placeholder", "add {prompt}"))
-        if self.task is not None and self.task not in TASKS:
+        if self.task is not None and self.task not in tasks():
             issues.append(
-                ("task", f"unknown task '{self.task}'", f"use one of: {', '.join(sorted(TASKS))}")
+                ("task", unknown_task(self.task), f"use one of: {', '.join(sorted(tasks()))}")
             )
         return issues
 

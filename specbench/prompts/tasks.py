@@ -11,15 +11,18 @@ own process.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
 import sys
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar
 
+from specbench.entry_points import load_entry_points
 from specbench.prompts.prompt import Prompt, normalize_number
 
 
@@ -31,18 +34,20 @@ class Score:
     answer: str
 
 
-class Task(Protocol):
-    """How to read an answer out of an output and score it."""
+class Task(ABC):
+    """How to read an answer out of an output and score it. Tasks are plugins (entry-point
+    group ``specbench.tasks``, the built-in ``gsm8k`` and ``humaneval`` included); a prompt
+    set names its task (``task = "gsm8k"``)."""
 
-    name: str
+    name: ClassVar[str] = ""
 
+    @abstractmethod
     def answer(self, prompt: Prompt, text: str) -> Hashable | None:
         """The output's answer (``None`` when it has none)."""
-        ...
 
+    @abstractmethod
     def score(self, prompt: Prompt, text: str) -> Score | None:
         """The output against the prompt's reference; ``None`` when there is no reference."""
-        ...
 
 
 def extract_number_answer(text: str) -> str | None:
@@ -65,7 +70,7 @@ def extract_number_answer(text: str) -> str | None:
     return normalize_number(numbers[-1]) if numbers else None
 
 
-class Gsm8kTask:
+class Gsm8kTask(Task):
     """GSM8K: the final number, compared with the reference's ``#### N``."""
 
     name = "gsm8k"
@@ -87,7 +92,7 @@ class ExecutionResult:
     reason: str
 
 
-class HumanEvalTask:
+class HumanEvalTask(Task):
     """HumanEval: pass@1 of the completion under the problem's unit tests."""
 
     name = "humaneval"
@@ -156,9 +161,29 @@ def run_isolated(program: str, timeout_s: float, memory_bytes: int = 2 << 30) ->
     return ExecutionResult(False, lines[-1] if lines else f"exit status {result.returncode}")
 
 
-TASKS: dict[str, Task] = {"gsm8k": Gsm8kTask(), "humaneval": HumanEvalTask()}
+TASK_GROUP = "specbench.tasks"
+
+
+@functools.cache
+def tasks() -> dict[str, Task]:
+    """Every task registered under ``specbench.tasks`` by name (loaded once)."""
+    group = load_entry_points(TASK_GROUP, Task)
+    _BROKEN.update({name: entry.error for name, entry in group.broken.items()})
+    return {name: entry.cls() for name, entry in group.loaded.items()}
+
+
+#: Task plugins that failed to load, with why (a prompt set naming one is told).
+_BROKEN: dict[str, str] = {}
+
+
+def unknown_task(name: str) -> str:
+    """Why ``name`` is no task: a plugin that failed to load, or none by that name."""
+    tasks()
+    if name in _BROKEN:
+        return f"task '{name}' failed to load: {_BROKEN[name]}"
+    return f"unknown task '{name}'"
 
 
 def task_for(prompt: Prompt) -> Task | None:
     """The task that scores ``prompt``, if any."""
-    return TASKS.get(prompt.task) if prompt.task else None
+    return tasks().get(prompt.task) if prompt.task else None
