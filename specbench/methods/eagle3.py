@@ -7,6 +7,9 @@ the shared tree walk; both are exact (greedy: token for token equal to greedy de
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from pydantic import Field
 
 from specbench.decoding.eagle import Eagle3Drafter, Eagle3TreeProposer, HeadState
@@ -14,10 +17,10 @@ from specbench.decoding.types import GenerationRequest
 from specbench.errors import SpecbenchError
 from specbench.heads.eagle3 import Eagle3Head, aux_layers, check_fits, load_eagle3
 from specbench.heads.eagle3_training import Eagle3Training, train_eagle3
-from specbench.heads.store import heads_for
-from specbench.methods.in_process import InProcessMethod, OneSequenceParams
-from specbench.models.capabilities import internal_states
-from specbench.plugins import GenerationResult, MethodModels, ModelRole, RunContext
+from specbench.heads.store import Trainer
+from specbench.methods.in_process import OneSequenceParams
+from specbench.methods.trained_heads import TrainedHeadsMethod
+from specbench.plugins import GenerationResult, MethodModels, ModelRole
 
 
 class Eagle3Params(OneSequenceParams):
@@ -54,7 +57,7 @@ class Eagle3Params(OneSequenceParams):
         )
 
 
-class Eagle3Method(InProcessMethod[Eagle3Params]):
+class Eagle3Method(TrainedHeadsMethod[Eagle3Params]):
     """An EAGLE-3 head drafting chains (shared verifier) or EAGLE-2 trees (shared tree walk)."""
 
     name = "eagle3"
@@ -63,28 +66,42 @@ class Eagle3Method(InProcessMethod[Eagle3Params]):
     Params = Eagle3Params
     in_all = False
     not_in_all_reason = "needs a trained head: set params.head, or run `specbench train`"
+    kind = "eagle3"
 
     def __init__(self, params: Eagle3Params, models: MethodModels) -> None:
-        super().__init__(params, models)
-        self._states = internal_states(models.target, "eagle3")
         self.state: HeadState | None = None
         self._layers: tuple[int, ...] = ()
-        if params.head is not None:
-            self._use(load_eagle3(params.head), params.head)
+        super().__init__(params, models)
 
     @property
     def head(self) -> Eagle3Head | None:
         return None if self.state is None else self.state.head
 
-    def _use(self, head: Eagle3Head, source: str) -> None:
-        target, states = self.models.target, self._states
+    def given(self) -> str | None:
+        return self.params.head
+
+    def load(self, source: str) -> Eagle3Head:
+        return load_eagle3(source)
+
+    def training(self) -> Eagle3Training:
+        return self.params.training()
+
+    def trainer(self) -> Trainer:
+        return train_eagle3
+
+    def describe(self, folder: Path, meta: dict[str, Any]) -> str:
+        accuracy = ", ".join(f"{a:.2f}" for a in meta["holdout_top1"])
+        return f"EAGLE-3 head {folder.name} (holdout top-1 per draft step: {accuracy})"
+
+    def use(self, heads: Eagle3Head, source: str) -> None:
+        target, states = self.models.target, self.states
         shape = states.architecture()
-        check_fits(head, shape.hidden_size, shape.vocab_size, shape.num_layers, source)
+        check_fits(heads, shape.hidden_size, shape.vocab_size, shape.num_layers, source)
         # The target's dtype: drafts are deterministic or their q is reported, so the
         # head's precision changes which tokens are proposed, never exactness.
-        head.to(target.device, states.weights_dtype)
-        self._layers = aux_layers(head, shape.num_layers)
-        self.state = HeadState(head, states, target.vocab_size)
+        heads.to(target.device, states.weights_dtype)
+        self._layers = aux_layers(heads, shape.num_layers)
+        self.state = HeadState(heads, states, target.vocab_size)
         params = self.params
         if params.tree:
             self.proposer = Eagle3TreeProposer(
@@ -93,34 +110,11 @@ class Eagle3Method(InProcessMethod[Eagle3Params]):
         else:
             self.proposer = Eagle3Drafter(self.state, params.k, params.sample_drafts)
 
-    def _trained(self, context: RunContext, train: bool, force: bool = False) -> str | None:
-        """Use the head trained for this target and these settings (training it when
-        ``train``); a one-line summary of it."""
-        params = self.params
-        target = self.models.target
-        folder, meta = heads_for(
-            context, target, "eagle3", params.training(), train_eagle3, train, force
-        )
-        self._use(load_eagle3(str(folder)), str(folder))
-        accuracy = ", ".join(f"{a:.2f}" for a in meta["holdout_top1"])
-        head = f"EAGLE-3 head {folder.name}"
-        return f"{context.label}: {head} (holdout top-1 per draft step: {accuracy})"
-
-    def prepare(self, context: RunContext) -> None:
-        if self.state is None:
-            self._trained(context, train=context.train_missing)
-
-    def train(self, context: RunContext) -> str | None:
-        params = self.params
-        if params.head is not None:
-            return None
-        return self._trained(context, train=True, force=context.force_train)
-
     def decode(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         state = self.state
         if state is None:
             raise SpecbenchError("eagle3 was used before prepare()", "call prepare(context)")
-        with self._states.capture_layer_inputs(self._layers) as capture:
+        with self.states.capture_layer_inputs(self._layers) as capture:
             state.capture = capture
             try:
                 return super().decode(requests)

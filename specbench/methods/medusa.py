@@ -11,6 +11,8 @@ separate method ``medusa-typical``, never marked exact.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
@@ -23,10 +25,11 @@ from specbench.decoding.verify import RejectionVerifier, TypicalAcceptanceVerifi
 from specbench.errors import SpecbenchError
 from specbench.heads.medusa import MedusaHeads, check_fits, load_medusa
 from specbench.heads.medusa_training import MedusaTraining, train_medusa
-from specbench.heads.store import heads_for
-from specbench.methods.in_process import InProcessMethod, OneSequenceParams
-from specbench.models.capabilities import StateCapture, internal_states
-from specbench.plugins import GenerationResult, MethodModels, ModelRole, RunContext
+from specbench.heads.store import Trainer
+from specbench.methods.in_process import OneSequenceParams
+from specbench.methods.trained_heads import TrainedHeadsMethod
+from specbench.models.capabilities import StateCapture
+from specbench.plugins import GenerationResult, MethodModels, ModelRole
 
 
 class MedusaParams(OneSequenceParams):
@@ -164,7 +167,7 @@ class MedusaTreeProposer(TreeProposer):
 M = TypeVar("M", bound="MedusaParams", default="MedusaParams")
 
 
-class MedusaMethod(InProcessMethod[M]):
+class MedusaMethod(TrainedHeadsMethod[M]):
     """Medusa-1 heads drafting a chain for the shared exact verifier."""
 
     name = "medusa"
@@ -174,17 +177,31 @@ class MedusaMethod(InProcessMethod[M]):
     accept_length_model = "chain_analytic"
     in_all = False
     not_in_all_reason = "needs trained heads: set params.heads to a Medusa folder or hub id"
+    kind = "medusa"
 
     def __init__(self, params: M, models: MethodModels) -> None:
-        super().__init__(params, models)
-        self._states = internal_states(models.target, "medusa")
         self.drafter: MedusaDrafter | None = None
-        if params.heads is not None:
-            self._use(load_medusa(params.heads), params.heads)
+        super().__init__(params, models)
 
-    def _use(self, heads: MedusaHeads, source: str) -> None:
+    def given(self) -> str | None:
+        return self.params.heads
+
+    def load(self, source: str) -> MedusaHeads:
+        return load_medusa(source)
+
+    def training(self) -> MedusaTraining:
+        return self.params.training()
+
+    def trainer(self) -> Trainer:
+        return train_medusa
+
+    def describe(self, folder: Path, meta: dict[str, Any]) -> str:
+        accuracy = ", ".join("-" if a is None else f"{a:.2f}" for a in meta["holdout_top1"])
+        return f"Medusa heads {folder.name} (holdout top-1 per head: {accuracy})"
+
+    def use(self, heads: MedusaHeads, source: str) -> None:
         params = self.params
-        target, states = self.models.target, self._states
+        target, states = self.models.target, self.states
         shape = states.architecture()
         check_fits(heads, shape.hidden_size, shape.vocab_size, source)
         # The target's dtype halves the bytes a bf16 target's heads read per step; drafts
@@ -199,35 +216,13 @@ class MedusaMethod(InProcessMethod[M]):
             )
         self.verifier = self.chain_verifier()
 
-    def _trained(self, context: RunContext, train: bool, force: bool = False) -> str | None:
-        """Use the heads trained for this target and these settings (training them when
-        ``train``); a one-line summary of them."""
-        params = self.params
-        target = self.models.target
-        folder, meta = heads_for(
-            context, target, "medusa", params.training(), train_medusa, train, force
-        )
-        self._use(load_medusa(str(folder)), str(folder))
-        accuracy = ", ".join("-" if a is None else f"{a:.2f}" for a in meta["holdout_top1"])
-        return f"{context.label}: Medusa heads {folder.name} (holdout top-1 per head: {accuracy})"
-
-    def prepare(self, context: RunContext) -> None:
-        if self.drafter is None:
-            self._trained(context, train=context.train_missing)
-
-    def train(self, context: RunContext) -> str | None:
-        params = self.params
-        if params.heads is not None:
-            return None  # given heads: nothing to train
-        return self._trained(context, train=True, force=context.force_train)
-
     def decode(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         if self.drafter is None:
             raise SpecbenchError("medusa was used before prepare()", "call prepare(context)")
         proposer = self.proposer
         if not isinstance(proposer, MedusaTreeProposer):
             return super().decode(requests)
-        with self._states.capture_final_states() as capture:
+        with self.states.capture_final_states() as capture:
             proposer.capture = capture
             try:
                 return super().decode(requests)
