@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import typer
 from rich.syntax import Syntax
@@ -11,7 +12,7 @@ from specbench.cli.common import EXIT_INVALID_INPUT, console, err_console, fail,
 from specbench.cli.tables import listing_table
 from specbench.errors import SpecbenchError
 from specbench.plugins import discover_methods
-from specbench.presets.formats import dump, format_of
+from specbench.presets.formats import Format, dump, format_of
 from specbench.presets.schema import (
     available_presets,
     find_preset,
@@ -64,10 +65,11 @@ def convert(
     valid preset is converted: a broken one would be copied with its faults."""
     if to not in ("yaml", "toml", "json"):
         fail(f"--to {to!r} is not a preset format", EXIT_INVALID_INPUT)
+    fmt = cast(Format, to)
     try:
         path = find_preset(name)
         load_preset(str(path), discover_methods())  # every problem, before anything is written
-        text = dump(read_preset_file(path), to)  # type: ignore[arg-type]
+        text = dump(read_preset_file(path), fmt)
         if output is not None:
             check_output_file(output, "--output")
     except SpecbenchError as error:

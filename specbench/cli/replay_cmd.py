@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
+from rich.table import Table
 
 from specbench.cli.common import EXIT_INVALID_INPUT, console, fail, fail_with
 from specbench.cli.tables import listing_table
@@ -62,7 +63,7 @@ def replay_command(
         )
 
 
-def _table(outcomes: list[ReplayResult], title: str):  # type: ignore[no-untyped-def]
+def _table(outcomes: list[ReplayResult], title: str) -> Table:
     table = listing_table(
         title,
         (

@@ -80,13 +80,15 @@ class ModelDrafter(Proposer):
                     token = int(sample(q, self._generators[b]))
                     probs[b].append(q)
                 tokens[b].append(token)
-                drafts[b].append(token)  # type: ignore[union-attr]
+                sequence = drafts[b]
+                assert sequence is not None  # a row with output was given a sequence
+                sequence.append(token)
         return [
             Proposal(
                 tokens=tokens[slot.row],
                 probs=torch.stack(probs[slot.row]) if probs[slot.row] else None,
                 hidden=torch.stack(hidden[slot.row]) if hidden[slot.row] else None,
-                last_hidden=self._last_hidden(slot.row, drafts[slot.row])  # type: ignore[arg-type]
+                last_hidden=self._last_hidden(slot.row, list(slot.sequence) + tokens[slot.row])
                 if self.collect_hidden and tokens[slot.row]
                 else None,
             )

@@ -8,6 +8,7 @@ run: :class:`TrackingSession` prints one warning line and turns that tracker off
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -165,7 +166,7 @@ class TrackingSession:
         if output is not None and output.exists():
             self._each("artifact", lambda t: t.log_artifact(output))
             for plot in _plots(output):
-                self._each("artifact", lambda t, plot=plot: t.log_artifact(plot))  # type: ignore[misc]
+                self._each("artifact", functools.partial(_log_artifact, path=plot))
         self._each("finish", lambda t: t.finish(status))
 
 
@@ -179,3 +180,7 @@ def _plots(output: Path) -> list[Path]:
         return write_plots([load_results(output)], folder)
     except (SpecbenchError, ImportError):
         return []
+
+
+def _log_artifact(tracker: Tracker, path: Path) -> None:
+    tracker.log_artifact(path)

