@@ -233,102 +233,145 @@ def mine_labels(
     on_progress: Callable[[MiningProgress], None] | None = None,
     cache: MiningCache | None = None,
 ) -> MinedData:
-    """Mine labelled mismatches from ``prompts`` (see the module docstring)."""
-    report = on_progress or (lambda progress: None)
-    results: dict[str, PromptMined] = {}
-    from_cache = 0
-    todo: list[Prompt] = []
-    for prompt in prompts:
-        cached = cache.load(prompt.id) if cache is not None else None
-        if cached is None:
-            todo.append(prompt)
-        else:
-            results[prompt.id] = cached
-            from_cache += 1
-    if from_cache:
-        report(_progress(results, len(prompts), f"{from_cache} prompts mined before (cache)"))
-    without = [
-        p
-        for p in prompts
-        if settings.confidence and p.id in results and not results[p.id].has_confidence
-    ]
-    # Prompts marked by an earlier replay are mined again; so is any that disagrees below.
-    remine = {p.id for p in without if results[p.id].replay_failed}
-    replay = [p for p in without if p.id not in remine]
-    replayed_ok = 0
-    if replay:
-        searches = [
-            _Search(p, encoder.encode([], p.turns[0], p.system), mined=results[p.id])
-            for p in replay
-        ]
+    """Mine labelled mismatches from ``prompts`` (see the module docstring): take what the
+    cache holds, bring cached prompts up to the settings (replay them for the confidence
+    columns), mine the rest, then collect every prompt's examples."""
+    mining = _Mining(target, draft, list(prompts), encoder, settings, on_progress, cache)
+    todo = mining.from_cache()
+    remined = mining.bring_cache_up_to_date()
+    mining.search(remined + todo, answer)
+    return mining.collect(remined)
 
-        def replayed_one(search: _Search, agreed: bool) -> None:
-            nonlocal replayed_ok
-            if agreed:
-                replayed_ok += 1
+
+@dataclass
+class _Mining:
+    """One call of :func:`mine_labels`: its prompts' results as they come in."""
+
+    target: LanguageModel
+    draft: LanguageModel
+    prompts: list[Prompt]
+    encoder: PromptEncoder
+    settings: MiningSettings
+    on_progress: Callable[[MiningProgress], None] | None
+    cache: MiningCache | None
+    results: dict[str, PromptMined] = field(default_factory=dict)
+    from_cached: int = 0
+    replayed_ok: int = 0
+
+    def report(self, message: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(_progress(self.results, len(self.prompts), message))
+
+    def save(self, prompt_id: str, mined: PromptMined) -> None:
+        if self.cache is not None:
+            self.cache.save(prompt_id, mined)
+
+    def from_cache(self) -> list[Prompt]:
+        """Take every prompt the cache holds; the prompts still to mine."""
+        todo: list[Prompt] = []
+        for prompt in self.prompts:
+            cached = self.cache.load(prompt.id) if self.cache is not None else None
+            if cached is None:
+                todo.append(prompt)
             else:
-                search.mined.confidence = []
-                search.mined.replay_failed = True
-                remine.add(search.prompt.id)
-            if cache is not None:  # an interrupted run re-mines it without a second replay
-                cache.save(search.prompt.id, search.mined)
-            verdict = "replayed" if agreed else "replay disagreed, to be mined again:"
-            report(_progress(results, len(prompts), f"{verdict} {search.prompt.id}"))
+                self.results[prompt.id] = cached
+                self.from_cached += 1
+        if self.from_cached:
+            self.report(f"{self.from_cached} prompts mined before (cache)")
+        return todo
 
-        _replay_pool(target, draft, searches, settings, replayed_one)
-    remined = [p for p in prompts if p.id in remine]
-    for prompt in remined:
-        del results[prompt.id]
-    if remined:
-        message = f"mining {len(remined)} prompts again: their replay disagreed"
-        report(_progress(results, len(prompts), message))
-    todo = remined + todo
+    def bring_cache_up_to_date(self) -> list[Prompt]:
+        """Cached prompts mined without the confidence columns the settings ask for are
+        replayed to get them; those whose replay disagrees (or did before) are mined again.
+        Returns the prompts to mine again, dropped from the results."""
+        without = [
+            p
+            for p in self.prompts
+            if self.settings.confidence
+            and p.id in self.results
+            and not self.results[p.id].has_confidence
+        ]
+        # Prompts marked by an earlier replay are mined again; so is any that disagrees below.
+        remine = {p.id for p in without if self.results[p.id].replay_failed}
+        replay = [p for p in without if p.id not in remine]
+        if replay:
+            searches = [
+                _Search(p, self.encoder.encode([], p.turns[0], p.system), mined=self.results[p.id])
+                for p in replay
+            ]
 
-    def finished(search: _Search) -> None:
-        results[search.prompt.id] = search.mined
-        if cache is not None:
-            cache.save(search.prompt.id, search.mined)
-        report(_progress(results, len(prompts), f"mined {search.prompt.id}"))
+            def replayed_one(search: _Search, agreed: bool) -> None:
+                if agreed:
+                    self.replayed_ok += 1
+                else:
+                    search.mined.confidence = []
+                    search.mined.replay_failed = True
+                    remine.add(search.prompt.id)
+                # An interrupted run re-mines it without a second replay.
+                self.save(search.prompt.id, search.mined)
+                verdict = "replayed" if agreed else "replay disagreed, to be mined again:"
+                self.report(f"{verdict} {search.prompt.id}")
 
-    searches = [_Search(p, encoder.encode([], p.turns[0], p.system)) for p in todo]
-    _mine_pool(target, draft, searches, answer, settings, finished)
-    features: list[torch.Tensor] = []
-    confidence: list[torch.Tensor] = []
-    examples: list[MinedExample] = []
-    without_answer: list[str] = []
-    left_out: list[str] = []
-    unfinished = 0
-    for prompt in prompts:
-        mined = results[prompt.id]
-        if not mined.answered:
-            without_answer.append(prompt.id)
-        if settings.confidence and not mined.has_confidence:
-            left_out.append(prompt.id)
-            continue
-        features += mined.features
-        confidence += mined.confidence
-        examples += mined.examples
-        unfinished += mined.unfinished
-    if not examples and left_out:
-        raise NothingMinedError(
-            f"no mined prompt has the target's confidence at its mismatches ({len(left_out)} "
-            "left out: the target gives no logits there)"
+            _replay_pool(self.target, self.draft, searches, self.settings, replayed_one)
+        remined = [p for p in self.prompts if p.id in remine]
+        for prompt in remined:
+            del self.results[prompt.id]
+        if remined:
+            self.report(f"mining {len(remined)} prompts again: their replay disagreed")
+        return remined
+
+    def search(self, todo: list[Prompt], answer: AnswerFn) -> None:
+        """Mine ``todo``, saving each prompt to the cache as it finishes."""
+
+        def finished(search: _Search) -> None:
+            self.results[search.prompt.id] = search.mined
+            self.save(search.prompt.id, search.mined)
+            self.report(f"mined {search.prompt.id}")
+
+        searches = [_Search(p, self.encoder.encode([], p.turns[0], p.system)) for p in todo]
+        _mine_pool(self.target, self.draft, searches, answer, self.settings, finished)
+
+    def collect(self, remined: list[Prompt]) -> MinedData:
+        """Every prompt's examples, in prompt order, as one labelled set."""
+        features: list[torch.Tensor] = []
+        confidence: list[torch.Tensor] = []
+        examples: list[MinedExample] = []
+        without_answer: list[str] = []
+        left_out: list[str] = []
+        unfinished = 0
+        for prompt in self.prompts:
+            mined = self.results[prompt.id]
+            if not mined.answered:
+                without_answer.append(prompt.id)
+            if self.settings.confidence and not mined.has_confidence:
+                left_out.append(prompt.id)
+                continue
+            features += mined.features
+            confidence += mined.confidence
+            examples += mined.examples
+            unfinished += mined.unfinished
+        if not examples and left_out:
+            raise NothingMinedError(
+                "no mined prompt has the target's confidence at its mismatches "
+                f"({len(left_out)} left out: the target gives no logits there)"
+            )
+        if not examples:
+            raise NothingMinedError(
+                "mining found no mismatches: are the target and draft identical?"
+            )
+        return MinedData(
+            features=torch.stack(features),
+            labels=torch.tensor([e.important for e in examples], dtype=torch.long),
+            examples=examples,
+            prompts_used=len(self.prompts) - len(without_answer) - len(left_out),
+            prompts_without_answer=without_answer,
+            unfinished=unfinished,
+            prompts_from_cache=self.from_cached - len(remined),
+            confidence=torch.stack(confidence) if len(confidence) == len(examples) else None,
+            prompts_replayed=self.replayed_ok,
+            prompts_remined=len(remined),
+            prompts_left_out=left_out,
         )
-    if not examples:
-        raise NothingMinedError("mining found no mismatches: are the target and draft identical?")
-    return MinedData(
-        features=torch.stack(features),
-        labels=torch.tensor([e.important for e in examples], dtype=torch.long),
-        examples=examples,
-        prompts_used=len(prompts) - len(without_answer) - len(left_out),
-        prompts_without_answer=without_answer,
-        unfinished=unfinished,
-        prompts_from_cache=from_cache - len(remined),
-        confidence=torch.stack(confidence) if len(confidence) == len(examples) else None,
-        prompts_replayed=replayed_ok,
-        prompts_remined=len(remined),
-        prompts_left_out=left_out,
-    )
 
 
 def _mine_pool(
