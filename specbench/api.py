@@ -67,6 +67,7 @@ from specbench.plugins import (
     discover_methods,
 )
 from specbench.prompts.prompt import Prompt
+from specbench.prompts.sources import PromptSource, prompts_from_rows
 from specbench.prompts.tasks import Score, Task
 from specbench.tracking import Tracker
 
@@ -98,6 +99,7 @@ __all__ = [
     "Outcome",
     "PluginError",
     "Prompt",
+    "PromptSource",
     "Proposal",
     "Proposer",
     "RejectionVerifier",
@@ -132,6 +134,7 @@ __all__ = [
     "logits_to_probs",
     "parse_prometheus",
     "per_position",
+    "prompts_from_rows",
     "sample",
     "transformers_model",
 ]

@@ -7,6 +7,7 @@ import torch
 
 from specbench.models.backends import discover_backends
 from specbench.plugins import discover_methods
+from specbench.prompts.sources import plugin_sources
 from specbench.prompts.tasks import tasks
 
 # Tests use toy and tiny models whose matrices are too small to gain from threads, and a
@@ -21,10 +22,12 @@ def _fresh_registry() -> Iterator[None]:
     discover_methods(refresh=True)
     discover_backends(refresh=True)
     tasks.cache_clear()
+    plugin_sources.cache_clear()
     yield
     discover_methods(refresh=True)
     discover_backends(refresh=True)
     tasks.cache_clear()
+    plugin_sources.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from helpers import fake_distribution
 from typer.testing import CliRunner
 
 from specbench.prompts.prompt import Prompt
-from specbench.prompts.sources import InlinePromptSet
+from specbench.prompts.sources import InlinePromptSet, plugin_sources
 from specbench.prompts.tasks import task_for, tasks
 
 ENTRY_POINTS = """
@@ -20,10 +20,18 @@ broken-task = hooked:Missing
 
 [specbench.commands]
 hello = hooked:HelloCommands
+
+[specbench.prompt_sources]
+numbers = hooked:NumberPrompts
+broken-source = hooked:Missing
 """
 
 MODULE = '''
-from specbench.api import CommandPlugin, Score, Task
+from typing import Literal
+
+from pydantic import Field
+
+from specbench.api import CommandPlugin, Prompt, PromptSource, Score, Task
 
 
 class LastWordTask(Task):
@@ -45,6 +53,14 @@ class HelloCommands(CommandPlugin):
         def hello(name: str = "world") -> None:
             """Say hello (a plugin's command)."""
             print(f"hello {name}")
+
+
+class NumberPrompts(PromptSource):
+    source: Literal["numbers"] = "numbers"
+    count: int = Field(3, ge=1)
+
+    def _read(self, base_dir):
+        return [Prompt(f"n{i}", (f"count to {i}",)) for i in range(self.count)]
 '''
 
 
@@ -54,6 +70,7 @@ def hooked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_distribution(root, "specbench-hooked", ENTRY_POINTS, {"hooked": MODULE})
     monkeypatch.syspath_prepend(str(root))
     tasks.cache_clear()
+    plugin_sources.cache_clear()
 
 
 @pytest.mark.usefixtures("hooked")
@@ -78,3 +95,23 @@ def test_a_command_plugin_adds_a_command() -> None:
     result = CliRunner().invoke(make_app(), ["hello", "--name", "plugin"])
     assert result.exit_code == 0, result.output
     assert "hello plugin" in result.output
+
+
+@pytest.mark.usefixtures("hooked")
+def test_a_prompt_source_plugin_is_a_preset_source(tmp_path: Path) -> None:
+    from specbench.errors import SpecbenchError
+    from specbench.plugins import discover_methods
+    from specbench.presets.schema import load_preset
+
+    preset = tmp_path / "numbers.toml"
+    body = '[models.target]\nbackend = "toy"\n[[methods]]\nname = "baseline"\n[prompts]\n'
+    preset.write_text(body + 'source = "numbers"\ncount = 2\n')
+    resolved = load_preset(str(preset), discover_methods())
+    prompts = resolved.preset.prompts.load(tmp_path)
+    assert [p.id for p in prompts] == ["n0", "n1"]
+    preset.write_text(body + 'source = "numbers"\ncount = 0\n')
+    with pytest.raises(SpecbenchError, match=r"prompts\.count"):
+        load_preset(str(preset), discover_methods())
+    preset.write_text(body + 'source = "broken-source"\n')
+    with pytest.raises(SpecbenchError, match=r"prompt source 'broken-source' failed to load"):
+        load_preset(str(preset), discover_methods())

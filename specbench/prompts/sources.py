@@ -12,6 +12,7 @@ parquet or csv file read with the ``datasets`` library).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import re
@@ -21,8 +22,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
+from specbench.entry_points import load_entry_points
 from specbench.errors import SpecbenchError
 from specbench.install_hints import install_extra
 from specbench.prompts.prompt import Prompt, gsm8k_final_answer, normalize_number
@@ -30,7 +39,13 @@ from specbench.prompts.prompt import Prompt, gsm8k_final_answer, normalize_numbe
 DATA_DIR = Path(__file__).parent / "data"
 
 
-class _PromptSetBase(BaseModel):
+class PromptSource(BaseModel):
+    """The base of every prompt source (a preset's ``[prompts]`` table): the filters every
+    source shares, and ``load``. A plugin source (entry-point group ``specbench.prompt_sources``)
+    subclasses it with ``source: Literal["<name>"]``, its own fields, and ``_read(base_dir)``
+    returning :class:`~specbench.prompts.prompt.Prompt` objects (``prompts_from_rows`` makes
+    them from rows with unique ids)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
@@ -130,7 +145,7 @@ class InlinePrompt(BaseModel):
     category: str | None = None
 
 
-class InlinePromptSet(_PromptSetBase):
+class InlinePromptSet(PromptSource):
     """Prompts written in the preset itself (strings, or tables with id/prompt/turns)."""
 
     source: Literal["inline"] = "inline"
@@ -148,7 +163,7 @@ class InlinePromptSet(_PromptSetBase):
         return prompts_from_rows(rows, lambda i: f"p{i}")
 
 
-class JsonlPromptSet(_PromptSetBase):
+class JsonlPromptSet(PromptSource):
     """A JSONL file with ``prompt`` (a string), ``turns`` (a list) or ``messages`` (an
     OpenAI-format chat: user turns kept, a system message used, assistant turns dropped) per
     line.
@@ -177,7 +192,7 @@ BuiltinName = Literal["mt-bench", "spec-bench", "gsm8k", "humaneval"]
 BUILTIN_SETS: tuple[str, ...] = get_args(BuiltinName)
 
 
-class BuiltinPromptSet(_PromptSetBase):
+class BuiltinPromptSet(PromptSource):
     """A prompt set shipped with specbench.
 
     ``mt-bench``: 80 two-turn questions in 8 categories. ``spec-bench``: the 480 Spec-Bench
@@ -228,7 +243,7 @@ class BuiltinPromptSet(_PromptSetBase):
         return prompts_from_rows(_jsonl_rows(DATA_DIR / file[self.source]), str)
 
 
-class DatasetPromptSet(_PromptSetBase):
+class DatasetPromptSet(PromptSource):
     """A local file read with the ``datasets`` library (json/jsonl, parquet, csv).
 
     Field names say where the prompt (or the list of turns), id and category are.
@@ -307,11 +322,48 @@ def _importable(module: str) -> bool:
         return False
 
 
+PROMPT_SOURCE_GROUP = "specbench.prompt_sources"
+
+
+@functools.cache
+def plugin_sources() -> dict[str, type[PromptSource]]:
+    """Prompt sources registered under ``specbench.prompt_sources``, by name (loaded once)."""
+    group = load_entry_points(PROMPT_SOURCE_GROUP, PromptSource)
+    _BROKEN_SOURCES.update({name: entry.error for name, entry in group.broken.items()})
+    return {name: entry.cls for name, entry in group.loaded.items()}
+
+
+#: Plugin sources that failed to load, with why (a preset naming one is told).
+_BROKEN_SOURCES: dict[str, str] = {}
+
+
+def _plugin_or_builtin(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A table naming a plugin's source is validated by that source's model; every other
+    table by the built-in sources' discriminated union, unchanged."""
+    if isinstance(value, dict):
+        name = value.get("source")
+        if isinstance(name, str) and name not in _BUILTIN_SOURCES:
+            if name in plugin_sources():
+                return plugin_sources()[name].model_validate(value)
+            if name in _BROKEN_SOURCES:
+                raise ValueError(f"prompt source {name!r} failed to load: {_BROKEN_SOURCES[name]}")
+    elif isinstance(value, PromptSource) and type(value).__module__ != __name__:
+        return value
+    return handler(value)
+
+
+#: A ``[prompts]`` table: a built-in source (inline, jsonl, a built-in set, dataset) or a
+#: plugin's.
 PromptSetSpec = Annotated[
-    InlinePromptSet | JsonlPromptSet | BuiltinPromptSet | DatasetPromptSet,
-    Field(discriminator="source"),
+    SerializeAsAny[
+        Annotated[
+            InlinePromptSet | JsonlPromptSet | BuiltinPromptSet | DatasetPromptSet,
+            Field(discriminator="source"),
+        ]
+    ],
+    WrapValidator(_plugin_or_builtin),
 ]
-_SOURCES: dict[str, type[_PromptSetBase]] = {
+_BUILTIN_SOURCES: dict[str, type[PromptSource]] = {
     **{name: BuiltinPromptSet for name in BUILTIN_SETS},
     "inline": InlinePromptSet,
     "jsonl": JsonlPromptSet,
@@ -319,17 +371,19 @@ _SOURCES: dict[str, type[_PromptSetBase]] = {
 }
 
 
-def source_model(source: Any) -> type[_PromptSetBase] | None:
+def source_model(source: Any) -> type[PromptSource] | None:
     """The schema of the prompt source called ``source`` (``None`` if there is none)."""
-    return _SOURCES.get(source) if isinstance(source, str) else None
+    if not isinstance(source, str):
+        return None
+    return _BUILTIN_SOURCES.get(source) or plugin_sources().get(source)
 
 
 def sources_with(field_name: str) -> list[str]:
     """The sources whose tables have ``field_name`` beyond the fields every source has."""
-    common = set(_PromptSetBase.model_fields)
+    common = set(PromptSource.model_fields)
     return [
         name
-        for name, model in _SOURCES.items()
+        for name, model in {**_BUILTIN_SOURCES, **plugin_sources()}.items()
         if field_name in model.model_fields and field_name not in common
         and model is not BuiltinPromptSet
     ]  # fmt: skip
