@@ -7,7 +7,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -18,10 +17,18 @@ class CrashAfter:
     marker: str
 
     def __call__(self, worker: str, sent: int) -> None:
-        if sent == self.samples and not Path(self.marker).exists():
-            Path(self.marker).write_text(worker)
-            time.sleep(0.5)  # let the queue deliver what was sent
-            os._exit(1)
+        if sent != self.samples:
+            return
+        # Claim the crash atomically: two shards reach their 3rd sample at once often enough,
+        # and a check-then-write marker let both die (one retry more than the test expects).
+        try:
+            claim = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return  # another worker already died for this run
+        with os.fdopen(claim, "w") as handle:
+            handle.write(worker)
+        time.sleep(0.5)  # let the queue deliver what was sent
+        os._exit(1)
 
 
 def ship_by_value() -> None:
