@@ -7,8 +7,8 @@ import torch
 
 from specbench.models.backends import discover_backends
 from specbench.plugins import discover_methods
-from specbench.prompts.sources import plugin_sources
-from specbench.prompts.tasks import tasks
+from specbench.prompts.sources import source_plugins
+from specbench.prompts.tasks import task_registry
 
 # Tests use toy and tiny models whose matrices are too small to gain from threads, and a
 # second busy process (a benchmark on the same two cores) makes OpenMP's spinning threads
@@ -21,13 +21,13 @@ def _fresh_registry() -> Iterator[None]:
     """Entry points are re-read for every test, so installs or sys.path changes show up."""
     discover_methods(refresh=True)
     discover_backends(refresh=True)
-    tasks.cache_clear()
-    plugin_sources.cache_clear()
+    task_registry.cache_clear()
+    source_plugins.cache_clear()
     yield
     discover_methods(refresh=True)
     discover_backends(refresh=True)
-    tasks.cache_clear()
-    plugin_sources.cache_clear()
+    task_registry.cache_clear()
+    source_plugins.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from helpers import fake_distribution
 from typer.testing import CliRunner
 
 from specbench.prompts.prompt import Prompt
-from specbench.prompts.sources import InlinePromptSet, plugin_sources
-from specbench.prompts.tasks import task_for, tasks
+from specbench.prompts.sources import InlinePromptSet, source_plugins
+from specbench.prompts.tasks import task_for, task_registry, tasks
 
 ENTRY_POINTS = """
 [specbench.tasks]
@@ -69,8 +69,8 @@ def hooked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "site"
     fake_distribution(root, "specbench-hooked", ENTRY_POINTS, {"hooked": MODULE})
     monkeypatch.syspath_prepend(str(root))
-    tasks.cache_clear()
-    plugin_sources.cache_clear()
+    task_registry.cache_clear()
+    source_plugins.cache_clear()
 
 
 @pytest.mark.usefixtures("hooked")

@@ -48,6 +48,12 @@ def fail_with(error: SpecbenchError, code: int = EXIT_INVALID_INPUT) -> NoReturn
     fail(str(error), code)
 
 
+def note(text: str) -> None:
+    """One ``note:`` line on stderr: something the user gave that works differently than
+    written (an older spelling, a plugin that did not load), never dropped without a word."""
+    err_console.print(f"note: {text}", highlight=False, markup=False, soft_wrap=True)
+
+
 def flag_overrides(flags: Mapping[str, tuple[str, Any]]) -> list[Override]:
     """Preset overrides from value flags, ``{"--runs": ("runs.count", 2)}``; unset flags
     (``None``) are left out, and each override names its flag for error messages."""
@@ -56,11 +62,6 @@ def flag_overrides(flags: Mapping[str, tuple[str, Any]]) -> list[Override]:
         for flag, (field, value) in flags.items()
         if value is not None
     ]
-
-
-def flag_arguments(overrides: list[Override]) -> list[str]:
-    """The command-line words that give these flag overrides again (for resume commands)."""
-    return [word for o in overrides for word in o.origin.split(" ", 1)]
 
 
 def resolve_preset(

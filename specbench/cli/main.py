@@ -18,7 +18,7 @@ from specbench.cli import (
     train_cmd,
     validate_cmd,
 )
-from specbench.cli.common import err_console
+from specbench.cli.common import note
 from specbench.entry_points import load_entry_points
 from specbench.plugins import COMMAND_GROUP, CommandPlugin
 
@@ -50,13 +50,7 @@ def make_app() -> typer.Typer:
     for entry in group.loaded.values():
         entry.cls().register(app)
     for broken in group.broken.values():
-        err_console.print(
-            f"note: command plugin '{broken.name}' from {broken.package} failed to load: "
-            f"{broken.error}",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+        note(f"command plugin '{broken.name}' from {broken.package} failed to load: {broken.error}")
     return app
 
 

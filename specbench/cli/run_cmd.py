@@ -22,6 +22,7 @@ from specbench.cli.common import (
     fail,
     fail_with,
     flag_overrides,
+    note,
     typed_arguments,
 )
 from specbench.cli.live import ProgressView
@@ -121,9 +122,9 @@ def run(
         fail("name a preset with --preset (or a study with --study)", EXIT_INVALID_INPUT)
     # The older spellings still work, each with a note naming the current one.
     if thresholds:
-        _note(f"--thresholds {thresholds} is --sweep threshold={thresholds}")
+        note(f"--thresholds {thresholds} is --sweep threshold={thresholds}")
     if train_judge:
-        _note("--train-judge is --train (it trains judges and heads alike)")
+        note("--train-judge is --train (it trains judges and heads alike)")
     sweep_texts = list(sweeps or []) + ([f"threshold={thresholds}"] if thresholds else [])
     train = train or train_judge
     # Every flag that changed the preset, so the printed resume command reproduces it.
@@ -174,8 +175,8 @@ def _shape(resolved: ResolvedPreset, methods: str | None, sweeps: list[str]) -> 
 def _notes(resolved: ResolvedPreset, quiet: bool) -> None:
     if quiet:
         return
-    for note in model_notes(resolved.preset.models):
-        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+    for line in model_notes(resolved.preset.models):
+        console.print(f"note: {line}", highlight=False, markup=False, soft_wrap=True)
     for name, reason in resolved.skipped:
         console.print(
             f'note: methods = "all" skipped {name}: {reason}',
@@ -345,7 +346,3 @@ def _hint_for(error: BaseException) -> str:
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else ""
-
-
-def _note(text: str) -> None:
-    err_console.print(f"note: {text}", highlight=False, markup=False, soft_wrap=True)

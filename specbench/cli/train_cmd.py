@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from specbench.cli.common import EXIT_FAILURE, EXIT_INVALID_INPUT, console, err_console, fail_with
+from specbench.cli.common import EXIT_FAILURE, EXIT_INVALID_INPUT, console, fail_with, note
 from specbench.errors import SpecbenchError
 from specbench.plugins import discover_methods
 from specbench.presets.schema import load_preset
@@ -51,4 +51,4 @@ def train_preset(preset: str, force: bool) -> None:
 
 def note_renamed(old: str, new: str) -> None:
     """The one note an older command spelling prints before it runs."""
-    err_console.print(f"note: `{old}` is now `{new}`", highlight=False, markup=False)
+    note(f"`{old}` is now `{new}`")

@@ -33,7 +33,7 @@ from specbench.plugins import RunContext
 from specbench.prompts.conversation import PromptEncoder
 from specbench.prompts.prompt import Prompt
 from specbench.prompts.sources import BuiltinPromptSet, PromptSetSpec
-from specbench.prompts.tasks import task_for
+from specbench.prompts.tasks import Task, task_for
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,8 @@ class JudgeTraining:
         if not self.context.force_train and load_judge(key) is not None:
             return f"{self.context.label}: judge {key} is already trained (--force retrains)"
         spec = self.training_prompts()
-        prompts = self._checked_prompts(spec)
-        data = self._mine(target, draft, spec, prompts)
+        prompts, task = self._checked_prompts(spec)
+        data = self._mine(target, draft, spec, prompts, task)
         self.context.on_progress(
             f"training a {self.settings.classifier} judge on {len(data.labels)} mismatches"
         )
@@ -139,8 +139,9 @@ class JudgeTraining:
         save_judge(key, classifier, report, data, meta)
         return self._summary(key, data, report)
 
-    def _checked_prompts(self, spec: PromptSetSpec) -> list[Prompt]:
-        """The training prompts, refused when they overlap the run's or have no task."""
+    def _checked_prompts(self, spec: PromptSetSpec) -> tuple[list[Prompt], Task]:
+        """The training prompts and the task that reads their answers; refused when they
+        overlap the run's prompts or have no task."""
         prompts = spec.load(self.context.base_dir)
         overlap = {p.id for p in prompts} & set(self.context.prompt_ids)
         if overlap:
@@ -149,12 +150,13 @@ class JudgeTraining:
                 f"e.g. {sorted(overlap)[0]})",
                 "train on another split or use skip/limit so the two never overlap",
             )
-        if task_for(prompts[0]) is None:
+        task = task_for(prompts[0])
+        if task is None:
             raise SpecbenchError(
                 "the judge's training prompts have no task to read answers with",
                 "use gsm8k or humaneval prompts, or set prompts.task",
             )
-        return prompts
+        return prompts, task
 
     def _mine(
         self,
@@ -162,9 +164,8 @@ class JudgeTraining:
         draft: LanguageModel,
         spec: PromptSetSpec,
         prompts: list[Prompt],
+        task: Task,
     ) -> MinedData:
-        task = task_for(prompts[0])
-        assert task is not None  # _checked_prompts
         encoder = PromptEncoder(target.tokenizer, spec.chat_template, spec.system_prompt)
 
         def progress(event: MiningProgress) -> None:

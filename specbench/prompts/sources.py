@@ -31,7 +31,7 @@ from pydantic import (
     WrapValidator,
 )
 
-from specbench.entry_points import load_entry_points
+from specbench.entry_points import LoadedGroup, load_entry_points
 from specbench.errors import SpecbenchError
 from specbench.install_hints import install_extra
 from specbench.prompts.prompt import Prompt, gsm8k_final_answer, normalize_number
@@ -326,15 +326,15 @@ PROMPT_SOURCE_GROUP = "specbench.prompt_sources"
 
 
 @functools.cache
+def source_plugins() -> LoadedGroup[PromptSource]:
+    """Prompt sources registered under ``specbench.prompt_sources``, the loaded and the
+    broken (loaded once; ``cache_clear`` reads the entry points again)."""
+    return load_entry_points(PROMPT_SOURCE_GROUP, PromptSource)
+
+
 def plugin_sources() -> dict[str, type[PromptSource]]:
-    """Prompt sources registered under ``specbench.prompt_sources``, by name (loaded once)."""
-    group = load_entry_points(PROMPT_SOURCE_GROUP, PromptSource)
-    _BROKEN_SOURCES.update({name: entry.error for name, entry in group.broken.items()})
-    return {name: entry.cls for name, entry in group.loaded.items()}
-
-
-#: Plugin sources that failed to load, with why (a preset naming one is told).
-_BROKEN_SOURCES: dict[str, str] = {}
+    """The plugins' prompt sources by name."""
+    return {name: entry.cls for name, entry in source_plugins().loaded.items()}
 
 
 def _plugin_or_builtin(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -343,12 +343,15 @@ def _plugin_or_builtin(value: Any, handler: ValidatorFunctionWrapHandler) -> Any
     if isinstance(value, dict):
         name = value.get("source")
         if isinstance(name, str) and name not in _BUILTIN_SOURCES:
-            if name in plugin_sources():
-                return plugin_sources()[name].model_validate(value)
-            if name in _BROKEN_SOURCES:
-                raise ValueError(f"prompt source {name!r} failed to load: {_BROKEN_SOURCES[name]}")
-    elif isinstance(value, PromptSource) and type(value).__module__ != __name__:
-        return value
+            plugins = source_plugins()
+            if name in plugins.loaded:
+                return plugins.loaded[name].cls.model_validate(value)
+            if name in plugins.broken:
+                raise ValueError(
+                    f"prompt source {name!r} failed to load: {plugins.broken[name].error}"
+                )
+    elif isinstance(value, PromptSource) and type(value) not in _BUILTIN_SOURCES.values():
+        return value  # a plugin source's model, already validated
     return handler(value)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from specbench.entry_points import load_entry_points
+from specbench.entry_points import BrokenEntry, load_entry_points
 from specbench.prompts.prompt import Prompt, normalize_number
 
 
@@ -164,23 +164,32 @@ def run_isolated(program: str, timeout_s: float, memory_bytes: int = 2 << 30) ->
 TASK_GROUP = "specbench.tasks"
 
 
+@dataclass
+class TaskRegistry:
+    """Every task registered under ``specbench.tasks``: one instance of each by name, and
+    the plugins that failed to load (a prompt set naming one is told why)."""
+
+    tasks: dict[str, Task]
+    broken: dict[str, BrokenEntry]
+
+
 @functools.cache
-def tasks() -> dict[str, Task]:
-    """Every task registered under ``specbench.tasks`` by name (loaded once)."""
+def task_registry() -> TaskRegistry:
+    """The registered tasks, loaded once (``cache_clear`` reads the entry points again)."""
     group = load_entry_points(TASK_GROUP, Task)
-    _BROKEN.update({name: entry.error for name, entry in group.broken.items()})
-    return {name: entry.cls() for name, entry in group.loaded.items()}
+    return TaskRegistry({name: e.cls() for name, e in group.loaded.items()}, group.broken)
 
 
-#: Task plugins that failed to load, with why (a prompt set naming one is told).
-_BROKEN: dict[str, str] = {}
+def tasks() -> dict[str, Task]:
+    """Every registered task by name."""
+    return task_registry().tasks
 
 
 def unknown_task(name: str) -> str:
     """Why ``name`` is no task: a plugin that failed to load, or none by that name."""
-    tasks()
-    if name in _BROKEN:
-        return f"task '{name}' failed to load: {_BROKEN[name]}"
+    broken = task_registry().broken.get(name)
+    if broken is not None:
+        return f"task '{name}' failed to load: {broken.error}"
     return f"unknown task '{name}'"
 
 
