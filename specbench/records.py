@@ -98,6 +98,15 @@ class PhaseCosts(BaseModel):
         default_factory=dict, description="Draft-model forwards, the same way."
     )
     syncs: int = Field(0, description="Device synchronisations the ledger added (CUDA only).")
+    overlapped_draft_s: float | None = Field(
+        None,
+        description="Draft work a worker process did while the target worked (asynchronous "
+        "speculation): beside the phases, not part of unit_s; the target's waits for it are "
+        "draft_s.",
+    )
+    overlapped_draft_forwards: int | None = Field(
+        None, description="Draft forwards the worker made (overlapped or waited for)."
+    )
     engines: dict[str, str] = Field(
         default_factory=dict,
         description="The engine kind each role's forwards ran on (eager, static, graphs, "

@@ -3,6 +3,8 @@
 
 * ``accept-all``: keeps every draft token whatever the target says.
 * ``resample-p``: after a rejection draws from p instead of norm(max(0, p - q)).
+* ``ssd-wrong-branch``: SSD whose draft side, on a cache hit, hands over the tokens of the
+  branch that was hit but the distributions of another branch (runs in the worker process).
 * ``fake-engine``: stands for an external engine (its tokens do not come from the in-process
   loop, so the audit compares it with the same engine's plain decoding); ``broken = true``
   makes its speculation accept every draft.
@@ -18,8 +20,10 @@ from pydantic import Field
 from specbench.decoding.core import decode
 from specbench.decoding.drafters import ModelDrafter
 from specbench.decoding.sampling import sample
+from specbench.decoding.ssd import Branch, OutcomeKey, SpeculationDrafter
 from specbench.decoding.verify import RejectionVerifier, Verdict
 from specbench.methods.in_process import InProcessMethod
+from specbench.methods.ssd import SsdMethod
 from specbench.plugins import (
     DecodingMethod,
     EngineMethod,
@@ -77,6 +81,22 @@ class ResampleFromPMethod(_Broken):
     broken = ResampleFromTarget
 
 
+class WrongBranchDrafter(SpeculationDrafter):
+    def _lookup(self, key: OutcomeKey | None) -> Branch | None:
+        branch = super()._lookup(key)
+        if branch is None:
+            return None
+        others = [b for k, b in self._cache.items() if k != key and b.probs is not None]
+        return Branch(branch.tokens, others[0].probs if others else branch.probs)
+
+
+class WrongBranchSsdMethod(SsdMethod):
+    name = "ssd-wrong-branch"
+    description = "TEST ONLY: SSD verifying against another branch's q (broken on purpose)."
+    in_all = False
+    drafter = WrongBranchDrafter
+
+
 class FakeEngineParams(MethodParams):
     speculative: bool = False
     broken: bool = False
@@ -110,4 +130,5 @@ ENTRY_POINTS = """
 accept-all = broken_methods:AcceptAllMethod
 resample-p = broken_methods:ResampleFromPMethod
 fake-engine = broken_methods:FakeEngineMethod
+ssd-wrong-branch = broken_methods:WrongBranchSsdMethod
 """

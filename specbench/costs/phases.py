@@ -72,6 +72,8 @@ def ledger_costs(
         target_by_rows=_pairs(totals.by_rows["target"]) if marks_target else {},
         draft_by_rows=_pairs(totals.by_rows["draft"]) if marks_draft else {},
         syncs=totals.syncs,
+        overlapped_draft_s=totals.overlapped_s if totals.overlapped_forwards else None,
+        overlapped_draft_forwards=totals.overlapped_forwards or None,
         engines={
             role: engine
             for role, engine in totals.engines.items()

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from typing_extensions import TypeVar
 
+from specbench.cpu_pinning import torch_threads
 from specbench.decoding.core import decode
 from specbench.decoding.execution import Execution
 from specbench.decoding.proposers import NoProposer, Proposer
@@ -37,6 +38,12 @@ class ExecutionParams(MethodParams):
         "kernels; a minute or more to start, and one cache of static_max_len slots.",
     )
     batch_size: int = Field(1, ge=1, le=256, description="Prompts decoded together.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="Torch threads while this method decodes (unset: the process's own); "
+        "restored afterwards, so methods of one run can compare thread counts.",
+    )
 
     @model_validator(mode="after")
     def _one_static_sequence(self) -> ExecutionParams:
@@ -92,7 +99,9 @@ class InProcessMethod(DecodingMethod[E]):
         return self.generate_batch([request])[0]
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        results = self.decode(requests)
+        threads = getattr(self.params, "threads", None)
+        with torch_threads(threads):
+            results = self.decode(requests)
         self.finish(results)
         return results
 

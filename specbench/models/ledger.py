@@ -47,6 +47,10 @@ class LedgerTotals:
     #: The engine kind each role's forwards ran on (``"eager"``, ``"static"``, ...;
     #: ``"mixed"`` when one unit used several): which unit costs price them.
     engines: dict[str, str] = field(default_factory=dict)
+    #: Draft work another process did while this one worked (asynchronous speculation):
+    #: seconds and forwards beside the phases, never part of the wall time they split.
+    overlapped_s: float = 0.0
+    overlapped_forwards: int = 0
 
     def forwards(self, role: str) -> int:
         return int(sum(calls for calls, _ in self.by_rows[role].values()))
@@ -108,6 +112,11 @@ class CostLedger:
         bucket[0] += 1
         bucket[1] += time.perf_counter() - started
 
+    def add_overlapped(self, seconds: float, forwards: int) -> None:
+        """Count draft work done concurrently elsewhere (see ``LedgerTotals.overlapped_s``)."""
+        self.totals.overlapped_s += seconds
+        self.totals.overlapped_forwards += forwards
+
 
 _ACTIVE: ContextVar[CostLedger | None] = ContextVar("specbench_cost_ledger", default=None)
 _NOTHING = nullcontext()
@@ -124,6 +133,13 @@ def forward(model: object, rows: int, engine: str = "eager") -> AbstractContextM
     session's kind, see :attr:`specbench.models.base.Session.engine`) in the open ledger."""
     ledger = _ACTIVE.get()
     return _NOTHING if ledger is None else ledger.forward(model, rows, engine)
+
+
+def overlapped(seconds: float, forwards: int) -> None:
+    """Record draft work another process did beside the target in the open ledger."""
+    ledger = _ACTIVE.get()
+    if ledger is not None:
+        ledger.add_overlapped(seconds, forwards)
 
 
 @contextmanager

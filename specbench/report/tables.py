@@ -224,6 +224,69 @@ def cost_data(result: ResultsFile) -> TableData | None:
     return table
 
 
+def async_data(result: ResultsFile) -> TableData | None:
+    """Asynchronous speculation (SSD): the speculation cache and where the draft's time went,
+    with the hit rate each fan-out of the sweep would have had."""
+    rows = [s for s in result.summaries if any(k.startswith("ssd_") for k in s.stats)]
+    if not rows:
+        return None
+    sweep = sorted(
+        {int(k.rsplit("f", 1)[1]) for s in rows for k in s.stats if k.startswith("ssd_cf_hit")}
+    )
+    table = TableData(
+        f"Async speculation: {result.label}",
+        [
+            "method",
+            "hit rate",
+            "tokens/round hit",
+            "tokens/round miss",
+            "wait ms/round",
+            "draft busy ms/round",
+            "draft idle ms/round",
+            "overlapped draft ms/token",
+            *(f"hit rate F={f}" for f in sweep),
+        ],
+        key="async",
+        caption="hit rate: rounds whose drafts came from the speculation cache (the first "
+        "round excluded); wait: the target's wait for drafts; overlapped: draft work done "
+        "in the worker while the target worked, not part of the measured time; hit rate "
+        "F=n: the share of outcomes among the top n candidates of their glue row (what "
+        "that fan-out would hit).",
+    )
+    for s in rows:
+        stats = s.stats
+        table.rows.append(
+            [
+                s.method,
+                fmt(stats.get("ssd_hit_rate"), ".3f"),
+                fmt(stats.get("ssd_tokens_per_round_hit")),
+                fmt(stats.get("ssd_tokens_per_round_miss")),
+                fmt(stats.get("ssd_draft_wait_ms")),
+                fmt(stats.get("ssd_draft_busy_ms")),
+                fmt(stats.get("ssd_draft_idle_ms")),
+                fmt(_overlapped_ms_per_token(result, s.method)),
+                *(fmt(stats.get(f"ssd_cf_hit_rate_f{f}"), ".3f") for f in sweep),
+            ]
+        )
+    return table
+
+
+def _overlapped_ms_per_token(result: ResultsFile, method: str) -> float | None:
+    units: dict[str, float] = {}
+    tokens = 0
+    for sample in result.samples:
+        if sample.method != method or sample.costs is None:
+            continue
+        tokens += sample.new_tokens
+        if sample.costs.overlapped_draft_s is not None:
+            units[sample.batch_id or f"{sample.prompt_id}/{sample.run}"] = (
+                sample.costs.overlapped_draft_s
+            )
+    if not units or not tokens:
+        return None
+    return 1000 * sum(units.values()) / tokens
+
+
 def _level_note(rows: Sequence[SummaryRecord]) -> str:
     level = next((s.cost_level for s in rows if s.cost_level is not None), None)
     if level is None:
@@ -270,6 +333,12 @@ def noise_notes(summaries: Sequence[SummaryRecord]) -> list[str]:
 def file_tables(result: ResultsFile) -> list[TableData]:
     """Every table of one file, in report order."""
     tables = [summary_data(result.summaries, result.label, key="summary")]
-    extra = (cost_data(result), profile_data(result), category_data(result), batch_data(result))
+    extra = (
+        cost_data(result),
+        profile_data(result),
+        async_data(result),
+        category_data(result),
+        batch_data(result),
+    )
     tables += [t for t in extra if t]
     return tables

@@ -1,0 +1,180 @@
+"""The SSD proposer: the execution core's side of speculative speculative decoding.
+
+The core asks :class:`SpeculationCacheProposer` for a round's drafts; it sends the draft
+side the outcome key of the last round and returns the drafts with the distributions of
+the cache entry that served them (or of the just-in-time drafting), which the shared
+verifier checks. Where the draft side runs is a :class:`DraftSide`: in this process
+(:class:`InlineDraftSide`, speculation on the critical path; also the counterfactual
+mode) or in a worker process (:class:`specbench.decoding.draft_worker.WorkerDraftSide`,
+speculation overlapping the target's verification).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from specbench.decoding.proposers import Draft, Outcome, Proposal, Proposer, Sessions, Slot
+from specbench.decoding.ssd import (
+    DraftReply,
+    DraftSideStats,
+    OutcomeKey,
+    SpeculationDrafter,
+    hit_rate_at,
+)
+from specbench.decoding.types import GenerationRequest, GenerationResult
+from specbench.models import ledger
+
+
+class DraftSide(Protocol):
+    """Where the SSD draft side runs; one generation at a time."""
+
+    #: Whether speculation runs concurrently with the target (its time is then overlapped
+    #: work, not part of the decoding process's phases).
+    concurrent: bool
+
+    def start(self, request: GenerationRequest) -> None:
+        """Begin a generation."""
+        ...
+
+    def answer(self, sequence: Sequence[int], key: OutcomeKey | None, budget: int) -> DraftReply:
+        """The round's drafts; speculation on the round's outcome follows (inline: before
+        this returns; in a worker: while the target verifies)."""
+        ...
+
+    def end(self) -> DraftSideStats:
+        """End the generation and return what the draft side did."""
+        ...
+
+    def close(self) -> None:
+        """Release the draft side (stop a worker)."""
+        ...
+
+
+class InlineDraftSide:
+    """The draft side in the decoding process: answer, then speculate, sequentially."""
+
+    concurrent = False
+
+    def __init__(self, drafter: SpeculationDrafter) -> None:
+        self.drafter = drafter
+
+    def start(self, request: GenerationRequest) -> None:
+        self.drafter.start(request)
+
+    def answer(self, sequence: Sequence[int], key: OutcomeKey | None, budget: int) -> DraftReply:
+        reply = self.drafter.answer(sequence, key, budget)
+        self.drafter.speculate()
+        return reply
+
+    def end(self) -> DraftSideStats:
+        return self.drafter.stats
+
+    def close(self) -> None:
+        self.drafter.close()
+
+
+class SpeculationCacheProposer(Proposer):
+    """Drafts of a :class:`DraftSide`, one sequence at a time (see the module docstring).
+
+    Records add ``ssd_hit_rate`` (rounds served from the cache, the first round excluded),
+    tokens per round on hits and on misses, the accepted-count histogram on hits, the
+    target's wait for drafts, the draft side's busy and idle time and forwards per round,
+    and, for each fan-out in ``counterfactual``, the hit rate that fan-out would have had
+    and the tokens per round it would have given with the ``none`` miss policy (with
+    ``jit`` a round yields what it yields now, whatever the fan-out).
+    """
+
+    batchable = False
+
+    def __init__(
+        self, side: DraftSide, k: int, counterfactual: Sequence[int] = (), caches: bool = True
+    ) -> None:
+        super().__init__()
+        #: Whether the draft side serves rounds from its cache (not in counterfactual mode).
+        self.caches = caches
+        self.side = side
+        self.k = k
+        self.max_chain = k
+        self.counterfactual = tuple(counterfactual)
+        self._key: OutcomeKey | None = None
+        self._hit = False
+        self._waits: list[float] = []
+        self._answers: list[float] = []
+        self._rounds = {True: [0, 0], False: [0, 0]}  # hit -> [rounds, tokens]
+        self._on_hit = [0] * (k + 1)
+        self._round_tokens: list[int] = []
+
+    def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
+        if len(requests) != 1:
+            raise ValueError("SSD decodes one sequence at a time")
+        super().start(requests, sessions)
+        self.side.start(requests[0])
+        self._key = None
+        self._waits, self._answers = [], []
+        self._rounds = {True: [0, 0], False: [0, 0]}
+        self._on_hit = [0] * (self.k + 1)
+        self._round_tokens = []
+
+    def propose(self, slots: Sequence[Slot]) -> list[Draft]:
+        (slot,) = slots
+        started = time.perf_counter()
+        reply = self.side.answer(slot.sequence, self._key, slot.budget)
+        self._waits.append(time.perf_counter() - started)
+        self._answers.append(reply.answer_s)
+        self._hit = reply.hit
+        return [Proposal(tokens=reply.tokens, probs=reply.probs)]
+
+    def observe(self, outcomes: Sequence[Outcome]) -> None:
+        (outcome,) = outcomes
+        self._key = (outcome.accepted, outcome.token)
+        tally = self._rounds[self._hit]
+        tally[0] += 1
+        tally[1] += outcome.accepted + 1
+        self._round_tokens.append(outcome.accepted + 1)
+        if self._hit:
+            self._on_hit[min(outcome.accepted, self.k)] += 1
+
+    def finish(self, results: Sequence[GenerationResult]) -> None:
+        (result,) = results
+        side = self.side.end()
+        result.stats.draft_calls = side.forwards
+        result.stats.extra.update(self._numbers(side))
+        if self.side.concurrent:
+            # Speculation the target did not wait for ran beside it: overlapped work.
+            late = sum(max(0.0, w - a) for w, a in zip(self._waits, self._answers, strict=True))
+            ledger.overlapped(max(0.0, side.speculate_s - late), side.forwards)
+
+    def _numbers(self, side: DraftSideStats) -> dict[str, float]:
+        rounds = max(1, len(self._waits))
+        numbers = {
+            "ssd_draft_wait_ms": 1000 * sum(self._waits) / rounds,
+            "ssd_draft_busy_ms": 1000 * (side.answer_s + side.speculate_s) / rounds,
+            "ssd_draft_idle_ms": 1000 * side.idle_s / rounds,
+            "ssd_draft_forwards_per_round": side.forwards / rounds,
+            "ssd_branches_per_round": side.branches / rounds,
+        }
+        predicted = side.answers - 1  # the first round has no prediction
+        if predicted > 0 and self.caches:
+            numbers["ssd_hit_rate"] = side.hits / predicted
+        for hit, name in ((True, "hit"), (False, "miss")):
+            count, tokens = self._rounds[hit]
+            if count:
+                numbers[f"ssd_tokens_per_round_{name}"] = tokens / count
+        hits = sum(self._on_hit)
+        if hits:
+            for accepted, count in enumerate(self._on_hit):
+                numbers[f"ssd_hit_accepted_{accepted}"] = count / hits
+        # ranks[i] ranks the outcome that round i + 1 was answered for.
+        served = self._round_tokens[1 : 1 + len(side.ranks)]
+        for fan_out in self.counterfactual:
+            rate = hit_rate_at(side.ranks, fan_out)
+            if rate is not None:
+                numbers[f"ssd_cf_hit_rate_f{fan_out}"] = rate
+            if served:
+                # With miss_policy "none" a missed round yields the target's one token.
+                pairs = zip(side.ranks, served, strict=False)
+                kept = [t if 0 <= r < fan_out else 1 for r, t in pairs]
+                numbers[f"ssd_cf_tokens_per_round_none_f{fan_out}"] = sum(kept) / len(kept)
+        return numbers
