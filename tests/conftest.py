@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,3 +49,16 @@ def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "target_model": target,
         }
     return folders
+
+
+@pytest.fixture
+def broken_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Install the deliberately broken methods (``broken_methods``) through the public
+    entry-point group, as a third-party plugin would be."""
+    from broken_methods import ENTRY_POINTS
+    from helpers import fake_distribution
+
+    root = tmp_path / "site"
+    fake_distribution(root, "specbench-broken-methods", ENTRY_POINTS)
+    monkeypatch.syspath_prepend(str(root))
+    discover_methods(refresh=True)

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from broken_methods import ENTRY_POINTS
-from helpers import fake_distribution
+from presets_for_tests import write_audit_toy_preset, write_tiny_hf_sampling_preset
 from typer.testing import CliRunner
 
 from specbench.audit.run import AuditOptions, audit_preset
@@ -27,60 +26,16 @@ from specbench.records import AuditRecord, read_records
 
 ALPHA = 0.01
 
-TOY_PRESET = """
-name = "audit-toy"
 
-[models.target]
-backend = "toy"
-vocab_size = 12
-order = 1
-seed = 3
-sharpness = 1.2
-
-[models.draft]
-backend = "toy"
-vocab_size = 12
-order = 1
-seed = 3
-sharpness = 1.2
-distance = {distance}
-
-{methods}
-
-[prompts]
-source = "inline"
-prompts = ["abc", "hello there"]
-
-[sampling]
-temperature = {temperature}
-top_k = {top_k}
-top_p = {top_p}
-max_new_tokens = 12
-"""
+def _methods(*entries: str) -> list[str]:
+    return list(entries)
 
 
-def _methods(*entries: str) -> str:
-    return "\n".join(f"[[methods]]\n{entry}\n" for entry in entries)
-
-
-def _preset(tmp_path: Path, methods: str, temperature: float = 0.9, distance: float = 1.0,
+def _preset(tmp_path: Path, methods: list[str], temperature: float = 0.9, distance: float = 1.0,
             top_k: int = 10, top_p: float = 0.95) -> Path:  # fmt: skip
-    path = tmp_path / "audit-toy.toml"
-    path.write_text(
-        TOY_PRESET.format(
-            methods=methods, temperature=temperature, distance=distance, top_k=top_k, top_p=top_p
-        )
+    return write_audit_toy_preset(
+        tmp_path / "audit-toy.toml", methods, temperature, distance, top_k, top_p
     )
-    return path
-
-
-@pytest.fixture
-def broken_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Install the broken methods through the public entry-point group."""
-    root = tmp_path / "site"
-    fake_distribution(root, "specbench-broken-methods", ENTRY_POINTS)
-    monkeypatch.syspath_prepend(str(root))
-    discover_methods(refresh=True)
 
 
 def _audit(path: Path, tmp_path: Path, output: str = "audit.jsonl", **options: object):
@@ -185,31 +140,8 @@ def test_audit_passes_every_builtin_exact_method_on_a_toy_pair(tmp_path: Path) -
 
 
 def test_audit_passes_speculative_on_a_tiny_hf_pair(tiny_hf: dict, tmp_path: Path) -> None:
-    path = tmp_path / "hf.toml"
-    path.write_text(
-        f"""
-[models.target]
-backend = "hf"
-model = "{tiny_hf["llama"]["target"]}"
-dtype = "float32"
-device = "cpu"
-[models.draft]
-backend = "hf"
-model = "{tiny_hf["llama"]["draft"]}"
-dtype = "float32"
-device = "cpu"
-[[methods]]
-name = "speculative"
-params = {{ k = 2 }}
-[prompts]
-source = "inline"
-prompts = ["hello world"]
-chat_template = false
-[sampling]
-temperature = 1.0
-top_k = 20
-max_new_tokens = 8
-"""
+    path = write_tiny_hf_sampling_preset(
+        tmp_path / "hf.toml", tiny_hf["llama"], 'name = "speculative"\nparams = { k = 2 }'
     )
     outcome = _audit(path, tmp_path, samples=400, tokens=2, prompts=1, alpha=ALPHA)
     (record,) = outcome.records

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from helpers import hf_pair, make_method, request, sample_record
+from presets_for_tests import tiny_hf_models
 
 from specbench.costs.phases import cost_levels, level_for, summarize_costs
 from specbench.costs.units import EngineUnitCosts, UnitCosts
@@ -311,27 +312,18 @@ def test_each_engine_is_probed_and_its_forwards_are_priced_at_its_own_costs(
     pair = tiny_hf["llama"]
     preset = tmp_path / "engines.toml"
     preset.write_text(
-        f"""
-[models.target]
-backend = "hf"
-model = "{pair["target"]}"
-dtype = "float32"
-device = "cpu"
-[models.draft]
-backend = "hf"
-model = "{pair["draft"]}"
-dtype = "float32"
-device = "cpu"
+        tiny_hf_models(pair)
+        + """
 [[methods]]
 name = "baseline"
 [[methods]]
 name = "baseline"
 label = "baseline-static"
-params = {{ engine = "static", static_max_len = 64 }}
+params = { engine = "static", static_max_len = 64 }
 [[methods]]
 name = "speculative"
 label = "speculative-static"
-params = {{ k = 2, engine = "static", static_max_len = 64 }}
+params = { k = 2, engine = "static", static_max_len = 64 }
 [prompts]
 source = "inline"
 prompts = ["hello world"]

@@ -115,3 +115,7 @@ def test_a_prompt_source_plugin_is_a_preset_source(tmp_path: Path) -> None:
     preset.write_text(body + 'source = "broken-source"\n')
     with pytest.raises(SpecbenchError, match=r"prompt source 'broken-source' failed to load"):
         load_preset(str(preset), discover_methods())
+    # An unknown source is named with every source there is, the plugins' included.
+    preset.write_text(body + 'source = "nmubers"\n')
+    with pytest.raises(SpecbenchError, match=r"unknown prompt source 'nmubers'.*jsonl.*numbers"):
+        load_preset(str(preset), discover_methods())

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from broken_methods import ENTRY_POINTS
-from helpers import fake_distribution
+from presets_for_tests import write_audit_toy_preset, write_tiny_hf_sampling_preset
 
 from specbench.audit.run import AuditOptions, audit_preset
 from specbench.decoding.draft_worker import DraftWorkerError, WorkerDraftSide
@@ -170,43 +169,10 @@ def test_inline_and_async_draw_the_same_samples() -> None:
 # ----------------------------------------------------------------------------- the audit
 
 
-AUDIT_PRESET = """
-[models.target]
-backend = "toy"
-vocab_size = 12
-order = 1
-seed = 3
-sharpness = 1.2
-[models.draft]
-backend = "toy"
-vocab_size = 12
-order = 1
-seed = 3
-sharpness = 1.2
-distance = 1.5
-{methods}
-[prompts]
-source = "inline"
-prompts = ["abc", "hello there"]
-[sampling]
-temperature = {temperature}
-top_k = 10
-max_new_tokens = 12
-"""
-
-
-@pytest.fixture
-def broken_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root = tmp_path / "site"
-    fake_distribution(root, "specbench-broken-methods", ENTRY_POINTS)
-    monkeypatch.syspath_prepend(str(root))
-    discover_methods(refresh=True)
-
-
 def _audit(tmp_path: Path, methods: list[str], temperature: float, **options: object):
-    path = tmp_path / "ssd-audit.toml"
-    body = "\n".join(f"[[methods]]\n{m}\n" for m in methods)
-    path.write_text(AUDIT_PRESET.format(methods=body, temperature=temperature))
+    path = write_audit_toy_preset(
+        tmp_path / "ssd-audit.toml", methods, temperature, distance=1.5, top_p=1.0
+    )
     resolved = load_preset(str(path), discover_methods())
     return audit_preset(resolved, AuditOptions(**options), tmp_path / "audit.jsonl")  # type: ignore[arg-type]
 
@@ -245,31 +211,8 @@ def test_greedy_audit_passes_ssd_in_every_mode(tmp_path: Path) -> None:
 
 def test_audit_passes_ssd_on_a_tiny_hf_pair(tiny_hf: dict, tmp_path: Path) -> None:
     """The worker loads the HF draft from its spec (a local folder) in its own process."""
-    path = tmp_path / "hf.toml"
-    path.write_text(
-        f"""
-[models.target]
-backend = "hf"
-model = "{tiny_hf["llama"]["target"]}"
-dtype = "float32"
-device = "cpu"
-[models.draft]
-backend = "hf"
-model = "{tiny_hf["llama"]["draft"]}"
-dtype = "float32"
-device = "cpu"
-[[methods]]
-name = "ssd"
-params = {{ k = 2, fan_out = 2 }}
-[prompts]
-source = "inline"
-prompts = ["hello world"]
-chat_template = false
-[sampling]
-temperature = 1.0
-top_k = 20
-max_new_tokens = 8
-"""
+    path = write_tiny_hf_sampling_preset(
+        tmp_path / "hf.toml", tiny_hf["llama"], 'name = "ssd"\nparams = { k = 2, fan_out = 2 }'
     )
     resolved = load_preset(str(path), discover_methods())
     outcome = audit_preset(

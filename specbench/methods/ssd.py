@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from specbench.cpu_pinning import pinned, split_cores
 from specbench.decoding.draft_worker import WorkerDraftSide, WorkerSetup
@@ -23,6 +23,9 @@ from specbench.plugins import MethodModels, ModelRole, RunContext
 
 
 class SsdParams(OneSequenceParams):
+    batch_size: int = Field(
+        1, ge=1, le=1, description="Always 1: the speculation cache follows one sequence."
+    )
     k: int = Field(4, ge=1, le=32, description="Draft tokens per round.")
     fan_out: int = Field(
         3, ge=0, le=64, description="Branches per glue position (SSD's --f), both schedules."
@@ -45,7 +48,7 @@ class SsdParams(OneSequenceParams):
         "path; counterfactual: synchronous speculative decoding that only ranks each "
         "outcome among the draft's candidates (the hit rate of every fan-out in sweep).",
     )
-    sweep: list[int] = Field(
+    sweep: list[PositiveInt] = Field(
         [1, 2, 3, 4],
         description="Fan-outs whose hit rate every record reports (ssd_cf_hit_rate_f<F>), "
         "from the rank of each outcome among its glue row's candidates.",

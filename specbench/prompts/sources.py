@@ -350,6 +350,11 @@ def _plugin_or_builtin(value: Any, handler: ValidatorFunctionWrapHandler) -> Any
                 raise ValueError(
                     f"prompt source {name!r} failed to load: {plugins.broken[name].error}"
                 )
+            known = sorted(_BUILTIN_SOURCES) + sorted(plugins.loaded)
+            raise ValueError(
+                f"unknown prompt source {name!r}: use one of {', '.join(known)} "
+                "(plugin sources install through the specbench.prompt_sources entry points)"
+            )
     elif isinstance(value, PromptSource) and type(value) not in _BUILTIN_SOURCES.values():
         return value  # a plugin source's model, already validated
     return handler(value)
