@@ -26,6 +26,8 @@ from specbench.models.toy import ToyConfig, ToyLanguageModel
 from specbench.plugins import MethodModels, discover_methods
 from specbench.presets.schema import load_preset
 from specbench.records import SampleRecord, read_records
+from specbench.report.results import load_results
+from specbench.report.tables import file_tables
 from specbench.testing import make_method, request, toy_models
 
 ALPHA = 0.01
@@ -148,9 +150,21 @@ def test_a_schedule_of_the_wrong_length_is_refused() -> None:
         make_method("ssd", _pair(), k=3, fan_out_hit=[1, 1])
 
 
-def test_hit_rate_at() -> None:
-    assert hit_rate_at([0, 1, 2, -1], 2) == 0.5
-    assert hit_rate_at([], 1) is None
+def test_hit_rate_at_a_schedule_counts_each_outcome_at_its_own_glue_row() -> None:
+    ranks = [(0, 0), (0, 1), (1, 0), (2, 2), (1, -1)]
+    assert hit_rate_at(ranks, (2, 2, 2)) == 0.6
+    assert hit_rate_at(ranks, (2, 1, 3)) == 0.8
+    assert hit_rate_at(ranks, (1, 0)) == 0.2  # rows past the schedule hold nothing
+    assert hit_rate_at([], (1,)) is None
+
+
+def test_a_sweep_of_schedules_reports_each_by_name() -> None:
+    method = make_method("ssd", _pair(), mode="counterfactual", k=2, sweep=[2, [2, 1, 0]])
+    extra = method.generate(request([1, 2, 3], 40, seed=3)).stats.extra
+    assert {"ssd_cf_hit_rate_f2", "ssd_cf_hit_rate_f2-1-0"} <= set(extra)
+    assert extra["ssd_cf_hit_rate_f2-1-0"] <= extra["ssd_cf_hit_rate_f2"]
+    with pytest.raises(ValueError, match="needs k \\+ 1 = 3 widths"):
+        make_method("ssd", _pair(), k=2, sweep=[[1, 1]])
 
 
 def test_inline_and_async_draw_the_same_samples() -> None:
@@ -417,6 +431,11 @@ def test_a_finished_run_leaves_no_worker_behind(tmp_path: Path) -> None:
         costs = sample.costs
         assert costs is not None and costs.overlapped_draft_s and costs.overlapped_draft_forwards
         assert costs.overlapped_draft_s < costs.unit_s
+    # The report's async table: the cache, the waits, the overlap and the sweep.
+    (table,) = [t for t in file_tables(load_results(out)) if t.key == "async"]
+    (row,) = table.rows
+    assert table.columns[-4:] == [f"hit rate F={f}" for f in (1, 2, 3, 4)]
+    assert row[0] == "ssd" and all(cell != "-" for cell in row[1:3] + row[4:])
 
 
 def test_ctrl_c_stops_the_worker_and_keeps_finished_samples(tmp_path: Path) -> None:

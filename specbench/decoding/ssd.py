@@ -90,10 +90,10 @@ class DraftSideStats:
     answer_s: float = 0.0
     speculate_s: float = 0.0
     idle_s: float = 0.0
-    #: Per answered round after the first: the outcome token's rank among the glue row's
-    #: candidates (0 = the top candidate), or -1 when it was not a candidate at all
-    #: (filtered out by top-k/top-p, or the excluded draft token).
-    ranks: list[int] = field(default_factory=list)
+    #: Per answered round after the first: the outcome's glue row (its accepted count) and
+    #: the outcome token's rank among that row's candidates (0 = the top candidate; -1 when
+    #: it was not a candidate at all: filtered out by top-k/top-p, or the excluded draft).
+    ranks: list[tuple[int, int]] = field(default_factory=list)
 
 
 class SpeculationDrafter:
@@ -143,7 +143,7 @@ class SpeculationDrafter:
         """Drafts for the round after ``key`` (``None``: the first round), at most ``budget``."""
         started = time.perf_counter()
         if key is not None and self._glue is not None:
-            self.stats.ranks.append(self._rank(key))
+            self.stats.ranks.append((key[0], self._rank(key)))
         branch = self._lookup(key) if self._continues(sequence, key) else None
         limit = max(0, min(self.k, budget))
         if branch is not None:
@@ -290,9 +290,22 @@ class SpeculationDrafter:
         self.stats.branches += len(keys)
 
 
-def hit_rate_at(ranks: Sequence[int], fan_out: int) -> float | None:
-    """The share of rounds whose outcome was among the top ``fan_out`` candidates of its
-    glue row: SSD's hit rate with that fan-out at every position (counterfactual)."""
+def hit_rate_at(ranks: Sequence[tuple[int, int]], schedule: Sequence[int]) -> float | None:
+    """The share of rounds whose outcome was among the top ``schedule[j]`` candidates of its
+    glue row ``j``: SSD's hit rate with that fan-out schedule (counterfactual)."""
     if not ranks:
         return None
-    return sum(0 <= r < fan_out for r in ranks) / len(ranks)
+    return sum(covered(entry, schedule) for entry in ranks) / len(ranks)
+
+
+def covered(entry: tuple[int, int], schedule: Sequence[int]) -> bool:
+    """Whether a ranked outcome ``(row, rank)`` is in the cache ``schedule`` would fill."""
+    row, rank = entry
+    return 0 <= rank < (schedule[row] if row < len(schedule) else 0)
+
+
+def schedule_name(schedule: Sequence[int]) -> str:
+    """``3`` for a uniform fan-out of 3, ``3-2-1-1`` for a schedule by position."""
+    if len(set(schedule)) == 1:
+        return str(schedule[0])
+    return "-".join(str(width) for width in schedule)

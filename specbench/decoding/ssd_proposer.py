@@ -21,7 +21,9 @@ from specbench.decoding.ssd import (
     DraftSideStats,
     OutcomeKey,
     SpeculationDrafter,
+    covered,
     hit_rate_at,
+    schedule_name,
 )
 from specbench.decoding.types import GenerationRequest, GenerationResult
 from specbench.models import ledger
@@ -89,7 +91,11 @@ class SpeculationCacheProposer(Proposer):
     batchable = False
 
     def __init__(
-        self, side: DraftSide, k: int, counterfactual: Sequence[int] = (), caches: bool = True
+        self,
+        side: DraftSide,
+        k: int,
+        counterfactual: Sequence[int | Sequence[int]] = (),
+        caches: bool = True,
     ) -> None:
         super().__init__()
         #: Whether the draft side serves rounds from its cache (not in counterfactual mode).
@@ -97,7 +103,11 @@ class SpeculationCacheProposer(Proposer):
         self.side = side
         self.k = k
         self.max_chain = k
-        self.counterfactual = tuple(counterfactual)
+        #: Fan-out schedules (k + 1 widths) to score; an int F stands for F everywhere.
+        self.counterfactual = [
+            (entry,) * (k + 1) if isinstance(entry, int) else tuple(entry)
+            for entry in counterfactual
+        ]
         self._key: OutcomeKey | None = None
         self._hit = False
         self._waits: list[float] = []
@@ -168,13 +178,14 @@ class SpeculationCacheProposer(Proposer):
                 numbers[f"ssd_hit_accepted_{accepted}"] = count / hits
         # ranks[i] ranks the outcome that round i + 1 was answered for.
         served = self._round_tokens[1 : 1 + len(side.ranks)]
-        for fan_out in self.counterfactual:
-            rate = hit_rate_at(side.ranks, fan_out)
+        for schedule in self.counterfactual:
+            name = schedule_name(schedule)
+            rate = hit_rate_at(side.ranks, schedule)
             if rate is not None:
-                numbers[f"ssd_cf_hit_rate_f{fan_out}"] = rate
+                numbers[f"ssd_cf_hit_rate_f{name}"] = rate
             if served:
                 # With miss_policy "none" a missed round yields the target's one token.
                 pairs = zip(side.ranks, served, strict=False)
-                kept = [t if 0 <= r < fan_out else 1 for r, t in pairs]
-                numbers[f"ssd_cf_tokens_per_round_none_f{fan_out}"] = sum(kept) / len(kept)
+                kept = [t if covered(entry, schedule) else 1 for entry, t in pairs]
+                numbers[f"ssd_cf_tokens_per_round_none_f{name}"] = sum(kept) / len(kept)
         return numbers

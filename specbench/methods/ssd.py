@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from specbench.cpu_pinning import pinned, split_cores
 from specbench.decoding.draft_worker import WorkerDraftSide, WorkerSetup
@@ -48,10 +48,11 @@ class SsdParams(OneSequenceParams):
         "path; counterfactual: synchronous speculative decoding that only ranks each "
         "outcome among the draft's candidates (the hit rate of every fan-out in sweep).",
     )
-    sweep: list[PositiveInt] = Field(
+    sweep: list[PositiveInt | list[NonNegativeInt]] = Field(
         [1, 2, 3, 4],
-        description="Fan-outs whose hit rate every record reports (ssd_cf_hit_rate_f<F>), "
-        "from the rank of each outcome among its glue row's candidates.",
+        description="Fan-outs whose hit rate every record reports, from the rank of each "
+        "outcome among its glue row's candidates: F (the same at every position; "
+        "ssd_cf_hit_rate_f<F>) or a schedule of k + 1 widths (ssd_cf_hit_rate_f3-2-1-1).",
     )
     draft_device: str = Field(
         "auto",
@@ -74,6 +75,12 @@ class SsdParams(OneSequenceParams):
                 raise ValueError(
                     f"{name} needs k + 1 = {self.k + 1} branch counts >= 0, one per glue "
                     f"position; got {value}"
+                )
+        for entry in self.sweep:
+            if isinstance(entry, list) and len(entry) != self.k + 1:
+                raise ValueError(
+                    f"sweep schedule {entry} needs k + 1 = {self.k + 1} widths, one per glue "
+                    "position (or give one number for the same width everywhere)"
                 )
         return self
 

@@ -230,8 +230,11 @@ def async_data(result: ResultsFile) -> TableData | None:
     rows = [s for s in result.summaries if any(k.startswith("ssd_") for k in s.stats)]
     if not rows:
         return None
+    prefix = "ssd_cf_hit_rate_f"
+    names = {k.removeprefix(prefix) for s in rows for k in s.stats if k.startswith(prefix)}
+    # Uniform fan-outs in numeric order, then schedules by position.
     sweep = sorted(
-        {int(k.rsplit("f", 1)[1]) for s in rows for k in s.stats if k.startswith("ssd_cf_hit")}
+        names, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name)
     )
     table = TableData(
         f"Async speculation: {result.label}",
