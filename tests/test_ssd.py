@@ -21,7 +21,7 @@ from presets_for_tests import write_audit_toy_preset, write_tiny_hf_sampling_pre
 
 from specbench.audit.run import AuditOptions, audit_preset
 from specbench.decoding.draft_worker import DraftWorkerError, WorkerDraftSide
-from specbench.decoding.ssd import FanOut, SpeculationDrafter, hit_rate_at
+from specbench.decoding.ssd import FanOut, SpeculationDrafter, hit_rate_at, saguaro_rescale
 from specbench.models.toy import ToyConfig, ToyLanguageModel
 from specbench.plugins import MethodModels, discover_methods
 from specbench.presets.schema import load_preset
@@ -130,6 +130,27 @@ def test_counterfactual_mode_reports_no_cache_hit_rate() -> None:
     assert extra["ssd_cf_hit_rate_f1"] <= extra["ssd_cf_hit_rate_f5"]
 
 
+def test_saguaro_rescaling_lowers_the_top_tokens_and_keeps_a_distribution() -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    scaled = saguaro_rescale(probs, top=2, x=0.5)
+    assert scaled.sum().item() == pytest.approx(1.0)
+    assert scaled[0, :2].tolist() == pytest.approx([0.25 / 0.6, 0.15 / 0.6])
+    assert scaled[0, 2:].tolist() == pytest.approx([0.15 / 0.6, 0.05 / 0.6])
+
+
+def test_saguaro_sampling_trades_acceptance_for_cache_hits() -> None:
+    models = toy_models(vocab_size=24, order=2, distance=1.0, sharpness=2.0)
+    hit_rates = []
+    for x in (None, 0.2):
+        method = make_method("ssd", models, mode="inline", k=3, fan_out=2, saguaro_x=x)
+        runs = [
+            method.generate(request([1, 2, 3], 60, seed=seed, temperature=1.0)).stats.extra
+            for seed in range(30)
+        ]
+        hit_rates.append(sum(r["ssd_hit_rate"] for r in runs) / len(runs))
+    assert hit_rates[1] > hit_rates[0] + 0.1
+
+
 def test_hit_and_miss_schedules_are_used_after_hits_and_misses() -> None:
     draft = ToyLanguageModel(ToyConfig(vocab_size=16, seed=1))
     drafter = SpeculationDrafter(draft, 2, FanOut(hit=(1, 0, 0), miss=(0, 0, 4)))
@@ -197,6 +218,7 @@ def test_audit_passes_ssd_when_sampling_and_fails_its_wrong_branch_twin(tmp_path
         'name = "baseline"',
         'name = "ssd"\nparams = { k = 1, fan_out = 4 }',
         'name = "ssd"\nlabel = "ssd-inline"\nparams = { k = 2, fan_out = 2, mode = "inline" }',
+        'name = "ssd"\nlabel = "ssd-saguaro"\nparams = { k = 1, fan_out = 2, saguaro_x = 0.3 }',
         'name = "ssd-wrong-branch"\nparams = { k = 1, fan_out = 4 }',
     ]
     # k = 1: rounds of at most two tokens, so the four tokens tested include cache hits.
@@ -204,6 +226,7 @@ def test_audit_passes_ssd_when_sampling_and_fails_its_wrong_branch_twin(tmp_path
     verdicts = {r.method: r for r in outcome.records}
     assert verdicts["ssd"].verdict == "pass", verdicts["ssd"].detail
     assert verdicts["ssd-inline"].verdict == "pass", verdicts["ssd-inline"].detail
+    assert verdicts["ssd-saguaro"].verdict == "pass", verdicts["ssd-saguaro"].detail
     broken = verdicts["ssd-wrong-branch"]
     assert broken.verdict == "fail"
     assert broken.p_value is not None and broken.p_value < broken.alpha  # type: ignore[operator]

@@ -75,6 +75,7 @@ class WorkerSetup:
     device: str | None = None
     threads: int = 1
     cores: tuple[int, ...] | None = None
+    saguaro: tuple[int, float] | None = None
     #: The draft side's class (importable in the worker): tests swap in a broken twin.
     drafter: type[SpeculationDrafter] = SpeculationDrafter
 
@@ -103,7 +104,13 @@ def serve(conn: Connection, setup: WorkerSetup, parent_pid: int) -> None:
         os.sched_setaffinity(0, setup.cores)
     torch.set_num_threads(setup.threads)
     try:
-        drafter = setup.drafter(_load_draft(setup), setup.k, setup.fan_out, setup.miss_policy)
+        drafter = setup.drafter(
+            _load_draft(setup),
+            setup.k,
+            setup.fan_out,
+            setup.miss_policy,
+            saguaro=setup.saguaro,
+        )
         conn.send(("ready", os.getpid()))
         idle_since = time.perf_counter()
         while True:

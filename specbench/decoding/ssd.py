@@ -110,8 +110,12 @@ class SpeculationDrafter:
         fan_out: FanOut,
         miss_policy: MissPolicy = "jit",
         speculate_branches: bool = True,
+        saguaro: tuple[int, float] | None = None,
     ) -> None:
         self.model = model
+        #: Saguaro sampling ``(top, x)``: at temperature > 0 the draft draws from its
+        #: distribution with the ``top`` likeliest tokens' probabilities times ``x``.
+        self.saguaro = saguaro
         self.k = k
         self.fan_out = fan_out
         self.miss_policy = miss_policy
@@ -225,6 +229,8 @@ class SpeculationDrafter:
         if self._sampling.greedy:
             return greedy_token(logits).tolist(), None
         probs = logits_to_probs(logits, self._sampling)
+        if self.saguaro is not None:
+            probs = saguaro_rescale(probs, *self.saguaro)
         return sample(probs, self._generator).tolist(), probs
 
     def _candidates(self, schedule: Sequence[int]) -> list[OutcomeKey]:
@@ -288,6 +294,17 @@ class SpeculationDrafter:
         for b, key in enumerate(keys):
             self._cache[key] = Branch(tokens[b], torch.stack(probs[b]) if probs[b] else None)
         self.stats.branches += len(keys)
+
+
+def saguaro_rescale(probs: torch.Tensor, top: int, x: float) -> torch.Tensor:
+    """Saguaro sampling (SSD's ``--x``): each row's ``top`` largest probabilities times ``x``,
+    renormalised. With ``x < 1`` the draft proposes its top tokens less often, so after a
+    rejection the residual ``max(0, p - q)`` sits more on them, which are the tokens the
+    cache holds: a higher hit rate for a lower acceptance. The rows returned are the ``q``
+    the drafts are drawn from and verified against, so decoding stays exact."""
+    values, index = probs.topk(min(top, probs.shape[-1]), dim=-1)
+    scaled = probs.scatter(-1, index, values * x)
+    return scaled / scaled.sum(dim=-1, keepdim=True)
 
 
 def hit_rate_at(ranks: Sequence[tuple[int, int]], schedule: Sequence[int]) -> float | None:

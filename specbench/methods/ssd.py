@@ -54,6 +54,14 @@ class SsdParams(OneSequenceParams):
         "outcome among its glue row's candidates: F (the same at every position; "
         "ssd_cf_hit_rate_f<F>) or a schedule of k + 1 widths (ssd_cf_hit_rate_f3-2-1-1).",
     )
+    saguaro_x: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Saguaro sampling (SSD's --x), at temperature > 0: the draft's top "
+        "fan_out + 1 probabilities times x, renormalised, when drafting and in the q the "
+        "verifier checks (exact); x < 1 trades acceptance for cache hits.",
+    )
     draft_device: str = Field(
         "auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",
@@ -115,6 +123,7 @@ class SsdMethod(InProcessMethod[SsdParams]):
         self.k = params.k
         draft = models.require_draft()
         schedule = params.schedule()
+        saguaro = None if params.saguaro_x is None else (params.fan_out + 1, params.saguaro_x)
         self._split: tuple[list[int], list[int]] | None = None
         side: DraftSide
         if params.mode == "async":
@@ -133,6 +142,7 @@ class SsdMethod(InProcessMethod[SsdParams]):
                 threads=params.draft_threads,
                 cores=tuple(self._split[1]) if self._split else None,
                 drafter=self.drafter,
+                saguaro=saguaro,
             )
             self.worker: WorkerDraftSide | None = WorkerDraftSide(setup, draft.simulate_costs)
             side = self.worker
@@ -144,6 +154,7 @@ class SsdMethod(InProcessMethod[SsdParams]):
                 schedule,
                 params.miss_policy,
                 speculate_branches=params.mode == "inline",
+                saguaro=saguaro,
             )
             side = InlineDraftSide(drafter)
         self.proposer = SpeculationCacheProposer(
