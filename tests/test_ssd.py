@@ -121,6 +121,7 @@ def test_records_carry_the_speculation_numbers() -> None:
     assert extra["ssd_draft_forwards_per_round"] > 1
     assert extra["ssd_branches_per_round"] <= 2 * 4
     assert result.stats.draft_calls > 0
+    assert extra["ssd_worker_cores"] == 0  # inline: nothing pinned
 
 
 def test_counterfactual_mode_reports_no_cache_hit_rate() -> None:

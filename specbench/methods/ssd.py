@@ -186,6 +186,13 @@ class SsdMethod(InProcessMethod[SsdParams]):
         with self._pinned():
             return super().generate_batch(requests)
 
+    def finish(self, results: list[GenerationResult]) -> None:
+        # Where the two sides ran, for the record (0: not pinned).
+        target, worker = (len(self._split[0]), len(self._split[1])) if self._split else (0, 0)
+        for result in results:
+            result.stats.extra["ssd_target_cores"] = float(target)
+            result.stats.extra["ssd_worker_cores"] = float(worker)
+
     def _pinned(self) -> AbstractContextManager[None]:
         if self._split is None:
             return nullcontext()
