@@ -281,22 +281,32 @@ class _FailingDraft(ToyLanguageModel):
 
     sessions = 0
 
+    error: type[Exception] = RuntimeError
+
     def new_session(self):  # type: ignore[no-untyped-def]
         type(self).sessions += 1
         if type(self).sessions > 5:
-            raise RuntimeError("draft exploded")
+            raise self.error("draft exploded")
         return super().new_session()
 
 
-def test_a_failing_worker_is_reported_in_one_line_and_stopped() -> None:
+class _UnreadableDraft(_FailingDraft):
+    """Fails with an OSError, which must not pass for the pipe closing."""
+
+    error = FileNotFoundError
+
+
+@pytest.mark.parametrize("draft_class", [_FailingDraft, _UnreadableDraft])
+def test_a_failing_worker_is_reported_in_one_line_and_stopped(
+    draft_class: type[_FailingDraft],
+) -> None:
     config = ToyConfig(vocab_size=24, order=2, sharpness=3.0)
     target = ToyLanguageModel(config)
-    draft = _FailingDraft(ToyConfig(vocab_size=24, order=2, sharpness=3.0, distance=0.4))
+    draft = draft_class(ToyConfig(vocab_size=24, order=2, sharpness=3.0, distance=0.4))
     method = make_method("ssd", MethodModels(target=target, draft=draft), k=2)
+    error = draft_class.error.__name__
     try:
-        with pytest.raises(
-            DraftWorkerError, match="draft worker failed: RuntimeError: draft exploded"
-        ):
+        with pytest.raises(DraftWorkerError, match=f"draft worker failed: {error}: draft exploded"):
             for seed in range(10):
                 method.generate(request([1, 2], 10, seed=seed))
         worker = method.worker

@@ -133,9 +133,10 @@ def serve(conn: Connection, setup: WorkerSetup, parent_pid: int) -> None:
             else:
                 return
             idle_since = time.perf_counter()
-    except (EOFError, OSError, BrokenPipeError):
+    except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the pipe closed: the decoding process is gone
-    except BaseException as error:  # reported to the parent, then exit
+    except BaseException as error:  # reported to the parent, then exit (OSErrors too:
+        # a draft file that cannot be read is the user's to fix, not a closed pipe)
         where = traceback.extract_tb(error.__traceback__)[-1]
         line = (
             f"{type(error).__name__}: {error} ({os.path.basename(where.filename)}:{where.lineno})"
@@ -207,7 +208,7 @@ class WorkerDraftSide:
         _, conn = self._ensure_started()
         try:
             conn.send(message)
-        except (OSError, BrokenPipeError):
+        except OSError:
             raise self._died() from None
 
     def _receive(self, expected: str, timeout: float | None = None) -> Any:
@@ -228,16 +229,20 @@ class WorkerDraftSide:
         except (EOFError, OSError):
             raise self._died() from None
         if kind == "error":
-            self.close()
-            raise DraftWorkerError(
-                f"the ssd draft worker failed: {payload}",
-                "the draft model failed in its own process; run the same preset with "
-                "worker = 'inline' to see the full traceback",
-            )
+            raise self._failed(payload)
         if kind != expected:
             self.close()
             raise DraftWorkerError(f"the ssd draft worker answered {kind!r}, not {expected!r}")
         return payload
+
+    def _failed(self, error: str) -> DraftWorkerError:
+        """The worker reported ``error`` and exited: stop what is left of it."""
+        self.close()
+        return DraftWorkerError(
+            f"the ssd draft worker failed: {error}",
+            "the draft failed in its own process; run the same preset with "
+            "mode = 'inline' to see the full traceback",
+        )
 
     def _died(self) -> DraftWorkerError:
         process, conn = self._process, self._conn
@@ -246,11 +251,7 @@ class WorkerDraftSide:
             if conn is not None and conn.poll(0):
                 kind, payload = conn.recv()
                 if kind == "error":
-                    self.close()
-                    return DraftWorkerError(
-                        f"the ssd draft worker failed: {payload}",
-                        "run the same preset with worker = 'inline' for the full traceback",
-                    )
+                    return self._failed(payload)
         except (EOFError, OSError):
             pass
         if process is not None:
