@@ -99,7 +99,7 @@ def test_the_counterfactual_tokens_per_round_match_a_real_run_without_jit() -> N
     models = toy_models(vocab_size=24, order=2, distance=1.0, sharpness=2.0)
     method = make_method("ssd", models, mode="inline", k=3, fan_out=2, miss_policy="none")
     result = method.generate(request([1, 2, 3], 80, seed=4))
-    rounds = method.proposer._round_tokens  # type: ignore[attr-defined]
+    rounds = [r.tokens for r in method.proposer._rounds]  # type: ignore[attr-defined]
     assert sum(rounds) == len(result.tokens) == 80
     measured = sum(rounds[1:]) / len(rounds[1:])
     assert result.stats.extra["ssd_cf_tokens_per_round_none_f2"] == pytest.approx(measured)
@@ -107,7 +107,7 @@ def test_the_counterfactual_tokens_per_round_match_a_real_run_without_jit() -> N
     jit = make_method("ssd", models, mode="inline", k=3, fan_out=2)
     extra = jit.generate(request([1, 2, 3], 80, seed=4)).stats.extra
     assert extra["ssd_hit_rate"] < 1
-    jit_rounds = jit.proposer._round_tokens[1:]  # type: ignore[attr-defined]
+    jit_rounds = [r.tokens for r in jit.proposer._rounds[1:]]  # type: ignore[attr-defined]
     assert extra["ssd_cf_tokens_per_round_none_f2"] < sum(jit_rounds) / len(jit_rounds)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from specbench.decoding.proposers import Draft, Outcome, Proposal, Proposer, Sessions, Slot
@@ -77,6 +78,16 @@ class InlineDraftSide:
         self.drafter.close()
 
 
+@dataclass(frozen=True)
+class _Round:
+    """One round as the decoding process saw it."""
+
+    hit: bool
+    wait_s: float  # the target's wait for the drafts
+    answer_s: float  # the draft side's time answering
+    tokens: int  # accepted drafts plus the target's token
+
+
 class SpeculationCacheProposer(Proposer):
     """Drafts of a :class:`DraftSide`, one sequence at a time (see the module docstring).
 
@@ -109,12 +120,8 @@ class SpeculationCacheProposer(Proposer):
             for entry in counterfactual
         ]
         self._key: OutcomeKey | None = None
-        self._hit = False
-        self._waits: list[float] = []
-        self._answers: list[float] = []
-        self._rounds = {True: [0, 0], False: [0, 0]}  # hit -> [rounds, tokens]
-        self._on_hit = [0] * (k + 1)
-        self._round_tokens: list[int] = []
+        self._reply: tuple[bool, float, float] = (False, 0.0, 0.0)  # hit, wait, answer time
+        self._rounds: list[_Round] = []
 
     def start(self, requests: Sequence[GenerationRequest], sessions: Sessions) -> None:
         if len(requests) != 1:
@@ -122,29 +129,19 @@ class SpeculationCacheProposer(Proposer):
         super().start(requests, sessions)
         self.side.start(requests[0])
         self._key = None
-        self._waits, self._answers = [], []
-        self._rounds = {True: [0, 0], False: [0, 0]}
-        self._on_hit = [0] * (self.k + 1)
-        self._round_tokens = []
+        self._rounds = []
 
     def propose(self, slots: Sequence[Slot]) -> list[Draft]:
         (slot,) = slots
         started = time.perf_counter()
         reply = self.side.answer(slot.sequence, self._key, slot.budget)
-        self._waits.append(time.perf_counter() - started)
-        self._answers.append(reply.answer_s)
-        self._hit = reply.hit
+        self._reply = (reply.hit, time.perf_counter() - started, reply.answer_s)
         return [Proposal(tokens=reply.tokens, probs=reply.probs)]
 
     def observe(self, outcomes: Sequence[Outcome]) -> None:
         (outcome,) = outcomes
         self._key = (outcome.accepted, outcome.token)
-        tally = self._rounds[self._hit]
-        tally[0] += 1
-        tally[1] += outcome.accepted + 1
-        self._round_tokens.append(outcome.accepted + 1)
-        if self._hit:
-            self._on_hit[min(outcome.accepted, self.k)] += 1
+        self._rounds.append(_Round(*self._reply, tokens=outcome.accepted + 1))
 
     def finish(self, results: Sequence[GenerationResult]) -> None:
         (result,) = results
@@ -153,13 +150,13 @@ class SpeculationCacheProposer(Proposer):
         result.stats.extra.update(self._numbers(side))
         if self.side.concurrent:
             # Speculation the target did not wait for ran beside it: overlapped work.
-            late = sum(max(0.0, w - a) for w, a in zip(self._waits, self._answers, strict=True))
+            late = sum(max(0.0, r.wait_s - r.answer_s) for r in self._rounds)
             ledger.overlapped(max(0.0, side.speculate_s - late), side.forwards)
 
     def _numbers(self, side: DraftSideStats) -> dict[str, float]:
-        rounds = max(1, len(self._waits))
+        rounds = max(1, len(self._rounds))
         numbers = {
-            "ssd_draft_wait_ms": 1000 * sum(self._waits) / rounds,
+            "ssd_draft_wait_ms": 1000 * sum(r.wait_s for r in self._rounds) / rounds,
             "ssd_draft_busy_ms": 1000 * (side.answer_s + side.speculate_s) / rounds,
             "ssd_draft_idle_ms": 1000 * side.idle_s / rounds,
             "ssd_draft_forwards_per_round": side.forwards / rounds,
@@ -169,15 +166,15 @@ class SpeculationCacheProposer(Proposer):
         if predicted > 0 and self.caches:
             numbers["ssd_hit_rate"] = side.hits / predicted
         for hit, name in ((True, "hit"), (False, "miss")):
-            count, tokens = self._rounds[hit]
-            if count:
-                numbers[f"ssd_tokens_per_round_{name}"] = tokens / count
-        hits = sum(self._on_hit)
-        if hits:
-            for accepted, count in enumerate(self._on_hit):
-                numbers[f"ssd_hit_accepted_{accepted}"] = count / hits
+            tokens = [r.tokens for r in self._rounds if r.hit == hit]
+            if tokens:
+                numbers[f"ssd_tokens_per_round_{name}"] = sum(tokens) / len(tokens)
+        on_hit = [min(r.tokens - 1, self.k) for r in self._rounds if r.hit]
+        if on_hit:
+            for accepted in range(self.k + 1):
+                numbers[f"ssd_hit_accepted_{accepted}"] = on_hit.count(accepted) / len(on_hit)
         # ranks[i] ranks the outcome that round i + 1 was answered for.
-        served = self._round_tokens[1 : 1 + len(side.ranks)]
+        served = [r.tokens for r in self._rounds[1 : 1 + len(side.ranks)]]
         for schedule in self.counterfactual:
             name = schedule_name(schedule)
             rate = hit_rate_at(side.ranks, schedule)
