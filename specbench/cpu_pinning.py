@@ -56,22 +56,20 @@ def _threads() -> list[int]:
 def pinned(cores: list[int], threads: int) -> Iterator[None]:
     """Inside the block every thread of this process runs on ``cores`` and torch uses
     ``threads`` threads; both are restored afterwards."""
-    import torch
-
     if not hasattr(os, "sched_setaffinity"):
-        yield
+        with torch_threads(threads):
+            yield
         return
-    before = {tid: os.sched_getaffinity(tid) for tid in _threads()}
-    threads_before = torch.get_num_threads()
+    before: dict[int, set[int]] = {}
     # Every existing thread: torch's pool threads keep the mask they were started with.
-    for tid in before:
+    for tid in _threads():
         with suppress(OSError):  # a thread that ended meanwhile
+            before[tid] = os.sched_getaffinity(tid)
             os.sched_setaffinity(tid, cores)
-    torch.set_num_threads(threads)
     try:
-        yield
+        with torch_threads(threads):
+            yield
     finally:
-        torch.set_num_threads(threads_before)
         for tid in _threads():
             with suppress(OSError):
                 os.sched_setaffinity(tid, before.get(tid, before.get(os.getpid(), cores)))

@@ -20,6 +20,7 @@ import torch
 from presets_for_tests import write_audit_toy_preset, write_tiny_hf_sampling_preset
 
 from specbench.audit.run import AuditOptions, audit_preset
+from specbench.cpu_pinning import pinned
 from specbench.decoding.draft_worker import DraftWorkerError, WorkerDraftSide
 from specbench.decoding.ssd import FanOut, SpeculationDrafter, hit_rate_at, saguaro_rescale
 from specbench.models.toy import ToyConfig, ToyLanguageModel
@@ -170,6 +171,18 @@ def test_hit_and_miss_schedules_are_used_after_hits_and_misses() -> None:
 def test_a_schedule_of_the_wrong_length_is_refused() -> None:
     with pytest.raises(ValueError, match="k \\+ 1 = 4 branch counts"):
         make_method("ssd", _pair(), k=3, fan_out_hit=[1, 1])
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux affinity only")
+def test_pinning_moves_every_thread_and_restores_them() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    threads_before = torch.get_num_threads()
+    with pinned(cores[:1], 1):
+        tids = [int(tid) for tid in os.listdir("/proc/self/task")]
+        assert all(os.sched_getaffinity(tid) == {cores[0]} for tid in tids)
+        assert torch.get_num_threads() == 1
+    assert sorted(os.sched_getaffinity(0)) == cores
+    assert torch.get_num_threads() == threads_before
 
 
 def test_hit_rate_at_a_schedule_counts_each_outcome_at_its_own_glue_row() -> None:

@@ -120,7 +120,6 @@ class SsdMethod(InProcessMethod[SsdParams]):
 
     def __init__(self, params: SsdParams, models: MethodModels) -> None:
         super().__init__(params, models)
-        self.k = params.k
         draft = models.require_draft()
         schedule = params.schedule()
         saguaro = None if params.saguaro_x is None else (params.fan_out + 1, params.saguaro_x)
@@ -157,6 +156,7 @@ class SsdMethod(InProcessMethod[SsdParams]):
                 saguaro=saguaro,
             )
             side = InlineDraftSide(drafter)
+        self.side = side
         self.proposer = SpeculationCacheProposer(
             side, params.k, params.sweep, caches=params.mode != "counterfactual"
         )
@@ -201,9 +201,4 @@ class SsdMethod(InProcessMethod[SsdParams]):
         return pinned(mine, threads)
 
     def close(self) -> None:
-        self.proposer_side().close()
-
-    def proposer_side(self) -> DraftSide:
-        proposer = self.proposer
-        assert isinstance(proposer, SpeculationCacheProposer)
-        return proposer.side
+        self.side.close()
