@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from specbench.costs.phases import unit_key
 from specbench.records import PHASES, SummaryRecord
 from specbench.report.profile import consistency
 from specbench.report.results import ResultsFile, batch_points, category_table
@@ -282,9 +283,8 @@ def _overlapped_ms_per_token(result: ResultsFile, method: str) -> float | None:
             continue
         tokens += sample.new_tokens
         if sample.costs.overlapped_draft_s is not None:
-            units[sample.batch_id or f"{sample.prompt_id}/{sample.run}"] = (
-                sample.costs.overlapped_draft_s
-            )
+            # A batch's samples share one ledger: count each unit once.
+            units[unit_key(sample)] = sample.costs.overlapped_draft_s
     if not units or not tokens:
         return None
     return 1000 * sum(units.values()) / tokens
