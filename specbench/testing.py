@@ -7,6 +7,7 @@ runner builds it, and compare its greedy output with the baseline's token for to
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from specbench.decoding.sampling import SamplingParams
@@ -55,3 +56,18 @@ def request(
         seed=seed,
         stop_token_ids=stop,
     )
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs: an engine server, a draft worker. A zombie (exited,
+    not yet waited for by its parent) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            # The state follows the command name, which may itself hold spaces and ")".
+            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False

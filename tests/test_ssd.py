@@ -29,7 +29,7 @@ from specbench.presets.schema import load_preset
 from specbench.records import SampleRecord, read_records
 from specbench.report.results import load_results
 from specbench.report.tables import file_tables
-from specbench.testing import make_method, request, toy_models
+from specbench.testing import make_method, process_alive, request, toy_models
 
 ALPHA = 0.01
 REPO = Path(__file__).resolve().parents[1]
@@ -39,23 +39,10 @@ def _pair() -> MethodModels:
     return toy_models(vocab_size=24, order=2, distance=0.4, sharpness=3.0, eos_bias=-2.0)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie has exited; only its parent's wait is missing.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _wait_gone(pid: int, seconds: float = 15.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not process_alive(pid):
             return True
         time.sleep(0.1)
     return False
@@ -284,7 +271,7 @@ def test_the_worker_stops_when_the_method_closes() -> None:
     worker = method.worker
     assert worker is not None and worker.pid is not None
     pid = worker.pid
-    assert _alive(pid)
+    assert process_alive(pid)
     method.close()
     assert _wait_gone(pid, 10)
 
@@ -364,7 +351,7 @@ def test_the_worker_exits_when_the_decoding_process_is_killed(tmp_path: Path) ->
     try:
         assert parent.stdout is not None
         worker_pid = int(parent.stdout.readline())
-        assert _alive(worker_pid)
+        assert process_alive(worker_pid)
         parent.kill()
         parent.wait()
         assert _wait_gone(worker_pid), "the worker outlived its killed parent"
@@ -408,7 +395,7 @@ def _tagged(tag: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as handle:
-                if tag.encode() in handle.read() and _alive(int(entry)):
+                if tag.encode() in handle.read() and process_alive(int(entry)):
                     found.append(int(entry))
         except OSError:
             continue

@@ -10,7 +10,6 @@ two-sample audit of its speculative sampling.
 
 from __future__ import annotations
 
-import os
 import stat
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from specbench.plugins import discover_methods
 from specbench.presets.schema import load_preset
 from specbench.records import AuditRecord, SampleRecord, SummaryRecord, read_records
 from specbench.run.runner import RunAborted, run_preset
+from specbench.testing import process_alive
 
 HERE = Path(__file__).parent
 
@@ -121,14 +121,6 @@ def _run(path: Path, output: Path, **kwargs: Any) -> Any:
     return run_preset(load_preset(str(path), discover_methods()), output, **kwargs)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
 @pytest.fixture
 def servers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every LlamaServer the plugin starts, to check that none outlives the run."""
@@ -151,7 +143,7 @@ def test_each_configuration_runs_in_its_own_server_and_reports_its_counters(
 ) -> None:
     out = tmp_path / "results.jsonl"
     outcome = _run(_preset(tmp_path, tokenizer_folder, fake_server), out)
-    assert len(servers) == 3 and not any(_alive(s.process.pid) for s in servers)
+    assert len(servers) == 3 and not any(process_alive(s.process.pid) for s in servers)
     for label in ("llama", "llama-ngram", "llama-draft"):
         log = tmp_path / f"results.{label}.llama-server.log"
         assert "fake llama-server" in log.read_text()
@@ -213,7 +205,7 @@ def test_a_server_that_dies_at_start_is_one_line_naming_its_log(
     text = str(error.value)
     assert "llama-server exited with code 1 while starting" in text
     assert "failed to load model" in text and "llama-server.log" in (error.value.hint or "")
-    assert not any(_alive(s.process.pid) for s in servers)
+    assert not any(process_alive(s.process.pid) for s in servers)
 
 
 def test_ctrl_c_stops_every_server_and_keeps_the_samples(
@@ -237,7 +229,7 @@ def test_ctrl_c_stops_every_server_and_keeps_the_samples(
     with pytest.raises(RunAborted) as aborted:
         _run(_preset(tmp_path, tokenizer_folder, fake_server), out)
     assert isinstance(aborted.value.cause, KeyboardInterrupt)
-    assert len(servers) == 3 and not any(_alive(s.process.pid) for s in servers)
+    assert len(servers) == 3 and not any(process_alive(s.process.pid) for s in servers)
     assert len([r for r in read_records(out) if isinstance(r, SampleRecord)]) == 2
 
 
