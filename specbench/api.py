@@ -26,7 +26,14 @@ from specbench.decoding.proposers import (
 )
 from specbench.decoding.sampling import SamplingParams, logits_to_probs, sample
 from specbench.decoding.tree import Candidate, TokenTree, TreeProposer, best_subtree
-from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult, StopReason
+from specbench.decoding.types import (
+    DecodeStats,
+    GenerationRequest,
+    GenerationResult,
+    ServedRequest,
+    SpecCounters,
+    StopReason,
+)
 from specbench.decoding.verify import (
     RejectionVerifier,
     StepFeatures,
@@ -36,7 +43,6 @@ from specbench.decoding.verify import (
 )
 from specbench.errors import PluginError, SpecbenchError
 from specbench.methods.external_engines import (
-    SpecCounters,
     counter_stats,
     engine_model,
     gguf_path,
@@ -44,6 +50,12 @@ from specbench.methods.external_engines import (
     per_position,
 )
 from specbench.methods.in_process import ExecutionParams, InProcessMethod, OneSequenceParams
+from specbench.methods.server_process import (
+    ServerLauncher,
+    ServerProcess,
+    free_port,
+    server_launchers,
+)
 from specbench.models.backends import ModelBackend
 from specbench.models.base import BatchSession, ForwardOutput, LanguageModel, Session, Tokenizer
 from specbench.models.capabilities import (
@@ -55,7 +67,7 @@ from specbench.models.capabilities import (
     transformers_model,
 )
 from specbench.models.spec_base import ModelSpecBase
-from specbench.models.specs import HFModelSpec
+from specbench.models.specs import HFModelSpec, ModelsSpec
 from specbench.plugins import (
     CommandPlugin,
     DecodingMethod,
@@ -93,6 +105,7 @@ __all__ = [
     "ModelDrafter",
     "ModelRole",
     "ModelSpecBase",
+    "ModelsSpec",
     "NgramDrafter",
     "NoProposer",
     "OneSequenceParams",
@@ -107,6 +120,9 @@ __all__ = [
     "RunContext",
     "SamplingParams",
     "Score",
+    "ServedRequest",
+    "ServerLauncher",
+    "ServerProcess",
     "Session",
     "Sessions",
     "Slot",
@@ -129,6 +145,7 @@ __all__ = [
     "counter_stats",
     "discover_methods",
     "engine_model",
+    "free_port",
     "gguf_path",
     "internal_states",
     "logits_to_probs",
@@ -136,5 +153,6 @@ __all__ = [
     "per_position",
     "prompts_from_rows",
     "sample",
+    "server_launchers",
     "transformers_model",
 ]

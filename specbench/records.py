@@ -118,6 +118,51 @@ class PhaseCosts(BaseModel):
         return value
 
 
+class RequestTiming(BaseModel):
+    """One request to a server, as the client timed it (seconds from sending it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sent_s: float = Field(description="When it was sent, from the start of its load level.")
+    ttft_s: float | None = Field(description="Time to the first chunk that carried output.")
+    e2e_s: float = Field(description="Time to the end of the stream.")
+    itl_s: list[float] = Field(
+        default_factory=list,
+        description="Inter-token latencies: the gaps between output chunks (a chunk may "
+        "carry several tokens, as vllm bench serve counts them).",
+    )
+    tpot_s: float | None = Field(
+        None, description="Time per output token after the first: (e2e - ttft) / (tokens - 1)."
+    )
+    output_tokens: int = Field(0, description="The server's usage count, else the stream's.")
+    usage_tokens: int | None = Field(None, description="completion_tokens of the usage chunk.")
+    stream_tokens: int = Field(0, description="Tokens the stream carried (see output_ids).")
+    output_ids: Literal["server", "retokenized"] = Field(
+        "server", description="Ids the server streamed, or its text encoded again by specbench."
+    )
+    error: str | None = None
+
+
+class ServingSample(BaseModel):
+    """How a sample was served: the load it ran under and each of its requests (one per
+    turn). ``counters`` and ``level_wall_s`` belong to the whole level (every sample of one
+    ``batch_id`` carries the same)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api: Literal["completions", "chat"]
+    prompt_as: Literal["token_ids", "text"]
+    concurrency: int
+    request_rate: float | None = None
+    requests: list[RequestTiming]
+    level_wall_s: float = Field(description="The level's first send to its last answer.")
+    counters: dict[str, Any] | None = Field(
+        None,
+        description="The server's speculative counters over the level (/metrics after minus "
+        "before): drafts, draft_tokens, accepted, accepted_per_position.",
+    )
+
+
 class SampleRecord(_Record):
     """One generation: one method on one prompt, one run."""
 
@@ -195,6 +240,59 @@ class SampleRecord(_Record):
     text: str | None = None
     turn_texts: list[str] | None = None
     tokens: list[int] | None = None
+    error: str | None = Field(
+        None,
+        description="Why the sample failed (a server's error, a timeout, a cut stream): it is "
+        "left out of summaries, and --resume runs it again.",
+    )
+    serving: ServingSample | None = Field(
+        None, description="Server methods: the load level and each request's latencies."
+    )
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+class ServingSummary(BaseModel):
+    """One server configuration at one load level: latency percentiles over its requests,
+    throughput over the level's wall time, and the server's speculative counters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int
+    request_rate: float | None = None
+    requests: int = Field(description="Requests that finished (failed ones excluded).")
+    failed_requests: int = 0
+    output_tokens: int
+    wall_s: float = Field(description="Sum of the levels' wall times (one level per run).")
+    output_tokens_per_s: float
+    requests_per_s: float
+    ttft_ms: dict[str, float] = Field(description="p50, p90, p99 and mean of TTFT.")
+    tpot_ms: dict[str, float]
+    itl_ms: dict[str, float]
+    e2e_ms: dict[str, float]
+    token_count_mismatches: int = Field(
+        0, description="Requests whose usage count differs from the ids the server streamed."
+    )
+    drafts: int | None = None
+    draft_tokens: int | None = None
+    accepted: int | None = None
+    acceptance_rate: float | None = Field(
+        None, description="accepted / draft_tokens (scales with the draft length)."
+    )
+    acceptance_length: float | None = Field(
+        None, description="1 + accepted / drafts: tokens per verification step."
+    )
+    position_marginal: list[float] = Field(
+        default_factory=list,
+        description="Marginal acceptance per position: accepted at i / drafts (vLLM's "
+        "per-position rate; acceptance_length = 1 + their sum).",
+    )
+    position_conditional: list[float | None] = Field(
+        default_factory=list,
+        description="Conditional acceptance per position: accepted at i / accepted at i - 1.",
+    )
 
 
 class SummaryRecord(_Record):
@@ -296,6 +394,10 @@ class SummaryRecord(_Record):
         "most of the difference.",
     )
     stats: dict[str, float] = Field(default_factory=dict)
+    failed: int = Field(0, description="Samples that failed (not in any figure above).")
+    serving: ServingSummary | None = Field(
+        None, description="Server methods: the load level's latency percentiles and counters."
+    )
 
 
 class RunEnd(_Record):

@@ -37,7 +37,7 @@ from specbench.plugins import (
     own_baseline,
     reference_method,
 )
-from specbench.presets.schema import ResolvedPreset
+from specbench.presets.schema import ResolvedPreset, first_level_only
 from specbench.prompts.conversation import PromptEncoder
 from specbench.records import AuditRecord, RecordWriter
 from specbench.run.plan import SessionPlan
@@ -109,6 +109,12 @@ def audit_preset(
         raise SpecbenchError(
             f"{output} already holds results", "choose another --output, or remove that file"
         )
+    if resolved.preset.runs.concurrency and len(resolved.preset.runs.concurrency) > 1:
+        report(
+            "note: load levels are not audited one by one (a level changes how many requests "
+            "are in flight, not what one returns): each server is audited at its first level"
+        )
+        resolved = first_level_only(resolved)
     preset = resolved.preset
     sampling = SamplingParams(
         preset.sampling.temperature, preset.sampling.top_k, preset.sampling.top_p

@@ -74,6 +74,8 @@ def audit(
         resolved = resolve_preset(preset, assignments, flags)
         chosen = [m.strip() for m in methods.split(",")] if methods else None
         if chosen:
+            # As labels of the preset (a server's own label names its load levels).
+            chosen = [m.label for m in select_methods(resolved, chosen).methods]
             # The baseline comes along: greedy verdicts and lossy divergence compare with it.
             labels = {m.label for m in resolved.methods}
             baseline = resolved.preset.runs.baseline

@@ -85,6 +85,12 @@ def run(
     sweeps: list[str] = typer.Option(
         None, "--sweep", help="One method copy per value: --sweep k=2,4,8 (repeatable)."
     ),
+    concurrency: str = typer.Option(
+        None,
+        "--concurrency",
+        help="Load levels for server methods, e.g. 1,4,16 (runs.concurrency): each runs "
+        "once per level, that many requests in flight.",
+    ),
     train: bool = typer.Option(
         False,
         "--train",
@@ -115,6 +121,7 @@ def run(
             "--top-k": ("sampling.top_k", top_k),
             "--top-p": ("sampling.top_p", top_p),
             "--seed": ("sampling.seed", seed),
+            "--concurrency": ("runs.concurrency", _levels(concurrency)),
         }
     )
     presets = list(preset or [])
@@ -160,8 +167,45 @@ def run(
     outcome = _run_one(resolved, output, resume, quiet, train, tracking, replay, debug, runner)
     if quiet:
         console.print(str(outcome.output), highlight=False, markup=False)
+    else:
+        _print_outcome(resolved.name, outcome)
+    _fail_on_failed(outcome, replay)
+
+
+def _fail_on_failed(outcome: RunOutcome, replay: list[str]) -> None:
+    """Failed samples (a server's errors) are in the file, marked failed: one line per kind
+    of error, then exit 1 with the command that runs only them again."""
+    if not outcome.failed:
         return
-    _print_outcome(resolved.name, outcome)
+    kinds: dict[str, list[str]] = {}
+    for sample in outcome.failed:
+        kinds.setdefault(sample.error or "unknown error", []).append(
+            f"{sample.method} on {sample.prompt_id}"
+        )
+    lines = [
+        f"{len(where)} failed: {error} (first: {where[0]})"
+        for error, where in list(kinds.items())[:5]
+    ]
+    command = resume_command(replay, outcome.output)
+    lines.append(
+        f"{len(outcome.failed)} samples failed and are recorded as failed in "
+        f"{outcome.output}. Fix: once the cause is fixed, `{command}` runs only them again"
+    )
+    fail("\n".join(lines), EXIT_FAILURE)
+
+
+def _levels(text: str | None) -> list[int] | None:
+    """``--concurrency 1,4,16`` as levels; anything else is a one-line error (exit 2)."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        fail(
+            f"--concurrency {text!r}: levels are whole numbers. Fix: write e.g. "
+            "--concurrency 1,4,16",
+            EXIT_INVALID_INPUT,
+        )
 
 
 def _shape(resolved: ResolvedPreset, methods: str | None, sweeps: list[str]) -> ResolvedPreset:

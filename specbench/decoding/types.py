@@ -10,7 +10,8 @@ import torch
 
 from specbench.decoding.sampling import SamplingParams
 
-StopReason = Literal["eos", "length"]
+#: ``error``: a request that failed (a server that answered an error or stopped answering).
+StopReason = Literal["eos", "length", "error"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class GenerationRequest:
     sampling: SamplingParams
     seed: int
     stop_token_ids: frozenset[int] = frozenset()
+    #: The conversation the ids encode, as ``(role, content)`` pairs (system, user,
+    #: assistant): for servers whose chat API takes messages instead of ids.
+    messages: tuple[tuple[str, str], ...] = ()
 
     def generator(self, device: torch.device, stream: int = 0) -> torch.Generator:
         """A generator on ``device`` for one random stream (0: target side, 1: draft side)."""
@@ -125,3 +129,69 @@ class GenerationResult:
     #: Engines that time their own phases: seconds by phase (``draft``, ``target``,
     #: ``verify``), for the cost ledger; phases left out are unknown.
     costs: dict[str, float] | None = None
+    #: Why the generation failed (a server's error, a timeout, a cut stream): the sample is
+    #: recorded as failed, never as a fast one, and ``--resume`` runs it again.
+    error: str | None = None
+    #: Requests sent to a server: what the client measured (see :class:`ServedRequest`).
+    served: ServedRequest | None = None
+
+
+@dataclass
+class SpecCounters:
+    """Speculative-decoding counters of an engine (cumulative, or a change over a request).
+
+    ``target_calls``: forward calls of the target (``None`` when the engine does not say;
+    then one per drafting step plus one per plain step is assumed). ``drafts``: steps that
+    verified a draft. ``accepted_per_position[i]``: drafts whose token ``i`` was accepted.
+    """
+
+    drafts: int = 0
+    draft_tokens: int = 0
+    accepted: int = 0
+    accepted_per_position: list[int] = field(default_factory=list)
+    target_calls: int | None = None
+
+    def minus(self, before: SpecCounters) -> SpecCounters:
+        """The change from ``before`` to these counters."""
+        width = max(len(self.accepted_per_position), len(before.accepted_per_position))
+        mine = self.accepted_per_position + [0] * (width - len(self.accepted_per_position))
+        theirs = before.accepted_per_position + [0] * (width - len(before.accepted_per_position))
+        calls = None
+        if self.target_calls is not None and before.target_calls is not None:
+            calls = self.target_calls - before.target_calls
+        return SpecCounters(
+            drafts=self.drafts - before.drafts,
+            draft_tokens=self.draft_tokens - before.draft_tokens,
+            accepted=self.accepted - before.accepted,
+            accepted_per_position=[a - b for a, b in zip(mine, theirs, strict=True)],
+            target_calls=calls,
+        )
+
+
+@dataclass
+class ServedRequest:
+    """One request to a server as the client saw it (times in seconds from sending it).
+
+    ``chunk_times`` are the arrival times of the stream's chunks that carried output
+    (``ttft_s`` is the first); a chunk may carry several tokens (a server that streams a
+    speculative step at once), so inter-token latencies are taken between chunks, as
+    ``vllm bench serve`` does. ``usage_tokens`` is the server's own count (``usage``),
+    ``stream_tokens`` what the stream carried. The level fields describe the load the
+    request ran under and are the same for every request of that level.
+    """
+
+    sent_s: float = 0.0
+    ttft_s: float | None = None
+    e2e_s: float = 0.0
+    chunk_times: list[float] = field(default_factory=list)
+    usage_tokens: int | None = None
+    stream_tokens: int = 0
+    #: ``token_ids`` or ``text``: what the prompt was sent as.
+    prompt_as: str = "token_ids"
+    #: ``server`` (ids the server streamed) or ``retokenized`` (its text, re-encoded).
+    output_ids: str = "server"
+    api: str = "completions"
+    concurrency: int = 1
+    request_rate: float | None = None
+    level_wall_s: float | None = None
+    counters: SpecCounters | None = None

@@ -9,47 +9,14 @@ requests run one at a time. :func:`counter_stats` turns such a change into the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specbench.decoding.types import DecodeStats
+from specbench.decoding.types import DecodeStats, SpecCounters
 from specbench.errors import ModelLoadError, SpecbenchError
 from specbench.install_hints import install_extra
 from specbench.models.spec_base import ModelSpecBase
 from specbench.models.specs import HFModelSpec
-
-
-@dataclass
-class SpecCounters:
-    """Speculative-decoding counters of an engine (cumulative, or a change over a request).
-
-    ``target_calls``: forward calls of the target (``None`` when the engine does not say;
-    then one per drafting step plus one per plain step is assumed). ``drafts``: steps that
-    verified a draft. ``accepted_per_position[i]``: drafts whose token ``i`` was accepted.
-    """
-
-    drafts: int = 0
-    draft_tokens: int = 0
-    accepted: int = 0
-    accepted_per_position: list[int] = field(default_factory=list)
-    target_calls: int | None = None
-
-    def minus(self, before: SpecCounters) -> SpecCounters:
-        """The change from ``before`` to these counters."""
-        width = max(len(self.accepted_per_position), len(before.accepted_per_position))
-        mine = self.accepted_per_position + [0] * (width - len(self.accepted_per_position))
-        theirs = before.accepted_per_position + [0] * (width - len(before.accepted_per_position))
-        calls = None
-        if self.target_calls is not None and before.target_calls is not None:
-            calls = self.target_calls - before.target_calls
-        return SpecCounters(
-            drafts=self.drafts - before.drafts,
-            draft_tokens=self.draft_tokens - before.draft_tokens,
-            accepted=self.accepted - before.accepted,
-            accepted_per_position=[a - b for a, b in zip(mine, theirs, strict=True)],
-            target_calls=calls,
-        )
 
 
 def counter_stats(change: SpecCounters, new_tokens: int) -> DecodeStats:

@@ -75,6 +75,21 @@ class RunsSpec(_Section):
         "(engines that each hold a model in memory); engines-last: the in-process methods "
         "prompt by prompt, then each external engine by itself.",
     )
+    concurrency: list[int] | None = Field(
+        None,
+        description="Load levels: each method with a concurrency parameter (a server) runs "
+        "once per level, labelled <label>@c<level> (--concurrency 1,4,16).",
+    )
+
+    @field_validator("concurrency")
+    @classmethod
+    def _levels(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            if not value or any(level < 1 for level in value):
+                raise ValueError("give one or more levels of at least 1, e.g. [1, 4, 16]")
+            if len(set(value)) != len(value):
+                raise ValueError("each level once")
+        return value
 
 
 class OutputSpec(_Section):
@@ -556,6 +571,8 @@ def validate_preset(
         issues += _issues_from(error, raw, skip_top=("methods",))
     skipped: list[tuple[str, str]] = []
     methods = _resolve_methods(raw, registry, issues, skipped)
+    if preset is not None and preset.runs.concurrency is not None:
+        methods, preset = _load_levels(preset, methods, preset.runs.concurrency, issues)
     if preset is not None:
         issues += _check_references(preset, methods, base_dir)
     if issues or preset is None:
@@ -652,6 +669,54 @@ def _resolve_methods(
     return resolved
 
 
+CONCURRENCY = "concurrency"
+
+
+def level_label(label: str, level: int) -> str:
+    """The label of ``label`` at load level ``level``."""
+    return f"{label}@c{level}"
+
+
+def _load_levels(
+    preset: Preset, methods: list[ResolvedMethod], levels: list[int], issues: list[PresetIssue]
+) -> tuple[list[ResolvedMethod], Preset]:
+    """``runs.concurrency``: one copy per level of every method with a ``concurrency``
+    parameter; a baseline naming such a method names its first level."""
+    expanded: list[ResolvedMethod] = []
+    renamed: dict[str, str] = {}
+    for method in methods:
+        if CONCURRENCY not in method.info.cls.Params.model_fields:
+            expanded.append(method)
+            continue
+        renamed[method.label] = level_label(method.label, levels[0])
+        for level in levels:
+            data = {**method.params.model_dump(), CONCURRENCY: level}
+            try:
+                params = method.info.cls.Params.model_validate(data)
+            except ValidationError as error:
+                issues.append(
+                    PresetIssue(
+                        "runs.concurrency",
+                        f"{level} is not valid for {method.label}: {error.errors()[0]['msg']}",
+                        "choose levels the method accepts",
+                    )
+                )
+                continue
+            expanded.append(replace(method, label=level_label(method.label, level), params=params))
+    if not renamed and methods:
+        issues.append(
+            PresetIssue(
+                "runs.concurrency",
+                "no method of this preset takes a concurrency (server methods do)",
+                "remove it, or add a server method",
+            )
+        )
+    if preset.runs.baseline in renamed:
+        runs = preset.runs.model_copy(update={"baseline": renamed[preset.runs.baseline]})
+        preset = preset.model_copy(update={"runs": runs})
+    return expanded, preset
+
+
 def _check_references(
     preset: Preset, methods: list[ResolvedMethod], base_dir: Path
 ) -> list[PresetIssue]:
@@ -690,6 +755,12 @@ def _preset_hash(effective: dict[str, Any]) -> str:
 def select_methods(resolved: ResolvedPreset, labels: Sequence[str]) -> ResolvedPreset:
     """Keep only the methods with these labels (``--methods``)."""
     known = [m.label for m in resolved.methods]
+    # A method run at several load levels is selected by its own label too.
+    labels = [
+        level
+        for label in labels
+        for level in ([label] if label in known else _levels_of(label, known) or [label])
+    ]
     unknown = [label for label in labels if label not in known]
     if unknown:
         raise SpecbenchError(
@@ -701,6 +772,27 @@ def select_methods(resolved: ResolvedPreset, labels: Sequence[str]) -> ResolvedP
     return replace(
         resolved, methods=methods, hash=_preset_hash(_effective(resolved.preset, methods))
     )
+
+
+def first_level_only(resolved: ResolvedPreset) -> ResolvedPreset:
+    """Without the load levels after the first (``runs.concurrency``): what the audit checks,
+    since a level changes how many requests are in flight, not what a request returns."""
+    levels = resolved.preset.runs.concurrency
+    if not levels or len(levels) < 2:
+        return resolved
+    later = tuple(f"@c{level}" for level in levels[1:])
+    methods = [
+        m
+        for m in resolved.methods
+        if not (CONCURRENCY in m.info.cls.Params.model_fields and m.label.endswith(later))
+    ]
+    return replace(
+        resolved, methods=methods, hash=_preset_hash(_effective(resolved.preset, methods))
+    )
+
+
+def _levels_of(label: str, known: Sequence[str]) -> list[str]:
+    return [other for other in known if other.startswith(f"{label}@c")]
 
 
 def sweep_parameter(resolved: ResolvedPreset, name: str, values: Sequence[Any]) -> ResolvedPreset:
@@ -772,6 +864,10 @@ _HINTS = {
 }
 
 
+#: Separates a parameter validator's problem from its fix in a ``ValueError`` message.
+FIX_MARK = "; fix: "
+
+
 def _issues_from(
     error: ValidationError,
     raw: Any,
@@ -795,6 +891,9 @@ def _issues_from(
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         hint = _HINTS.get(item["type"], "compare with `specbench presets show quickstart`")
+        if item["type"] == "value_error" and FIX_MARK in message:
+            # A validator's message may carry its own fix: "what is wrong; fix: what to do".
+            message, hint = message.split(FIX_MARK, 1)
         if item["type"] == "union_tag_not_found":
             field = str(item.get("ctx", {}).get("discriminator", "")).strip("'")
             hint = (

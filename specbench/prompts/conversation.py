@@ -27,13 +27,10 @@ class PromptEncoder:
         ``system`` (a prompt's own system message) replaces the preset's system prompt."""
         system_prompt = system if system is not None else self.system_prompt
         if self.chat_template:
-            messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-            for question, answer in history:
-                messages += [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer},
-                ]
-            messages.append({"role": "user", "content": user})
+            messages = [
+                {"role": role, "content": content}
+                for role, content in self.messages(history, user, system)
+            ]
             ids = self.tokenizer.chat_ids(messages)
             if ids is not None:
                 return ids
@@ -42,3 +39,13 @@ class PromptEncoder:
             parts += [question, answer]
         parts.append(user)
         return self.tokenizer.encode("\n\n".join(parts))
+
+    def messages(
+        self, history: Sequence[tuple[str, str]], user: str, system: str | None = None
+    ) -> list[tuple[str, str]]:
+        """The conversation as ``(role, content)`` messages (what a chat API takes)."""
+        system_prompt = system if system is not None else self.system_prompt
+        messages = [("system", system_prompt)] if system_prompt else []
+        for question, answer in history:
+            messages += [("user", question), ("assistant", answer)]
+        return [*messages, ("user", user)]

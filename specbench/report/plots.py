@@ -12,6 +12,7 @@ from specbench.errors import SpecbenchError
 from specbench.install_hints import install_extra
 from specbench.records import PHASES
 from specbench.report.results import ResultsFile
+from specbench.report.serving import load_curves
 
 
 def _pyplot() -> Any:
@@ -39,9 +40,38 @@ def write_plots(results: Sequence[ResultsFile], out_dir: Path) -> list[Path]:
         written.append(plot_speed_accuracy(results, out_dir / "speed_accuracy.png"))
     if any(s.ms_per_token_by_phase for r in results for s in r.summaries):
         written.append(plot_costs(results, out_dir / "cost_by_phase.png"))
-    if any(s.batch_size > 1 for r in results for s in r.summaries):
+    if any(s.batch_size > 1 and s.serving is None for r in results for s in r.summaries):
         written.append(plot_latency_throughput(results, out_dir / "latency_throughput.png"))
+    if any(s.serving is not None for r in results for s in r.summaries):
+        written.append(plot_serving(results, out_dir / "serving_throughput_tpot.png"))
     return written
+
+
+def plot_serving(results: Sequence[ResultsFile], path: Path) -> Path:
+    """Output throughput against median TPOT over the load levels, one line per server
+    configuration; an X marks the level at which speculation stops paying (its throughput
+    no better than the plain server's at that level)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    for result in results:
+        for curve in load_curves(result.summaries):
+            points = [(s, s.serving) for s in curve.points if s.serving and s.serving.tpot_ms]
+            if not points:
+                continue
+            xs = [serving.tpot_ms["p50"] for _, serving in points]
+            ys = [serving.output_tokens_per_s for _, serving in points]
+            name = curve.name if len(results) == 1 else f"{curve.name} - {result.label}"
+            (line,) = ax.plot(xs, ys, marker="o", label=name)
+            for (_, serving), x, y in zip(points, xs, ys, strict=True):
+                ax.annotate(f"c={serving.concurrency}", (x, y), fontsize=7, xytext=(4, 4),
+                            textcoords="offset points")  # fmt: skip
+                if serving.concurrency == curve.stops_paying:
+                    ax.scatter([x], [y], marker="x", s=120, color=line.get_color(), zorder=3)
+    ax.set_xlabel("median time per output token (ms)")
+    ax.set_ylabel("output throughput (tokens / s)")
+    ax.set_title("Serving: throughput vs TPOT over concurrency (X: speculation stops paying)")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
 
 
 def plot_latency_throughput(results: Sequence[ResultsFile], path: Path) -> Path:

@@ -133,7 +133,9 @@ class BatchPoint:
 
 def batch_points(result: ResultsFile) -> list[BatchPoint]:
     """The latency / throughput trade-off, or ``[]`` when every sample ran at batch size 1."""
-    if all(s.batch_size == 1 for s in result.summaries):
+    # A server's level is every prompt at once, not a batch: the serving table shows it.
+    batched = [s for s in result.summaries if s.serving is None]
+    if all(s.batch_size == 1 for s in batched):
         return []
     points = [
         BatchPoint(
@@ -143,6 +145,6 @@ def batch_points(result: ResultsFile) -> list[BatchPoint]:
             throughput_tokens_per_sec=s.throughput_tokens_per_sec,
             tokens_per_sec_per_sequence=s.tokens_per_sec_median,
         )
-        for s in result.summaries
+        for s in batched
     ]
     return sorted(points, key=lambda p: (p.method, p.batch_size))

@@ -21,7 +21,7 @@ Conventions (also in the README):
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -31,6 +31,7 @@ from specbench.costs.phases import cost_levels, summarize_costs
 from specbench.costs.units import UnitCosts
 from specbench.decoding.types import GenerationResult
 from specbench.records import SampleRecord, SummaryRecord
+from specbench.report.serving import serving_summary
 from specbench.report.uncertainty import (
     MachineLoad,
     by_worker,
@@ -87,9 +88,16 @@ def summarize(
     ``load`` (from the run header and end record) adds a warning when the machine was
     overloaded; ``intervals=False`` skips the bootstrap (live tables refresh often).
     """
+    everything = list(samples)
+    # Failed samples (a server's errors) are counted, never timed; one that a later session
+    # ran again (--resume) is not counted either.
+    finished = {(s.method, s.prompt_id, s.run) for s in everything if not s.failed}
+    failed_keys = {(s.method, s.prompt_id, s.run) for s in everything if s.failed}
+    failed = Counter(key[0] for key in failed_keys - finished)
     groups: dict[str, list[SampleRecord]] = defaultdict(list)
-    for sample in samples:
-        groups[sample.method].append(sample)
+    for sample in everything:
+        if not sample.failed:
+            groups[sample.method].append(sample)
     medians = {label: _median_tps(group) for label, group in groups.items()}
     base = medians.get(baseline) if baseline else None
     base_group = groups.get(baseline or "", []) if base else []
@@ -114,6 +122,8 @@ def summarize(
             _add_uncertainty(summary, group, base_group if label != baseline else [], load)
         _add_reference(summary, group, groups, medians, intervals)
         _add_costs(summary, group, unit_costs, levels)
+        summary.failed = failed[label]
+        summary.serving = serving_summary(group, failed[label])
         summaries.append(summary)
     return summaries
 

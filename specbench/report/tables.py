@@ -10,6 +10,7 @@ from specbench.costs.phases import unit_key
 from specbench.records import PHASES, SummaryRecord
 from specbench.report.profile import consistency
 from specbench.report.results import ResultsFile, batch_points, category_table
+from specbench.report.serving import load_curves
 
 
 @dataclass
@@ -191,6 +192,72 @@ def batch_data(result: ResultsFile) -> TableData | None:
     return table
 
 
+def serving_data(result: ResultsFile) -> TableData | None:
+    """Server methods per load level: throughput, latency percentiles, the server's
+    acceptance, and the throughput against the plain server at the same level."""
+    curves = load_curves(result.summaries)
+    if not curves:
+        return None
+    table = TableData(
+        f"Serving under load: {result.label}",
+        [
+            "method",
+            "level",
+            "ok/failed",
+            "out tok/s",
+            "req/s",
+            "TTFT p50/p99 ms",
+            "TPOT p50/p90/p99 ms",
+            "ITL p50/p99 ms",
+            "E2E p50 ms",
+            "accept",
+            "accept len",
+            "per position (marginal)",
+            "vs plain",
+        ],
+        key="serving",
+    )
+    notes = []
+    for curve in curves:
+        for summary, gain in zip(curve.points, curve.gains, strict=True):
+            serving = summary.serving
+            assert serving is not None
+            level = f"c={serving.concurrency}"
+            if serving.request_rate is not None:
+                level += f" {serving.request_rate:g} req/s"
+            table.rows.append(
+                [
+                    summary.method,
+                    level,
+                    f"{serving.requests}/{serving.failed_requests}",
+                    f"{serving.output_tokens_per_s:.1f}",
+                    f"{serving.requests_per_s:.2f}",
+                    _percentiles(serving.ttft_ms, ("p50", "p99")),
+                    _percentiles(serving.tpot_ms, ("p50", "p90", "p99")),
+                    _percentiles(serving.itl_ms, ("p50", "p99")),
+                    _percentiles(serving.e2e_ms, ("p50",)),
+                    fmt(serving.acceptance_rate, ".3f"),
+                    fmt(serving.acceptance_length, ".2f"),
+                    " ".join(f"{v:.2f}" for v in serving.position_marginal) or "-",
+                    "-" if gain is None else f"{gain:.2f}x",
+                ]
+            )
+        if curve.stops_paying is not None:
+            notes.append(f"{curve.name} stops paying at c={curve.stops_paying}")
+    table.caption = (
+        "Per-position acceptance is marginal (accepted at i / drafts; acceptance length = 1 + "
+        "its sum), from the server's /metrics over each level. vs plain: output throughput "
+        "over the plain server's at the same level. " + "; ".join(notes)
+    ).strip()
+    return table
+
+
+def _percentiles(values: dict[str, float], keys: Sequence[str]) -> str:
+    if not values:
+        return "-"
+    return "/".join(fmt(values.get(key), ".0f") for key in keys)
+
+
 def cost_data(result: ResultsFile) -> TableData | None:
     """The cost ledger: ms per generated token by phase, measured against predicted."""
     rows = [s for s in result.summaries if s.ms_per_token_by_phase is not None]
@@ -342,6 +409,7 @@ def file_tables(result: ResultsFile) -> list[TableData]:
         async_data(result),
         category_data(result),
         batch_data(result),
+        serving_data(result),
     )
     tables += [t for t in extra if t]
     return tables

@@ -45,6 +45,7 @@ from specbench.records import (
     RunEnd,
     RunHeader,
     SampleRecord,
+    ServingSample,
     SummaryRecord,
     read_records,
 )
@@ -54,6 +55,7 @@ from specbench.run.environment import collect_environment
 from specbench.run.output_paths import check_output_file
 from specbench.run.plan import SessionPlan
 from specbench.run.progress import Progress, ProgressCallback, ProgressTracker
+from specbench.run.serving import serving_sample
 
 
 @dataclass
@@ -64,6 +66,8 @@ class RunOutcome:
     summaries: list[SummaryRecord]
     written: int
     skipped: int
+    #: Samples of this session that failed (recorded with their error; --resume reruns them).
+    failed: list[SampleRecord] = field(default_factory=list)
 
 
 class RunAborted(Exception):
@@ -187,6 +191,7 @@ def run_preset(
     tracker = ProgressTracker(session.labels, keys, state.previous_samples, baseline, run_id, path)
     tracker.processed = lambda: _tokens_processed(session.models)
     written = 0
+    failed: list[SampleRecord] = []
     number = len(headers) + 1
     with RecordWriter(path) as writer:
         header = run_header(resolved, session.models, number, run_id, session.unit_costs)
@@ -197,6 +202,8 @@ def run_preset(
                 nonlocal written
                 writer.write(record)
                 written += 1
+                if record.failed:
+                    failed.append(record)
                 report(tracker.add(record))
 
             session.decode(
@@ -218,7 +225,7 @@ def run_preset(
         finally:
             session.close()
     report(tracker.snapshot("done", "finished"))
-    return RunOutcome(path, summaries, written=written, skipped=skipped)
+    return RunOutcome(path, summaries, written=written, skipped=skipped, failed=failed)
 
 
 @dataclass
@@ -268,7 +275,8 @@ class ResultsFile:
                 for p in prompts
                 for run in range(preset.runs.count)
             },
-            done={(s.method, s.prompt_id, s.run) for s in samples},
+            # A failed sample is not done: --resume runs it again.
+            done={(s.method, s.prompt_id, s.run) for s in samples if not s.failed},
         )
 
 
@@ -390,7 +398,11 @@ class Session:
         self, units: Sequence[tuple[_Task, ...]], on_record: Callable[[SampleRecord], None]
     ) -> None:
         preset = self.plan.resolved.preset
-        for unit in units:
+        for whole in units:
+            # Resuming: only what is left (a server level resends only its failed requests).
+            unit = tuple(t for t in whole if t.key not in self.done)
+            if not unit:
+                continue
             first = unit[0]
             self.where = f"{first.label} on prompt {first.prompt.id} (run {first.run})"
             if len(unit) > 1:
@@ -558,10 +570,12 @@ class _Context:
         self.encoder = PromptEncoder(tokenizer, prompts.chat_template, prompts.system_prompt)
         wanted = set(self.references.values()) | {self.preset.runs.baseline}
         for s in self.previous:
-            if s.method in wanted:
+            if s.method in wanted and not s.failed:
                 self.outputs.setdefault(s.method, {})[(s.prompt_id, s.run)] = s.output_sha
 
-    def request(self, prompt_ids: list[int], seed: int) -> GenerationRequest:
+    def request(
+        self, prompt_ids: list[int], seed: int, messages: Sequence[tuple[str, str]] = ()
+    ) -> GenerationRequest:
         if not prompt_ids:
             raise SpecbenchError("a prompt encodes to no tokens", "remove or fix that prompt")
         return GenerationRequest(
@@ -570,11 +584,19 @@ class _Context:
             sampling=self.sampling,
             seed=seed,
             stop_token_ids=self.stop_ids,
+            messages=tuple(messages),
         )
 
     def warm_up(self, method: DecodingMethod, prompt: Prompt, index: int) -> None:
         ids = self.encoder.encode([], prompt.turns[0], prompt.system)
-        method.generate(self.request(ids, sample_seed(self.preset.sampling.seed, -1, index)))
+        messages = self.encoder.messages([], prompt.turns[0], prompt.system)
+        seed = sample_seed(self.preset.sampling.seed, -1, index)
+        result = method.generate(self.request(ids, seed, messages))
+        if result.error is not None:  # a server that fails its warm-up fails every request
+            raise SpecbenchError(
+                f"the warm-up request failed: {result.error}",
+                "fix the server or the method's params, then rerun",
+            )
 
     def time_unit(
         self, unit: Sequence[_Task], method: DecodingMethod, baseline: str
@@ -593,15 +615,23 @@ class _Context:
         latency = [0.0] * len(unit)
         batch_wall = 0.0
         ledger = self._ledger()
+        levels: list[GenerationResult] = []  # a served level's first result, per turn
         for turn in range(max(len(t.prompt.turns) for t in unit)):
-            rows = [i for i, t in enumerate(unit) if turn < len(t.prompt.turns)]
+            # A conversation whose request failed goes no further.
+            rows = [
+                i
+                for i, t in enumerate(unit)
+                if turn < len(t.prompt.turns) and not (results[i] and results[i][-1].error)
+            ]
+            if not rows:
+                break
             requests = []
             for i in rows:
-                ids = self.encoder.encode(
-                    histories[i], unit[i].prompt.turns[turn], unit[i].prompt.system
-                )
+                prompt = unit[i].prompt
+                ids = self.encoder.encode(histories[i], prompt.turns[turn], prompt.system)
+                messages = self.encoder.messages(histories[i], prompt.turns[turn], prompt.system)
                 prompt_tokens[i] += len(ids)
-                requests.append(self.request(ids, seeds[i] + 7919 * turn))
+                requests.append(self.request(ids, seeds[i] + 7919 * turn, messages))
             self._synchronize()
             start = time.perf_counter()
             with open_ledger(ledger):
@@ -612,6 +642,8 @@ class _Context:
                 self._synchronize()
             wall = time.perf_counter() - start
             batch_wall += wall
+            if outputs and outputs[0].served is not None:
+                levels.append(outputs[0])
             for i, output in zip(rows, outputs, strict=True):
                 results[i].append(output)
                 latency[i] += wall if output.latency_s is None else output.latency_s
@@ -619,6 +651,7 @@ class _Context:
                 histories[i].append((user, tokenizer.decode(output.tokens)))
         batch_id = uuid.uuid4().hex[:8] if len(unit) > 1 else None
         costs = ledger_costs(ledger, method, [r for row in results for r in row], batch_wall)
+        serving = [serving_sample(row, levels) for row in results]
         return [
             self._record(
                 task,
@@ -634,6 +667,7 @@ class _Context:
                 batch_id,
                 batch_wall,
                 costs,
+                serving[i],
             )
             for i, task in enumerate(unit)
         ]
@@ -653,14 +687,21 @@ class _Context:
         batch_id: str | None,
         batch_wall: float,
         costs: PhaseCosts | None,
+        serving: ServingSample | None = None,
     ) -> SampleRecord:
         sha = output_sha(merged.tokens)
         key = (task.prompt.id, task.run)
-        self.outputs.setdefault(task.label, {})[key] = sha
+        if merged.error is None:  # a failed reference output is no reference
+            self.outputs.setdefault(task.label, {})[key] = sha
         reference = self.references.get(task.label, baseline)
         matches = None
         # Synthetic acceptance keeps draft tokens the target never chose: no comparison.
-        comparable = self.sampling.greedy and not method.synthetic and task.label != reference
+        comparable = (
+            self.sampling.greedy
+            and not method.synthetic
+            and task.label != reference
+            and merged.error is None
+        )
         if comparable and reference is not None and key in self.outputs.get(reference, {}):
             matches = self.outputs[reference][key] == sha
         if task.label not in self.engines:
@@ -696,6 +737,8 @@ class _Context:
             text="\n\n".join(texts) if output.save_text else None,
             turn_texts=texts if output.save_text and len(texts) > 1 else None,
             tokens=list(merged.tokens) if output.save_tokens else None,
+            error=merged.error,
+            serving=serving,
             **generation_metrics(merged, wall),
         )
 
@@ -723,4 +766,7 @@ def _merge(results: Sequence[GenerationResult]) -> GenerationResult:
     for result in results:
         stats.merge(result.stats)
     tokens = [token for result in results for token in result.tokens]
-    return GenerationResult(tokens=tokens, stop_reason=results[-1].stop_reason, stats=stats)
+    error = next((result.error for result in results if result.error), None)
+    return GenerationResult(
+        tokens=tokens, stop_reason=results[-1].stop_reason, stats=stats, error=error
+    )

@@ -19,6 +19,7 @@ from specbench.api import (
     GenerationResult,
     MethodModels,
     MethodParams,
+    ModelsSpec,
     RunContext,
     SpecbenchError,
     SpecCounters,
@@ -78,6 +79,50 @@ class LlamaCppParams(MethodParams):
 _SPECULATIVE_FIELDS = ("draft", "spec_type", "draft_max", "draft_min", "draft_p_min", "spec_args")
 
 
+def llama_server_args(params: LlamaCppParams, specs: ModelsSpec, slots: int) -> list[str]:
+    """The llama-server flags of a configuration serving ``slots`` requests at once (each
+    with ``ctx_size`` tokens), model paths from the preset's model specs."""
+    args = ["--model", str(gguf_path(specs.target, "target"))]
+    args += ["--ctx-size", str(params.ctx_size * slots), "--parallel", str(slots), "--metrics"]
+    args += ["--threads", str(params.threads or os.cpu_count() or 1)]
+    args += ["--no-webui"]
+    if params.draft:
+        if specs.draft is None:
+            raise SpecbenchError(
+                "llama-cpp with draft = true needs a [models.draft] in the preset",
+                "add the draft model, or use an n-gram spec_type",
+            )
+        args += ["--spec-draft-model", str(gguf_path(specs.draft, "draft"))]
+    spec_type = params.spec_type or ("draft-simple" if params.draft else None)
+    if spec_type is not None:
+        args += ["--spec-type", spec_type]
+    if params.draft_max is not None:
+        args += ["--spec-draft-n-max", str(params.draft_max)]
+    if params.draft_min is not None:
+        args += ["--spec-draft-n-min", str(params.draft_min)]
+    if params.draft_p_min is not None:
+        args += ["--spec-draft-p-min", str(params.draft_p_min)]
+    return args + list(params.spec_args) + list(params.server_args)
+
+
+def plain_params(params: LlamaCppParams) -> LlamaCppParams:
+    """The same configuration without speculation: llama.cpp's plain decoding."""
+    plain = params.model_dump()
+    for name in _SPECULATIVE_FIELDS:
+        plain.pop(name)
+    return LlamaCppParams(**plain)
+
+
+#: Only the samplers specbench applies, in its order; llama.cpp's other defaults (min_p
+#: 0.05, repetition penalties) would change the distribution.
+EXACT_SAMPLING: dict[str, Any] = {
+    "samplers": ["top_k", "top_p", "temperature"],
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.0,
+}
+
+
 class LlamaCppMethod(EngineMethod[LlamaCppParams]):
     """llama.cpp's llama-server: plain decoding, a draft model, or n-gram speculation."""
 
@@ -96,29 +141,7 @@ class LlamaCppMethod(EngineMethod[LlamaCppParams]):
 
     def server_args(self) -> list[str]:
         """The llama-server flags of this configuration (model paths from the preset)."""
-        params = self.params
-        specs = self.models.require_specs()
-        args = ["--model", str(gguf_path(specs.target, "target"))]
-        args += ["--ctx-size", str(params.ctx_size), "--parallel", "1", "--metrics"]
-        args += ["--threads", str(params.threads or os.cpu_count() or 1)]
-        args += ["--no-webui"]
-        if params.draft:
-            if specs.draft is None:
-                raise SpecbenchError(
-                    "llama-cpp with draft = true needs a [models.draft] in the preset",
-                    "add the draft model, or use an n-gram spec_type",
-                )
-            args += ["--spec-draft-model", str(gguf_path(specs.draft, "draft"))]
-        spec_type = params.spec_type or ("draft-simple" if params.draft else None)
-        if spec_type is not None:
-            args += ["--spec-type", spec_type]
-        if params.draft_max is not None:
-            args += ["--spec-draft-n-max", str(params.draft_max)]
-        if params.draft_min is not None:
-            args += ["--spec-draft-n-min", str(params.draft_min)]
-        if params.draft_p_min is not None:
-            args += ["--spec-draft-p-min", str(params.draft_p_min)]
-        return args + list(params.spec_args) + list(params.server_args)
+        return llama_server_args(self.params, self.models.require_specs(), slots=1)
 
     def prepare(self, context: RunContext) -> None:
         if self.server is not None:
@@ -147,10 +170,7 @@ class LlamaCppMethod(EngineMethod[LlamaCppParams]):
         return value if isinstance(value, dict) else {}
 
     def own_baseline(self) -> LlamaCppParams | None:
-        plain = self.params.model_dump()
-        for name in _SPECULATIVE_FIELDS:
-            plain.pop(name)
-        return LlamaCppParams(**plain)
+        return plain_params(self.params)
 
     def engine_info(self) -> dict[str, Any]:
         binary = self.server.binary if self.server is not None else None
@@ -199,15 +219,10 @@ class LlamaCppMethod(EngineMethod[LlamaCppParams]):
             "return_tokens": True,
             # Every method processes its prompt from scratch (no cache across requests).
             "cache_prompt": False,
-            # Only the samplers specbench applies, in its order; llama.cpp's other defaults
-            # (min_p 0.05, repetition penalties) would change the distribution.
-            "samplers": ["top_k", "top_p", "temperature"],
+            **EXACT_SAMPLING,
             "temperature": 0.0 if sampling.greedy else sampling.temperature,
             "top_k": sampling.top_k or 0,
             "top_p": sampling.top_p if sampling.top_p is not None else 1.0,
-            "min_p": 0.0,
-            "typical_p": 1.0,
-            "repeat_penalty": 1.0,
             "n_probs": 0,
         }
         before = self._counters()

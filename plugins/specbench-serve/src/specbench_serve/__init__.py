@@ -1,0 +1,3 @@
+"""specbench's ``server`` method: benchmark an OpenAI-compatible server under load."""
+
+__all__: list[str] = []
