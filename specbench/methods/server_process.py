@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 LP = TypeVar("LP", bound=MethodParams, default=MethodParams)
 
 _RUNNING: set[ServerProcess] = set()
+#: A log line that reads as a cause, and the logger prefix it may carry ("(Worker pid=1)
+#: ERROR 12-05 00:50:51 [file.py:315] ").
+_CAUSE = re.compile(r"\bERROR\b|(?i:\berror:)|died unexpectedly|\bKilled\b|(?i:out of memory)")
+_LOG_PREFIX = re.compile(r"^(\([^)]*\)\s*)?([A-Z]+ \d\d-\d\d [\d:]+ \[[^\]]*\]\s*)?")
 
 
 def free_port() -> int:
@@ -101,11 +106,12 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = self.log_tail()
+                reason = self.log_reason()
                 self.stop()
+                code = self.process.returncode
+                killed = " (-9: killed, most often for lack of memory)" if "-9" in reason else ""
                 raise SpecbenchError(
-                    f"{self.name} exited with code {self.process.returncode} while starting: "
-                    f"{tail}",
+                    f"{self.name} exited with code {code} while starting: {reason}{killed}",
                     f"read {self.log_path} for the whole log",
                 )
             if self.healthy():
@@ -123,6 +129,19 @@ class ServerProcess:
                 return bool(answer.status == 200)
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
+
+    def log_reason(self) -> str:
+        """The log's first line that reads as the cause (an error, a died or killed
+        process), without the logger's prefix; else its last lines. A server's last lines
+        are often shutdown noise after the cause."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[1:]
+        except OSError:
+            return ""
+        for line in lines:
+            if _CAUSE.search(line) and "WARNING" not in line:
+                return _LOG_PREFIX.sub("", line).strip()
+        return self.log_tail()
 
     def log_tail(self, lines: int = 3) -> str:
         try:

@@ -69,7 +69,7 @@ def plot_serving(results: Sequence[ResultsFile], path: Path) -> Path:
                     ax.scatter([x], [y], marker="x", s=120, color=line.get_color(), zorder=3)
     ax.set_xlabel("median time per output token (ms)")
     ax.set_ylabel("output throughput (tokens / s)")
-    ax.set_title("Serving: throughput vs TPOT over concurrency (X: speculation stops paying)")
+    ax.set_title("Serving: throughput vs TPOT over concurrency (X: speculation does not pay)")
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
 

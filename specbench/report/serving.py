@@ -114,6 +114,25 @@ class LoadCurve:
     gains: list[float | None]
     stops_paying: int | None = None
 
+    def verdict(self) -> str:
+        """One phrase: where speculation pays against the plain server ('' without one)."""
+        known = [(s, g) for s, g in zip(self.points, self.gains, strict=True) if g is not None]
+        if not known:
+            return ""
+        paying = [_level(s) for s, gain in known if gain > 1.0]
+        if not paying:
+            best_summary, best = max(known, key=lambda item: item[1])
+            return (
+                f"{self.name} does not pay at any level (best {best:.2f}x at "
+                f"c={_level(best_summary)})"
+            )
+        if self.stops_paying is None:
+            return f"{self.name} pays at every level"
+        before = [level for level in paying if level < self.stops_paying]
+        if not before:
+            return f"{self.name} does not pay from c={self.stops_paying} on"
+        return f"{self.name} pays up to c={max(before)}, not from c={self.stops_paying}"
+
 
 def load_curves(summaries: Sequence[SummaryRecord]) -> list[LoadCurve]:
     """The serving summaries of a file as one curve per configuration."""

@@ -242,12 +242,12 @@ def serving_data(result: ResultsFile) -> TableData | None:
                     "-" if gain is None else f"{gain:.2f}x",
                 ]
             )
-        if curve.stops_paying is not None:
-            notes.append(f"{curve.name} stops paying at c={curve.stops_paying}")
+        if curve.verdict():
+            notes.append(curve.verdict())
     table.caption = (
         "Per-position acceptance is marginal (accepted at i / drafts; acceptance length = 1 + "
         "its sum), from the server's /metrics over each level. vs plain: output throughput "
-        "over the plain server's at the same level. " + "; ".join(notes)
+        "over the plain server's at the same level. " + "; ".join(notes) + ("." if notes else "")
     ).strip()
     return table
 

@@ -25,7 +25,7 @@ from specbench_serve.counters import counters_from_text
 from specbench_serve.load import arrival_times
 from typer.testing import CliRunner
 
-from specbench.api import SpecbenchError, free_port
+from specbench.api import ServerProcess, SpecbenchError, free_port
 from specbench.cli.main import app
 from specbench.plugins import discover_methods
 from specbench.presets.schema import load_preset
@@ -288,6 +288,38 @@ def test_counters_are_read_whatever_the_prefix_and_summed_over_label_sets() -> N
     assert (counters.drafts, counters.draft_tokens, counters.accepted) == (5, 15, 9)
     assert counters.accepted_per_position == [5, 0, 2]
     assert counters_from_text("# TYPE x counter\nx_total 1\n") is None
+
+
+def test_a_shared_server_starts_once_with_the_most_slots_and_stops_with_its_last_user() -> None:
+    from specbench_serve import shared
+
+    class User:
+        pass
+
+    class Stub(ServerProcess):
+        def __init__(self, slots: int) -> None:
+            super().__init__("stub", lambda port: [], Path("unused.log"))
+            self.slots, self.started, self.stopped = slots, 0, 0
+
+        def start(self, timeout_s: float, hint: str = "") -> None:
+            self.started += 1
+
+        def stop(self) -> None:
+            self.stopped += 1
+
+    first, second, dropped = User(), User(), User()
+    shared.join("key", first, 1)
+    shared.join("key", second, 4)
+    shared.join("key", dropped, 2)
+    del dropped  # built to be asked something, then dropped without close()
+    server, fresh = shared.start("key", Stub, 1.0, "")
+    again, fresh_again = shared.start("key", Stub, 1.0, "")
+    assert isinstance(server, Stub) and fresh and not fresh_again and again is server
+    assert server.slots == 4 and server.started == 1
+    shared.leave("key", first)
+    assert server.stopped == 0
+    shared.leave("key", second)
+    assert server.stopped == 1
 
 
 # ----------------------------------------------------------------------------- presets

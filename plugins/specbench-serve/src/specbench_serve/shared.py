@@ -4,10 +4,13 @@
 the same server. Each level joins the server's users when it is built (so the server knows
 the most requests any level keeps in flight before it starts), the first level to run starts
 it, and the last level to close stops it: one start per configuration, not one per level.
+Users are held weakly: an instance built and dropped without being closed (the audit builds
+a method's plain twin to ask what it is) does not keep the server up.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,7 +19,7 @@ from specbench.api import ServerProcess
 
 @dataclass
 class _Shared:
-    users: set[int] = field(default_factory=set)
+    users: weakref.WeakSet[object] = field(default_factory=weakref.WeakSet)
     slots: int = 1
     server: ServerProcess | None = None
 
@@ -27,7 +30,7 @@ _SERVERS: dict[str, _Shared] = {}
 def join(key: str, user: object, slots: int) -> None:
     """``user`` will need the server ``key`` for ``slots`` requests at once."""
     shared = _SERVERS.setdefault(key, _Shared())
-    shared.users.add(id(user))
+    shared.users.add(user)
     shared.slots = max(shared.slots, slots)
 
 
@@ -48,7 +51,7 @@ def leave(key: str, user: object) -> None:
     shared = _SERVERS.get(key)
     if shared is None:
         return
-    shared.users.discard(id(user))
+    shared.users.discard(user)
     if not shared.users:
         if shared.server is not None:
             shared.server.stop()
