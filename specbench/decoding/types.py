@@ -195,3 +195,13 @@ class ServedRequest:
     request_rate: float | None = None
     level_wall_s: float | None = None
     counters: SpecCounters | None = None
+
+
+class InterruptedGeneration(KeyboardInterrupt):
+    """Ctrl-C during a call that had already finished some of its requests (a server's load
+    level): ``results`` has one result per request, the unfinished ones failed with an
+    ``error``, so the runner writes what finished before it stops."""
+
+    def __init__(self, results: list[GenerationResult]) -> None:
+        super().__init__()
+        self.results = results

@@ -25,7 +25,12 @@ from typing import Any, Literal
 from specbench.costs.phases import ledger_costs
 from specbench.costs.units import UnitCosts, measure_unit_costs
 from specbench.decoding.sampling import SamplingParams
-from specbench.decoding.types import DecodeStats, GenerationRequest, GenerationResult
+from specbench.decoding.types import (
+    DecodeStats,
+    GenerationRequest,
+    GenerationResult,
+    InterruptedGeneration,
+)
 from specbench.errors import SpecbenchError
 from specbench.methods.in_process import InProcessMethod
 from specbench.models.ledger import CostLedger, open_ledger
@@ -68,6 +73,14 @@ class RunOutcome:
     skipped: int
     #: Samples of this session that failed (recorded with their error; --resume reruns them).
     failed: list[SampleRecord] = field(default_factory=list)
+
+
+class InterruptedUnit(KeyboardInterrupt):
+    """Ctrl-C inside a unit, with the records of what it finished (the rest failed)."""
+
+    def __init__(self, records: list[SampleRecord]) -> None:
+        super().__init__()
+        self.records = records
 
 
 class RunAborted(Exception):
@@ -409,14 +422,24 @@ class Session:
                 self.where = (
                     f"{first.label} on a batch of {len(unit)} from prompt {first.prompt.id}"
                 )
-            for record in self.context.time_unit(
-                unit, self.methods[first.label], preset.runs.baseline
-            ):
-                key = (record.method, record.prompt_id, record.run)
-                if key in self.done:
-                    continue
-                self.done.add(key)
-                on_record(record)
+            try:
+                records = self.context.time_unit(
+                    unit, self.methods[first.label], preset.runs.baseline
+                )
+            except InterruptedUnit as stop:  # keep what finished, then stop
+                self._keep(stop.records, on_record)
+                raise KeyboardInterrupt from stop
+            self._keep(records, on_record)
+
+    def _keep(
+        self, records: Sequence[SampleRecord], on_record: Callable[[SampleRecord], None]
+    ) -> None:
+        for record in records:
+            key = (record.method, record.prompt_id, record.run)
+            if key in self.done:
+                continue
+            self.done.add(key)
+            on_record(record)
 
 
 def _check_unique(keys: Sequence[tuple[str, str, int]]) -> None:
@@ -616,7 +639,10 @@ class _Context:
         batch_wall = 0.0
         ledger = self._ledger()
         levels: list[GenerationResult] = []  # a served level's first result, per turn
+        interrupted = False
         for turn in range(max(len(t.prompt.turns) for t in unit)):
+            if interrupted:
+                break
             # A conversation whose request failed goes no further.
             rows = [
                 i
@@ -635,10 +661,13 @@ class _Context:
             self._synchronize()
             start = time.perf_counter()
             with open_ledger(ledger):
-                if len(unit) == 1:
-                    outputs = [method.generate(requests[0])]
-                else:
-                    outputs = method.generate_batch(requests)
+                try:
+                    if len(unit) == 1:
+                        outputs = [method.generate(requests[0])]
+                    else:
+                        outputs = method.generate_batch(requests)
+                except InterruptedGeneration as stop:
+                    outputs, interrupted = stop.results, True
                 self._synchronize()
             wall = time.perf_counter() - start
             batch_wall += wall
@@ -649,10 +678,16 @@ class _Context:
                 latency[i] += wall if output.latency_s is None else output.latency_s
                 user = unit[i].prompt.turns[turn]
                 histories[i].append((user, tokenizer.decode(output.tokens)))
+        if interrupted:  # a conversation cut short by Ctrl-C is not a finished sample
+            for i, t in enumerate(unit):
+                row = results[i]
+                if row and not row[-1].error and len(row) < len(t.prompt.turns):
+                    error = f"interrupted (Ctrl-C) before turn {len(row) + 1}"
+                    row.append(GenerationResult([], "error", DecodeStats(), error=error))
         batch_id = uuid.uuid4().hex[:8] if len(unit) > 1 else None
         costs = ledger_costs(ledger, method, [r for row in results for r in row], batch_wall)
         serving = [serving_sample(row, levels) for row in results]
-        return [
+        records = [
             self._record(
                 task,
                 method,
@@ -670,7 +705,11 @@ class _Context:
                 serving[i],
             )
             for i, task in enumerate(unit)
+            if results[i]
         ]
+        if interrupted:
+            raise InterruptedUnit(records)
+        return records
 
     def _record(
         self,

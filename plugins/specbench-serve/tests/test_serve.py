@@ -11,6 +11,7 @@ GGUF at concurrency 1 and 4; ``vllm`` ones start ``vllm serve`` (``nox -s vllm``
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -638,3 +639,35 @@ baseline = "vllm"
         "r.vllm-ngram@c1.vllm.log",
         "r.vllm@c1.vllm.log",
     ]
+
+
+def test_ctrl_c_mid_level_keeps_the_finished_requests_and_resume_sends_the_rest(
+    tmp_path: Path, fake_server: Callable[..., str]
+) -> None:
+    url = fake_server("--token-delay", "0.1")  # a 12-token answer takes 1.2 s
+    out = tmp_path / "r.jsonl"
+    path = _preset(tmp_path, _server("s", url), prompts=8, levels="[2]", warmup=0)
+    entry = "import sys; from specbench.cli.entry import main; sys.exit(main())"
+    command = [sys.executable, "-c", entry, "run", "-p", str(path), "-o", str(out), "-q"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while _get(f"{url}/debug/state")["done"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    output = run.communicate(timeout=60)[0].decode()
+    assert run.returncode == 130, output
+    assert "continue with:" in output and "--resume" in output
+    first = _samples(out)
+    done = [s for s in first if s.error is None]
+    assert len(done) >= 3 and len(first) == 8  # the probe was request 0 of "done"
+    assert all("interrupted (Ctrl-C)" in (s.error or "") for s in first if s.error)
+    assert all(s.serving and s.serving.requests[0].ttft_s for s in done)
+
+    def timed() -> int:
+        return len([b for b in _get(f"{url}/debug/bodies") if b["max_tokens"] == 12])
+
+    before = timed()
+    _run(path, out, resume=True)
+    final = _samples(out)
+    assert len([s for s in final if s.error is None]) == 8
+    assert timed() - before == 8 - len(done)  # the resume sent only what had not finished

@@ -44,12 +44,14 @@ async def run_level(
     count: int,
     concurrency: int,
     arrivals: Sequence[float],
+    sent: list[float] | None = None,
 ) -> tuple[list[T], LevelTiming]:
     """Send requests ``0..count-1`` with at most ``concurrency`` in flight, request ``i`` not
-    before ``arrivals[i]``; answers in request order."""
+    before ``arrivals[i]``; answers in request order. ``sent`` (if given) is filled with the
+    send times as they happen, so a caller interrupted mid-level still has them."""
     slots = asyncio.Semaphore(concurrency)
     start = time.perf_counter()
-    sent = [0.0] * count
+    sent = sent if sent is not None else [0.0] * count
 
     async def one(index: int) -> T:
         delay = arrivals[index] - (time.perf_counter() - start)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from specbench.api import (
     EngineMethod,
     GenerationRequest,
     GenerationResult,
+    InterruptedGeneration,
     MethodModels,
     MethodParams,
     RunContext,
@@ -44,6 +46,8 @@ from specbench_serve.params import ServerParams
 
 #: Every prompt of a run is one load level (one unit for the runner).
 _ALL_PROMPTS = 1 << 30
+#: What a request that Ctrl-C cut short is recorded as.
+_INTERRUPTED = StreamedAnswer(error="interrupted (Ctrl-C) before it finished")
 
 
 class ServerMethod(EngineMethod[ServerParams]):
@@ -163,7 +167,19 @@ class ServerMethod(EngineMethod[ServerParams]):
             raise SpecbenchError("server was used before prepare()", "call prepare(context)")
         self._check_alive()
         before = self._counters()
-        answers, timing = asyncio.run(self._send_all(requests))
+        finished: list[StreamedAnswer | None] = [None] * len(requests)
+        sent = [0.0] * len(requests)
+        start = time.perf_counter()
+        try:
+            answers, timing = asyncio.run(self._send_all(requests, finished, sent))
+        except KeyboardInterrupt:
+            # Ctrl-C mid-level: what finished is kept, the rest fails (and --resume sends it).
+            timing = LevelTiming(sent, time.perf_counter() - start)
+            results = [
+                self._result(i, answer or _INTERRUPTED, timing, None, 0)
+                for i, answer in enumerate(finished)
+            ]
+            raise InterruptedGeneration(results) from None
         after = self._counters()
         change = after.minus(before) if before is not None and after is not None else None
         died = self._death()
@@ -178,7 +194,10 @@ class ServerMethod(EngineMethod[ServerParams]):
         ]
 
     async def _send_all(
-        self, requests: Sequence[GenerationRequest]
+        self,
+        requests: Sequence[GenerationRequest],
+        finished: list[StreamedAnswer | None],
+        sent: list[float],
     ) -> tuple[list[StreamedAnswer], LevelTiming]:
         params = self.params
         limits = httpx.Limits(max_connections=params.concurrency + 4)
@@ -190,10 +209,13 @@ class ServerMethod(EngineMethod[ServerParams]):
 
             async def send(index: int) -> StreamedAnswer:
                 payload = self._payload(requests[index])
-                return await stream_request(client, url, payload, headers, params.request_timeout_s)
+                timeout = params.request_timeout_s
+                answer = await stream_request(client, url, payload, headers, timeout)
+                finished[index] = answer
+                return answer
 
             arrivals = arrival_times(len(requests), params.request_rate, seed)
-            return await run_level(send, len(requests), params.concurrency, arrivals)
+            return await run_level(send, len(requests), params.concurrency, arrivals, sent)
 
     def _payload(self, request: GenerationRequest) -> dict[str, Any]:
         params = self.params
