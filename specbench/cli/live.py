@@ -125,6 +125,12 @@ class ProgressView:
                 self._last_message = progress.message
             return
         row = next(m for m in progress.methods if m.label == sample.method)
+        if sample.error is not None:
+            self._print(
+                f"[{progress.done}/{progress.total}] {sample.method} prompt={sample.prompt_id} "
+                f"run={sample.run}: failed: {sample.error}"
+            )
+            return
         self._print(
             f"[{progress.done}/{progress.total}] {sample.method} prompt={sample.prompt_id} "
             f"run={sample.run}: {sample.new_tokens} tokens, {sample.tokens_per_sec:.1f} tok/s, "

@@ -11,6 +11,7 @@ drafts, vLLM's and llama.cpp's convention, acceptance length = 1 + their sum) an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import numpy as np
 from specbench.records import RequestTiming, SampleRecord, ServingSummary, SummaryRecord
 
 PERCENTILES = (50, 90, 99)
+_LEVEL = re.compile(r"@c\d+")
 
 
 def percentiles_ms(values: Sequence[float]) -> dict[str, float]:
@@ -140,7 +142,9 @@ def load_curves(summaries: Sequence[SummaryRecord]) -> list[LoadCurve]:
     by_label = {s.method: s for s in served}
     curves: dict[str, list[SummaryRecord]] = {}
     for summary in served:
-        curves.setdefault(summary.method.rsplit("@c", 1)[0], []).append(summary)
+        # One curve per configuration: the label without its level (a --sweep of
+        # request_rate keeps one curve per rate).
+        curves.setdefault(_LEVEL.sub("", summary.method), []).append(summary)
     out = []
     for name, points in curves.items():
         ordered = sorted(points, key=lambda s: (_level(s), s.method))

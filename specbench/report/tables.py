@@ -393,6 +393,11 @@ def noise_notes(summaries: Sequence[SummaryRecord]) -> list[str]:
     """One warning line per method and reason (machine load is said once)."""
     lines: list[str] = []
     for s in summaries:
+        if s.failed:
+            lines.append(
+                f"{s.method}: {s.failed} samples failed and are in no figure (their error is "
+                "in the file; --resume runs them again)"
+            )
         for note in s.noise:
             line = note if note.startswith("machine") else f"{s.method}: {note}"
             if line not in lines:

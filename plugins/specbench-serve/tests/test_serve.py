@@ -397,6 +397,22 @@ def test_a_failing_request_is_recorded_as_failed_never_as_fast(
     assert not _summaries(out)  # nothing finished: no figures
 
 
+def test_a_level_with_some_failures_summarizes_the_rest_and_says_what_failed(
+    tmp_path: Path, fake_server: Callable[..., str]
+) -> None:
+    url = fake_server("--status", "503", "--fail-from", "3")  # the probe and two answers
+    out = tmp_path / "r.jsonl"
+    path = _preset(tmp_path, _server("s", url), prompts=4, levels="[1]", warmup=0)
+    result = CliRunner().invoke(app, ["run", "-p", str(path), "-o", str(out)])
+    assert result.exit_code == 1
+    assert "failed: the server answered 503" in result.output  # the live line
+    assert "s@c1: 2 samples failed and are in no figure" in result.output
+    summary = _summaries(out)["s@c1"]
+    assert summary.samples == 2 and summary.failed == 2
+    assert summary.serving is not None and summary.serving.requests == 2
+    assert summary.serving.failed_requests == 2
+
+
 def test_a_server_that_dies_mid_level_keeps_what_finished_and_resume_sends_only_the_rest(
     tmp_path: Path, fake_server: Callable[..., str]
 ) -> None:
