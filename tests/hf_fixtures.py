@@ -181,3 +181,12 @@ def copy_model(vocab_size: int, layers: int = 4) -> Any:
             layer.mlp.down_proj.weight.zero_()
         model.lm_head.weight.copy_(model.model.embed_tokens.weight * 50)
     return model
+
+
+def tiny_gguf_folder(folder: Path) -> Path:
+    """A folder holding ``tiny.gguf``: a tiny random Qwen2 model with its tokenizer, for the
+    real llama-server (the same weights every time)."""
+    tokenizer = build_tokenizer()
+    model = build_model("qwen2", len(tokenizer), seed=0)
+    write_gguf(model, tokenizer, folder / "tiny.gguf")
+    return folder

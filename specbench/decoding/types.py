@@ -151,6 +151,16 @@ class SpecCounters:
     accepted_per_position: list[int] = field(default_factory=list)
     target_calls: int | None = None
 
+    def scaled(self, share: float) -> SpecCounters:
+        """A ``share`` of these counters (rounded): one sequence's part of a change that
+        several sequences made together (a batch, a server's load level)."""
+        return SpecCounters(
+            drafts=round(self.drafts * share),
+            draft_tokens=round(self.draft_tokens * share),
+            accepted=round(self.accepted * share),
+            accepted_per_position=[round(v * share) for v in self.accepted_per_position],
+        )
+
     def minus(self, before: SpecCounters) -> SpecCounters:
         """The change from ``before`` to these counters."""
         width = max(len(self.accepted_per_position), len(before.accepted_per_position))

@@ -247,13 +247,9 @@ def real_server() -> Path:
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("gguf")
-    from hf_fixtures import build_model, build_tokenizer, write_gguf
+    from hf_fixtures import tiny_gguf_folder
 
-    folder = tmp_path_factory.mktemp("tiny-gguf")
-    tokenizer = build_tokenizer()
-    model = build_model("qwen2", len(tokenizer), seed=0)
-    write_gguf(model, tokenizer, folder / "tiny.gguf")
-    return folder
+    return tiny_gguf_folder(tmp_path_factory.mktemp("tiny-gguf"))
 
 
 @pytest.mark.llamacpp

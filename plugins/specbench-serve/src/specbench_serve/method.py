@@ -289,7 +289,7 @@ class ServerMethod(EngineMethod[ServerParams]):
             )
         stop: StopReason = "length" if answer.finish_reason == "length" else "eos"
         if change is not None and change.drafts > 0 and total_tokens:
-            stats = counter_stats(_share(change, len(tokens) / total_tokens), len(tokens))
+            stats = counter_stats(change.scaled(len(tokens) / total_tokens), len(tokens))
         else:
             stats = counter_stats(SpecCounters(), len(tokens))
         for key in ("draft_n", "draft_n_accepted", "predicted_per_second"):
@@ -404,12 +404,3 @@ def _launcher(params: ServerParams) -> tuple[ServerLauncher, MethodParams]:
     found = params.launcher
     assert found is not None
     return found
-
-
-def _share(change: SpecCounters, share: float) -> SpecCounters:
-    return SpecCounters(
-        drafts=round(change.drafts * share),
-        draft_tokens=round(change.draft_tokens * share),
-        accepted=round(change.accepted * share),
-        accepted_per_position=[round(v * share) for v in change.accepted_per_position],
-    )

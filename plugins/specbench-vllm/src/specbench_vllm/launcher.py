@@ -19,7 +19,7 @@ from specbench.api import (
     ServerProcess,
     SpecbenchError,
 )
-from specbench_vllm.method import model_source
+from specbench_vllm.method import model_source, speculative_config
 
 
 class VllmServeParams(MethodParams):
@@ -84,16 +84,8 @@ class VllmServerLauncher(ServerLauncher[VllmServeParams]):
         if params.gpu_memory_utilization is not None:
             args += ["--gpu-memory-utilization", str(params.gpu_memory_utilization)]
         if params.speculative:
-            speculative = dict(params.speculative)
-            if speculative.get("method") == "draft_model" and "model" not in speculative:
-                if models.draft is None:
-                    raise SpecbenchError(
-                        "vllm draft_model needs a [models.draft] in the preset (or "
-                        "speculative.model)",
-                        "add the draft model to the preset",
-                    )
-                speculative["model"] = model_source(models.draft, "draft")
-            args += ["--speculative-config", json.dumps(speculative)]
+            config = speculative_config(params.speculative, models)
+            args += ["--speculative-config", json.dumps(config)]
         args += list(params.args)
         command = [sys.executable, "-m", *_serve_module(), *args]
         return ServerProcess(

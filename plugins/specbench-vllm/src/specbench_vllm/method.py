@@ -24,6 +24,7 @@ from specbench.api import (
     MethodModels,
     MethodParams,
     ModelSpecBase,
+    ModelsSpec,
     RunContext,
     SpecbenchError,
     SpecCounters,
@@ -110,16 +111,7 @@ class VllmMethod(EngineMethod[VllmParams]):
         if params.gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = params.gpu_memory_utilization
         if params.speculative:
-            speculative = dict(params.speculative)
-            if speculative.get("method") == "draft_model" and "model" not in speculative:
-                if specs.draft is None:
-                    raise SpecbenchError(
-                        "vllm draft_model needs a [models.draft] in the preset (or "
-                        "speculative.model)",
-                        "add the draft model to the preset",
-                    )
-                speculative["model"] = model_source(specs.draft, "draft")
-            kwargs["speculative_config"] = speculative
+            kwargs["speculative_config"] = speculative_config(params.speculative, specs)
         kwargs.update(params.engine_args)
         return kwargs
 
@@ -241,19 +233,23 @@ class VllmMethod(EngineMethod[VllmParams]):
             else:
                 # A batch shares its steps: each sequence gets its share of the counters.
                 share = len(tokens) / total_tokens if total_tokens else 0.0
-                stats = counter_stats(_scaled(change, share), len(tokens))
+                stats = counter_stats(change.scaled(share), len(tokens))
             results.append(GenerationResult(tokens=tokens, stop_reason=stop, stats=stats))
         return results
 
 
-def _scaled(change: SpecCounters, share: float) -> SpecCounters:
-    return SpecCounters(
-        drafts=round(change.drafts * share),
-        draft_tokens=round(change.draft_tokens * share),
-        accepted=round(change.accepted * share),
-        accepted_per_position=[round(v * share) for v in change.accepted_per_position],
-        target_calls=None,
-    )
+def speculative_config(speculative: dict[str, Any], specs: ModelsSpec) -> dict[str, Any]:
+    """vLLM's speculative_config as the preset gives it; ``draft_model`` without a ``model``
+    gets the preset's draft."""
+    config = dict(speculative)
+    if config.get("method") == "draft_model" and "model" not in config:
+        if specs.draft is None:
+            raise SpecbenchError(
+                "vllm draft_model needs a [models.draft] in the preset (or speculative.model)",
+                "add the draft model to the preset",
+            )
+        config["model"] = model_source(specs.draft, "draft")
+    return config
 
 
 def model_source(spec: ModelSpecBase, role: str) -> str:
