@@ -139,7 +139,7 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6", "import-linter>=2.1")
     # The import graph is read from the sources: the packages, not their dependencies.
     session.install("--no-deps", "-e", ".", "-e", EXAMPLE_PLUGIN, "-e", LLAMACPP_PLUGIN)
-    session.install("--no-deps", "-e", VLLM_PLUGIN)
+    session.install("--no-deps", "-e", VLLM_PLUGIN, "-e", SERVE_PLUGIN)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("lint-imports")
@@ -149,9 +149,8 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy (strict) on the package and the example plugin."""
     install_project(session)
-    session.run(
-        "mypy", "specbench", f"{EXAMPLE_PLUGIN}/src", f"{LLAMACPP_PLUGIN}/src", f"{VLLM_PLUGIN}/src"
-    )
+    plugins = (EXAMPLE_PLUGIN, LLAMACPP_PLUGIN, VLLM_PLUGIN, SERVE_PLUGIN)
+    session.run("mypy", "specbench", *(f"{plugin}/src" for plugin in plugins))
 
 
 @nox.session(name="bench-gpu")
