@@ -163,17 +163,24 @@ class SpecCounters:
 
     def minus(self, before: SpecCounters) -> SpecCounters:
         """The change from ``before`` to these counters."""
-        width = max(len(self.accepted_per_position), len(before.accepted_per_position))
+        return self._combine(before, -1)
+
+    def plus(self, other: SpecCounters) -> SpecCounters:
+        """These counters and ``other`` together (two levels, two turns)."""
+        return self._combine(other, 1)
+
+    def _combine(self, other: SpecCounters, sign: int) -> SpecCounters:
+        width = max(len(self.accepted_per_position), len(other.accepted_per_position))
         mine = self.accepted_per_position + [0] * (width - len(self.accepted_per_position))
-        theirs = before.accepted_per_position + [0] * (width - len(before.accepted_per_position))
+        theirs = other.accepted_per_position + [0] * (width - len(other.accepted_per_position))
         calls = None
-        if self.target_calls is not None and before.target_calls is not None:
-            calls = self.target_calls - before.target_calls
+        if self.target_calls is not None and other.target_calls is not None:
+            calls = self.target_calls + sign * other.target_calls
         return SpecCounters(
-            drafts=self.drafts - before.drafts,
-            draft_tokens=self.draft_tokens - before.draft_tokens,
-            accepted=self.accepted - before.accepted,
-            accepted_per_position=[a - b for a, b in zip(mine, theirs, strict=True)],
+            drafts=self.drafts + sign * other.drafts,
+            draft_tokens=self.draft_tokens + sign * other.draft_tokens,
+            accepted=self.accepted + sign * other.accepted,
+            accepted_per_position=[a + sign * b for a, b in zip(mine, theirs, strict=True)],
             target_calls=calls,
         )
 

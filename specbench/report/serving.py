@@ -11,12 +11,15 @@ drafts, vLLM's and llama.cpp's convention, acceptance length = 1 + their sum) an
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from specbench.decoding.types import SpecCounters
 from specbench.records import RequestTiming, SampleRecord, ServingSummary, SummaryRecord
 
 PERCENTILES = (50, 90, 99)
@@ -76,31 +79,21 @@ def serving_summary(group: Sequence[SampleRecord], failed: int = 0) -> ServingSu
     return summary
 
 
-def _add_counters(summary: ServingSummary, counters: Sequence[dict[str, object]]) -> None:
-    def total(name: str) -> int:
-        return sum(int(c.get(name) or 0) for c in counters)  # type: ignore[call-overload]
-
-    drafts, draft_tokens, accepted = total("drafts"), total("draft_tokens"), total("accepted")
-    width = max(len(c.get("accepted_per_position") or []) for c in counters)  # type: ignore[arg-type]
-    per_position = [
-        sum(_at(c.get("accepted_per_position"), i) for c in counters) for i in range(width)
-    ]
-    summary.drafts, summary.draft_tokens, summary.accepted = drafts, draft_tokens, accepted
-    if drafts:
-        summary.acceptance_rate = accepted / draft_tokens if draft_tokens else None
-        summary.acceptance_length = 1.0 + accepted / drafts
-        summary.position_marginal = [count / drafts for count in per_position]
-        reached = [drafts, *per_position[:-1]]
+def _add_counters(summary: ServingSummary, counters: Sequence[dict[str, Any]]) -> None:
+    total = functools.reduce(SpecCounters.plus, (SpecCounters(**c) for c in counters))
+    summary.drafts, summary.draft_tokens = total.drafts, total.draft_tokens
+    summary.accepted = total.accepted
+    if total.drafts:
+        if total.draft_tokens:
+            summary.acceptance_rate = total.accepted / total.draft_tokens
+        summary.acceptance_length = 1.0 + total.accepted / total.drafts
+        per_position = total.accepted_per_position
+        summary.position_marginal = [count / total.drafts for count in per_position]
+        reached = [total.drafts, *per_position[:-1]]
         summary.position_conditional = [
             count / before if before else None
             for count, before in zip(per_position, reached, strict=True)
         ]
-
-
-def _at(values: object, index: int) -> int:
-    if isinstance(values, list) and index < len(values):
-        return int(values[index])
-    return 0
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict
 from itertools import pairwise
@@ -60,17 +61,4 @@ def serving_sample(
 
 def _sum(changes: Sequence[SpecCounters | None]) -> SpecCounters | None:
     known = [change for change in changes if change is not None]
-    if not known:
-        return None
-    total = SpecCounters()
-    for change in known:
-        width = max(len(total.accepted_per_position), len(change.accepted_per_position))
-        mine = total.accepted_per_position + [0] * width
-        theirs = change.accepted_per_position + [0] * width
-        total = SpecCounters(
-            drafts=total.drafts + change.drafts,
-            draft_tokens=total.draft_tokens + change.draft_tokens,
-            accepted=total.accepted + change.accepted,
-            accepted_per_position=[mine[i] + theirs[i] for i in range(width)],
-        )
-    return total
+    return functools.reduce(SpecCounters.plus, known) if known else None
