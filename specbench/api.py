@@ -49,6 +49,7 @@ from specbench.methods.external_engines import (
     gguf_path,
     parse_prometheus,
     per_position,
+    spec_counters,
 )
 from specbench.methods.in_process import ExecutionParams, InProcessMethod, OneSequenceParams
 from specbench.methods.server_process import (
@@ -156,5 +157,6 @@ __all__ = [
     "prompts_from_rows",
     "sample",
     "server_launchers",
+    "spec_counters",
     "transformers_model",
 ]

@@ -68,6 +68,47 @@ def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]
     return out
 
 
+_DRAFTS = "spec_decode_num_drafts"
+_DRAFT_TOKENS = "spec_decode_num_draft_tokens"
+_ACCEPTED = "spec_decode_num_accepted_tokens"
+_PER_POSITION = "spec_decode_num_accepted_tokens_per_pos"
+
+
+def spec_counters(
+    metrics: Mapping[str, Sequence[tuple[Mapping[str, str], float]]],
+) -> SpecCounters | None:
+    """The speculative counters in parsed ``/metrics`` (:func:`parse_prometheus`), ``None``
+    when there are none.
+
+    vLLM exports ``vllm:spec_decode_num_drafts``, ``..._num_draft_tokens``,
+    ``..._num_accepted_tokens`` and ``..._num_accepted_tokens_per_pos{position}``;
+    llama-server the same schema under ``llamacpp:``. Counters are matched by that schema
+    whatever the prefix, and summed over label sets (vLLM labels by model and engine).
+    """
+    found: dict[str, list[tuple[Mapping[str, str], float]]] = {}
+    for sample_name, samples in metrics.items():
+        name = sample_name.split(":", 1)[-1].removesuffix("_total")
+        if name in (_DRAFTS, _DRAFT_TOKENS, _ACCEPTED, _PER_POSITION):
+            found.setdefault(name, []).extend(samples)
+    if _DRAFTS not in found:
+        return None
+
+    def total(name: str) -> int:
+        return int(sum(value for _, value in found.get(name, [])))
+
+    positions: dict[int, int] = {}
+    for labels, value in found.get(_PER_POSITION, []):
+        for index, count in enumerate(per_position([(labels, value)])):
+            positions[index] = positions.get(index, 0) + count
+    width = max(positions, default=-1) + 1
+    return SpecCounters(
+        drafts=total(_DRAFTS),
+        draft_tokens=total(_DRAFT_TOKENS),
+        accepted=total(_ACCEPTED),
+        accepted_per_position=[positions.get(i, 0) for i in range(width)],
+    )
+
+
 def per_position(
     samples: Sequence[tuple[Mapping[str, str], float]], label: str = "position"
 ) -> list[int]:

@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from specbench_serve.counters import counters_from_text
 from specbench_serve.load import arrival_times
 from typer.testing import CliRunner
 
-from specbench.api import ServerProcess, SpecbenchError, free_port
+from specbench.api import ServerProcess, SpecbenchError, free_port, parse_prometheus, spec_counters
 from specbench.cli.main import app
 from specbench.plugins import discover_methods
 from specbench.presets.schema import load_preset
@@ -284,11 +283,11 @@ def test_counters_are_read_whatever_the_prefix_and_summed_over_label_sets() -> N
             'vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",position="2"} 2',
         ]
     )
-    counters = counters_from_text(text + "\n")
+    counters = spec_counters(parse_prometheus(text + "\n"))
     assert counters is not None
     assert (counters.drafts, counters.draft_tokens, counters.accepted) == (5, 15, 9)
     assert counters.accepted_per_position == [5, 0, 2]
-    assert counters_from_text("# TYPE x counter\nx_total 1\n") is None
+    assert spec_counters(parse_prometheus("# TYPE x counter\nx_total 1\n")) is None
 
 
 def test_a_shared_server_starts_once_with_the_most_slots_and_stops_with_its_last_user() -> None:

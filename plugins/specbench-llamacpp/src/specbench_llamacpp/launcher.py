@@ -4,9 +4,6 @@ the heaviest load level keeps in flight."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +14,7 @@ from specbench_llamacpp.method import (
     llama_server_args,
     plain_params,
 )
-from specbench_llamacpp.server import LlamaServer, binary_version, find_server
+from specbench_llamacpp.server import LlamaServer, find_server
 
 
 class LlamaServerLauncher(ServerLauncher[LlamaCppParams]):
@@ -41,12 +38,4 @@ class LlamaServerLauncher(ServerLauncher[LlamaCppParams]):
         return {**EXACT_SAMPLING, "cache_prompt": False}
 
     def version(self, server: ServerProcess) -> str:
-        try:
-            with urllib.request.urlopen(f"{server.url}/props", timeout=10) as answer:
-                props: Any = json.loads(answer.read())
-        except (urllib.error.URLError, OSError, ValueError):
-            props = {}
-        version = str(props.get("build_info") or "unknown") if isinstance(props, dict) else ""
-        if "unknown" in version and isinstance(server, LlamaServer):  # sdist: no git metadata
-            return binary_version(server.binary)
-        return version
+        return server.version() if isinstance(server, LlamaServer) else "unknown"

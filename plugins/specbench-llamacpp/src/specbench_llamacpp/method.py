@@ -27,9 +27,9 @@ from specbench.api import (
     counter_stats,
     gguf_path,
     parse_prometheus,
-    per_position,
+    spec_counters,
 )
-from specbench_llamacpp.server import LlamaServer, binary_version, find_server
+from specbench_llamacpp.server import LlamaServer, find_server
 
 SpecType = Literal[
     "draft-simple",
@@ -151,23 +151,7 @@ class LlamaCppMethod(EngineMethod[LlamaCppParams]):
         context.on_progress(f"{context.label}: starting llama-server (log: {server.log_path})")
         server.start(self.params.startup_timeout_s)
         self.server = server
-        props = self._props()
-        self._version = str(props.get("build_info") or "unknown")
-        if "unknown" in self._version:  # built from the sdist: no git metadata
-            self._version = binary_version(binary)
-
-    def _props(self) -> dict[str, Any]:
-        assert self.server is not None
-        text = self.server.get_text("/props")
-        if not text:
-            return {}
-        import json
-
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
+        self._version = server.version()
 
     def own_baseline(self) -> LlamaCppParams | None:
         return plain_params(self.params)
@@ -194,19 +178,10 @@ class LlamaCppMethod(EngineMethod[LlamaCppParams]):
         if text is None:
             return None
         metrics = parse_prometheus(text)
-
-        def total(name: str) -> int:
-            return int(sum(value for _, value in metrics.get(f"llamacpp:{name}", [])))
-
-        return SpecCounters(
-            drafts=total("spec_decode_num_drafts_total"),
-            draft_tokens=total("spec_decode_num_draft_tokens_total"),
-            accepted=total("spec_decode_num_accepted_tokens_total"),
-            accepted_per_position=per_position(
-                metrics.get("llamacpp:spec_decode_num_accepted_tokens_per_pos_total", [])
-            ),
-            target_calls=total("n_decode_total"),
-        )
+        counters = spec_counters(metrics) or SpecCounters()
+        calls = metrics.get("llamacpp:n_decode_total", [])
+        counters.target_calls = int(sum(value for _, value in calls))
+        return counters
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         if self.server is None:

@@ -72,6 +72,17 @@ class LlamaServer(ServerProcess):
     def start(self, timeout_s: float, hint: str = "raise params.startup_timeout_s") -> None:
         super().start(timeout_s, hint)
 
+    def version(self) -> str:
+        """``build_info`` from ``/props``; for a build from the sdist (no git metadata, so
+        "unknown") the sdist's version instead."""
+        text = self.get_text("/props")
+        try:
+            props = json.loads(text) if text else {}
+        except ValueError:
+            props = {}
+        version = str(props.get("build_info") or "unknown") if isinstance(props, dict) else ""
+        return binary_version(self.binary) if "unknown" in version or not version else version
+
     def post(self, path: str, payload: dict[str, Any], timeout_s: float = 3600) -> Any:
         """POST JSON, return the decoded answer; a server error becomes a one-line error."""
         request = urllib.request.Request(
