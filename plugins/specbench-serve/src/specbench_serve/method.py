@@ -112,9 +112,9 @@ class ServerMethod(EngineMethod[ServerParams]):
             self._fields = launcher.request_fields(launch_params)
             self._version = launcher.version(self.server)
             self._engine = launcher.name
-        self._check_reachable()
+        listed = self._models()
         if self.model_name is None:
-            self.model_name = self._first_model()
+            self.model_name = _first_model(listed, self.base_url)
         if params.api == "completions" and params.prompt_as == "auto":
             self._probe_token_ids()
 
@@ -175,9 +175,10 @@ class ServerMethod(EngineMethod[ServerParams]):
         except KeyboardInterrupt:
             # Ctrl-C mid-level: what finished is kept, the rest fails (and --resume sends it).
             timing = LevelTiming(sent, time.perf_counter() - start)
+            done = [answer or _INTERRUPTED for answer in finished]
             results = [
-                self._result(i, answer or _INTERRUPTED, timing, None, 0)
-                for i, answer in enumerate(finished)
+                self._result(i, answer, self._output_ids(answer), timing, None, 0)
+                for i, answer in enumerate(done)
             ]
             raise InterruptedGeneration(results) from None
         after = self._counters()
@@ -187,9 +188,12 @@ class ServerMethod(EngineMethod[ServerParams]):
             for answer in answers:
                 if answer.error is not None:
                     answer.error += f"; {died}"
-        total = sum(len(self._output_ids(a)[0]) for a in answers if a.error is None)
+        # Each answer's ids once (re-encoding a text is not free): its share of the counters
+        # needs every answer's length.
+        outputs = [self._output_ids(answer) for answer in answers]
+        total = sum(len(ids) for ids, _ in outputs)
         return [
-            self._result(index, answer, timing, change, total)
+            self._result(index, answer, outputs[index], timing, change, total)
             for index, answer in enumerate(answers)
         ]
 
@@ -209,8 +213,8 @@ class ServerMethod(EngineMethod[ServerParams]):
 
             async def send(index: int) -> StreamedAnswer:
                 payload = self._payload(requests[index])
-                timeout = params.request_timeout_s
-                answer = await stream_request(client, url, payload, headers, timeout)
+                limit = params.request_timeout_s
+                answer = await stream_request(client, url, payload, headers, limit)
                 finished[index] = answer
                 return answer
 
@@ -248,6 +252,10 @@ class ServerMethod(EngineMethod[ServerParams]):
         return [{"role": "user", "content": self.models.tokenizer.decode(request.prompt_ids)}]
 
     def _output_ids(self, answer: StreamedAnswer) -> tuple[list[int], str]:
+        """The answer's ids and where they came from: streamed by the server, or its text
+        encoded again (none for a failed answer)."""
+        if answer.error is not None:
+            return [], "server"
         ids = answer.token_ids
         if ids is not None:
             return ids, "server"
@@ -257,12 +265,13 @@ class ServerMethod(EngineMethod[ServerParams]):
         self,
         index: int,
         answer: StreamedAnswer,
+        output: tuple[list[int], str],
         timing: LevelTiming,
         change: SpecCounters | None,
         total_tokens: int,
     ) -> GenerationResult:
         params = self.params
-        tokens, source = self._output_ids(answer) if answer.error is None else ([], "server")
+        tokens, source = output
         served = ServedRequest(
             sent_s=timing.sent_s[index],
             ttft_s=answer.chunk_times[0] if answer.chunk_times else None,
@@ -322,36 +331,23 @@ class ServerMethod(EngineMethod[ServerParams]):
             self._on_progress(f"{self._label}: note: {self._metrics_note}")
         return counters
 
-    def _get(self, path: str) -> httpx.Response:
+    def _models(self) -> httpx.Response:
+        """The server's ``/v1/models`` answer: whether it is reachable and lets us in."""
         try:
-            return httpx.get(f"{self.base_url}{path}", headers=self._headers(), timeout=30)
+            answer = httpx.get(f"{self.base_url}/v1/models", headers=self._headers(), timeout=30)
         except httpx.HTTPError as error:
             where = "params.url" if self.params.url else self._engine
+            died = self._death()
             raise SpecbenchError(
                 f"the server at {self.base_url} is not reachable ({type(error).__name__}: {error})",
-                f"start it, or check {where}" + (f"; {self._death()}" if self._death() else ""),
+                f"start it, or check {where}" + (f"; {died}" if died else ""),
             ) from error
-
-    def _check_reachable(self) -> None:
-        answer = self._get("/v1/models")
         if answer.status_code in (401, 403):
             raise SpecbenchError(
                 f"the server at {self.base_url} refused the request ({answer.status_code})",
                 "set params.api_key_env to the variable holding its API key",
             )
-
-    def _first_model(self) -> str:
-        answer = self._get("/v1/models")
-        try:
-            models = [str(m["id"]) for m in answer.json().get("data", [])]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            models = []
-        if not models:
-            raise SpecbenchError(
-                f"the server at {self.base_url} lists no model at /v1/models",
-                "set params.model to the name it serves",
-            )
-        return models[0]
+        return answer
 
     def _probe_token_ids(self) -> None:
         """Completions take token ids on vLLM and llama-server; a server that refuses them
@@ -393,11 +389,24 @@ class ServerMethod(EngineMethod[ServerParams]):
             )
         if self.params.url is not None:
             try:
-                self._check_reachable()
+                self._models()
             except SpecbenchError as error:
                 raise SpecbenchError(
                     error.message, "restart it, then rerun with --resume to continue"
                 ) from error
+
+
+def _first_model(answer: httpx.Response, base_url: str | None) -> str:
+    try:
+        models = [str(m["id"]) for m in answer.json().get("data", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        models = []
+    if not models:
+        raise SpecbenchError(
+            f"the server at {base_url} lists no model at /v1/models",
+            "set params.model to the name it serves",
+        )
+    return models[0]
 
 
 def _launcher(params: ServerParams) -> tuple[ServerLauncher, MethodParams]:
