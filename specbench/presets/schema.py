@@ -685,14 +685,14 @@ def _load_levels(
     expanded: list[ResolvedMethod] = []
     renamed: dict[str, str] = {}
     for method in methods:
-        if CONCURRENCY not in method.info.cls.Params.model_fields:
+        if not _takes(method, CONCURRENCY):
             expanded.append(method)
             continue
         renamed[method.label] = level_label(method.label, levels[0])
         for level in levels:
-            data = {**method.params.model_dump(), CONCURRENCY: level}
             try:
-                params = method.info.cls.Params.model_validate(data)
+                label = level_label(method.label, level)
+                expanded.append(_with_value(method, CONCURRENCY, level, label))
             except ValidationError as error:
                 issues.append(
                     PresetIssue(
@@ -701,8 +701,6 @@ def _load_levels(
                         "choose levels the method accepts",
                     )
                 )
-                continue
-            expanded.append(replace(method, label=level_label(method.label, level), params=params))
     if not renamed and methods:
         issues.append(
             PresetIssue(
@@ -715,6 +713,17 @@ def _load_levels(
         runs = preset.runs.model_copy(update={"baseline": renamed[preset.runs.baseline]})
         preset = preset.model_copy(update={"runs": runs})
     return expanded, preset
+
+
+def _takes(method: ResolvedMethod, name: str) -> bool:
+    return name in method.info.cls.Params.model_fields
+
+
+def _with_value(method: ResolvedMethod, name: str, value: Any, label: str) -> ResolvedMethod:
+    """A copy of ``method`` labelled ``label`` whose parameter ``name`` is ``value``
+    (validated: a ``ValidationError`` if the method refuses it)."""
+    params = method.info.cls.Params.model_validate({**method.params.model_dump(), name: value})
+    return replace(method, label=label, params=params)
 
 
 def _check_references(
@@ -756,10 +765,11 @@ def select_methods(resolved: ResolvedPreset, labels: Sequence[str]) -> ResolvedP
     """Keep only the methods with these labels (``--methods``)."""
     known = [m.label for m in resolved.methods]
     # A method run at several load levels is selected by its own label too.
+    levels = resolved.preset.runs.concurrency or []
     labels = [
-        level
+        chosen
         for label in labels
-        for level in ([label] if label in known else _levels_of(label, known) or [label])
+        for chosen in ([label] if label in known else _levels_of(label, levels, known) or [label])
     ]
     unknown = [label for label in labels if label not in known]
     if unknown:
@@ -780,19 +790,18 @@ def first_level_only(resolved: ResolvedPreset) -> ResolvedPreset:
     levels = resolved.preset.runs.concurrency
     if not levels or len(levels) < 2:
         return resolved
-    later = tuple(f"@c{level}" for level in levels[1:])
     methods = [
         m
         for m in resolved.methods
-        if not (CONCURRENCY in m.info.cls.Params.model_fields and m.label.endswith(later))
+        if not _takes(m, CONCURRENCY) or getattr(m.params, CONCURRENCY) == levels[0]
     ]
     return replace(
         resolved, methods=methods, hash=_preset_hash(_effective(resolved.preset, methods))
     )
 
 
-def _levels_of(label: str, known: Sequence[str]) -> list[str]:
-    return [other for other in known if other.startswith(f"{label}@c")]
+def _levels_of(label: str, levels: Sequence[int], known: Sequence[str]) -> list[str]:
+    return [level_label(label, level) for level in levels if level_label(label, level) in known]
 
 
 def sweep_parameter(resolved: ResolvedPreset, name: str, values: Sequence[Any]) -> ResolvedPreset:
@@ -803,22 +812,20 @@ def sweep_parameter(resolved: ResolvedPreset, name: str, values: Sequence[Any]) 
     methods: list[ResolvedMethod] = []
     swept = False
     for method in resolved.methods:
-        if name not in method.info.cls.Params.model_fields:
+        if not _takes(method, name):
             methods.append(method)
             continue
         swept = True
         for value in values:
-            data = {**method.params.model_dump(), name: value}
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
             try:
-                params = method.info.cls.Params.model_validate(data)
+                methods.append(_with_value(method, name, value, f"{method.label}-{name}={shown}"))
             except ValidationError as error:
                 message = error.errors()[0]["msg"]
                 raise SpecbenchError(
                     f"--sweep {name}={value} is not valid for {method.label}: {message}",
                     "choose values the method accepts (see `specbench methods NAME`)",
                 ) from None
-            shown = f"{value:g}" if isinstance(value, float) else str(value)
-            methods.append(replace(method, label=f"{method.label}-{name}={shown}", params=params))
     if not swept:
         raise SpecbenchError(
             f"no method in preset '{resolved.name}' has a parameter '{name}'",

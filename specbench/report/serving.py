@@ -12,7 +12,6 @@ drafts, vLLM's and llama.cpp's convention, acceptance length = 1 + their sum) an
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from specbench.decoding.types import SpecCounters
+from specbench.presets.schema import level_label
 from specbench.records import RequestTiming, SampleRecord, ServingSummary, SummaryRecord
 
 PERCENTILES = (50, 90, 99)
-_LEVEL = re.compile(r"@c\d+")
 
 
 def percentiles_ms(values: Sequence[float]) -> dict[str, float]:
@@ -137,7 +136,8 @@ def load_curves(summaries: Sequence[SummaryRecord]) -> list[LoadCurve]:
     for summary in served:
         # One curve per configuration: the label without its level (a --sweep of
         # request_rate keeps one curve per rate).
-        curves.setdefault(_LEVEL.sub("", summary.method), []).append(summary)
+        name = summary.method.replace(level_label("", _level(summary)), "", 1)
+        curves.setdefault(name, []).append(summary)
     out = []
     for name, points in curves.items():
         ordered = sorted(points, key=lambda s: (_level(s), s.method))
