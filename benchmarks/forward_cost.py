@@ -34,7 +34,10 @@ def main() -> None:
         "--modes", default="default", help="default, batch-invariant, or both comma-separated."
     )
     parser.add_argument(
-        "--prepack", default="on", help="on (oneDNN-packed linear layers), off, or on,off."
+        "--prepack",
+        default="on",
+        help="on (packed linear layers, the default kernel), specbench, onednn (that kernel), "
+        "off (transformers' layers), or several comma-separated (timed interleaved).",
     )
     parser.add_argument(
         "--engines", default="eager", help="eager (the session), static (lean on a CPU), or both."
@@ -52,41 +55,47 @@ def main() -> None:
         table.add_column(f"{n} token{'s' if n > 1 else ''}", justify="right")
     table.add_column(f"{counts[-1]}:1", justify="right")
     runs = [
-        (name, dtype, mode, prepack)
+        (name, dtype, mode)
         for name in args.models.split(",")
         for dtype in args.dtypes.split(",")
         for mode in args.modes.split(",")
-        for prepack in args.prepack.split(",")
     ]
-    for name, dtype, mode, prepack in runs:
-        spec = HFModelSpec(
-            model=name,
-            dtype=dtype,
-            batch_invariant=mode == "batch-invariant",
-            prepack=prepack == "on",
-        )
-        model = load_hf_model(spec, resolve_model_source(name), name)
-        context = list(range(100, 100 + args.context))
-        engines = args.engines.split(",")
-        sessions = {
-            engine: model.new_session()
-            if engine == "eager"
-            else model.new_static_session(len(context) + 64, max_len=4096)
-            for engine in engines
-        }
+    engines = args.engines.split(",")
+    context = list(range(100, 100 + args.context))
+    for name, dtype, mode in runs:
+        # Every packing of one model loaded at once, so their calls interleave below.
+        sessions = {}
+        for prepack in args.prepack.split(","):
+            kernel = {"on": "auto", "off": "auto"}.get(prepack, prepack)
+            spec = HFModelSpec(
+                model=name,
+                dtype=dtype,
+                batch_invariant=mode == "batch-invariant",
+                prepack=prepack != "off",
+                linear_kernel=kernel,
+            )
+            model = load_hf_model(spec, resolve_model_source(name), name)
+            for engine in engines:
+                sessions[(prepack, engine)] = (
+                    model.new_session()
+                    if engine == "eager"
+                    else model.new_static_session(len(context) + 64, max_len=4096)
+                )
         for session in sessions.values():
             session.logits_from(context, len(context) - 1)
-        # The engines' calls interleaved: the machine's drift hits both alike.
-        times: dict[tuple[str, int], list[float]] = {(e, n): [] for e in engines for n in counts}
+        # The calls interleaved: the machine's drift hits every packing and engine alike.
+        times: dict[tuple[str, str, int], list[float]] = {
+            (*key, n): [] for key in sessions for n in counts
+        }
         for r in range(args.repeats + 1):
             for n in counts:
-                for engine, session in sessions.items():
+                for (prepack, engine), session in sessions.items():
                     tokens = context + [200 + r] * n
                     start = time.perf_counter()
                     session.logits_from(tokens, len(context) - 1)
-                    times[(engine, n)].append(time.perf_counter() - start)
-        for engine in engines:
-            row = [1000 * statistics.median(times[(engine, n)][1:]) for n in counts]
+                    times[(prepack, engine, n)].append(time.perf_counter() - start)
+        for prepack, engine in sessions:
+            row = [1000 * statistics.median(times[(prepack, engine, n)][1:]) for n in counts]
             cells = (f"{t:.1f}" for t in row)
             table.add_row(name, dtype, mode, prepack, engine, *cells, f"{row[-1] / row[0]:.2f}")
         del model, sessions

@@ -13,8 +13,9 @@ equals the same row computed alone (m = 1), and with 2 rows (the batch-invariant
 Paths: ``linear`` (``F.linear``, what transformers calls), ``linear 2-row`` (a single row run
 as two, :class:`specbench.models.hf.numerics.RowStableLinear`), ``onednn packed`` (the weight
 reordered once for oneDNN, ``torch.ops.mkldnn._linear_pointwise``: what inductor's CPU
-freezing emits), and ``onednn packed, 4-row floor`` (calls of fewer rows padded to 4: what
-:class:`specbench.models.packed.PackedLinear` runs).
+freezing emits), ``onednn packed, 4-row floor`` (calls of fewer rows padded to 4: what
+:class:`specbench.models.packed.PackedLinear` runs with ``linear_kernel = "onednn"``), and
+``specbench bf16`` (:mod:`specbench.models.bf16_gemm`, the default where it runs).
 """
 
 from __future__ import annotations
@@ -44,9 +45,15 @@ Path = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _paths(weight: torch.Tensor) -> dict[str, Path]:
+    from specbench.models import bf16_gemm
     from specbench.models.packed import pack_weight, packed_linear, packing_available
 
-    packed = pack_weight(weight) if packing_available(weight) else None
+    packed = pack_weight(weight, "onednn") if packing_available(weight) else None
+    own = (
+        pack_weight(weight, "specbench")
+        if bf16_gemm.supports(weight) and bf16_gemm.unavailable_reason() is None
+        else None
+    )
 
     def doubled(x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 1:
@@ -59,9 +66,11 @@ def _paths(weight: torch.Tensor) -> dict[str, Path]:
     }
     if packed is not None:
         paths["onednn packed"] = lambda x: torch.ops.mkldnn._linear_pointwise(
-            x, packed, None, "none", [], ""
+            x, packed.data, None, "none", [], ""
         )
         paths[f"onednn packed, {ROW_FLOOR}-row floor"] = lambda x: packed_linear(x, packed, None)
+    if own is not None:
+        paths["specbench bf16"] = lambda x: packed_linear(x, own, None)
     return paths
 
 

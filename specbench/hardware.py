@@ -14,15 +14,25 @@ KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", 
 def cpu_flags() -> list[str]:
     """Which of :data:`KERNEL_FLAGS` this CPU has (empty where /proc/cpuinfo is unreadable):
     timings and numerics of one machine hold for machines with the same flags only."""
+    present = _all_flags()
+    return [flag for flag in KERNEL_FLAGS if flag in present]
+
+
+def cpu_has(*flags: str) -> bool:
+    """Whether this CPU lists every one of ``flags`` (False where /proc/cpuinfo is unreadable)."""
+    present = _all_flags()
+    return all(flag in present for flag in flags)
+
+
+def _all_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
                 if line.startswith("flags"):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in KERNEL_FLAGS if flag in present]
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return []
+    return set()
 
 
 def cpu_name() -> str:

@@ -1,9 +1,10 @@
 """batch_invariant: logits of a position do not depend on how many positions a call scores.
 
-Every test runs on both linear paths the loader can take (oneDNN-packed weights, the default
-where the CPU supports them, and transformers' own layers), and on whatever kernel path this
-CPU takes (AVX-512, AMX or AVX2): the tests record nothing about the CPU, the loader's own
-check (``models/invariance.py``) reports the path in the run header.
+Every test runs on each linear path the loader can take (specbench's bf16 kernel, the default
+where it runs; oneDNN-packed weights; transformers' own layers), and on whatever kernel path
+this CPU takes (AVX-512, AMX or AVX2): the tests record nothing about the CPU, the loader's
+own check (``models/invariance.py``) reports the path in the run header. specbench's kernel
+is skipped, with the reason, where it cannot run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 import torch
 from helpers import make_method, request
 
+from specbench.models import bf16_gemm
 from specbench.models.hf.loading import load_hf_model
 from specbench.models.hf.numerics import ROW_STABLE_ATTENTION, RowStableLinear
 from specbench.models.invariance import check_batch_invariance
@@ -26,23 +28,35 @@ def _spec(folder, **extra) -> HFModelSpec:
     return HFModelSpec(model=str(folder), dtype="bfloat16", device="cpu", **extra)
 
 
+_OWN_KERNEL_MISSING = bf16_gemm.unavailable_reason()
+
+#: The linear paths, as the spec fields that choose them.
 PREPACK = [
-    pytest.param(True, id="packed"),
-    pytest.param(False, id="torch-linear"),
+    pytest.param(
+        {"prepack": True, "linear_kernel": "specbench"},
+        id="specbench-kernel",
+        marks=pytest.mark.skipif(_OWN_KERNEL_MISSING is not None, reason=str(_OWN_KERNEL_MISSING)),
+    ),
+    pytest.param({"prepack": True, "linear_kernel": "onednn"}, id="onednn-packed"),
+    pytest.param({"prepack": False}, id="torch-linear"),
 ]
 
 
 @pytest.mark.parametrize("prepack", PREPACK)
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_verification_rows_equal_one_token_decoding_bit_for_bit(
-    tiny_hf: dict, arch: str, prepack: bool
+    tiny_hf: dict, arch: str, prepack: dict
 ) -> None:
     folder = tiny_hf[arch]["target"]
-    spec = _spec(folder, batch_invariant=True, prepack=prepack)
+    spec = _spec(folder, batch_invariant=True, **prepack)
     model = load_hf_model(spec, str(folder), "t")
     assert all(type(m) is not torch.nn.Linear for m in model.model.modules())
-    layer = PackedLinear if prepack and packing_available(model.model.lm_head.weight) else None
+    packs = prepack["prepack"] and packing_available(model.model.lm_head.weight)
+    layer = PackedLinear if packs or prepack.get("linear_kernel") == "specbench" else None
     assert any(isinstance(m, layer or RowStableLinear) for m in model.model.modules())
+    if layer is PackedLinear:
+        kernel = model.model.lm_head.packed_weight.kernel
+        assert kernel == prepack["linear_kernel"]
     assert model.describe()["attn_implementation"] == ROW_STABLE_ATTENTION
     assert model.describe()["batch_invariance"]["holds"]
     tokens = tiny_hf["tokenizer"].encode("the quick brown fox jumps over the lazy dog, def add")
@@ -76,14 +90,14 @@ def _one_layer_qwen2(folder, kv_heads: int):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("prepack", PREPACK)
 @pytest.mark.parametrize("kv_heads", [1, 2])
 def test_attention_past_a_thousand_keys_is_row_stable(
-    tmp_path, prepack: bool, kv_heads: int
+    tmp_path, prepack: dict, kv_heads: int
 ) -> None:
     """One query row against more than ~1152 keys takes another CPU path in ``weights @
     values`` than several rows do (a greedy flip at position 1040 of a real 1536-token run):
     at head size 128, decoding one token at a time must still equal scoring the positions
     in one call, bit for bit."""
     folder = _one_layer_qwen2(tmp_path / "long", kv_heads)
-    spec = _spec(folder, batch_invariant=True, prepack=prepack)
+    spec = _spec(folder, batch_invariant=True, **prepack)
     model = load_hf_model(spec, str(folder), "t")
     tokens = torch.randint(3, 300, (1400,), generator=torch.Generator().manual_seed(1)).tolist()
     start = 1140

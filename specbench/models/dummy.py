@@ -145,7 +145,7 @@ def load_dummy_model(spec: DummyModelSpec) -> HFLanguageModel:
     finally:
         torch.set_default_dtype(default_dtype)
     model.eval()
-    kernels = fast_kernels(model, spec.batch_invariant, spec.prepack)
+    kernels = fast_kernels(model, spec.batch_invariant, spec.prepack, spec.linear_kernel)
     tokenizer = dummy_tokenizer(spec)
     parameters = sum(p.numel() for p in model.parameters())
     info = {

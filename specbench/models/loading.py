@@ -54,13 +54,13 @@ def load_models(
     if on_progress:
         on_progress("loading target model")
     target = load_model(spec.target, "target")
-    _warn_if_not_invariant(target, "target", on_progress)
+    _report_model_warnings(target, "target", on_progress)
     if spec.draft is None:  # a preset's draft loads with its target (methods may opt in)
         return MethodModels(target=target, specs=spec)
     if on_progress:
         on_progress("loading draft model")
     draft = load_model(spec.draft, "draft")
-    _warn_if_not_invariant(draft, "draft", on_progress)
+    _report_model_warnings(draft, "draft", on_progress)
     check_pair(target.tokenizer, draft.tokenizer)
     shared = min(target.vocab_size, draft.vocab_size)
     if shared < len(target.tokenizer.get_vocab()):
@@ -75,8 +75,12 @@ def load_models(
     return MethodModels(target=target, draft=draft, specs=spec)
 
 
-def _warn_if_not_invariant(model: LanguageModel, role: str, on_progress: ProgressFn | None) -> None:
-    """Say so when the load-time check found ``batch_invariant`` not to hold on this CPU."""
+def _report_model_warnings(model: LanguageModel, role: str, on_progress: ProgressFn | None) -> None:
+    """Say so when the load-time check found ``batch_invariant`` not to hold on this CPU, and
+    when the model runs another linear kernel than its spec's default would have."""
+    kernel_note = model.describe().get("linear_kernel_note")
+    if kernel_note and on_progress:
+        on_progress(f"{role}: {kernel_note}; the oneDNN kernel runs instead")
     found = model.describe().get("batch_invariance")
     if found and not found.get("holds", True) and on_progress:
         from specbench.models.invariance import InvarianceCheck

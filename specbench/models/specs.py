@@ -82,6 +82,24 @@ def prepack_field() -> Any:
     )
 
 
+#: What ``linear_kernel`` may name.
+LinearKernel = Literal["auto", "specbench", "onednn"]
+
+
+def linear_kernel_field() -> Any:
+    """The ``linear_kernel`` field of the transformers-based specs."""
+    return Field(
+        "auto",
+        description=(
+            "The kernel packed linear layers run (with prepack). specbench: specbench's own "
+            "bf16 kernel (CPUs with AVX-512 BF16; compiled on first use with the machine's C++ "
+            "compiler, about 25 s, then cached), the fastest here and batch-invariant by "
+            "construction; onednn: oneDNN's packed kernels; auto: specbench's where it builds "
+            "and runs, else onednn (the header says why)."
+        ),
+    )
+
+
 class HFModelSpec(ModelSpecBase):
     """A Hugging Face transformers causal LM.
 
@@ -111,6 +129,7 @@ class HFModelSpec(ModelSpecBase):
         ),
     )
     prepack: bool = prepack_field()
+    linear_kernel: LinearKernel = linear_kernel_field()
     trust_remote_code: bool = False
 
     def requirements(self) -> list[tuple[str, str]]:
@@ -156,6 +175,7 @@ class DummyModelSpec(ModelSpecBase):
     max_positions: int = Field(4096, ge=16, description="Longest sequence (cache size).")
     batch_invariant: bool = False
     prepack: bool = prepack_field()
+    linear_kernel: LinearKernel = linear_kernel_field()
 
     def requirements(self) -> list[tuple[str, str]]:
         return [("transformers", "hf")]

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from specbench.models.packed import PackedWeight
 
 #: Architectures whose decoder layer is exactly: norm, attention with rotary embeddings over
 #: grouped key/value heads, residual, norm, gated MLP, residual (no sliding window, no
@@ -128,10 +131,10 @@ class LeanForward:
 class _Fused:
     """One layer's query/key/value and gate/up projections as one packed weight each."""
 
-    qkv: torch.Tensor
+    qkv: PackedWeight
     qkv_bias: torch.Tensor | None
     qkv_sizes: list[int]
-    gate_up: torch.Tensor
+    gate_up: PackedWeight
 
 
 def _fused(layer: Any) -> _Fused | None:
@@ -146,9 +149,13 @@ def _fused(layer: Any) -> _Fused | None:
         return None
     if any(p.bias is not None for p in (mlp.gate_proj, mlp.up_proj)):
         return None
+    kernels = {p.packed_weight.kernel for p in modules}
+    if len(kernels) != 1:
+        return None
+    kernel = kernels.pop()
     biases = [p.bias for p in projections]
     with torch.no_grad():
-        qkv = pack_weight(torch.cat([p.weight for p in projections]))
+        qkv = pack_weight(torch.cat([p.weight for p in projections]), kernel)
         bias = None if any(b is None for b in biases) else torch.cat(biases)
-        gate_up = pack_weight(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        gate_up = pack_weight(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), kernel)
     return _Fused(qkv, bias, [p.weight.shape[0] for p in projections], gate_up)

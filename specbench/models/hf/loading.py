@@ -23,6 +23,7 @@ from specbench.models.specs import (
     Bnb8BitSpec,
     DummyModelSpec,
     HFModelSpec,
+    LinearKernel,
     QuantoSpec,
 )
 
@@ -131,7 +132,9 @@ def load_hf_model(spec: HFModelSpec, source: str, name: str) -> HFLanguageModel:
         if spec.batch_invariant
         else getattr(model.config, "_attn_implementation", None)
     )
-    kernels = fast_kernels(model, spec.batch_invariant, spec.prepack and quant is None)
+    kernels = fast_kernels(
+        model, spec.batch_invariant, spec.prepack and quant is None, spec.linear_kernel
+    )
     eos = model.generation_config.eos_token_id if model.generation_config else None
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     tokenizer = load_hf_tokenizer(spec, source, eos_extra=eos_ids)
@@ -150,16 +153,22 @@ def load_hf_model(spec: HFModelSpec, source: str, name: str) -> HFLanguageModel:
     return checked(HFLanguageModel(model, tokenizer, name=name, info=info))
 
 
-def fast_kernels(model: torch.nn.Module, batch_invariant: bool, prepack: bool) -> dict[str, Any]:
-    """Make ``model`` batch-invariant and give its linear layers packed weights, as asked
-    (in that order: packing replaces the row-stable layers with packed ones, which are row
-    stable too); what the run header records about it."""
-    from specbench.models.packed import ROW_FLOOR, pack_linear_layers
+def fast_kernels(
+    model: torch.nn.Module,
+    batch_invariant: bool,
+    prepack: bool,
+    linear_kernel: LinearKernel = "auto",
+) -> dict[str, Any]:
+    """Make ``model`` batch-invariant and give its linear layers packed weights on
+    ``linear_kernel``, as asked (in that order: packing replaces the row-stable layers with
+    packed ones, which are row stable too); what the run header records about it."""
+    from specbench.models.packed import pack_linear_layers
 
     if batch_invariant:
         make_batch_invariant(model)
-    packed = pack_linear_layers(model, (torch.nn.Linear, RowStableLinear)) if prepack else 0
-    return {"packed_linear_layers": packed, "packed_row_floor": ROW_FLOOR if packed else None}
+    if not prepack:
+        return {"packed_linear_layers": 0, "packed_row_floor": None}
+    return pack_linear_layers(model, (torch.nn.Linear, RowStableLinear), linear_kernel)
 
 
 def checked(model: HFLanguageModel) -> HFLanguageModel:

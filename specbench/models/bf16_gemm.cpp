@@ -1,0 +1,136 @@
+// specbench's bf16 matrix product for CPU linear layers (see bf16_gemm.py).
+//
+// y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]), bf16 in and out, fp32 accumulation.
+// The weight is packed once as [N/64][K/2][64][2]: a block of 64 outputs streams as one
+// contiguous run, and one broadcast of x[k:k+2] times one zmm register of it gives 16
+// outputs' pair sums (AVX-512 BF16's dot product). Every output element is accumulated in
+// the same order (k pairs ascending, in one fp32 lane) whatever the number of rows, the row
+// tile or the thread that computes it, so a row's result never depends on the other rows of
+// the call: batch invariance by construction, on every CPU this code runs on.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace {
+
+constexpr int64_t kBlock = 64;   // outputs per packed block (4 zmm of fp32)
+constexpr int64_t kKStep = 256;  // k per pass: 32 KiB of one block's weight stays in L1
+constexpr int64_t kMaxRows = 6;  // rows per tile: 24 accumulators, 4 weights, 1 broadcast
+
+#define SPECBENCH_AVX512_BF16 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl")))
+
+template <int Rows>
+SPECBENCH_AVX512_BF16 __attribute__((always_inline)) inline void pass(
+    const uint16_t* x, int64_t ldx, const uint16_t* block, int64_t k0, int64_t k1, float* acc_io,
+    bool first) {
+  __m512 acc[Rows][4];
+  for (int r = 0; r < Rows; ++r)
+    for (int j = 0; j < 4; ++j)
+      acc[r][j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc_io + r * kBlock + j * 16);
+  for (int64_t k = k0; k < k1; k += 2) {
+    const uint16_t* w = block + k * kBlock;  // k / 2 pairs of 64 outputs * 2
+    // Two KiB ahead: the stream of one block is long and linear.
+    _mm_prefetch(reinterpret_cast<const char*>(w) + 2048, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w) + 2048 + 64, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w) + 2048 + 128, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w) + 2048 + 192, _MM_HINT_T0);
+    const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 32),
+                  w2 = _mm512_loadu_si512(w + 64), w3 = _mm512_loadu_si512(w + 96);
+    for (int r = 0; r < Rows; ++r) {
+      int32_t pair;
+      __builtin_memcpy(&pair, x + r * ldx + k, sizeof(pair));
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xb, (__m512bh)w0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xb, (__m512bh)w1);
+      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], xb, (__m512bh)w2);
+      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], xb, (__m512bh)w3);
+    }
+  }
+  for (int r = 0; r < Rows; ++r)
+    for (int j = 0; j < 4; ++j) _mm512_storeu_ps(acc_io + r * kBlock + j * 16, acc[r][j]);
+}
+
+template <int Rows>
+SPECBENCH_AVX512_BF16 void tile(const uint16_t* x, int64_t K, const uint16_t* block, float* acc) {
+  for (int64_t k0 = 0; k0 < K; k0 += kKStep)
+    pass<Rows>(x, K, block, k0, std::min(K, k0 + kKStep), acc, k0 == 0);
+}
+
+SPECBENCH_AVX512_BF16 void store(const float* acc, int64_t rows, const uint16_t* bias, int64_t n0,
+                                 int64_t N, uint16_t* y) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < 4; ++j) {
+      const int64_t n = n0 + j * 16;
+      if (n >= N) break;
+      const __mmask16 mask =
+          N - n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (N - n)) - 1);
+      __m512 v = _mm512_loadu_ps(acc + r * kBlock + j * 16);
+      if (bias != nullptr) {
+        const __m512i b = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, bias + n));
+        v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)));
+      }
+      // Round to nearest even, as torch rounds fp32 to bf16.
+      _mm256_mask_storeu_epi16(y + r * N + n, mask, (__m256i)_mm512_cvtneps_pbh(v));
+    }
+}
+
+using Tile = void (*)(const uint16_t*, int64_t, const uint16_t*, float*);
+constexpr Tile kTiles[kMaxRows + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
+
+}  // namespace
+
+// The packed layout of ``weight`` [N, K] (K even; N padded to a multiple of 64 with zeros).
+torch::Tensor pack(const torch::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kBFloat16, "a 2-d bf16 weight");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(K % 2 == 0, "the input size must be even");
+  const int64_t padded = (N + kBlock - 1) / kBlock * kBlock;
+  auto full = torch::zeros({padded, K}, weight.options());
+  full.narrow(0, 0, N).copy_(weight);
+  return full.view({padded / kBlock, kBlock, K / 2, 2}).permute({0, 2, 1, 3}).contiguous();
+}
+
+// x [..., K] @ W.T (+ bias) with W packed by ``pack``; ``out_features`` is W's N.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, int64_t out_features,
+                     const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && packed.scalar_type() == torch::kBFloat16,
+              "bf16 inputs");
+  const int64_t K = packed.size(1) * 2;
+  TORCH_CHECK(x.size(-1) == K, "x has ", x.size(-1), " features, the weight ", K);
+  const auto rows = x.reshape({-1, K}).contiguous();
+  const int64_t M = rows.size(0), N = out_features;
+  auto y = torch::empty({M, N}, x.options());
+  torch::Tensor bias_bf16;
+  const uint16_t* b = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    bias_bf16 = bias->to(torch::kBFloat16).contiguous();
+    b = reinterpret_cast<const uint16_t*>(bias_bf16.data_ptr());
+  }
+  const auto* xp = reinterpret_cast<const uint16_t*>(rows.data_ptr());
+  const auto* wp = reinterpret_cast<const uint16_t*>(packed.data_ptr());
+  auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
+  if (M > 0) {
+    at::parallel_for(0, packed.size(0), 1, [&](int64_t first, int64_t last) {
+      alignas(64) float acc[kMaxRows * kBlock];
+      for (int64_t blk = first; blk < last; ++blk) {
+        const uint16_t* block = wp + blk * kBlock * K;
+        for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
+          const int64_t tile_rows = std::min(kMaxRows, M - m0);
+          kTiles[tile_rows](xp + m0 * K, K, block, acc);
+          store(acc, tile_rows, b, blk * kBlock, N, yp + m0 * N);
+        }
+      }
+    });
+  }
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return y.view(shape);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("pack", &pack, "pack a [N, K] bf16 weight");
+  module.def("linear", &linear, "x @ W.T + bias with a packed W");
+}

@@ -1,0 +1,132 @@
+"""specbench's own bf16 matrix product for CPU linear layers (``linear_kernel = "specbench"``).
+
+A decoding step at batch one multiplies one row (k + 1 in a verification) by every weight
+matrix: its speed is the speed at which a kernel streams the weights. oneDNN's packed kernels
+(:mod:`specbench.models.packed`) stream a Qwen2.5-1.5B-shaped stack at 26-29 GB/s and the
+0.5B draft's narrower matrices at 17-21 GB/s on a 2-core AVX-512 BF16 EPYC; this kernel
+(``bf16_gemm.cpp``: a weight packed in blocks of 64 outputs, AVX-512 BF16 pair dot products
+on a broadcast input) streams them at 32-34 and 24-25 GB/s in the same minutes
+(``benchmarks/linear_kernels.py``, BENCHMARKS.md), and matches oneDNN's compute rate for
+prefill-sized calls.
+
+It also makes batch invariance a property of the code rather than of a library's choice of
+kernel: every output is accumulated in one fixed order whatever the number of rows, so a row
+scored among k + 1 equals the row decoded alone on every CPU that runs it (oneDNN takes other
+kernels by row count and, on AMX machines, other instructions).
+
+The kernel is a small C++ extension compiled on first use with the machine's C++ compiler
+and ninja (about 25 s, once; cached under ``<specbench cache>/kernels``). Where it cannot run
+(no AVX-512 BF16, no compiler, a failed build) :func:`unavailable_reason` says why and the
+loader falls back to oneDNN, recording the reason in the model's description.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specbench.cache_dirs import cache_root
+from specbench.hardware import cpu_has
+
+SOURCE = Path(__file__).with_name("bf16_gemm.cpp")
+
+#: The instruction sets the kernel's code is compiled for.
+REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+
+#: The extension's name (a new name when the interface changes, so caches never mix).
+EXTENSION = "specbench_bf16_gemm_v1"
+
+
+class KernelUnavailable(RuntimeError):
+    """The kernel cannot run here; the message says why."""
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernel cannot run on this machine, or ``None`` when it can (builds it once)."""
+    try:
+        _extension()
+    except KernelUnavailable as error:
+        return str(error)
+    return None
+
+
+def supports(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` (``[out, in]``) is a layer this kernel computes: bf16 on the CPU,
+    an even input size."""
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.bfloat16
+        and weight.dim() == 2
+        and weight.shape[1] % 2 == 0
+    )
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` ``[out, in]`` in the kernel's blocked layout (a new tensor)."""
+    with torch.no_grad():
+        packed: torch.Tensor = _extension().pack(weight.detach().contiguous())
+    return packed
+
+
+def linear(
+    x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``x @ W.T + bias`` for a ``W`` packed by :func:`pack` (``out_features`` rows)."""
+    out: torch.Tensor = _extension().linear(x, packed, out_features, bias)
+    return out
+
+
+@functools.cache
+def _extension() -> Any:
+    if not cpu_has(*REQUIRED_FLAGS):
+        missing = [flag for flag in REQUIRED_FLAGS if not cpu_has(flag)]
+        raise KernelUnavailable(f"this CPU lacks {', '.join(missing)}")
+    if not torch.backends.openmp.is_available():  # type: ignore[no-untyped-call]
+        raise KernelUnavailable("this torch build has no OpenMP (the kernel's threads)")
+    from torch.utils import cpp_extension
+
+    build = cache_root() / "kernels" / f"torch-{torch.__version__}"
+    build.mkdir(parents=True, exist_ok=True)
+    try:
+        with _ninja_on_path():
+            return cpp_extension.load(
+                name=EXTENSION,
+                sources=[str(SOURCE)],
+                # Generic code outside the kernel's functions: they carry their own target
+                # attributes, so the cached build runs on any CPU with REQUIRED_FLAGS.
+                extra_cflags=["-O3", "-fopenmp"],
+                # libgomp by its soname: the process already has torch's, so both share one
+                # thread pool.
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build),
+                verbose=False,
+            )
+    except (OSError, RuntimeError, ImportError, ValueError) as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise KernelUnavailable(
+            f"building the kernel failed: {lines[-1] if lines else type(error).__name__}"
+        ) from error
+
+
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch's extension builder runs ``ninja`` from PATH: make the one installed beside this
+    Python (the ``ninja`` package) findable when the environment is not activated."""
+    extra = [os.path.dirname(sys.executable)]
+    with contextlib.suppress(ImportError):
+        import ninja
+
+        extra.append(ninja.BIN_DIR)
+    saved = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([*extra, saved])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = saved

@@ -1,0 +1,136 @@
+"""specbench's bf16 CPU kernel (``specbench/models/bf16_gemm.cpp``): right, and a row's result
+independent of the rows beside it, bit for bit; and how the loader chooses it.
+
+The kernel tests skip, naming the reason, on a CPU without AVX-512 BF16 or a machine that
+cannot build it; the loader tests run everywhere (they stand in for the kernel's absence)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specbench.errors import ModelLoadError
+from specbench.models import bf16_gemm
+from specbench.models.packed import PackedLinear, pack_linear_layers
+
+_MISSING = bf16_gemm.unavailable_reason()
+needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=f"no bf16 kernel: {_MISSING}")
+
+#: [out, in]: a block and a half of outputs, k not a multiple of the 256-wide pass; a
+#: Qwen2.5-0.5B key projection; a down projection's long k.
+SHAPES = [(96, 300), (128, 896), (64, 4864)]
+
+
+def _weights(out: int, inp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(out * 7 + inp)
+    weight = (torch.randn(out, inp, generator=generator) * 0.05).to(torch.bfloat16)
+    bias = torch.randn(out, generator=generator).to(torch.bfloat16)
+    return weight, bias
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_product_matches_a_float32_reference(shape: tuple[int, int]) -> None:
+    weight, bias = _weights(*shape)
+    packed = bf16_gemm.pack(weight)
+    x = torch.randn(2, 5, shape[1]).to(torch.bfloat16)
+    got = bf16_gemm.linear(x, packed, shape[0], bias)
+    reference = x.float() @ weight.float().T + bias.float()
+    assert got.shape == (2, 5, shape[0]) and got.dtype == torch.bfloat16
+    # One bf16 rounding of an fp32 sum: within bf16's relative step of the result.
+    assert torch.allclose(got.float(), reference, rtol=2**-7, atol=1e-2)
+    without_bias = bf16_gemm.linear(x, packed, shape[0], None)
+    assert torch.allclose(without_bias.float(), reference - bias.float(), rtol=2**-7, atol=1e-2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(shape: tuple[int, int]) -> None:
+    """Bit for bit, every row of calls of 1 to 14 rows (past two of the kernel's 6-row tiles,
+    every remainder) at every offset, against the same row computed alone.
+
+    The first and last input of every row meet weights of +-2^14 that cancel: every sum then
+    passes through values whose float32 spacing is near the result's bfloat16 spacing, so any
+    change in accumulation order between row counts shows in the rounded outputs (without
+    them a reordered float32 sum almost never changes a bfloat16 result)."""
+    weight, bias = _weights(*shape)
+    weight[:, 0], weight[:, -1] = 2.0**14, -(2.0**14)
+    packed = bf16_gemm.pack(weight)
+    x = torch.randn(14, shape[1]).to(torch.bfloat16)
+    x[:, 0] = x[:, -1] = 1.0
+    alone = torch.cat([bf16_gemm.linear(x[i : i + 1], packed, shape[0], bias) for i in range(14)])
+    for start in range(3):
+        for rows in range(1, 15 - start):
+            together = bf16_gemm.linear(x[start : start + rows], packed, shape[0], bias)
+            assert torch.equal(together, alone[start : start + rows]), (start, rows)
+
+
+@needs_kernel
+def test_empty_and_single_row_calls() -> None:
+    weight, _ = _weights(64, 32)
+    packed = bf16_gemm.pack(weight)
+    assert bf16_gemm.linear(torch.empty(0, 32, dtype=torch.bfloat16), packed, 64, None).shape == (
+        0,
+        64,
+    )
+    assert bf16_gemm.linear(torch.ones(32, dtype=torch.bfloat16), packed, 64, None).shape == (64,)
+
+
+def _model(dtype: torch.dtype) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Linear(64, 8)).to(dtype)
+
+
+@needs_kernel
+def test_auto_packs_bf16_layers_on_specbench_kernel() -> None:
+    model = _model(torch.bfloat16)
+    x = torch.randn(3, 32).to(torch.bfloat16)
+    dense = model(x)
+    info = pack_linear_layers(model, (torch.nn.Linear,), "auto")
+    assert info["linear_kernels"] == {"specbench": 2} and info["linear_kernel_note"] is None
+    assert all(isinstance(m, PackedLinear) for m in model)
+    with torch.no_grad():
+        assert torch.allclose(model(x).float(), dense.float(), rtol=2**-7, atol=1e-2)
+
+
+def test_auto_falls_back_to_onednn_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bf16_gemm, "unavailable_reason", lambda: "this CPU lacks avx512_bf16")
+    model = _model(torch.float32)
+    info = pack_linear_layers(model, (torch.nn.Linear,), "auto")
+    assert "specbench" not in info["linear_kernels"]  # float32: not its dtype, no note
+    assert info["linear_kernel_note"] is None
+    model = _model(torch.bfloat16)
+    info = pack_linear_layers(model, (torch.nn.Linear,), "auto")
+    assert "specbench" not in info["linear_kernels"]
+    assert info["linear_kernel_note"] == (
+        "specbench's bf16 kernel is not used: this CPU lacks avx512_bf16"
+    )
+
+
+def test_asking_for_specbench_kernel_where_it_cannot_run_is_one_line_with_a_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ModelLoadError, match="bfloat16 weights on the CPU only") as error:
+        pack_linear_layers(_model(torch.float32), (torch.nn.Linear,), "specbench")
+    assert 'linear_kernel = "auto"' in str(error.value)
+    monkeypatch.setattr(bf16_gemm, "unavailable_reason", lambda: "building the kernel failed: x")
+    with pytest.raises(ModelLoadError, match="cannot run here: building the kernel failed"):
+        pack_linear_layers(_model(torch.bfloat16), (torch.nn.Linear,), "specbench")
+
+
+def test_a_run_says_when_auto_could_not_take_specbench_kernel(
+    tiny_hf: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("transformers")
+    from specbench.models.loading import load_models
+    from specbench.models.specs import HFModelSpec, ModelsSpec
+
+    monkeypatch.setattr(bf16_gemm, "unavailable_reason", lambda: "this CPU lacks avx512_bf16")
+    folder = str(tiny_hf["llama"]["target"])
+    spec = ModelsSpec(target=HFModelSpec(model=folder, dtype="bfloat16", device="cpu"))
+    said: list[str] = []
+    models = load_models(spec, on_progress=said.append)
+    assert models.target.describe()["linear_kernel_note"]
+    assert (
+        "target: specbench's bf16 kernel is not used: this CPU lacks avx512_bf16; the oneDNN "
+        "kernel runs instead"
+    ) in said
