@@ -13,11 +13,15 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace {
 
 constexpr int64_t kBlock = 64;   // outputs per packed block (4 zmm of fp32)
-constexpr int64_t kKStep = 256;  // k per pass: 32 KiB of one block's weight stays in L1
+// k per pass when a call has several row tiles: every tile reads the same 32 KiB of one
+// block's weight from L1 before the next k range is loaded. A call of one tile streams each
+// block in one pass (passes cost a 1-row call 5-50% of its streaming rate, measured).
+constexpr int64_t kKStep = 256;
 constexpr int64_t kMaxRows = 6;  // rows per tile: 24 accumulators, 4 weights, 1 broadcast
 
 #define SPECBENCH_AVX512_BF16 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl")))
@@ -32,11 +36,12 @@ SPECBENCH_AVX512_BF16 __attribute__((always_inline)) inline void pass(
       acc[r][j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc_io + r * kBlock + j * 16);
   for (int64_t k = k0; k < k1; k += 2) {
     const uint16_t* w = block + k * kBlock;  // k / 2 pairs of 64 outputs * 2
-    // Two KiB ahead: the stream of one block is long and linear.
-    _mm_prefetch(reinterpret_cast<const char*>(w) + 2048, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w) + 2048 + 64, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w) + 2048 + 128, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w) + 2048 + 192, _MM_HINT_T0);
+    // Four KiB ahead (16 iterations): the stream of one block is long and linear, and
+    // runs on into the next block (blocks lie one after another).
+    _mm_prefetch(reinterpret_cast<const char*>(w) + 4096, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w) + 4096 + 64, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w) + 4096 + 128, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w) + 4096 + 192, _MM_HINT_T0);
     const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 32),
                   w2 = _mm512_loadu_si512(w + 64), w3 = _mm512_loadu_si512(w + 96);
     for (int r = 0; r < Rows; ++r) {
@@ -54,9 +59,9 @@ SPECBENCH_AVX512_BF16 __attribute__((always_inline)) inline void pass(
 }
 
 template <int Rows>
-SPECBENCH_AVX512_BF16 void tile(const uint16_t* x, int64_t K, const uint16_t* block, float* acc) {
-  for (int64_t k0 = 0; k0 < K; k0 += kKStep)
-    pass<Rows>(x, K, block, k0, std::min(K, k0 + kKStep), acc, k0 == 0);
+SPECBENCH_AVX512_BF16 void run_pass(const uint16_t* x, int64_t ldx, const uint16_t* block,
+                                    int64_t k0, int64_t k1, float* acc, bool first) {
+  pass<Rows>(x, ldx, block, k0, k1, acc, first);
 }
 
 SPECBENCH_AVX512_BF16 void store(const float* acc, int64_t rows, const uint16_t* bias, int64_t n0,
@@ -77,8 +82,9 @@ SPECBENCH_AVX512_BF16 void store(const float* acc, int64_t rows, const uint16_t*
     }
 }
 
-using Tile = void (*)(const uint16_t*, int64_t, const uint16_t*, float*);
-constexpr Tile kTiles[kMaxRows + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
+using Pass = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, float*, bool);
+constexpr Pass kPasses[kMaxRows + 1] = {
+    nullptr, run_pass<1>, run_pass<2>, run_pass<3>, run_pass<4>, run_pass<5>, run_pass<6>};
 
 }  // namespace
 
@@ -112,16 +118,22 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, int64_
   const auto* xp = reinterpret_cast<const uint16_t*>(rows.data_ptr());
   const auto* wp = reinterpret_cast<const uint16_t*>(packed.data_ptr());
   auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
+  // Passes change where a sum is kept between k ranges (registers or this buffer, both exact
+  // float32), never its order: a row's result is the same for any number of rows.
+  const int64_t step = M > kMaxRows ? kKStep : K;
   if (M > 0) {
     at::parallel_for(0, packed.size(0), 1, [&](int64_t first, int64_t last) {
-      alignas(64) float acc[kMaxRows * kBlock];
+      std::vector<float> acc(M * kBlock);
       for (int64_t blk = first; blk < last; ++blk) {
         const uint16_t* block = wp + blk * kBlock * K;
-        for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
-          const int64_t tile_rows = std::min(kMaxRows, M - m0);
-          kTiles[tile_rows](xp + m0 * K, K, block, acc);
-          store(acc, tile_rows, b, blk * kBlock, N, yp + m0 * N);
+        for (int64_t k0 = 0; k0 < K; k0 += step) {
+          const int64_t k1 = std::min(K, k0 + step);
+          for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
+            const int64_t rows = std::min(kMaxRows, M - m0);
+            kPasses[rows](xp + m0 * K, K, block, k0, k1, acc.data() + m0 * kBlock, k0 == 0);
+          }
         }
+        store(acc.data(), M, b, blk * kBlock, N, yp);
       }
     });
   }
