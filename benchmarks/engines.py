@@ -52,15 +52,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def parameter_bytes(folder: Path, per_parameter: int = 2) -> int:
-    """Parameter bytes of a safetensors folder at ``per_parameter`` bytes each."""
+    """Bytes a decoding step streams from a safetensors folder at ``per_parameter`` bytes a
+    parameter: every parameter but an input embedding table that is not also the output
+    layer (a step reads one row of it)."""
     from safetensors import safe_open
 
-    total = 0
+    sizes: dict[str, int] = {}
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(str(path), "pt") as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                total += _numel(handle.get_slice(name).get_shape())
-    return per_parameter * total
+                sizes[name] = _numel(handle.get_slice(name).get_shape())
+    if any(name.endswith("lm_head.weight") for name in sizes):
+        sizes = {n: v for n, v in sizes.items() if not n.endswith("embed_tokens.weight")}
+    return per_parameter * sum(sizes.values())
 
 
 def _numel(shape: list[int]) -> int:

@@ -6,7 +6,13 @@ both for the given models and settings, median of several calls after a warm-up,
 engines' calls interleaved.
 
     python benchmarks/forward_cost.py --models qwen2.5-coder-1.5b,qwen2.5-coder-0.5b \
-        --dtypes bfloat16 --prepack on,off --engines eager,static --tokens 1,4,5
+        --dtypes bfloat16 --prepack on,off --engines eager,static --tokens 1,4,5 --roofline
+
+``--roofline`` also times, interleaved with the steps, one row through a single bf16 weight of
+as many bytes as a step streams (every parameter but an untied input embedding), on
+specbench's kernel: the time this machine needs to stream the model's weights at that minute,
+so "% of roofline" (its time over a 1-token step's) holds under the bandwidth drift of a
+shared machine, where a bandwidth measured once at the start does not.
 """
 
 from __future__ import annotations
@@ -14,13 +20,37 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from specbench.models.catalog import resolve_model_source
 from specbench.models.hf.loading import load_hf_model
 from specbench.models.specs import HFModelSpec
+
+
+def _weight_stream(model: torch.nn.Module) -> Callable[[], object]:
+    """One row through one bf16 weight of as many bytes as a step of ``model`` streams."""
+    from specbench.models import bf16_gemm
+
+    if bf16_gemm.unavailable_reason() is not None:
+        raise SystemExit(
+            f"--roofline needs specbench's bf16 kernel: {bf16_gemm.unavailable_reason()}"
+        )
+    parameters = {id(p): p for p in model.parameters()}
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    if output is None or output.weight is not embedding:
+        parameters.pop(id(embedding), None)  # a step reads one row of it
+    size = sum(p.numel() * p.element_size() for p in parameters.values())
+    columns = 4096
+    blocks = size // (2 * columns * 64)
+    # Already in the kernel's layout: the values do not matter, only the bytes read.
+    packed = torch.empty(blocks, columns // 2, 64, 2, dtype=torch.bfloat16).normal_()
+    x = torch.randn(1, columns).to(torch.bfloat16)
+    return lambda: bf16_gemm.linear(x, packed, blocks * 64, None)
 
 
 def main() -> None:
@@ -42,6 +72,9 @@ def main() -> None:
     parser.add_argument(
         "--engines", default="eager", help="eager (the session), static (lean on a CPU), or both."
     )
+    parser.add_argument(
+        "--roofline", action="store_true", help="Time a same-bytes weight stream interleaved."
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.tokens.split(",")]
 
@@ -54,6 +87,8 @@ def main() -> None:
     for n in counts:
         table.add_column(f"{n} token{'s' if n > 1 else ''}", justify="right")
     table.add_column(f"{counts[-1]}:1", justify="right")
+    if args.roofline:
+        table.add_column("% of roofline (1 token)", justify="right")
     runs = [
         (name, dtype, mode)
         for name in args.models.split(",")
@@ -83,6 +118,8 @@ def main() -> None:
                 )
         for session in sessions.values():
             session.logits_from(context, len(context) - 1)
+        stream = _weight_stream(model.model) if args.roofline else None
+        streamed: list[float] = []
         # The calls interleaved: the machine's drift hits every packing and engine alike.
         times: dict[tuple[str, str, int], list[float]] = {
             (*key, n): [] for key in sessions for n in counts
@@ -94,11 +131,22 @@ def main() -> None:
                     start = time.perf_counter()
                     session.logits_from(tokens, len(context) - 1)
                     times[(prepack, engine, n)].append(time.perf_counter() - start)
+                if stream is not None:
+                    start = time.perf_counter()
+                    stream()
+                    streamed.append(time.perf_counter() - start)
+        roofline = 1000 * statistics.median(streamed[1:]) if streamed else None
         for prepack, engine in sessions:
             row = [1000 * statistics.median(times[(prepack, engine, n)][1:]) for n in counts]
-            cells = (f"{t:.1f}" for t in row)
-            table.add_row(name, dtype, mode, prepack, engine, *cells, f"{row[-1] / row[0]:.2f}")
-        del model, sessions
+            cells = [f"{t:.1f}" for t in row]
+            extra = [] if roofline is None else [f"{100 * roofline / row[0]:.0f}%"]
+            table.add_row(
+                name, dtype, mode, prepack, engine, *cells, f"{row[-1] / row[0]:.2f}", *extra
+            )
+        if roofline is not None:
+            blanks = ["-"] * (len(counts) + 1)
+            table.add_row(name, dtype, mode, "-", "weight stream", f"{roofline:.1f}", *blanks[1:])
+        del model, sessions, stream
     Console(width=140).print(table)
 
 

@@ -15,9 +15,11 @@ scored among k + 1 equals the row decoded alone on every CPU that runs it (oneDN
 kernels by row count and, on AMX machines, other instructions).
 
 The kernel is a small C++ extension compiled on first use with the machine's C++ compiler
-and ninja (about 25 s, once; cached under ``<specbench cache>/kernels``). Where it cannot run
-(no AVX-512 BF16, no compiler, a failed build) :func:`unavailable_reason` says why and the
-loader falls back to oneDNN, recording the reason in the model's description.
+and ninja (about 25 s, once per torch build; cached in torch's extension folder,
+``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, shared by every process whatever
+its specbench cache). Where it cannot run (no AVX-512 BF16, no compiler, a failed build)
+:func:`unavailable_reason` says why and the loader falls back to oneDNN, recording the reason
+in the model's description.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from typing import Any
 
 import torch
 
-from specbench.cache_dirs import cache_root
 from specbench.hardware import cpu_has
 
 SOURCE = Path(__file__).with_name("bf16_gemm.cpp")
@@ -40,8 +41,11 @@ SOURCE = Path(__file__).with_name("bf16_gemm.cpp")
 #: The instruction sets the kernel's code is compiled for.
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 
-#: The extension's name (a new name when the interface changes, so caches never mix).
-EXTENSION = "specbench_bf16_gemm_v1"
+#: The extension's name: a new name when the interface changes, and one per torch build, so
+#: builds for another interface or torch never mix in torch's extension cache.
+EXTENSION = "specbench_bf16_gemm_v1_torch_" + "".join(
+    c if c.isalnum() else "_" for c in torch.__version__
+)
 
 
 class KernelUnavailable(RuntimeError):
@@ -92,8 +96,6 @@ def _extension() -> Any:
         raise KernelUnavailable("this torch build has no OpenMP (the kernel's threads)")
     from torch.utils import cpp_extension
 
-    build = cache_root() / "kernels" / f"torch-{torch.__version__}"
-    build.mkdir(parents=True, exist_ok=True)
     try:
         with _ninja_on_path():
             return cpp_extension.load(
@@ -105,7 +107,6 @@ def _extension() -> Any:
                 # libgomp by its soname: the process already has torch's, so both share one
                 # thread pool.
                 extra_ldflags=["-fopenmp"],
-                build_directory=str(build),
                 verbose=False,
             )
     except (OSError, RuntimeError, ImportError, ValueError) as error:
