@@ -21,29 +21,20 @@ class Draws:
     tokens: list[list[int]] = field(default_factory=list)
 
 
+@dataclass
 class DrawBook:
     """Draws ``samples`` generations of ``tokens`` tokens per prompt from a method, once per
     key, with seeds that depend only on the prompt, the draw and the stream: every method
     sees the same seeds, so identical samplers draw identical tokens."""
 
-    def __init__(
-        self,
-        prompts: Sequence[list[int]],
-        samples: int,
-        tokens: int,
-        sampling: SamplingParams,
-        seed: int,
-        stop: frozenset[int],
-        report: Callable[[str], None],
-    ) -> None:
-        self.prompts = list(prompts)
-        self.samples = samples
-        self.tokens = tokens
-        self.sampling = sampling
-        self.seed = seed
-        self.stop = stop
-        self.report = report
-        self.cache: dict[str, list[Draws]] = {}
+    prompts: list[list[int]]
+    samples: int
+    tokens: int
+    sampling: SamplingParams
+    seed: int
+    stop: frozenset[int]
+    report: Callable[[str], None]
+    cache: dict[str, list[Draws]] = field(default_factory=dict)
 
     def request(self, ids: list[int], index: int, draw: int, stream: int) -> GenerationRequest:
         """The request of draw ``draw`` of prompt ``index`` on seed stream ``stream``."""

@@ -17,6 +17,7 @@ all tests of one audit share a family-wise alpha (Bonferroni), known once every 
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -222,13 +223,9 @@ def _sampling_record(
         }
         for t in tests
     ]
+    record = functools.partial(_record, label, method, exact=True, mode="sampling", test=kind)
     if not tests:
-        return _record(
-            label,
-            method,
-            exact=True,
-            mode="sampling",
-            test=kind,
+        return record(
             verdict="error",
             detail="nothing to test: every conditional was too concentrated "
             "(raise the temperature or --samples)",
@@ -241,12 +238,7 @@ def _sampling_record(
             f"{len(failed)} of {len(tests)} tests below {per_test:.2g}; "
             f"worst: {worst.test} ({worst.detail})"
         )
-    return _record(
-        label,
-        method,
-        exact=True,
-        mode="sampling",
-        test=kind,
+    return record(
         statistic=worst.statistic,
         df=worst.df,
         p_value=worst.p_value,
