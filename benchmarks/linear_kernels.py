@@ -46,7 +46,7 @@ Path = Callable[[torch.Tensor], torch.Tensor]
 
 def _paths(weight: torch.Tensor) -> dict[str, Path]:
     from specbench.models import bf16_gemm
-    from specbench.models.packed import pack_weight, packed_linear, packing_available
+    from specbench.models.packed import pack_weight, packing_available
 
     packed = pack_weight(weight, "onednn") if packing_available(weight) else None
     own = (
@@ -68,9 +68,9 @@ def _paths(weight: torch.Tensor) -> dict[str, Path]:
         paths["onednn packed"] = lambda x: torch.ops.mkldnn._linear_pointwise(
             x, packed.data, None, "none", [], ""
         )
-        paths[f"onednn packed, {ROW_FLOOR}-row floor"] = lambda x: packed_linear(x, packed, None)
+        paths[f"onednn packed, {ROW_FLOOR}-row floor"] = lambda x: packed.linear(x, None)
     if own is not None:
-        paths["specbench bf16"] = lambda x: packed_linear(x, own, None)
+        paths["specbench bf16"] = lambda x: own.linear(x, None)
     return paths
 
 

@@ -18,10 +18,11 @@ def cpu_flags() -> list[str]:
     return [flag for flag in KERNEL_FLAGS if flag in present]
 
 
-def cpu_has(*flags: str) -> bool:
-    """Whether this CPU lists every one of ``flags`` (False where /proc/cpuinfo is unreadable)."""
+def cpu_missing(*flags: str) -> list[str]:
+    """Which of ``flags`` this CPU does not list (all of them where /proc/cpuinfo is
+    unreadable)."""
     present = _all_flags()
-    return all(flag in present for flag in flags)
+    return [flag for flag in flags if flag not in present]
 
 
 def _all_flags() -> set[str]:

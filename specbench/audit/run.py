@@ -258,7 +258,7 @@ class _Audit:
         if not self.method_major:
             for label in needed:
                 self.ensure(label)
-        lossy = any(not self.methods[x].exact or self.methods[x].synthetic for x in self.labels)
+        lossy = any(_is_lossy(self.methods[x]) for x in self.labels)
         if (
             self.baseline_label in self.methods
             and (self.mode == "greedy" or lossy)
@@ -308,7 +308,7 @@ class _Audit:
         method = self.methods[label]
         if self.prepared[label] is not None:
             return error_record(label, method, self.mode, self.prepared[label] or "")
-        if not method.exact or method.synthetic:
+        if _is_lossy(method):
             return LossyDivergence().audit(label, method, self.context)
         strategy = self.strategy(label, method)
         if strategy is None or isinstance(strategy, AuditRecord):
@@ -346,6 +346,11 @@ class _Audit:
         if reference is None:
             return GoodnessOfFit()
         return TwoSample(reference_key, reference)
+
+
+def _is_lossy(method: DecodingMethod) -> bool:
+    """Whether ``method`` makes no exactness claim to test (lossy, or acceptance simulated)."""
+    return not method.exact or method.synthetic
 
 
 __all__ = ["AuditOptions", "AuditOutcome", "MethodModels", "audit_preset"]

@@ -1,13 +1,13 @@
 """specbench's own bf16 matrix product for CPU linear layers (``linear_kernel = "specbench"``).
 
 A decoding step at batch one multiplies one row (k + 1 in a verification) by every weight
-matrix: its speed is the speed at which a kernel streams the weights. oneDNN's packed kernels
-(:mod:`specbench.models.packed`) stream a Qwen2.5-1.5B-shaped stack at 26-29 GB/s and the
-0.5B draft's narrower matrices at 17-21 GB/s on a 2-core AVX-512 BF16 EPYC; this kernel
-(``bf16_gemm.cpp``: a weight packed in blocks of 64 outputs, AVX-512 BF16 pair dot products
-on a broadcast input) streams them at 32-34 and 24-25 GB/s in the same minutes
-(``benchmarks/linear_kernels.py``, BENCHMARKS.md), and matches oneDNN's compute rate for
-prefill-sized calls.
+matrix: its speed is the speed at which a kernel streams the weights. On a 2-core AVX-512
+BF16 EPYC, oneDNN's packed kernels (:mod:`specbench.models.packed`) streamed a
+Qwen2.5-1.5B-shaped stack at 38-40 GB/s for one to five rows and the 0.5B draft's narrower
+matrices at 22-30 GB/s; this kernel (``bf16_gemm.cpp``: a weight packed in blocks of 64
+outputs, AVX-512 BF16 pair dot products on a broadcast input) streamed both at 48-53 GB/s in
+the same minutes (``benchmarks/linear_kernels.py``, BENCHMARKS.md), and is within 4% of
+oneDNN for prefill-sized calls.
 
 It also makes batch invariance a property of the code rather than of a library's choice of
 kernel: every output is accumulated in one fixed order whatever the number of rows, so a row
@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from specbench.hardware import cpu_has
+from specbench.hardware import cpu_missing
 
 SOURCE = Path(__file__).with_name("bf16_gemm.cpp")
 
@@ -89,8 +89,8 @@ def linear(
 
 @functools.cache
 def _extension() -> Any:
-    if not cpu_has(*REQUIRED_FLAGS):
-        missing = [flag for flag in REQUIRED_FLAGS if not cpu_has(flag)]
+    missing = cpu_missing(*REQUIRED_FLAGS)
+    if missing:
         raise KernelUnavailable(f"this CPU lacks {', '.join(missing)}")
     if not torch.backends.openmp.is_available():  # type: ignore[no-untyped-call]
         raise KernelUnavailable("this torch build has no OpenMP (the kernel's threads)")

@@ -71,11 +71,6 @@ def pack_weight(weight: torch.Tensor, kernel: Literal["specbench", "onednn"]) ->
     return PackedWeight("onednn", data, weight.shape[0])
 
 
-def packed_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ W.T + bias`` with a weight from :func:`pack_weight`."""
-    return packed.linear(x, bias)
-
-
 def _onednn_linear(
     x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
@@ -114,7 +109,7 @@ class PackedLinear(torch.nn.Linear):
             torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         ):
             return super().forward(x)
-        return packed_linear(x, self.packed_weight, self.bias)
+        return self.packed_weight.linear(x, self.bias)
 
 
 def pack_linear_layers(
@@ -131,10 +126,11 @@ def pack_linear_layers(
         for module in model.modules()
         if type(module) in kinds and isinstance(module, torch.nn.Linear)
     ]
-    wants_own = requested != "onednn" and any(bf16_gemm.supports(m.weight) for m in layers)
+    own_layers = any(bf16_gemm.supports(m.weight) for m in layers)
+    wants_own = requested != "onednn" and own_layers
     unavailable = bf16_gemm.unavailable_reason() if wants_own else None
     if requested == "specbench":
-        if not any(bf16_gemm.supports(m.weight) for m in layers):
+        if not own_layers:
             raise ModelLoadError(
                 'linear_kernel = "specbench" runs bfloat16 weights on the CPU only',
                 'set dtype = "bfloat16" and a CPU device, or linear_kernel = "auto"',

@@ -81,7 +81,6 @@ class LeanForward:
         the additive ``[1, 1, m, start + m]`` mask of the call (``None``: every query sees
         every slot before it and itself, one row)."""
         from specbench.models.hf.numerics import grouped_attention
-        from specbench.models.packed import packed_linear
 
         m = ids.shape[0]
         end = start + m
@@ -94,7 +93,7 @@ class LeanForward:
             shape = (1, m, -1, attention.head_dim)
             fused = self.fused[index]
             if fused is not None:
-                qkv = packed_linear(normed, fused.qkv, fused.qkv_bias)
+                qkv = fused.qkv.linear(normed, fused.qkv_bias)
                 query, key, value = torch.split(qkv, fused.qkv_sizes, dim=-1)
             else:
                 query = attention.q_proj(normed)
@@ -117,7 +116,7 @@ class LeanForward:
             residual = states
             normed = layer.post_attention_layernorm(states)
             if fused is not None:
-                gate, up = packed_linear(normed, fused.gate_up, None).chunk(2, dim=-1)
+                gate, up = fused.gate_up.linear(normed, None).chunk(2, dim=-1)
                 mlp = layer.mlp
                 states = residual + mlp.down_proj(mlp.act_fn(gate) * up)
             else:
