@@ -90,18 +90,18 @@ def stream_bandwidth(megabytes: int = 1024) -> float | None:
     arithmetic hidden under the reads, the fastest this machine streams weights (``None``
     where the kernel cannot run). A copy moves as many bytes out as in and pays for writing
     them back, so its read + write rate understates what a read stream gets."""
-    from specbench.models import bf16_gemm
+    from specbench.models import bf16_kernels
 
-    if bf16_gemm.unavailable_reason() is not None:
+    if bf16_kernels.unavailable_reason() is not None:
         return None
     columns = 32768
     rows = megabytes * (1 << 20) // (2 * columns)
-    packed = bf16_gemm.pack(torch.randn(rows, columns).to(torch.bfloat16))
+    packed = bf16_kernels.pack(torch.randn(rows, columns).to(torch.bfloat16))
     x = torch.randn(1, columns).to(torch.bfloat16)
     times = []
     for _ in range(9):
         start = time.perf_counter()
-        bf16_gemm.linear(x, packed, rows, None)
+        bf16_kernels.linear(x, packed, rows, None)
         times.append(time.perf_counter() - start)
     return packed.numel() * 2 / statistics.median(times[2:])
 

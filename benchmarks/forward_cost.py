@@ -10,9 +10,10 @@ engines' calls interleaved.
 
 ``--roofline`` also times, interleaved with the steps, one row through a single bf16 weight of
 as many bytes as a step streams (every parameter but an untied input embedding), on
-specbench's kernel: the time this machine needs to stream the model's weights at that minute,
-so "% of roofline" (its time over a 1-token step's) holds under the bandwidth drift of a
-shared machine, where a bandwidth measured once at the start does not.
+specbench's kernel: the time this machine needs to stream the model's weights at that minute.
+"% of roofline" is its time over a 1-token step's, paired round by round (the stream timed
+right after that round's steps), the median over rounds: it holds under the bandwidth drift
+of a shared machine, where a bandwidth measured once at the start does not.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from specbench.models.specs import HFModelSpec
 
 def _weight_stream(model: torch.nn.Module) -> Callable[[], object]:
     """One row through one bf16 weight of as many bytes as a step of ``model`` streams."""
-    from specbench.models import bf16_gemm
+    from specbench.models import bf16_kernels
 
-    if bf16_gemm.unavailable_reason() is not None:
+    if bf16_kernels.unavailable_reason() is not None:
         raise SystemExit(
-            f"--roofline needs specbench's bf16 kernel: {bf16_gemm.unavailable_reason()}"
+            f"--roofline needs specbench's bf16 kernel: {bf16_kernels.unavailable_reason()}"
         )
     parameters = {id(p): p for p in model.parameters()}
     embedding = model.get_input_embeddings().weight
@@ -50,7 +51,7 @@ def _weight_stream(model: torch.nn.Module) -> Callable[[], object]:
     # Already in the kernel's layout: the values do not matter, only the bytes read.
     packed = torch.empty(blocks, columns // 2, 64, 2, dtype=torch.bfloat16).normal_()
     x = torch.randn(1, columns).to(torch.bfloat16)
-    return lambda: bf16_gemm.linear(x, packed, blocks * 64, None)
+    return lambda: bf16_kernels.linear(x, packed, blocks * 64, None)
 
 
 def main() -> None:
@@ -136,10 +137,16 @@ def main() -> None:
                     stream()
                     streamed.append(time.perf_counter() - start)
         roofline = 1000 * statistics.median(streamed[1:]) if streamed else None
+        # The stream right after each round's first-count calls (index r * len(counts)).
+        adjacent = streamed[:: len(counts)]
         for prepack, engine in sessions:
             row = [1000 * statistics.median(times[(prepack, engine, n)][1:]) for n in counts]
             cells = [f"{t:.1f}" for t in row]
-            extra = [] if roofline is None else [f"{100 * roofline / row[0]:.0f}%"]
+            # Paired round by round (the stream over the step of the same round), then the
+            # median: a drift between rounds cancels in each ratio.
+            steps = times[(prepack, engine, counts[0])]
+            ratios = [s / t for s, t in zip(adjacent[1:], steps[1:], strict=True)]
+            extra = [] if roofline is None else [f"{100 * statistics.median(ratios):.0f}%"]
             table.add_row(
                 name, dtype, mode, prepack, engine, *cells, f"{row[-1] / row[0]:.2f}", *extra
             )

@@ -45,13 +45,13 @@ Path = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _paths(weight: torch.Tensor) -> dict[str, Path]:
-    from specbench.models import bf16_gemm
+    from specbench.models import bf16_kernels
     from specbench.models.packed import pack_weight, packing_available
 
     packed = pack_weight(weight, "onednn") if packing_available(weight) else None
     own = (
         pack_weight(weight, "specbench")
-        if bf16_gemm.supports(weight) and bf16_gemm.unavailable_reason() is None
+        if bf16_kernels.supports(weight) and bf16_kernels.unavailable_reason() is None
         else None
     )
 

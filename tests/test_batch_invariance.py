@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import make_method, request
 
-from specbench.models import bf16_gemm
+from specbench.models import bf16_kernels
 from specbench.models.hf.loading import load_hf_model
 from specbench.models.hf.numerics import ROW_STABLE_ATTENTION, RowStableLinear
 from specbench.models.invariance import check_batch_invariance
@@ -28,7 +28,7 @@ def _spec(folder, **extra) -> HFModelSpec:
     return HFModelSpec(model=str(folder), dtype="bfloat16", device="cpu", **extra)
 
 
-_OWN_KERNEL_MISSING = bf16_gemm.unavailable_reason()
+_OWN_KERNEL_MISSING = bf16_kernels.unavailable_reason()
 
 #: The linear paths, as the spec fields that choose them.
 PREPACK = [
@@ -164,16 +164,39 @@ def _path(node: int) -> list[int]:
     return path[::-1]
 
 
+def _torch_attention(query, key, value, mask, scaling):  # type: ignore[no-untyped-def]
+    from specbench.models.hf.numerics import grouped_attention
+
+    return grouped_attention(query, key, value, mask, scaling)[0]
+
+
+def _kernel_attention(query, key, value, mask, scaling):  # type: ignore[no-untyped-def]
+    from specbench.models.hf.fused_layers import fused_attention
+
+    return fused_attention(query, key, value, mask, scaling)
+
+
+#: The attention implementations a batch-invariant model runs: torch's products (gathered
+#: for trees) and specbench's kernel (the default where it runs).
+ATTENTION = [
+    pytest.param(_torch_attention, id="torch"),
+    pytest.param(
+        _kernel_attention,
+        id="specbench-kernel",
+        marks=pytest.mark.skipif(_OWN_KERNEL_MISSING is not None, reason=str(_OWN_KERNEL_MISSING)),
+    ),
+]
+
+
+@pytest.mark.parametrize("attend", ATTENTION)
 @pytest.mark.parametrize("per_group", [1, 6])
-def test_tree_rows_attend_as_the_same_tokens_decoded_in_turn(per_group: int) -> None:
+def test_tree_rows_attend_as_the_same_tokens_decoded_in_turn(per_group: int, attend) -> None:  # type: ignore[no-untyped-def]
     """A tree node sees its earlier tokens with its siblings masked between them; the
     products' result depended on where a key lies in the reduction, so a node got other
     values than the same token decoded in turn (a greedy SpecExec flip on a bf16 near-tie).
     Every node's output must equal the decoding step's, bit for bit, at every context length
     (on random data the difference is rare: 2 of 416 nodes on an AVX-512 BF16 EPYC, at 6
     query heads per key/value head; real attention is peakier)."""
-    from specbench.models.hf.numerics import grouped_attention
-
     generator = torch.Generator().manual_seed(0)
     groups, dim, nodes = 2, 128, len(TREE_PARENTS)
 
@@ -190,24 +213,26 @@ def test_tree_rows_attend_as_the_same_tokens_decoded_in_turn(per_group: int) -> 
             allowed[node, [prefix + n for n in _path(node)]] = True
         mask = torch.zeros(1, 1, nodes, prefix + nodes, dtype=torch.bfloat16)
         mask.masked_fill_(~allowed, torch.finfo(torch.bfloat16).min)
-        tree, _ = grouped_attention(query, keys, values, mask, 0.088)
+        tree = attend(query, keys, values, mask, 0.088)
         for node in range(nodes):
             # The decoding step: earlier tokens in slots 0.., the token itself last, no mask.
             slots = list(range(prefix)) + [prefix + n for n in _path(node)]
-            alone, _ = grouped_attention(
+            alone = attend(
                 query[:, :, node : node + 1], keys[:, :, slots], values[:, :, slots], None, 0.088
             )
             assert torch.equal(tree[:, node], alone[:, 0]), f"context {prefix}, node {node}"
 
 
+@pytest.mark.parametrize("prepack", PREPACK)
 @pytest.mark.parametrize("engine", ["eager", "static"])
 def test_tree_scoring_gives_each_node_the_logits_of_decoding_it_in_turn(
-    tmp_path, engine: str
+    tmp_path, engine: str, prepack: dict
 ) -> None:
     """The same at the model level, for the target's tree call on both engines (head size
     128 and a few hundred cached tokens, as in the Qwen2.5 models)."""
     folder = _one_layer_qwen2(tmp_path / "tree", kv_heads=1)
-    model = load_hf_model(_spec(folder, batch_invariant=True), str(folder), "t")
+    model = load_hf_model(_spec(folder, batch_invariant=True, **prepack), str(folder), "t")
+    kernel = model.info["fused_layers"] > 0
     generator = torch.Generator().manual_seed(2)
     sequence = torch.randint(3, 300, (300,), generator=generator).tolist()
     tokens = torch.randint(3, 300, (len(TREE_PARENTS),), generator=generator).tolist()
@@ -217,21 +242,25 @@ def test_tree_scoring_gives_each_node_the_logits_of_decoding_it_in_turn(
             return model.new_static_session(len(sequence) + 16, max_len=512)
         return model.new_session()
 
+    import specbench.models.hf.fused_layers as fused
     import specbench.models.hf.numerics as hf
 
-    gathered = []
-    original = hf._gathered_attention
+    # The attention that must see the tree: specbench's kernel where the loader fused the
+    # layers, else torch's products over the gathered layout.
+    holder, name = (fused, "fused_attention") if kernel else (hf, "_gathered_attention")
+    seen = []
+    original = getattr(holder, name)
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        gathered.append(1)
+        seen.append(kernel is False or args[3] is not None)  # the kernel got the tree's mask
         return original(*args, **kwargs)
 
     tree_session = session()
     tree_session.logits_from(sequence[:-1], len(sequence) - 2)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(hf, "_gathered_attention", spy)
+        patch.setattr(holder, name, spy)
         tree = tree_session.tree_forward(sequence, TREE_PARENTS, tokens)
-    assert gathered  # the tree's rows took the gathered layout
+    assert seen and all(seen)  # the tree's rows took the path under test
     for node in range(len(TREE_PARENTS)):
         path = [tokens[n] for n in _path(node)]
         step = session()

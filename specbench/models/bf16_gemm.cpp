@@ -7,7 +7,8 @@
 // the same order (k pairs ascending, in one fp32 lane) whatever the number of rows, the row
 // tile or the thread that computes it, so a row's result never depends on the other rows of
 // the call: batch invariance by construction, on every CPU this code runs on.
-#include <torch/extension.h>
+#include "bf16_ops.h"
+
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -140,9 +141,4 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, int64_
   auto shape = x.sizes().vec();
   shape.back() = N;
   return y.view(shape);
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("pack", &pack, "pack a [N, K] bf16 weight");
-  module.def("linear", &linear, "x @ W.T + bias with a packed W");
 }

@@ -5,7 +5,7 @@ kernel that reads them. ``F.linear`` on a CPU hands a plain row-major weight to 
 MKL for every call; a weight reordered once into a kernel's blocked layout is read as it lies.
 Two kernels read packed weights (the model spec's ``linear_kernel``):
 
-- ``specbench`` (:mod:`specbench.models.bf16_gemm`): specbench's own bf16 kernel, the
+- ``specbench`` (:mod:`specbench.models.bf16_kernels`): specbench's own bf16 kernel, the
   fastest here for one to a few rows and batch-invariant by construction; bf16 only.
 - ``onednn``: oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, what
   inductor's CPU freezing emits). On a 2-core AVX-512 BF16 EPYC (``benchmarks/linear_kernels.py``,
@@ -30,7 +30,7 @@ from typing import Literal, cast
 import torch
 
 from specbench.errors import ModelLoadError
-from specbench.models import bf16_gemm
+from specbench.models import bf16_kernels
 from specbench.models.specs import LinearKernel
 
 #: Rows a packed call computes at least (fewer are padded): the fastest small-row kernel in
@@ -58,14 +58,14 @@ class PackedWeight:
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``x @ W.T + bias``."""
         if self.kernel == "specbench":
-            return bf16_gemm.linear(x, self.data, self.out_features, bias)
+            return bf16_kernels.linear(x, self.data, self.out_features, bias)
         return _onednn_linear(x, self.data, bias)
 
 
 def pack_weight(weight: torch.Tensor, kernel: Literal["specbench", "onednn"]) -> PackedWeight:
     """``weight`` ``[out, in]`` reordered for ``kernel`` (see :func:`kernel_for`)."""
     if kernel == "specbench":
-        return PackedWeight("specbench", bf16_gemm.pack(weight), weight.shape[0])
+        return PackedWeight("specbench", bf16_kernels.pack(weight), weight.shape[0])
     with torch.no_grad():
         data: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROW_FLOOR)
     return PackedWeight("onednn", data, weight.shape[0])
@@ -88,7 +88,7 @@ def kernel_for(
 ) -> Literal["specbench", "onednn"] | None:
     """The kernel a layer with ``weight`` runs for a spec's ``linear_kernel``, or ``None``
     when no packed kernel applies (that layer keeps ``F.linear``)."""
-    if requested != "onednn" and specbench_unavailable is None and bf16_gemm.supports(weight):
+    if requested != "onednn" and specbench_unavailable is None and bf16_kernels.supports(weight):
         return "specbench"
     return "onednn" if packing_available(weight) else None
 
@@ -126,9 +126,9 @@ def pack_linear_layers(
         for module in model.modules()
         if type(module) in kinds and isinstance(module, torch.nn.Linear)
     ]
-    own_layers = any(bf16_gemm.supports(m.weight) for m in layers)
+    own_layers = any(bf16_kernels.supports(m.weight) for m in layers)
     wants_own = requested != "onednn" and own_layers
-    unavailable = bf16_gemm.unavailable_reason() if wants_own else None
+    unavailable = bf16_kernels.unavailable_reason() if wants_own else None
     if requested == "specbench":
         if not own_layers:
             raise ModelLoadError(

@@ -19,31 +19,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import torch
 
-if TYPE_CHECKING:
-    from specbench.models.packed import PackedWeight
-
-#: Architectures whose decoder layer is exactly: norm, attention with rotary embeddings over
-#: grouped key/value heads, residual, norm, gated MLP, residual (no sliding window, no
-#: query/key norms, no soft-capping).
-SUPPORTED = frozenset({"llama", "qwen2"})
-
-
-def lean_supported(model: Any) -> bool:
-    """Whether :class:`LeanForward` computes what ``model``'s own forward does."""
-    config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) not in SUPPORTED:
-        return False
-    if getattr(config, "use_sliding_window", False):
-        return False
-    layer_types = getattr(config, "layer_types", None) or []
-    if any(kind != "full_attention" for kind in layer_types):
-        return False
-    inner = getattr(model, "model", None)
-    return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
+from specbench.models.packed import PackedWeight
 
 
 class LeanForward:
@@ -60,6 +40,14 @@ class LeanForward:
         self.lm_head = model.lm_head
         self.rotate = sys.modules[type(model).__module__].apply_rotary_pos_emb
         self.fused = [_fused(layer) for layer in self.layers]
+        config = model.config
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
+        #: Whether every layer runs on specbench's fused kernels (``fuse_decoder_layers``).
+        self.kernels = all(
+            f is not None and f.qkv.kernel == "specbench" and attends_fused_layer(layer)
+            for f, layer in zip(self.fused, self.layers, strict=True)
+        )
 
     def hooked(self) -> bool:
         """Whether someone watches a decoder layer (then transformers' forward must run)."""
@@ -80,12 +68,22 @@ class LeanForward:
         ``positions``, and their final normed states (float) when ``hidden``. ``mask`` is
         the additive ``[1, 1, m, start + m]`` mask of the call (``None``: every query sees
         every slot before it and itself, one row)."""
-        from specbench.models.hf.numerics import grouped_attention
-
         m = ids.shape[0]
-        end = start + m
         states = self.embed(ids.view(1, m))
         cos, sin = self.rotary(states, positions.view(1, m))
+        call = _Call(cos, sin, keys, values, start, mask)
+        states = (self._fused_layers if self.kernels else self._torch_layers)(states, call)
+        states = self.norm(states)[:, -n_logits:]
+        logits: torch.Tensor = self.lm_head(states)
+        return logits[0], states[0].float() if hidden else None
+
+    def _torch_layers(self, states: torch.Tensor, call: _Call) -> torch.Tensor:
+        """The decoder layers in torch operators (transformers' eager layer)."""
+        from specbench.models.hf.numerics import grouped_attention
+
+        cos, sin, keys, values, start, mask = call
+        m = states.shape[1]
+        end = start + m
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             residual = states
@@ -113,48 +111,96 @@ class LeanForward:
                 float(attention.scaling),
             )
             states = residual + attention.o_proj(output.reshape(1, m, -1))
-            residual = states
-            normed = layer.post_attention_layernorm(states)
-            if fused is not None:
-                gate, up = fused.gate_up.linear(normed, None).chunk(2, dim=-1)
-                mlp = layer.mlp
-                states = residual + mlp.down_proj(mlp.act_fn(gate) * up)
+            states = states + layer.mlp(layer.post_attention_layernorm(states))
+        return states
+
+    def _fused_layers(self, states: torch.Tensor, call: _Call) -> torch.Tensor:
+        """The decoder layers on specbench's fused kernels (:mod:`.fused_layers`): eight
+        calls a layer, each residual sum taken with the norm after it."""
+        from specbench.models import bf16_kernels
+        from specbench.models.hf.fused_layers import fused_attention
+
+        ops = bf16_kernels.ops()
+        cos, sin, keys, values, start, mask = call
+        m = states.shape[1]
+        end = start + m
+        delta: torch.Tensor | None = None
+        for index, layer in enumerate(self.layers):
+            attention = layer.self_attn
+            fused = self.fused[index]
+            assert fused is not None  # self.kernels: every layer has its fused projections
+            norm = layer.input_layernorm
+            if delta is None:
+                normed = ops.rms_norm(states, norm.weight, norm.variance_epsilon)
             else:
-                states = residual + layer.mlp(normed)
-        states = self.norm(states)[:, -n_logits:]
-        logits: torch.Tensor = self.lm_head(states)
-        return logits[0], states[0].float() if hidden else None
+                states, normed = ops.add_rms_norm(states, delta, norm.weight, norm.variance_epsilon)
+            qkv = fused.qkv.linear(normed, fused.qkv_bias)
+            query = ops.rotary_write(
+                qkv, cos, sin, self.heads, self.kv_heads, keys[index], values[index], start
+            )
+            output = fused_attention(
+                query,
+                keys[index][:, :, :end],
+                values[index][:, :, :end],
+                mask,
+                float(attention.scaling),
+            )
+            delta = attention.o_proj(output.view(1, m, -1))
+            norm = layer.post_attention_layernorm
+            states, normed = ops.add_rms_norm(states, delta, norm.weight, norm.variance_epsilon)
+            delta = layer.mlp(normed)
+        return states if delta is None else states + delta
+
+
+class _Call(NamedTuple):
+    """What every layer of one forward call reads: the rotary tables, each layer's key and
+    value buffers, where the new rows go, the call's additive mask."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    start: int
+    mask: torch.Tensor | None
 
 
 @dataclass
 class _Fused:
-    """One layer's query/key/value and gate/up projections as one packed weight each."""
+    """One layer's query/key/value projections as one packed weight."""
 
     qkv: PackedWeight
     qkv_bias: torch.Tensor | None
     qkv_sizes: list[int]
-    gate_up: PackedWeight
 
 
 def _fused(layer: Any) -> _Fused | None:
-    """Packed fused projections of ``layer`` where its projections are packed already
-    (``prepack``); ``None`` keeps its own modules."""
-    from specbench.models.packed import PackedLinear, pack_weight
+    """The packed fused query/key/value projection of ``layer`` where its projections are
+    packed already (``prepack``); ``None`` keeps its own modules. (Gate and up are fused
+    by the MLP itself, :mod:`.fused_layers`, where specbench's kernel runs.)"""
+    from specbench.models.hf.fused_layers import fuse_projections, fused_bias, one_bias_rule
+    from specbench.models.packed import PackedLinear
 
-    attention, mlp = layer.self_attn, layer.mlp
+    attention = layer.self_attn
     projections = [attention.q_proj, attention.k_proj, attention.v_proj]
-    modules = [*projections, mlp.gate_proj, mlp.up_proj]
-    if not all(isinstance(p, PackedLinear) for p in modules):
+    sizes = [p.out_features for p in projections]
+    if isinstance(getattr(attention, "qkv", None), PackedWeight):  # fused by the loader
+        return _Fused(attention.qkv, attention.qkv_bias, sizes)
+    if not all(isinstance(p, PackedLinear) for p in projections):
         return None
-    if any(p.bias is not None for p in (mlp.gate_proj, mlp.up_proj)):
+    kernels = {p.packed_weight.kernel for p in projections}
+    if len(kernels) != 1 or not one_bias_rule(projections):
         return None
-    kernels = {p.packed_weight.kernel for p in modules}
-    if len(kernels) != 1:
-        return None
-    kernel = kernels.pop()
-    biases = [p.bias for p in projections]
-    with torch.no_grad():
-        qkv = pack_weight(torch.cat([p.weight for p in projections]), kernel)
-        bias = None if any(b is None for b in biases) else torch.cat(biases)
-        gate_up = pack_weight(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), kernel)
-    return _Fused(qkv, bias, [p.weight.shape[0] for p in projections], gate_up)
+    qkv = fuse_projections(projections, kernels.pop())
+    return _Fused(qkv, fused_bias(projections), sizes)
+
+
+def attends_fused_layer(layer: Any) -> bool:
+    """Whether ``layer``'s norms, MLP and attention run on the fused kernels."""
+    from specbench.models.hf.fused_layers import FusedGatedMLP, FusedRMSNorm
+
+    return (
+        isinstance(layer.input_layernorm, FusedRMSNorm)
+        and isinstance(layer.post_attention_layernorm, FusedRMSNorm)
+        and isinstance(layer.mlp, FusedGatedMLP)
+        and bool(getattr(layer.self_attn, "fused_attention", False))
+    )

@@ -161,14 +161,18 @@ def fast_kernels(
 ) -> dict[str, Any]:
     """Make ``model`` batch-invariant and give its linear layers packed weights on
     ``linear_kernel``, as asked (in that order: packing replaces the row-stable layers with
-    packed ones, which are row stable too); what the run header records about it."""
+    packed ones, which are row stable too), and its decoder layers the fused operations
+    where specbench's kernel runs them; what the run header records about it."""
+    from specbench.models.hf.fused_layers import fuse_decoder_layers
     from specbench.models.packed import pack_linear_layers
 
     if batch_invariant:
         make_batch_invariant(model)
     if not prepack:
-        return {"packed_linear_layers": 0, "packed_row_floor": None}
-    return pack_linear_layers(model, (torch.nn.Linear, RowStableLinear), linear_kernel)
+        return {"packed_linear_layers": 0, "packed_row_floor": None, "fused_layers": 0}
+    packed = pack_linear_layers(model, (torch.nn.Linear, RowStableLinear), linear_kernel)
+    # Where the linear layers run specbench's kernel, the glue between them does too.
+    return {**packed, "fused_layers": fuse_decoder_layers(model)}
 
 
 def checked(model: HFLanguageModel) -> HFLanguageModel:

@@ -58,24 +58,27 @@ class HFLanguageModel(LanguageModel):
 
     @contextlib.contextmanager
     def shipped_kernels(self) -> Iterator[None]:
-        """transformers' own ``nn.Linear`` layers and the attention it would have chosen
-        (``info["shipped_attention"]``) inside the block; specbench's back after it. The
-        swap changes classes in place: no weight is copied."""
-        swapped = [
-            (module, type(module))
-            for module in self.model.modules()
-            if isinstance(module, torch.nn.Linear) and type(module) is not torch.nn.Linear
-        ]
+        """transformers' own ``nn.Linear`` layers, norms and MLPs and the attention it would
+        have chosen (``info["shipped_attention"]``) inside the block; specbench's back after
+        it. The swap changes classes in place: no weight is copied."""
+        from specbench.models.hf.fused_layers import own_class
+
+        swapped: list[tuple[torch.nn.Module, type, type]] = []
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Linear) and type(module) is not torch.nn.Linear:
+                swapped.append((module, type(module), torch.nn.Linear))
+            elif (own := own_class(module)) is not None:
+                swapped.append((module, type(module), own))
         attention = getattr(self.model.config, "_attn_implementation", None)
         shipped = self.info.get("shipped_attention") or attention
-        for module, _ in swapped:
-            module.__class__ = torch.nn.Linear
+        for module, _, shipped_class in swapped:
+            module.__class__ = shipped_class
         if shipped != attention:
             self.model.set_attn_implementation(shipped)
         try:
             yield
         finally:
-            for module, kind in swapped:
+            for module, kind, _ in swapped:
                 module.__class__ = kind
             if shipped != attention:
                 self.model.set_attn_implementation(attention)

@@ -6,13 +6,13 @@ the chunk or the tree around them (``batch_invariant``), and grouped attention w
 from __future__ import annotations
 
 import sys
-import weakref
 from typing import Any
 
 import torch
 
 from specbench.errors import ModelLoadError
 from specbench.models.hf.library import require_transformers
+from specbench.models.hf.masks import PerMask, visible_keys
 
 
 class RowStableLinear(torch.nn.Linear):
@@ -63,10 +63,14 @@ def row_stable_eager_attention(
     rows go through the multi-row kernel, which agrees with any number of rows: the query
     heads that share a key/value head are one product's rows (:func:`grouped_attention`,
     for the architectures it knows), and a single row left alone is run as two."""
+    from specbench.models.hf.fused_layers import attends_fused, fused_attention
+
     config = getattr(module, "config", None)
     if getattr(config, "model_type", None) in GROUPED_ATTENTION_TYPES:
         scaling = kwargs.get("scaling", args[0] if args else None)
         if scaling is not None and not module.training:
+            if attends_fused(module):  # specbench's kernel, what the lean forward runs
+                return fused_attention(query, key, value, attention_mask, float(scaling)), None
             return grouped_attention(query, key, value, attention_mask, float(scaling))
     eager = sys.modules[type(module).__module__].eager_attention_forward
     single = query.shape[-2] == 1
@@ -122,11 +126,6 @@ def grouped_attention(
     return output.transpose(1, 2).contiguous(), weights
 
 
-#: The layout of the last mask seen (a forward passes one mask to every layer): a weak
-#: reference to it, and its gather indices (``None``: every row sees a prefix of the keys).
-_LAST_LAYOUT: tuple[Any, tuple[torch.Tensor, torch.Tensor] | None] | None = None
-
-
 def _visible_layout(
     attention_mask: torch.Tensor | None, length: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -136,27 +135,29 @@ def _visible_layout(
     additive mask of the padding. ``None`` when every row sees a prefix ``[0, n)`` of the
     keys, as a decoding step does, and under graph capture or compilation (their steps are
     chains)."""
-    global _LAST_LAYOUT
     if attention_mask is None or torch.compiler.is_compiling():
         return None
     if attention_mask.is_cuda and torch.cuda.is_current_stream_capturing():
         return None
-    last = _LAST_LAYOUT
-    if last is not None and last[0]() is attention_mask:
-        return last[1]
-    visible = attention_mask[:, 0, :, :length] == 0  # [B, M, L]; the mask is shared by heads
+    return _layouts(attention_mask, length)
+
+
+def _layout(attention_mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    visible = visible_keys(attention_mask, length)  # [B, M, L]
     counts = visible.sum(-1)
     prefixes = visible.to(torch.int8).cumprod(-1).sum(-1)
-    layout = None
-    if not bool((prefixes == counts).all()):  # some row sees keys out of order: gather
-        width = int(counts.max())
-        # Visible slots first, in order (a stable sort of "not visible"), then padding.
-        order = torch.sort((~visible).to(torch.int8), dim=-1, stable=True).indices[..., :width]
-        padding = torch.arange(width, device=counts.device) >= counts.unsqueeze(-1)
-        fill = torch.zeros(padding.shape, dtype=attention_mask.dtype, device=counts.device)
-        layout = (order, fill.masked_fill_(padding, torch.finfo(attention_mask.dtype).min))
-    _LAST_LAYOUT = (weakref.ref(attention_mask), layout)
-    return layout
+    if bool((prefixes == counts).all()):  # every row sees a prefix: no gather
+        return None
+    width = int(counts.max())
+    # Visible slots first, in order (a stable sort of "not visible"), then padding.
+    order = torch.sort((~visible).to(torch.int8), dim=-1, stable=True).indices[..., :width]
+    padding = torch.arange(width, device=counts.device) >= counts.unsqueeze(-1)
+    fill = torch.zeros(padding.shape, dtype=attention_mask.dtype, device=counts.device)
+    return order, fill.masked_fill_(padding, torch.finfo(attention_mask.dtype).min)
+
+
+#: The gather layout of the last mask seen (a forward passes one mask to every layer).
+_layouts: PerMask[tuple[torch.Tensor, torch.Tensor] | None] = PerMask(_layout)
 
 
 def _gathered_attention(

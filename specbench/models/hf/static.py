@@ -29,7 +29,8 @@ import torch
 
 from specbench.errors import ModelLoadError
 from specbench.models.base import ForwardOutput, Session
-from specbench.models.hf.lean import LeanForward, lean_supported
+from specbench.models.hf.architectures import lean_supported
+from specbench.models.hf.lean import LeanForward
 
 if TYPE_CHECKING:
     from specbench.models.hf.model import HFLanguageModel

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from specbench.errors import ModelLoadError
-from specbench.models import bf16_gemm
+from specbench.models import bf16_kernels
 from specbench.models.packed import PackedLinear, pack_linear_layers
 
-_MISSING = bf16_gemm.unavailable_reason()
+_MISSING = bf16_kernels.unavailable_reason()
 needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=f"no bf16 kernel: {_MISSING}")
 
 #: [out, in]: a block and a half of outputs, k not a multiple of the 256-wide pass; a
@@ -32,14 +32,14 @@ def _weights(out: int, inp: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_product_matches_a_float32_reference(shape: tuple[int, int]) -> None:
     weight, bias = _weights(*shape)
-    packed = bf16_gemm.pack(weight)
+    packed = bf16_kernels.pack(weight)
     x = torch.randn(2, 5, shape[1]).to(torch.bfloat16)
-    got = bf16_gemm.linear(x, packed, shape[0], bias)
+    got = bf16_kernels.linear(x, packed, shape[0], bias)
     reference = x.float() @ weight.float().T + bias.float()
     assert got.shape == (2, 5, shape[0]) and got.dtype == torch.bfloat16
     # One bf16 rounding of an fp32 sum: within bf16's relative step of the result.
     assert torch.allclose(got.float(), reference, rtol=2**-7, atol=1e-2)
-    without_bias = bf16_gemm.linear(x, packed, shape[0], None)
+    without_bias = bf16_kernels.linear(x, packed, shape[0], None)
     assert torch.allclose(without_bias.float(), reference - bias.float(), rtol=2**-7, atol=1e-2)
 
 
@@ -55,25 +55,31 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it(shape: tuple[int, i
     them a reordered float32 sum almost never changes a bfloat16 result)."""
     weight, bias = _weights(*shape)
     weight[:, 0], weight[:, -1] = 2.0**14, -(2.0**14)
-    packed = bf16_gemm.pack(weight)
+    packed = bf16_kernels.pack(weight)
     x = torch.randn(14, shape[1]).to(torch.bfloat16)
     x[:, 0] = x[:, -1] = 1.0
-    alone = torch.cat([bf16_gemm.linear(x[i : i + 1], packed, shape[0], bias) for i in range(14)])
+    alone = torch.cat(
+        [bf16_kernels.linear(x[i : i + 1], packed, shape[0], bias) for i in range(14)]
+    )
     for start in range(3):
         for rows in range(1, 15 - start):
-            together = bf16_gemm.linear(x[start : start + rows], packed, shape[0], bias)
+            together = bf16_kernels.linear(x[start : start + rows], packed, shape[0], bias)
             assert torch.equal(together, alone[start : start + rows]), (start, rows)
 
 
 @needs_kernel
 def test_empty_and_single_row_calls() -> None:
     weight, _ = _weights(64, 32)
-    packed = bf16_gemm.pack(weight)
-    assert bf16_gemm.linear(torch.empty(0, 32, dtype=torch.bfloat16), packed, 64, None).shape == (
+    packed = bf16_kernels.pack(weight)
+    assert bf16_kernels.linear(
+        torch.empty(0, 32, dtype=torch.bfloat16), packed, 64, None
+    ).shape == (
         0,
         64,
     )
-    assert bf16_gemm.linear(torch.ones(32, dtype=torch.bfloat16), packed, 64, None).shape == (64,)
+    assert bf16_kernels.linear(torch.ones(32, dtype=torch.bfloat16), packed, 64, None).shape == (
+        64,
+    )
 
 
 def _model(dtype: torch.dtype) -> torch.nn.Module:
@@ -93,7 +99,7 @@ def test_auto_packs_bf16_layers_on_specbench_kernel() -> None:
 
 
 def test_auto_falls_back_to_onednn_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bf16_gemm, "unavailable_reason", lambda: "this CPU lacks avx512_bf16")
+    monkeypatch.setattr(bf16_kernels, "unavailable_reason", lambda: "this CPU lacks avx512_bf16")
     model = _model(torch.float32)
     info = pack_linear_layers(model, (torch.nn.Linear,), "auto")
     assert "specbench" not in info["linear_kernels"]  # float32: not its dtype, no note
@@ -112,7 +118,7 @@ def test_asking_for_specbench_kernel_where_it_cannot_run_is_one_line_with_a_fix(
     with pytest.raises(ModelLoadError, match="bfloat16 weights on the CPU only") as error:
         pack_linear_layers(_model(torch.float32), (torch.nn.Linear,), "specbench")
     assert 'linear_kernel = "auto"' in str(error.value)
-    monkeypatch.setattr(bf16_gemm, "unavailable_reason", lambda: "building the kernel failed: x")
+    monkeypatch.setattr(bf16_kernels, "unavailable_reason", lambda: "building the kernel failed: x")
     with pytest.raises(ModelLoadError, match="cannot run here: building the kernel failed"):
         pack_linear_layers(_model(torch.bfloat16), (torch.nn.Linear,), "specbench")
 
@@ -124,7 +130,7 @@ def test_a_run_says_when_auto_could_not_take_specbench_kernel(
     from specbench.models.loading import load_models
     from specbench.models.specs import HFModelSpec, ModelsSpec
 
-    monkeypatch.setattr(bf16_gemm, "unavailable_reason", lambda: "this CPU lacks avx512_bf16")
+    monkeypatch.setattr(bf16_kernels, "unavailable_reason", lambda: "this CPU lacks avx512_bf16")
     folder = str(tiny_hf["llama"]["target"])
     spec = ModelsSpec(target=HFModelSpec(model=folder, dtype="bfloat16", device="cpu"))
     said: list[str] = []

@@ -1,4 +1,5 @@
-"""specbench's own bf16 matrix product for CPU linear layers (``linear_kernel = "specbench"``).
+"""specbench's own bf16 CPU kernels: the matrix product of linear layers
+(``linear_kernel = "specbench"``) and the decoder-layer operations around it.
 
 A decoding step at batch one multiplies one row (k + 1 in a verification) by every weight
 matrix: its speed is the speed at which a kernel streams the weights. On a 2-core AVX-512
@@ -13,6 +14,10 @@ It also makes batch invariance a property of the code rather than of a library's
 kernel: every output is accumulated in one fixed order whatever the number of rows, so a row
 scored among k + 1 equals the row decoded alone on every CPU that runs it (oneDNN takes other
 kernels by row count and, on AMX machines, other instructions).
+
+The same extension holds a decoder layer's other operations (``bf16_decode.cpp``: RMSNorm,
+rotary embedding with the cache writes, grouped attention, the gated activation), which
+:mod:`specbench.models.hf.fused_layers` puts in place of a few dozen torch operators per layer.
 
 The kernel is a small C++ extension compiled on first use with the machine's C++ compiler
 and ninja (about 25 s, once per torch build; cached in torch's extension folder,
@@ -36,14 +41,17 @@ import torch
 
 from specbench.hardware import cpu_missing
 
-SOURCE = Path(__file__).with_name("bf16_gemm.cpp")
+SOURCES = [
+    Path(__file__).with_name(name)
+    for name in ("bf16_gemm.cpp", "bf16_decode.cpp", "bf16_bindings.cpp")
+]
 
 #: The instruction sets the kernel's code is compiled for.
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 
 #: The extension's name: a new name when the interface changes, and one per torch build, so
 #: builds for another interface or torch never mix in torch's extension cache.
-EXTENSION = "specbench_bf16_gemm_v1_torch_" + "".join(
+EXTENSION = "specbench_bf16_v2_torch_" + "".join(
     c if c.isalnum() else "_" for c in torch.__version__
 )
 
@@ -87,6 +95,13 @@ def linear(
     return out
 
 
+def ops() -> Any:
+    """The extension's functions (``rms_norm``, ``add_rms_norm``, ``silu_mul``,
+    ``rotary_write``, ``rotary_split``, ``attend``; ``bf16_decode.cpp`` documents each); raises
+    :class:`KernelUnavailable` where :func:`unavailable_reason` would give a reason."""
+    return _extension()
+
+
 @functools.cache
 def _extension() -> Any:
     missing = cpu_missing(*REQUIRED_FLAGS)
@@ -100,7 +115,7 @@ def _extension() -> Any:
         with _ninja_on_path():
             return cpp_extension.load(
                 name=EXTENSION,
-                sources=[str(SOURCE)],
+                sources=[str(source) for source in SOURCES],
                 # Generic code outside the kernel's functions: they carry their own target
                 # attributes, so the cached build runs on any CPU with REQUIRED_FLAGS.
                 extra_cflags=["-O3", "-fopenmp"],
