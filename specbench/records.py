@@ -112,6 +112,12 @@ class PhaseCosts(BaseModel):
         description="The engine kind each role's forwards ran on (eager, static, graphs, "
         "compiled; mixed): which probed unit costs price them.",
     )
+    probed_ms: dict[str, dict[int, float]] = Field(
+        default_factory=dict,
+        description="Chain forwards of the unit's own decoding-step sizes, timed right after "
+        "it on the same engines (role -> rows -> ms): what a summary prices its forwards at, "
+        "free of the machine's drift since the run's probe.",
+    )
 
     def seconds(self, phase: str) -> float | None:
         value: float | None = getattr(self, f"{phase}_s")

@@ -173,6 +173,16 @@ warmup = 0
             assert costs.draft_s == pytest.approx(DRAFT_MS / 1000 * sample.draft_calls)
         else:
             assert costs.draft_forwards == 0
+        # Probed right after the unit: the sizes its steps repeated, at their true cost.
+        for role, by_rows, ms in (
+            ("target", costs.target_by_rows, TARGET_MS),
+            ("draft", costs.draft_by_rows, DRAFT_MS),
+        ):
+            repeated = {rows for rows, (calls, _) in by_rows.items() if calls > 1}
+            probed = costs.probed_ms.get(role, {})
+            assert set(probed) <= repeated and bool(probed) == bool(repeated), (role, by_rows)
+            assert {min(repeated), max(repeated)} <= set(probed) if repeated else True
+            assert all(value == pytest.approx(ms) for value in probed.values())
     summaries = {r.method: r for r in records if isinstance(r, SummaryRecord)}
     for summary in summaries.values():
         phases = summary.ms_per_token_by_phase
@@ -265,6 +275,34 @@ def test_predictions_are_priced_at_the_runs_own_speed_prompt_by_prompt() -> None
     assert unscaled.predicted_ms_per_token == pytest.approx(summary.predicted_ms_per_token / 2)
 
 
+def test_a_unit_is_priced_at_its_own_probe_and_the_rest_at_that_probes_level() -> None:
+    """A unit probed right after it is priced at those costs, whatever the run's probe
+    said; sizes it did not probe take the run's probe times the unit probe's level, and
+    prompt-sized forwards stay as measured."""
+    units = UnitCosts(context=3, target_ms={1: 50.0, 4: 60.0}, draft_ms=10.0)
+    sample = _sample(
+        draft_s=0.35,
+        target_s=0.6,
+        verify_s=0.0,
+        host_s=0.05,
+        target_forwards=7,
+        target_rows=77,
+        draft_forwards=13,
+        target_by_rows={3: (1, 0.09), 4: (5, 0.5), 54: (1, 0.3)},
+        draft_by_rows={1: (10, 0.2), 2: (2, 0.05), 51: (1, 0.1)},
+        probed_ms={"target": {4: 100.0}, "draft": {1: 20.0, 2: 24.0}},
+    )
+    # A baseline level of 3 must not apply: the unit's own probe is nearer in time.
+    levels = {f"{sample.prompt_id}/{sample.run}@eager": 3.0}
+    summary = summarize_costs([sample], units, levels)
+    assert summary is not None and summary.predicted_by_phase is not None
+    three_rows = (50.0 + 10.0 * 2 / 3) * (100.0 / 60.0)  # the run's shape, the unit's level
+    assert summary.predicted_by_phase["target"] == pytest.approx(
+        (5 * 100.0 + three_rows + 300.0) / 10
+    )
+    assert summary.predicted_by_phase["draft"] == pytest.approx((10 * 20.0 + 2 * 24.0 + 100.0) / 10)
+
+
 def test_batched_samples_share_their_batch_ledger(tmp_path: Path) -> None:
     from presets_for_tests import write_fast_preset
 
@@ -353,6 +391,12 @@ warmup = 0
     # Priced at the static probe: a static engine twice as dear doubles the prediction.
     (sample,) = (
         r for r in records if isinstance(r, SampleRecord) and r.method == "speculative-static"
+    )
+    # Its repeated draft steps were probed again right after it, on the static engine.
+    assert sample.costs is not None and sample.costs.probed_ms.get("draft")
+    # Without that probe (an older record) its forwards take the run's static probe.
+    sample = sample.model_copy(
+        update={"costs": sample.costs.model_copy(update={"probed_ms": {}})}
     )
     dear = units.model_copy(
         update={

@@ -9,28 +9,29 @@ prediction by more than :data:`GAP_TOLERANCE`, it names the phase holding most o
 difference.
 
 A shared machine's memory bandwidth drifts: on the 2-core machines of this project the same
-one-token step of a 1.5B model took 102 to 270 ms within two minutes. So the probe gives the
-*shape* of the costs (a k-row call, a draft step, against a one-token step) and the run gives
-their level: where the baseline decoded the same prompt and run (it decodes each prompt
-right before the other methods), its own one-token steps set the level for that prompt
-(:func:`cost_levels`), and every method's forwards on that prompt are priced at it.
+one-token step of a 1.5B model took 102 to 270 ms within two minutes, and a forward's
+compute part does not drift with it, so no single level turns the run's probe into the cost
+of every size. Each unit is therefore probed again right after it, at the sizes its decoding
+steps had (:meth:`~specbench.costs.units.CostProbe.near`, stored in the records), and its
+forwards are priced at those. Sizes its own probe does not cover take the run's probe (the
+*shape*) at a level: the unit probe's over the run's probe, or, for records without one, the
+baseline's own one-token steps on the same prompt and run (:func:`cost_levels`).
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from specbench.costs.units import UnitCosts
+from specbench.costs.units import UnitCosts, interpolate
 from specbench.decoding.types import GenerationResult
 from specbench.models.ledger import TIMED_PHASES, CostLedger
 from specbench.plugins import DecodingMethod
 from specbench.records import PHASES, PhaseCosts, SampleRecord
 
 GAP_TOLERANCE = 0.05
-#: Draft forwards of up to this many tokens (a catch-up after full acceptance) cost one
-#: draft step: a small model's step is bound by reading its weights, not by rows.
+#: Draft forwards of up to this many tokens are priced at the run probe's draft step.
 DRAFT_STEP_ROWS = 8
 
 
@@ -186,24 +187,41 @@ def summarize_costs(
 def _predict(
     ledgers: Sequence[PhaseCosts], unit_costs: UnitCosts, scales: Sequence[float]
 ) -> dict[str, float]:
-    """Seconds the units' forwards would cost at the probed unit costs (times each unit's
-    level), with free drafting bookkeeping, verification and host work: the loop's floor for
-    these models. Prompt-sized forwards are taken as measured (the probe predicts decoding
-    steps)."""
-    target = draft = 0.0
+    """Seconds the units' forwards would cost at unit costs, with free drafting bookkeeping,
+    verification and host work: the loop's floor for these models. Each size a unit's own
+    probe covers (:attr:`PhaseCosts.probed_ms`) is priced at it; the others at the run's
+    probe times the unit's level (its own probe's smallest size over the run's probe there,
+    else ``scales``). Prompt-sized forwards are taken as measured."""
+    totals = {"draft": 0.0, "target": 0.0}
     for costs, scale in zip(ledgers, scales, strict=True):
-        # Each role's forwards at the costs of the engine they ran on.
-        target_costs = unit_costs.for_engine(costs.engines.get("target"))
-        draft_ms = unit_costs.for_engine(costs.engines.get("draft")).draft_ms
-        for rows, (calls, seconds) in costs.target_by_rows.items():
-            unit = target_costs.target_at(rows)
-            target += seconds if unit is None else calls * scale * unit / 1000.0
-        for rows, (calls, seconds) in costs.draft_by_rows.items():
-            if draft_ms is None or rows > DRAFT_STEP_ROWS:
-                draft += seconds  # the draft's prompt forwards: as measured
-            else:
-                draft += calls * scale * draft_ms / 1000.0
-    return {"draft": draft, "target": target, "verify": 0.0, "host": 0.0}
+        for role, by_rows in (("target", costs.target_by_rows), ("draft", costs.draft_by_rows)):
+            shape = _run_probe(unit_costs.for_engine(costs.engines.get(role)), role)
+            near = costs.probed_ms.get(role, {})
+            level = _near_level(near, shape) or scale
+            for rows, (calls, seconds) in by_rows.items():
+                unit = interpolate(near, rows)
+                if unit is None and (ms := shape(rows)) is not None:
+                    unit = level * ms
+                totals[role] += seconds if unit is None else calls * unit / 1000.0
+    return {**totals, "verify": 0.0, "host": 0.0}
+
+
+def _run_probe(costs: UnitCosts, role: str) -> Callable[[int], float | None]:
+    """The run's probe as ms per call of ``rows`` (``None``: not predicted, a prompt)."""
+    if role == "target":
+        return costs.target_at
+    draft_ms = costs.draft_ms
+    # A draft forward of a few tokens (a catch-up after full acceptance) costs one draft
+    # step: a small model's step is bound by reading its weights, not by rows.
+    return lambda rows: draft_ms if rows <= DRAFT_STEP_ROWS else None
+
+
+def _near_level(near: dict[int, float], shape: Callable[[int], float | None]) -> float | None:
+    if not near:
+        return None
+    rows = min(near)
+    probed = shape(rows)
+    return near[rows] / probed if probed else None
 
 
 def _gap_phase(measured: dict[str, float | None], predicted: dict[str, float]) -> str:

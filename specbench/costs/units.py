@@ -1,15 +1,17 @@
-"""Unit costs: what one forward call of each in-process model costs, measured once per run.
+"""Unit costs: what one forward call of each in-process model costs, probed during a run.
 
 The cost ledger says where a method's time went; unit costs say what it should have cost.
-Before decoding, the runner scores ``rows`` new tokens after a context as long as the first
-prompt plus half the token budget (the mean context of a decoding step), for a few
-values of ``rows``, in the target (and one token in the draft), timed by the same ledger
-the samples use, after a few untimed one-token calls. The sizes are probed in rounds, each
-round visiting every size once, and each size keeps its median over the rounds: a shared
-machine's bandwidth drifts by tens of percent within seconds, and rounds see the same drift
-at every size, so the *ratios* between sizes stay sound (:mod:`specbench.costs.phases` prices the
-level from the run itself). A summary then predicts each method's ms per token from its own
-counts of forwards and rows.
+Before decoding, the runner's :class:`CostProbe` scores ``rows`` new tokens after a context
+as long as the first prompt plus half the token budget (the mean context of a decoding
+step), for a few values of ``rows``, in the target (and one token in the draft), timed by
+the same ledger the samples use, after a few untimed one-token calls. The sizes are probed
+in rounds, each round visiting every size once, and each size keeps its median over the
+rounds: rounds see the same drift at every size, so the *shape* between sizes stays sound.
+The probe keeps its caches, and after each timed unit it scores that unit's own
+decoding-step sizes again (:meth:`CostProbe.near`): a shared machine's bandwidth drifts by
+tens of percent within minutes, so a unit is priced at costs measured seconds after it
+(:mod:`specbench.costs.phases`). A summary then predicts each method's ms per token from its
+own counts of forwards and rows.
 
 Engines differ in cost shape (the static engine's lean forward is cheaper per call than the
 eager session's), so every engine kind the run's methods decode on is probed, in the same
@@ -29,13 +31,17 @@ from pydantic import BaseModel, Field
 from specbench.decoding.execution import EAGER, EngineSessions, Execution
 from specbench.models.base import LanguageModel
 from specbench.models.ledger import CostLedger, open_ledger
-from specbench.records import RunHeader
+from specbench.records import PhaseCosts, RunHeader
 
 #: Rows probed in the target, interpolated linearly in between. Larger forwards (prompts,
 #: the largest trees) are not predicted: a summary takes them as measured.
 PROBE_ROWS = (1, 2, 4, 8, 16, 32, 64)
 REPEATS = 5
 WARMUP = 3
+#: Repeats of each size probed right after a unit (:meth:`CostProbe.near`), and the largest
+#: size probed there (larger calls are prompts, taken as measured).
+NEAR_REPEATS = 2
+NEAR_ROWS = max(PROBE_ROWS)
 
 
 class EngineUnitCosts(BaseModel):
@@ -68,94 +74,144 @@ class UnitCosts(BaseModel):
     def target_at(self, rows: int) -> float | None:
         """The target's cost at ``rows`` (ms), or ``None`` past the largest probe (a prompt:
         extrapolating a prefill from decoding-sized calls would be a guess)."""
-        points = sorted(self.target_ms.items())
-        if not points or rows > points[-1][0]:
-            return None
-        if rows <= points[0][0]:
-            return points[0][1]
-        for (r0, t0), (r1, t1) in itertools.pairwise(points):
-            if rows <= r1:
-                return t0 + (t1 - t0) * (rows - r0) / (r1 - r0)
-        return points[-1][1]
+        if self.target_ms and rows < min(self.target_ms):
+            return self.target_ms[min(self.target_ms)]
+        return interpolate(self.target_ms, rows)
 
 
-def measure_unit_costs(
-    target: LanguageModel,
-    draft: LanguageModel | None,
-    context: Sequence[int],
-    rows: Sequence[int] = PROBE_ROWS,
-    repeats: int = REPEATS,
-    engines: Sequence[Execution] = (),
-) -> UnitCosts:
-    """Probe ``target`` at each of ``rows`` (and ``draft`` at one row) after ``context``, on
-    the eager session and on each of ``engines`` (static executions; others are skipped)."""
-    probed = {"eager": EAGER}
-    room = len(context) + max(rows) + repeats
-    for execution in engines:
-        if execution.engine == "static" and not execution.compile:
-            # Without graphs a sequence takes the smallest cache that holds it, so the
-            # probe's own cache size is what decoding at this context would take.
-            max_len = max(execution.static_max_len, room)
-            probed.setdefault("static", Execution("static", max_len, cuda_graphs=False))
-    models = [target] if draft is None else [target, draft]
-    costs = _forward_ms(models, list(probed.values()), context, rows, repeats, room)
-    by_kind = {
-        kind: EngineUnitCosts(
-            target_ms=costs[(kind_index, 0)], draft_ms=costs.get((kind_index, 1), {}).get(1)
-        )
-        for kind_index, kind in enumerate(probed)
-    }
-    eager = by_kind.pop("eager")
-    return UnitCosts(
-        context=len(context), target_ms=eager.target_ms, draft_ms=eager.draft_ms, engines=by_kind
-    )
+def interpolate(points: dict[int, float], rows: int) -> float | None:
+    """ms at ``rows``, linear between the probed sizes ``points``; ``None`` outside them."""
+    ordered = sorted(points.items())
+    if not ordered or not ordered[0][0] <= rows <= ordered[-1][0]:
+        return None
+    for (r0, t0), (r1, t1) in itertools.pairwise(ordered):
+        if rows <= r1:
+            return t0 + (t1 - t0) * (rows - r0) / (r1 - r0)
+    return ordered[-1][1]  # one probed size, and ``rows`` is it
 
 
-def _forward_ms(
-    models: Sequence[LanguageModel],
-    executions: Sequence[Execution],
-    context: Sequence[int],
-    rows: Sequence[int],
-    repeats: int,
-    room: int,
-) -> dict[tuple[int, int], dict[int, float]]:
-    """Per (execution, model) index pair: the median ms of a call of each size (the first
-    model at every size in ``rows``, the others at one row), every probe interleaved round
-    by round, in caches of ``room`` positions."""
-    prefix = list(context)
-    caches = {
-        (e, m): EngineSessions(execution).session(model, room)
-        for e, execution in enumerate(executions)
-        for m, model in enumerate(models)
-    }
-    try:
-        for session in caches.values():  # the context once; every probe follows it
-            session.forward_from(prefix, len(prefix) - 1)
+class CostProbe:
+    """Caches at the probe's context, one per engine kind and model, kept open for a run.
+
+    :meth:`unit_costs` gives the run's cost shape once; :meth:`near` times chain forwards of
+    a unit's own sizes right after the unit, on the engines it ran on. A shared machine's
+    bandwidth drifts by tens of percent between units, and a forward's compute part does not
+    scale with it, so a level taken from one-token steps alone cannot price a 12-row call
+    (measured: 1.5x a one-token step in the run against 1.2x in the probe, minutes apart).
+    """
+
+    def __init__(
+        self,
+        target: LanguageModel,
+        draft: LanguageModel | None,
+        context: Sequence[int],
+        engines: Sequence[Execution] = (),
+        rows: int = max(PROBE_ROWS) + REPEATS,
+    ) -> None:
+        self.models = {"target": target} if draft is None else {"target": target, "draft": draft}
+        self.prefix = list(context)
+        self.room = len(self.prefix) + rows
+        kinds = {"eager": EAGER}
+        for execution in engines:
+            if execution.engine == "static" and not execution.compile:
+                # Without graphs a sequence takes the smallest cache that holds it, so the
+                # probe's own cache size is what decoding at this context would take.
+                max_len = max(execution.static_max_len, self.room)
+                kinds.setdefault("static", Execution("static", max_len, cuda_graphs=False))
+        self.kinds = list(kinds)
+        self._engines = [EngineSessions(execution) for execution in kinds.values()]
+        self.sessions = {
+            (kind, role): engine.session(model, self.room)
+            for kind, engine in zip(self.kinds, self._engines, strict=True)
+            for role, model in self.models.items()
+        }
         # Real tokens (the prompt's own) so no backend takes a shortcut on odd ids.
-        filler = list(itertools.islice(itertools.cycle(prefix), max(rows) + repeats))
-        # Untimed: the first decoding-sized calls after loading ran 33% slow (a 1.5B model on
-        # a CPU: 772 ms probed against 582 ms in the run), longer than three repeats.
-        for repeat in range(WARMUP):
-            for session in caches.values():
-                session.forward_from(prefix + filler[repeat : repeat + 1], len(prefix))
-        probes = [(key, count) for key in caches for count in (rows if key[1] == 0 else (1,))]
-        times: dict[tuple[tuple[int, int], int], list[float]] = {probe: [] for probe in probes}
+        self.filler = list(itertools.islice(itertools.cycle(self.prefix), rows))
+        try:
+            for session in self.sessions.values():  # the context once; every probe follows it
+                session.forward_from(self.prefix, len(self.prefix) - 1)
+            # Untimed: the first decoding-sized calls after loading ran 33% slow (a 1.5B model
+            # on a CPU: 772 ms probed against 582 ms in the run), longer than three repeats.
+            for repeat in range(WARMUP):
+                for key in self.sessions:
+                    self._call(key, 1, repeat)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> CostProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Return the probe's caches (static ones go back to their model's pool)."""
+        for engine in self._engines:
+            engine.close()
+
+    def _call(self, key: tuple[str, str], count: int, offset: int = 0) -> float:
+        """Seconds of one forward of ``count`` new tokens after the context."""
+        model = self.models[key[1]]
+        sync = model.synchronize if model.device.type == "cuda" else None
+        ledger = CostLedger({id(model): "target"}, sync)
+        tokens = self.filler[offset : offset + count]
+        with open_ledger(ledger):
+            # Starting at the context, the session drops the previous probe's rows.
+            self.sessions[key].forward_from(self.prefix + tokens, len(self.prefix))
+        return ledger.totals.seconds["target"]
+
+    def _rounds(self, probes: Sequence[tuple[str, str, int]], repeats: int) -> list[float]:
+        """The median ms of each probe (kind, role, rows), visited round by round."""
+        times: list[list[float]] = [[] for _ in probes]
         for repeat in range(repeats):
-            for key, count in probes:
-                model = models[key[1]]
-                sync = model.synchronize if model.device.type == "cuda" else None
-                ledger = CostLedger({id(model): "target"}, sync)
-                with open_ledger(ledger):
-                    # Starting at the context, the session drops the previous probe's rows.
-                    caches[key].forward_from(prefix + filler[repeat : repeat + count], len(prefix))
-                times[(key, count)].append(ledger.totals.seconds["target"])
-    finally:
-        for session in caches.values():
-            session.close()
-    costs: dict[tuple[int, int], dict[int, float]] = {key: {} for key in caches}
-    for (key, count), seconds in times.items():
-        costs[key][count] = 1000.0 * statistics.median(seconds)
-    return costs
+            for index, (kind, role, count) in enumerate(probes):
+                times[index].append(self._call((kind, role), count, repeat))
+        return [1000.0 * statistics.median(seconds) for seconds in times]
+
+    def unit_costs(self, rows: Sequence[int] = PROBE_ROWS, repeats: int = REPEATS) -> UnitCosts:
+        """The target at each of ``rows`` and the draft at one row, on every engine kind."""
+        probes = [
+            (kind, role, count)
+            for kind, role in self.sessions
+            for count in (rows if role == "target" else (1,))
+        ]
+        by_kind = {kind: EngineUnitCosts(target_ms={}) for kind in self.kinds}
+        for (kind, role, count), ms in zip(probes, self._rounds(probes, repeats), strict=True):
+            if role == "target":
+                by_kind[kind].target_ms[count] = ms
+            else:
+                by_kind[kind].draft_ms = ms
+        eager = by_kind.pop("eager")
+        return UnitCosts(
+            context=len(self.prefix),
+            target_ms=eager.target_ms,
+            draft_ms=eager.draft_ms,
+            engines=by_kind,
+        )
+
+    def near(self, costs: PhaseCosts, repeats: int = NEAR_REPEATS) -> dict[str, dict[int, float]]:
+        """Chain forwards of the sizes a unit's decoding steps had (role -> rows -> ms), timed
+        now on the engines it ran on: per role its smallest, largest and costliest size among
+        those it called more than once (a prompt's forward comes once per turn; a summary
+        interpolates between the probed sizes and prices the rest as before)."""
+        probes: list[tuple[str, str, int]] = []
+        for role, by_rows in (("target", costs.target_by_rows), ("draft", costs.draft_by_rows)):
+            kind = costs.engines.get(role, "eager")
+            if role not in self.models or kind not in self.kinds:
+                continue  # compiled and graph engines are priced at the eager costs
+            sizes = {
+                rows: seconds
+                for rows, (calls, seconds) in by_rows.items()
+                if calls > 1 and rows <= NEAR_ROWS
+            }
+            if sizes:
+                chosen = {min(sizes), max(sizes), max(sizes, key=sizes.__getitem__)}
+                probes += [(kind, role, rows) for rows in sorted(chosen)]
+        probed: dict[str, dict[int, float]] = {}
+        for (_, role, rows), ms in zip(probes, self._rounds(probes, repeats), strict=True):
+            probed.setdefault(role, {})[rows] = ms
+        return probed
 
 
 def header_unit_costs(headers: Sequence[RunHeader]) -> UnitCosts | None:

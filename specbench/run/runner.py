@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from specbench.costs.phases import ledger_costs
-from specbench.costs.units import UnitCosts, measure_unit_costs
+from specbench.costs.units import CostProbe, UnitCosts
 from specbench.decoding.sampling import SamplingParams
 from specbench.decoding.types import (
     DecodeStats,
@@ -365,14 +365,16 @@ class Session:
                     for method in plan.methods.values()
                     if isinstance(method, InProcessMethod)
                 ]
-                session.unit_costs = measure_unit_costs(
-                    target, plan.models.draft, grown, engines=executions
-                )
+                # Kept open: each unit is probed again right after it (its level).
+                context.probe = CostProbe(target, plan.models.draft, grown, executions)
+                session.unit_costs = context.probe.unit_costs()
         return session
 
     def close(self) -> None:
         """Release what the methods hold (engine processes); each method's ``close`` runs
         once, also when method-major decoding closed some already."""
+        if self.context.probe is not None:
+            self.context.probe.close()
         self.plan.close()
 
     def decode(
@@ -581,6 +583,8 @@ class _Context:
     #: Output fingerprints of every reference method, by label, then (prompt id, run).
     outputs: dict[str, dict[tuple[str, int], str]] = field(default_factory=dict)
     engines: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    #: The run's cost probe, which times each unit's forward sizes again right after it.
+    probe: CostProbe | None = None
 
     def __post_init__(self) -> None:
         sampling = self.preset.sampling
@@ -686,6 +690,8 @@ class _Context:
                     row.append(GenerationResult([], "error", DecodeStats(), error=error))
         batch_id = uuid.uuid4().hex[:8] if len(unit) > 1 else None
         costs = ledger_costs(ledger, method, [r for row in results for r in row], batch_wall)
+        if self.probe is not None and costs.target_forwards and not interrupted:
+            costs = costs.model_copy(update={"probed_ms": self.probe.near(costs)})
         serving = [serving_sample(row, levels) for row in results]
         records = [
             self._record(

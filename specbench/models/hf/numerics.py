@@ -173,30 +173,41 @@ def _gathered_attention(
     product's result for a key depends on where the key lies in the reduction (SIMD lanes
     and pairs, blocks), so a tree node scored with its siblings masked between its ancestors
     got other logits than the same token decoded in turn (a bf16 near-tie flipped a greedy
-    choice of SpecExec). Keys past a row's own are padding with zero weight at the end, which
-    a decoding step's reduction does not see either (the chain case, checked)."""
+    choice of SpecExec). Rows are taken in groups that see the same number of keys, each
+    group's softmax and value product exactly as long as a decoding step's: padding a
+    shorter row with zero-weight keys changed its sum on an AVX2 CPU (251 keys against 252,
+    MKL's bf16 product), though not on AVX-512 BF16."""
     batch, heads, rows, dim = query.shape
-    groups = key.shape[1]
+    groups, length = key.shape[1], key.shape[-2]
     per_group = heads // groups
-    width = order.shape[-1]
     scores = torch.matmul(query.reshape(batch, groups, per_group * rows, dim), key.transpose(2, 3))
-    scores = (scores * scaling).view(batch, groups, per_group, rows, -1)
-    index = order.view(batch, 1, 1, rows, width).expand(batch, groups, per_group, rows, width)
-    gathered = torch.gather(scores, -1, index) + padding.view(batch, 1, 1, rows, width)
-    weights = torch.nn.functional.softmax(gathered, dim=-1, dtype=torch.float32).to(query.dtype)
-    # Each row's values in its own order: [B, G, M, W, D], one product per row and group,
-    # whose rows are that group's query heads (as in a decoding step).
-    picked = value[torch.arange(batch).view(batch, 1, 1), :, order]  # [B, M, W, G, D]
-    picked = picked.permute(0, 3, 1, 2, 4)
-    per_row = weights.permute(0, 1, 3, 2, 4)  # [B, G, M, per_group, W]
-    if per_group == 1:  # one row alone would take the one-row kernel: run it as two
-        output = torch.matmul(torch.cat([per_row, per_row], dim=-2), picked)[..., :1, :]
-    else:
-        output = torch.matmul(per_row, picked)  # [B, G, M, per_group, D]
-    output = output.permute(0, 1, 3, 2, 4).reshape(batch, heads, rows, dim)
-    full = torch.zeros(*scores.shape, dtype=weights.dtype, device=weights.device)
-    full.scatter_(-1, index, weights)
-    return output.transpose(1, 2).contiguous(), full.view(batch, heads, rows, -1)
+    scores = (scores * scaling).view(batch, groups, per_group, rows, length)
+    # One entry per (sequence, row): [B*M, G, P, L], and what each entry sees.
+    scores = scores.permute(0, 3, 1, 2, 4).reshape(batch * rows, groups, per_group, length)
+    slots_of = order.reshape(batch * rows, -1)
+    counts = (padding == 0).sum(-1).reshape(-1)
+    sequence_of = torch.arange(batch, device=order.device).repeat_interleave(rows)
+    output = query.new_empty(batch * rows, groups, per_group, dim)
+    weights = torch.zeros(
+        batch * rows, groups, per_group, length, dtype=query.dtype, device=query.device
+    )
+    for count in counts.unique().tolist():
+        chosen = (counts == count).nonzero().squeeze(-1)
+        slots = slots_of[chosen, :count]  # [S, c]: each entry's keys, in a decoding step's order
+        index = slots.view(-1, 1, 1, count).expand(-1, groups, per_group, count)
+        picked = torch.gather(scores[chosen], -1, index)
+        part = torch.nn.functional.softmax(picked, dim=-1, dtype=torch.float32).to(query.dtype)
+        # The entries' values, [S, G, c, D]: one product per entry and group, whose rows are
+        # that group's query heads (as in a decoding step).
+        values = value[sequence_of[chosen].view(-1, 1), :, slots].permute(0, 2, 1, 3)
+        if per_group == 1:  # one row alone would take the one-row kernel: run it as two
+            output[chosen] = torch.matmul(torch.cat([part, part], dim=-2), values)[..., :1, :]
+        else:
+            output[chosen] = torch.matmul(part, values)
+        weights[chosen] = weights[chosen].scatter(-1, index, part)
+    output = output.view(batch, rows, heads, dim)  # what transformers' attention returns
+    weights = weights.view(batch, rows, heads, length).transpose(1, 2)
+    return output, weights
 
 
 def make_batch_invariant(model: torch.nn.Module) -> None:
