@@ -9,6 +9,8 @@ is skipped, with the reason, where it cannot run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from helpers import make_method, request
@@ -29,20 +31,43 @@ def _spec(folder, **extra) -> HFModelSpec:
 
 
 _OWN_KERNEL_MISSING = bf16_kernels.unavailable_reason()
+_FUSED_MISSING = bf16_kernels.fused_unavailable_reason()
+#: The kernel's own default path here; its AVX2 path is tested apart where that is another.
+_DEFAULT_ISA = None if _OWN_KERNEL_MISSING else bf16_kernels.isa()
 
-#: The linear paths, as the spec fields that choose them.
+#: The linear paths, as the spec fields that choose them (``isa``: the kernel's path).
 PREPACK = [
     pytest.param(
         {"prepack": True, "linear_kernel": "specbench"},
-        id="specbench-kernel",
+        id=f"specbench-kernel-{_DEFAULT_ISA}",
         marks=pytest.mark.skipif(_OWN_KERNEL_MISSING is not None, reason=str(_OWN_KERNEL_MISSING)),
+    ),
+    pytest.param(
+        {"prepack": True, "linear_kernel": "specbench", "isa": "avx2"},
+        id="specbench-kernel-avx2-forced",
+        marks=pytest.mark.skipif(
+            _DEFAULT_ISA in (None, "avx2"), reason="the kernel's default path here is AVX2"
+        ),
     ),
     pytest.param({"prepack": True, "linear_kernel": "onednn"}, id="onednn-packed"),
     pytest.param({"prepack": False}, id="torch-linear"),
 ]
 
 
-@pytest.mark.parametrize("prepack", PREPACK)
+@pytest.fixture
+def prepack(request: pytest.FixtureRequest) -> Iterator[dict[str, object]]:
+    """The spec fields of one linear path, with the kernel on that path while the test runs
+    (a model loaded under a forced AVX2 path also keeps torch's layer operations)."""
+    fields = dict(request.param)
+    isa = fields.pop("isa", None)
+    if isa is None:
+        yield fields
+        return
+    with bf16_kernels.use_isa(str(isa)):
+        yield fields
+
+
+@pytest.mark.parametrize("prepack", PREPACK, indirect=True)
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_verification_rows_equal_one_token_decoding_bit_for_bit(
     tiny_hf: dict, arch: str, prepack: dict
@@ -87,7 +112,7 @@ def _one_layer_qwen2(folder, kv_heads: int):  # type: ignore[no-untyped-def]
     return save(Qwen2ForCausalLM(config).eval(), build_tokenizer(), folder)
 
 
-@pytest.mark.parametrize("prepack", PREPACK)
+@pytest.mark.parametrize("prepack", PREPACK, indirect=True)
 @pytest.mark.parametrize("kv_heads", [1, 2])
 def test_attention_past_a_thousand_keys_is_row_stable(
     tmp_path, prepack: dict, kv_heads: int
@@ -183,7 +208,7 @@ ATTENTION = [
     pytest.param(
         _kernel_attention,
         id="specbench-kernel",
-        marks=pytest.mark.skipif(_OWN_KERNEL_MISSING is not None, reason=str(_OWN_KERNEL_MISSING)),
+        marks=pytest.mark.skipif(_FUSED_MISSING is not None, reason=str(_FUSED_MISSING)),
     ),
 ]
 
@@ -223,7 +248,7 @@ def test_tree_rows_attend_as_the_same_tokens_decoded_in_turn(per_group: int, att
             assert torch.equal(tree[:, node], alone[:, 0]), f"context {prefix}, node {node}"
 
 
-@pytest.mark.parametrize("prepack", PREPACK)
+@pytest.mark.parametrize("prepack", PREPACK, indirect=True)
 @pytest.mark.parametrize("engine", ["eager", "static"])
 def test_tree_scoring_gives_each_node_the_logits_of_decoding_it_in_turn(
     tmp_path, engine: str, prepack: dict

@@ -1,20 +1,47 @@
 """specbench's bf16 CPU kernel (``specbench/models/bf16_gemm.cpp``): right, and a row's result
-independent of the rows beside it, bit for bit; and how the loader chooses it.
+independent of the rows beside it, bit for bit, on each instruction path the CPU has
+(AVX-512 BF16 and AVX2); and how the loader chooses it.
 
-The kernel tests skip, naming the reason, on a CPU without AVX-512 BF16 or a machine that
-cannot build it; the loader tests run everywhere (they stand in for the kernel's absence)."""
+The kernel tests skip, naming the reason, on a CPU without the path or a machine that
+cannot build the kernel; the loader tests run everywhere (they stand in for its absence)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 from specbench.errors import ModelLoadError
+from specbench.hardware import cpu_missing
 from specbench.models import bf16_kernels
 from specbench.models.packed import PackedLinear, pack_linear_layers
 
 _MISSING = bf16_kernels.unavailable_reason()
 needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=f"no bf16 kernel: {_MISSING}")
+
+
+def _path_missing(isa: str) -> str | None:
+    if _MISSING is not None:
+        return f"no bf16 kernel: {_MISSING}"
+    flags = bf16_kernels.AVX512_BF16_FLAGS if isa == "avx512_bf16" else bf16_kernels.AVX2_FLAGS
+    missing = cpu_missing(*flags)
+    return f"this CPU lacks {', '.join(missing)}" if missing else None
+
+
+#: The linear product's instruction paths; each test runs on every path this CPU has.
+ISAS = [
+    pytest.param(isa, id=isa, marks=pytest.mark.skipif(bool(reason), reason=str(reason)))
+    for isa in ("avx512_bf16", "avx2")
+    for reason in [_path_missing(isa)]
+]
+
+
+@pytest.fixture
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    with bf16_kernels.use_isa(request.param):
+        yield request.param
+
 
 #: [out, in]: a block and a half of outputs, k not a multiple of the 256-wide pass; a
 #: Qwen2.5-0.5B key projection; a down projection's long k.
@@ -28,9 +55,9 @@ def _weights(out: int, inp: int) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, bias
 
 
-@needs_kernel
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_product_matches_a_float32_reference(shape: tuple[int, int]) -> None:
+def test_product_matches_a_float32_reference(shape: tuple[int, int], isa: str) -> None:
     weight, bias = _weights(*shape)
     packed = bf16_kernels.pack(weight)
     x = torch.randn(2, 5, shape[1]).to(torch.bfloat16)
@@ -43,11 +70,14 @@ def test_product_matches_a_float32_reference(shape: tuple[int, int]) -> None:
     assert torch.allclose(without_bias.float(), reference - bias.float(), rtol=2**-7, atol=1e-2)
 
 
-@needs_kernel
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_a_rows_result_does_not_depend_on_the_rows_beside_it(shape: tuple[int, int]) -> None:
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(
+    shape: tuple[int, int], isa: str
+) -> None:
     """Bit for bit, every row of calls of 1 to 14 rows (past two of the kernel's 6-row tiles,
-    every remainder) at every offset, against the same row computed alone.
+    every remainder; the AVX2 path's 2-row tiles) at every offset, against the same row
+    computed alone.
 
     The first and last input of every row meet weights of +-2^14 that cancel: every sum then
     passes through values whose float32 spacing is near the result's bfloat16 spacing, so any
@@ -67,8 +97,8 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it(shape: tuple[int, i
             assert torch.equal(together, alone[start : start + rows]), (start, rows)
 
 
-@needs_kernel
-def test_empty_and_single_row_calls() -> None:
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_empty_and_single_row_calls(isa: str) -> None:
     weight, _ = _weights(64, 32)
     packed = bf16_kernels.pack(weight)
     assert bf16_kernels.linear(

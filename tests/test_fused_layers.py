@@ -15,8 +15,9 @@ from specbench.models import bf16_kernels
 
 pytest.importorskip("transformers")
 
-_MISSING = bf16_kernels.unavailable_reason()
-needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=f"no bf16 kernel: {_MISSING}")
+_MISSING = bf16_kernels.fused_unavailable_reason()
+needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=f"no fused kernels: {_MISSING}")
+_LINEAR_MISSING = bf16_kernels.unavailable_reason()
 
 
 def _normal(*shape: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
@@ -157,6 +158,27 @@ def test_the_loader_fuses_where_specbench_kernel_runs_and_logits_stay_transforme
         expected = plain.new_session().logits_from(tokens, 0)
     assert torch.allclose(got, expected, atol=0.1, rtol=0.05)
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.mark.skipif(_LINEAR_MISSING is not None, reason=f"no bf16 kernel: {_LINEAR_MISSING}")
+def test_on_the_avx2_path_the_loader_packs_on_specbench_kernel_and_fuses_nothing(
+    tiny_hf: dict,
+) -> None:
+    """The fused operations are AVX-512 BF16 code: a model loaded where the linear product
+    takes its AVX2 path (an AVX2-only CPU, or forced) runs specbench's linear kernel with
+    torch's layer operations around it."""
+    from specbench.models.hf.loading import load_hf_model
+    from specbench.models.specs import HFModelSpec
+
+    folder = str(tiny_hf["qwen2"]["target"])
+    spec = HFModelSpec(model=folder, dtype="bfloat16", device="cpu", batch_invariant=True)
+    with bf16_kernels.use_isa("avx2"):
+        assert bf16_kernels.fused_unavailable_reason() is not None
+        with pytest.raises(bf16_kernels.KernelUnavailable, match="AVX-512 BF16"):
+            bf16_kernels.ops()
+        model = load_hf_model(spec, folder, "t")
+        assert model.info["fused_layers"] == 0
+        assert model.model.lm_head.packed_weight.kernel == "specbench"
 
 
 @needs_kernel

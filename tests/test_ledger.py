@@ -395,9 +395,7 @@ warmup = 0
     # Its repeated draft steps were probed again right after it, on the static engine.
     assert sample.costs is not None and sample.costs.probed_ms.get("draft")
     # Without that probe (an older record) its forwards take the run's static probe.
-    sample = sample.model_copy(
-        update={"costs": sample.costs.model_copy(update={"probed_ms": {}})}
-    )
+    sample = sample.model_copy(update={"costs": sample.costs.model_copy(update={"probed_ms": {}})})
     dear = units.model_copy(
         update={
             "engines": {

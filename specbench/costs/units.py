@@ -33,15 +33,17 @@ from specbench.models.base import LanguageModel
 from specbench.models.ledger import CostLedger, open_ledger
 from specbench.records import PhaseCosts, RunHeader
 
-#: Rows probed in the target, interpolated linearly in between. Larger forwards (prompts,
-#: the largest trees) are not predicted: a summary takes them as measured.
-PROBE_ROWS = (1, 2, 4, 8, 16, 32, 64)
+#: Rows probed in the target before decoding, interpolated linearly in between. Larger
+#: forwards are not predicted from it: a unit's repeated steps have their own probe, and
+#: a summary takes the rest (prompts) as measured. (Up to 64 rows it took 236 s of a run's
+#: start on an AVX2 CPU without bf16 products, where large calls are compute-bound.)
+PROBE_ROWS = (1, 2, 4, 8, 16)
 REPEATS = 5
 WARMUP = 3
 #: Repeats of each size probed right after a unit (:meth:`CostProbe.near`), and the largest
-#: size probed there (larger calls are prompts, taken as measured).
+#: size probed there (a tree of SpecExec's larger budgets; prompts come once, unprobed).
 NEAR_REPEATS = 2
-NEAR_ROWS = max(PROBE_ROWS)
+NEAR_ROWS = 64
 
 
 class EngineUnitCosts(BaseModel):
@@ -106,7 +108,7 @@ class CostProbe:
         draft: LanguageModel | None,
         context: Sequence[int],
         engines: Sequence[Execution] = (),
-        rows: int = max(PROBE_ROWS) + REPEATS,
+        rows: int = max(NEAR_ROWS, *PROBE_ROWS) + REPEATS,
     ) -> None:
         self.models = {"target": target} if draft is None else {"target": target, "draft": draft}
         self.prefix = list(context)

@@ -22,9 +22,13 @@ rotary embedding with the cache writes, grouped attention, the gated activation)
 The kernel is a small C++ extension compiled on first use with the machine's C++ compiler
 and ninja (about 25 s, once per torch build; cached in torch's extension folder,
 ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, shared by every process whatever
-its specbench cache). Where it cannot run (no AVX-512 BF16, no compiler, a failed build)
-:func:`unavailable_reason` says why and the loader falls back to oneDNN, recording the reason
-in the model's description.
+its specbench cache). The linear product has two paths over one packed layout: AVX-512
+BF16, and AVX2 + FMA for CPUs without it (:func:`isa`; on an AVX2-only EPYC oneDNN's bf16
+product took 356 ms for a 1.5B step that transformers' own ``F.linear`` ran in 190 ms); the
+decoder-layer operations need AVX-512 BF16 (:func:`fused_unavailable_reason`). Where the
+kernel cannot run at all (no AVX2, no compiler, a failed build) :func:`unavailable_reason`
+says why and the loader falls back to oneDNN, recording the reason in the model's
+description.
 """
 
 from __future__ import annotations
@@ -46,12 +50,16 @@ SOURCES = [
     for name in ("bf16_gemm.cpp", "bf16_decode.cpp", "bf16_bindings.cpp")
 ]
 
-#: The instruction sets the kernel's code is compiled for.
-REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+#: The instruction sets of the linear product's two paths, and of the decoder-layer
+#: operations (AVX-512 BF16 only, for now).
+AVX512_BF16_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+AVX2_FLAGS = ("avx2", "fma")
+#: Set to ``avx2`` to take the AVX2 path on a CPU that has AVX-512 BF16 (to compare them).
+ISA_VARIABLE = "SPECBENCH_BF16_ISA"
 
 #: The extension's name: a new name when the interface changes, and one per torch build, so
 #: builds for another interface or torch never mix in torch's extension cache.
-EXTENSION = "specbench_bf16_v2_torch_" + "".join(
+EXTENSION = "specbench_bf16_v3_torch_" + "".join(
     c if c.isalnum() else "_" for c in torch.__version__
 )
 
@@ -67,6 +75,43 @@ def unavailable_reason() -> str | None:
     except KernelUnavailable as error:
         return str(error)
     return None
+
+
+def isa() -> str:
+    """The linear product's instruction path in this process: ``avx512_bf16`` or ``avx2``."""
+    _extension()
+    return _chosen_isa[0]
+
+
+def fused_unavailable_reason() -> str | None:
+    """Why the decoder-layer operations (``ops()``) cannot run here, or ``None``: they need
+    the kernel and its AVX-512 BF16 path."""
+    reason = unavailable_reason()
+    if reason is None and isa() != "avx512_bf16":
+        missing = cpu_missing(*AVX512_BF16_FLAGS)
+        why = f"this CPU lacks {', '.join(missing)}" if missing else f"{ISA_VARIABLE}=avx2"
+        reason = f"the fused decoder-layer operations need AVX-512 BF16 ({why})"
+    return reason
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[None]:
+    """Run the linear product on path ``name`` inside the block (tests and benchmarks compare
+    the paths on one CPU); raises :class:`KernelUnavailable` where the CPU lacks it."""
+    extension = _extension()
+    if name not in ("avx512_bf16", "avx2"):
+        raise ValueError(f"unknown path {name!r}")
+    missing = cpu_missing(*(AVX512_BF16_FLAGS if name == "avx512_bf16" else AVX2_FLAGS))
+    if missing:
+        raise KernelUnavailable(f"this CPU lacks {', '.join(missing)}")
+    saved = _chosen_isa[0]
+    extension.set_isa(name == "avx512_bf16")
+    _chosen_isa[0] = name
+    try:
+        yield
+    finally:
+        extension.set_isa(saved == "avx512_bf16")
+        _chosen_isa[0] = saved
 
 
 def supports(weight: torch.Tensor) -> bool:
@@ -96,17 +141,37 @@ def linear(
 
 
 def ops() -> Any:
-    """The extension's functions (``rms_norm``, ``add_rms_norm``, ``silu_mul``,
+    """The extension's decoder-layer functions (``rms_norm``, ``add_rms_norm``, ``silu_mul``,
     ``rotary_write``, ``rotary_split``, ``attend``; ``bf16_decode.cpp`` documents each); raises
-    :class:`KernelUnavailable` where :func:`unavailable_reason` would give a reason."""
+    :class:`KernelUnavailable` where :func:`fused_unavailable_reason` would give a reason."""
+    reason = fused_unavailable_reason()
+    if reason is not None:
+        raise KernelUnavailable(reason)
     return _extension()
+
+
+#: The path the extension's linear product takes (one element, set when it loads).
+_chosen_isa = ["avx2"]
 
 
 @functools.cache
 def _extension() -> Any:
-    missing = cpu_missing(*REQUIRED_FLAGS)
+    missing = cpu_missing(*AVX2_FLAGS)
     if missing:
         raise KernelUnavailable(f"this CPU lacks {', '.join(missing)}")
+    wanted = os.environ.get(ISA_VARIABLE, "").strip().lower()
+    if wanted not in ("", "avx2", "avx512_bf16"):
+        raise KernelUnavailable(f"{ISA_VARIABLE}={wanted!r} is neither avx2 nor avx512_bf16")
+    extension = _build()
+    fast = not cpu_missing(*AVX512_BF16_FLAGS) and wanted != "avx2"
+    if wanted == "avx512_bf16" and not fast:
+        raise KernelUnavailable(f"{ISA_VARIABLE}=avx512_bf16 but this CPU lacks AVX-512 BF16")
+    extension.set_isa(fast)
+    _chosen_isa[0] = "avx512_bf16" if fast else "avx2"
+    return extension
+
+
+def _build() -> Any:
     if not torch.backends.openmp.is_available():  # type: ignore[no-untyped-call]
         raise KernelUnavailable("this torch build has no OpenMP (the kernel's threads)")
     from torch.utils import cpp_extension
@@ -117,7 +182,7 @@ def _extension() -> Any:
                 name=EXTENSION,
                 sources=[str(source) for source in SOURCES],
                 # Generic code outside the kernel's functions: they carry their own target
-                # attributes, so the cached build runs on any CPU with REQUIRED_FLAGS.
+                # attributes, so the cached build runs on any CPU with AVX2_FLAGS.
                 extra_cflags=["-O3", "-fopenmp"],
                 # libgomp by its soname: the process already has torch's, so both share one
                 # thread pool.

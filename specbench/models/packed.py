@@ -153,6 +153,8 @@ def pack_linear_layers(
         "packed_linear_layers": sum(kernels.values()),
         "linear_kernels": kernels,
         "packed_row_floor": ROW_FLOOR if "onednn" in kernels else None,
+        # The kernel's instruction path: its results differ between paths (not within one).
+        "linear_kernel_isa": bf16_kernels.isa() if "specbench" in kernels else None,
         "linear_kernel_note": (
             f"specbench's bf16 kernel is not used: {unavailable}"
             if unavailable is not None
