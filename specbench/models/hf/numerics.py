@@ -191,7 +191,7 @@ def _gathered_attention(
     weights = torch.zeros(
         batch * rows, groups, per_group, length, dtype=query.dtype, device=query.device
     )
-    for count in counts.unique().tolist():
+    for count in torch.unique(counts).tolist():
         chosen = (counts == count).nonzero().squeeze(-1)
         slots = slots_of[chosen, :count]  # [S, c]: each entry's keys, in a decoding step's order
         index = slots.view(-1, 1, 1, count).expand(-1, groups, per_group, count)
