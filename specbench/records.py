@@ -390,9 +390,10 @@ class SummaryRecord(_Record):
     predicted_ms_by_phase: dict[str, float] | None = None
     cost_level: float | None = Field(
         None,
-        description="The run's speed against the unit-cost probe: the baseline's one-token "
-        "target steps over the probe's, median over prompts. The prediction prices each "
-        "prompt's forwards at that prompt's level (a shared machine's bandwidth drifts).",
+        description="The run's speed against the first unit-cost probe, median over units: "
+        "each unit's own probe (timed right after it) over the first, or, for records "
+        "without one, the baseline's one-token target steps on the same prompt over the "
+        "probe's (a shared machine's bandwidth drifts).",
     )
     cost_gap_phase: str | None = Field(
         None,

@@ -91,7 +91,8 @@ def _pairs(by_rows: dict[int, list[float]]) -> dict[int, tuple[int, float]]:
 class CostSummary:
     """A method's ms per generated token by phase (``None``: unknown), the prediction from
     unit costs, the phase that holds the gap when they differ, and the level the prediction
-    was priced at (the run's one-token steps over the probe's, median over prompts)."""
+    was priced at (median over units: each unit's own probe over the run's, or the
+    baseline's one-token steps over the run's probe where a record has no probe of its own)."""
 
     ms_per_token: dict[str, float | None]
     measured_ms_per_token: float
@@ -157,7 +158,7 @@ def summarize_costs(
         tokens += sample.new_tokens
         key = unit_key(sample)
         units.setdefault(key, sample.costs)
-        level = level_for(levels or {}, sample)
+        level = _probed_level(sample.costs, unit_costs) or level_for(levels or {}, sample)
         if level is not None:
             unit_levels.setdefault(key, level)
     if not units or tokens == 0:
@@ -204,6 +205,14 @@ def _predict(
                     unit = level * ms
                 totals[role] += seconds if unit is None else calls * unit / 1000.0
     return {**totals, "verify": 0.0, "host": 0.0}
+
+
+def _probed_level(costs: PhaseCosts, unit_costs: UnitCosts | None) -> float | None:
+    """The unit's own probe over the run's, at the target's smallest probed size."""
+    if unit_costs is None:
+        return None
+    shape = _run_probe(unit_costs.for_engine(costs.engines.get("target")), "target")
+    return _near_level(costs.probed_ms.get("target", {}), shape)
 
 
 def _run_probe(costs: UnitCosts, role: str) -> Callable[[int], float | None]:

@@ -362,8 +362,9 @@ def _level_note(rows: Sequence[SummaryRecord]) -> str:
     if level is None:
         return ""
     return (
-        ", priced prompt by prompt at the run's own speed (the baseline's one-token steps "
-        f"cost {level:.2f}x the probe's, median over prompts)"
+        ", priced unit by unit at the machine's speed then (forwards timed right after each "
+        "unit, or the baseline's steps on the same prompt in older files): "
+        f"{level:.2f}x the run's first probe, median"
     )
 
 

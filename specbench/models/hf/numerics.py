@@ -129,12 +129,12 @@ def grouped_attention(
 def _visible_layout(
     attention_mask: torch.Tensor | None, length: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """For a mask under which some row sees keys that are not the first ones in order (a
-    token tree's nodes, with their siblings masked between them; padded rows of a batch):
-    per row, the slots it sees in order padded to the longest (``[B, M, W]``) and the
-    additive mask of the padding. ``None`` when every row sees a prefix ``[0, n)`` of the
-    keys, as a decoding step does, and under graph capture or compilation (their steps are
-    chains)."""
+    """For a mask under which rows see different keys (a chain's rows, prefixes of
+    different lengths; a token tree's nodes, with their siblings masked between them; padded
+    rows of a batch): per row, the slots it sees in order padded to the longest
+    (``[B, M, W]``) and the additive mask of the padding. ``None`` when every row sees the
+    same prefix ``[0, n)`` of the keys, as a decoding step does, and under graph capture or
+    compilation."""
     if attention_mask is None or torch.compiler.is_compiling():
         return None
     if attention_mask.is_cuda and torch.cuda.is_current_stream_capturing():
@@ -146,7 +146,10 @@ def _layout(attention_mask: torch.Tensor, length: int) -> tuple[torch.Tensor, to
     visible = visible_keys(attention_mask, length)  # [B, M, L]
     counts = visible.sum(-1)
     prefixes = visible.to(torch.int8).cumprod(-1).sum(-1)
-    if bool((prefixes == counts).all()):  # every row sees a prefix: no gather
+    # One plain product only where every row sees the same prefix: rows that see fewer keys
+    # than the product reduces over (a chain's earlier rows) get masked keys after theirs,
+    # which changed their sums on an AVX2 CPU.
+    if bool((prefixes == counts).all()) and bool((counts == counts.max()).all()):
         return None
     width = int(counts.max())
     # Visible slots first, in order (a stable sort of "not visible"), then padding.
