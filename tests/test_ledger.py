@@ -31,6 +31,8 @@ from specbench.run.runner import run_preset
 
 TARGET_MS = 12.0
 DRAFT_MS = 3.0
+#: A run's probe: a one-token step of 50 ms, a 4-row call of 60 ms, a draft step of 10 ms.
+PROBED = UnitCosts(context=3, target_ms={1: 50.0, 4: 60.0}, draft_ms=10.0)
 
 
 def _pair() -> MethodModels:
@@ -239,7 +241,7 @@ def test_the_gap_is_named_by_the_phase_that_holds_it_and_unknown_phases_stay_unk
 def test_predictions_are_priced_at_the_runs_own_speed_prompt_by_prompt() -> None:
     """A shared machine drifts: where the baseline's one-token steps on a prompt cost twice
     the probe's, every method's forwards on that prompt are priced twice as high."""
-    units = UnitCosts(context=3, target_ms={1: 50.0, 4: 60.0}, draft_ms=10.0)
+    units = PROBED
     slow = _sample(
         target_s=1.0,
         verify_s=0.0,
@@ -279,7 +281,7 @@ def test_a_unit_is_priced_at_its_own_probe_and_the_rest_at_that_probes_level() -
     """A unit probed right after it is priced at those costs, whatever the run's probe
     said; sizes it did not probe take the run's probe times the unit probe's level, and
     prompt-sized forwards stay as measured."""
-    units = UnitCosts(context=3, target_ms={1: 50.0, 4: 60.0}, draft_ms=10.0)
+    units = PROBED
     sample = _sample(
         draft_s=0.35,
         target_s=0.6,
