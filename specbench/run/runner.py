@@ -366,8 +366,13 @@ class Session:
                     if isinstance(method, InProcessMethod)
                 ]
                 # Kept open: each unit is probed again right after it (its level).
-                context.probe = CostProbe(target, plan.models.draft, grown, executions)
-                session.unit_costs = context.probe.unit_costs()
+                probe = CostProbe(target, plan.models.draft, grown, executions)
+                try:
+                    session.unit_costs = probe.unit_costs()
+                except BaseException:  # Ctrl-C while probing: its caches go back
+                    probe.close()
+                    raise
+                context.probe = probe
         return session
 
     def close(self) -> None:
