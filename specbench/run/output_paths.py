@@ -31,14 +31,17 @@ def check_output_file(path: Path, source: str) -> None:
             f"name a file with {source}",
         )
     _ensure_folder(path.parent, source, path)
-    existed = path.exists()
     try:
-        with path.open("a", encoding="utf-8"):
-            pass
+        if path.exists():
+            with path.open("a", encoding="utf-8"):
+                pass
+        else:
+            # A scratch file beside it, not the file itself: a file that appears and vanishes
+            # under its own name broke a reader polling for it (exists, then gone).
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".specbench-write-check-"):
+                pass
     except OSError as error:
         raise _unwritable(path, source, error) from None
-    if not existed:
-        path.unlink(missing_ok=True)
 
 
 def check_output_dir(path: Path, source: str) -> None:
