@@ -153,3 +153,20 @@ def test_an_existing_results_file_is_left_as_it_was(tmp_path: Path) -> None:
     assert path.read_text() == json.dumps({"a": 1}) + "\n"
     with pytest.raises(SpecbenchError, match="is a folder"):
         check_output_file(tmp_path, "--output")
+
+
+def test_checking_a_new_output_never_creates_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader polling for the results file (a test, ``tail -F``) must not see it appear
+    and vanish while the run checks that it can write there."""
+    out = tmp_path / "results.jsonl"
+    opened = Path.open
+
+    def watched(self: Path, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        assert self != out, "the check created the output file itself"
+        return opened(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "open", watched)
+    check_output_file(out, "--output")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
