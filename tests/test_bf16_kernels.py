@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from specbench.errors import ModelLoadError
-from specbench.hardware import cpu_missing
 from specbench.models import bf16_kernels
 from specbench.models.packed import PackedLinear, pack_linear_layers
 
@@ -24,9 +23,7 @@ needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=f"no bf16 kernel:
 def _path_missing(isa: str) -> str | None:
     if _MISSING is not None:
         return f"no bf16 kernel: {_MISSING}"
-    flags = bf16_kernels.AVX512_BF16_FLAGS if isa == "avx512_bf16" else bf16_kernels.AVX2_FLAGS
-    missing = cpu_missing(*flags)
-    return f"this CPU lacks {', '.join(missing)}" if missing else None
+    return bf16_kernels.cpu_lacks(isa)
 
 
 #: The linear product's instruction paths; each test runs on every path this CPU has.

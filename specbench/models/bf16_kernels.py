@@ -77,6 +77,14 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def cpu_lacks(name: str) -> str | None:
+    """Why this CPU cannot take path ``name`` (``avx512_bf16`` or ``avx2``), or ``None``."""
+    if name not in ("avx512_bf16", "avx2"):
+        raise ValueError(f"unknown path {name!r}")
+    missing = cpu_missing(*(AVX512_BF16_FLAGS if name == "avx512_bf16" else AVX2_FLAGS))
+    return f"this CPU lacks {', '.join(missing)}" if missing else None
+
+
 def isa() -> str:
     """The linear product's instruction path in this process: ``avx512_bf16`` or ``avx2``."""
     _extension()
@@ -88,8 +96,7 @@ def fused_unavailable_reason() -> str | None:
     the kernel and its AVX-512 BF16 path."""
     reason = unavailable_reason()
     if reason is None and isa() != "avx512_bf16":
-        missing = cpu_missing(*AVX512_BF16_FLAGS)
-        why = f"this CPU lacks {', '.join(missing)}" if missing else f"{ISA_VARIABLE}=avx2"
+        why = cpu_lacks("avx512_bf16") or f"{ISA_VARIABLE}=avx2"
         reason = f"the fused decoder-layer operations need AVX-512 BF16 ({why})"
     return reason
 
@@ -99,11 +106,9 @@ def use_isa(name: str) -> Iterator[None]:
     """Run the linear product on path ``name`` inside the block (tests and benchmarks compare
     the paths on one CPU); raises :class:`KernelUnavailable` where the CPU lacks it."""
     extension = _extension()
-    if name not in ("avx512_bf16", "avx2"):
-        raise ValueError(f"unknown path {name!r}")
-    missing = cpu_missing(*(AVX512_BF16_FLAGS if name == "avx512_bf16" else AVX2_FLAGS))
-    if missing:
-        raise KernelUnavailable(f"this CPU lacks {', '.join(missing)}")
+    lacks = cpu_lacks(name)
+    if lacks:
+        raise KernelUnavailable(lacks)
     saved = _chosen_isa[0]
     extension.set_isa(name == "avx512_bf16")
     _chosen_isa[0] = name
@@ -156,14 +161,14 @@ _chosen_isa = ["avx2"]
 
 @functools.cache
 def _extension() -> Any:
-    missing = cpu_missing(*AVX2_FLAGS)
-    if missing:
-        raise KernelUnavailable(f"this CPU lacks {', '.join(missing)}")
+    lacks = cpu_lacks("avx2")
+    if lacks:
+        raise KernelUnavailable(lacks)
     wanted = os.environ.get(ISA_VARIABLE, "").strip().lower()
     if wanted not in ("", "avx2", "avx512_bf16"):
         raise KernelUnavailable(f"{ISA_VARIABLE}={wanted!r} is neither avx2 nor avx512_bf16")
     extension = _build()
-    fast = not cpu_missing(*AVX512_BF16_FLAGS) and wanted != "avx2"
+    fast = cpu_lacks("avx512_bf16") is None and wanted != "avx2"
     if wanted == "avx512_bf16" and not fast:
         raise KernelUnavailable(f"{ISA_VARIABLE}=avx512_bf16 but this CPU lacks AVX-512 BF16")
     extension.set_isa(fast)
