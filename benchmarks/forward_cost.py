@@ -14,14 +14,19 @@ specbench's kernel: the time this machine needs to stream the model's weights at
 "% of roofline" is its time over a 1-token step's, paired round by round (the stream timed
 right after that round's steps), the median over rounds: it holds under the bandwidth drift
 of a shared machine, where a bandwidth measured once at the start does not.
+
+``--prepack specbench-torch-glue`` loads the model on specbench's linear kernel but keeps
+torch's layer operations around it (the fused decoder-layer operations left out): interleaved
+with ``specbench``, it prices the fused operations on this CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from rich.console import Console
@@ -54,6 +59,19 @@ def _weight_stream(model: torch.nn.Module) -> Callable[[], object]:
     return lambda: bf16_kernels.linear(x, packed, blocks * 64, None)
 
 
+@contextlib.contextmanager
+def _torch_glue() -> Iterator[None]:
+    """Models loaded inside keep torch's layer operations (no fused decoder layers)."""
+    from specbench.models.hf import fused_layers
+
+    saved = fused_layers.fuse_decoder_layers
+    fused_layers.fuse_decoder_layers = lambda model: 0
+    try:
+        yield
+    finally:
+        fused_layers.fuse_decoder_layers = saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", required=True, help="Comma-separated catalogue names/folders.")
@@ -68,7 +86,8 @@ def main() -> None:
         "--prepack",
         default="on",
         help="on (packed linear layers, the default kernel), specbench, onednn (that kernel), "
-        "off (transformers' layers), or several comma-separated (timed interleaved).",
+        "specbench-torch-glue (specbench's linear kernel, torch's layer operations), off "
+        "(transformers' layers), or several comma-separated (timed interleaved).",
     )
     parser.add_argument(
         "--engines", default="eager", help="eager (the session), static (lean on a CPU), or both."
@@ -102,7 +121,10 @@ def main() -> None:
         # Every packing of one model loaded at once, so their calls interleave below.
         sessions = {}
         for prepack in args.prepack.split(","):
-            kernel = prepack if prepack in ("specbench", "onednn") else "auto"
+            glue = prepack == "specbench-torch-glue"
+            kernel = (
+                "specbench" if glue else prepack if prepack in ("specbench", "onednn") else "auto"
+            )
             spec = HFModelSpec(
                 model=name,
                 dtype=dtype,
@@ -110,7 +132,8 @@ def main() -> None:
                 prepack=prepack != "off",
                 linear_kernel=kernel,
             )
-            model = load_hf_model(spec, resolve_model_source(name), name)
+            with _torch_glue() if glue else contextlib.nullcontext():
+                model = load_hf_model(spec, resolve_model_source(name), name)
             for engine in engines:
                 sessions[(prepack, engine)] = (
                     model.new_session()
@@ -130,7 +153,9 @@ def main() -> None:
                 for (prepack, engine), session in sessions.items():
                     tokens = context + [200 + r] * n
                     start = time.perf_counter()
-                    session.logits_from(tokens, len(context) - 1)
+                    # Logits from the first new token: a call of exactly n rows (from the
+                    # last context token it would re-feed that token, n + 1 rows).
+                    session.logits_from(tokens, len(context))
                     times[(prepack, engine, n)].append(time.perf_counter() - start)
                 if stream is not None:
                     start = time.perf_counter()

@@ -52,6 +52,16 @@ def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """specbench's bf16 kernels on the path ``request.param`` (``kernel_paths.ISAS``) while
+    the test runs."""
+    from specbench.models import bf16_kernels
+
+    with bf16_kernels.use_isa(request.param):
+        yield request.param
+
+
+@pytest.fixture
 def broken_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Install the deliberately broken methods (``broken_methods``) through the public
     entry-point group, as a third-party plugin would be."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 from helpers import make_method, request
+from kernel_paths import PATHS, path_missing
 
 from specbench.models import bf16_kernels
 from specbench.models.hf.loading import load_hf_model
@@ -31,7 +32,6 @@ def _spec(folder, **extra) -> HFModelSpec:
 
 
 _OWN_KERNEL_MISSING = bf16_kernels.unavailable_reason()
-_FUSED_MISSING = bf16_kernels.fused_unavailable_reason()
 #: The kernel's own default path here; its AVX2 path is tested apart where that is another.
 _DEFAULT_ISA = None if _OWN_KERNEL_MISSING else bf16_kernels.isa()
 
@@ -57,7 +57,7 @@ PREPACK = [
 @pytest.fixture
 def prepack(request: pytest.FixtureRequest) -> Iterator[dict[str, object]]:
     """The spec fields of one linear path, with the kernel on that path while the test runs
-    (a model loaded under a forced AVX2 path also keeps torch's layer operations)."""
+    (a model loaded under a forced AVX2 path runs the fused layers' AVX2 code too)."""
     fields = dict(request.param)
     isa = fields.pop("isa", None)
     if isa is None:
@@ -198,20 +198,28 @@ def _torch_attention(query, key, value, mask, scaling):  # type: ignore[no-untyp
     return grouped_attention(query, key, value, mask, scaling)[0]
 
 
-def _kernel_attention(query, key, value, mask, scaling):  # type: ignore[no-untyped-def]
-    from specbench.models.hf.fused_layers import fused_attention
+def _kernel_attention_on(isa: str):  # type: ignore[no-untyped-def]
+    def attend(query, key, value, mask, scaling):  # type: ignore[no-untyped-def]
+        from specbench.models.hf.fused_layers import fused_attention
 
-    return fused_attention(query, key, value, mask, scaling)
+        with bf16_kernels.use_isa(isa):
+            return fused_attention(query, key, value, mask, scaling)
+
+    return attend
 
 
 #: The attention implementations a batch-invariant model runs: torch's products (gathered
-#: for trees) and specbench's kernel (the default where it runs).
+#: for trees) and specbench's kernel (the default where it runs) on each of its paths.
 ATTENTION = [
     pytest.param(_torch_attention, id="torch"),
-    pytest.param(
-        _kernel_attention,
-        id="specbench-kernel",
-        marks=pytest.mark.skipif(_FUSED_MISSING is not None, reason=str(_FUSED_MISSING)),
+    *(
+        pytest.param(
+            _kernel_attention_on(isa),
+            id=f"specbench-kernel-{isa}",
+            marks=pytest.mark.skipif(bool(reason), reason=str(reason)),
+        )
+        for isa in PATHS
+        for reason in [path_missing(isa)]
     ),
 ]
 

@@ -7,10 +7,9 @@ cannot build the kernel; the loader tests run everywhere (they stand in for its 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
+from kernel_paths import ISAS
 
 from specbench.errors import ModelLoadError
 from specbench.models import bf16_kernels
@@ -18,26 +17,6 @@ from specbench.models.packed import PackedLinear, pack_linear_layers
 
 _MISSING = bf16_kernels.unavailable_reason()
 needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=f"no bf16 kernel: {_MISSING}")
-
-
-def _path_missing(isa: str) -> str | None:
-    if _MISSING is not None:
-        return f"no bf16 kernel: {_MISSING}"
-    return bf16_kernels.cpu_lacks(isa)
-
-
-#: The linear product's instruction paths; each test runs on every path this CPU has.
-ISAS = [
-    pytest.param(isa, id=isa, marks=pytest.mark.skipif(bool(reason), reason=str(reason)))
-    for isa in ("avx512_bf16", "avx2")
-    for reason in [_path_missing(isa)]
-]
-
-
-@pytest.fixture
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    with bf16_kernels.use_isa(request.param):
-        yield request.param
 
 
 #: [out, in]: a block and a half of outputs, k not a multiple of the 256-wide pass; a

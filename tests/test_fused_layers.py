@@ -3,21 +3,20 @@ each equals transformers' operators (bit for bit where no sum is involved, to bf
 where one is), a row's result does not depend on the rows beside it, and the loader applies
 them where specbench's linear kernel runs and nowhere else.
 
-The kernel tests skip, naming the reason, where the kernel cannot run (no AVX-512 BF16, no
-compiler)."""
+Each operation is tested on every instruction path the CPU has (AVX-512 BF16, AVX2); the
+tests skip, naming the reason, a path the CPU lacks or a machine that cannot build the kernel."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from kernel_paths import ISAS, MISSING
 
 from specbench.models import bf16_kernels
 
 pytest.importorskip("transformers")
 
-_MISSING = bf16_kernels.fused_unavailable_reason()
-needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=f"no fused kernels: {_MISSING}")
-_LINEAR_MISSING = bf16_kernels.unavailable_reason()
+needs_kernel = pytest.mark.skipif(MISSING is not None, reason=f"no bf16 kernel: {MISSING}")
 
 
 def _normal(*shape: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
@@ -30,8 +29,8 @@ def _ulps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.view(torch.int16).int() - b.view(torch.int16).int()).abs()
 
 
-@needs_kernel
-def test_rms_norm_is_transformers_norm_to_one_rounding_and_row_independent() -> None:
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_rms_norm_is_transformers_norm_to_one_rounding_and_row_independent(isa: str) -> None:
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
     ops = bf16_kernels.ops()
@@ -52,8 +51,8 @@ def test_rms_norm_is_transformers_norm_to_one_rounding_and_row_independent() -> 
     assert torch.equal(normed, ops.rms_norm(total, norm.weight, 1e-6))
 
 
-@needs_kernel
-def test_silu_mul_is_torchs_activation_to_one_rounding() -> None:
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_silu_mul_is_torchs_activation_to_one_rounding(isa: str) -> None:
     gate_up = _normal(3, 2 * 4864, seed=3, scale=4.0)
     gate, up = gate_up.chunk(2, dim=-1)
     expected = torch.nn.functional.silu(gate) * up
@@ -64,9 +63,9 @@ def test_silu_mul_is_torchs_activation_to_one_rounding() -> None:
     assert torch.equal(bf16_kernels.ops().silu_mul(gate_up[1:2]), got[1:2])
 
 
-@needs_kernel
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("dim", [128, 64, 16])
-def test_rotary_write_is_transformers_rotation_bit_for_bit(dim: int) -> None:
+def test_rotary_write_is_transformers_rotation_bit_for_bit(dim: int, isa: str) -> None:
     from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
     heads, kv_heads, m, start = 6, 2, 3, 5
@@ -95,9 +94,11 @@ def test_rotary_write_is_transformers_rotation_bit_for_bit(dim: int) -> None:
     )
 
 
-@needs_kernel
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("per_group", [1, 6])
-def test_attention_is_grouped_attention_to_rounding_and_row_independent(per_group: int) -> None:
+def test_attention_is_grouped_attention_to_rounding_and_row_independent(
+    per_group: int, isa: str
+) -> None:
     from specbench.models.hf.fused_layers import fused_attention
     from specbench.models.hf.numerics import grouped_attention
 
@@ -120,10 +121,10 @@ def test_attention_is_grouped_attention_to_rounding_and_row_independent(per_grou
         assert torch.equal(alone[:, 0], got[:, row]), f"row {row}"
 
 
-@needs_kernel
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_the_loader_fuses_where_specbench_kernel_runs_and_logits_stay_transformers(
-    tiny_hf: dict, arch: str
+    tiny_hf: dict, arch: str, isa: str
 ) -> None:
     """Fused layers where the linear layers run specbench's kernel; none on oneDNN, in
     float32 or unpacked. The fused model's logits equal the unfused one's to bf16 rounding."""
@@ -158,27 +159,6 @@ def test_the_loader_fuses_where_specbench_kernel_runs_and_logits_stay_transforme
         expected = plain.new_session().logits_from(tokens, 0)
     assert torch.allclose(got, expected, atol=0.1, rtol=0.05)
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
-
-
-@pytest.mark.skipif(_LINEAR_MISSING is not None, reason=f"no bf16 kernel: {_LINEAR_MISSING}")
-def test_on_the_avx2_path_the_loader_packs_on_specbench_kernel_and_fuses_nothing(
-    tiny_hf: dict,
-) -> None:
-    """The fused operations are AVX-512 BF16 code: a model loaded where the linear product
-    takes its AVX2 path (an AVX2-only CPU, or forced) runs specbench's linear kernel with
-    torch's layer operations around it."""
-    from specbench.models.hf.loading import load_hf_model
-    from specbench.models.specs import HFModelSpec
-
-    folder = str(tiny_hf["qwen2"]["target"])
-    spec = HFModelSpec(model=folder, dtype="bfloat16", device="cpu", batch_invariant=True)
-    with bf16_kernels.use_isa("avx2"):
-        assert bf16_kernels.fused_unavailable_reason() is not None
-        with pytest.raises(bf16_kernels.KernelUnavailable, match="AVX-512 BF16"):
-            bf16_kernels.ops()
-        model = load_hf_model(spec, folder, "t")
-        assert model.info["fused_layers"] == 0
-        assert model.model.lm_head.packed_weight.kernel == "specbench"
 
 
 @needs_kernel

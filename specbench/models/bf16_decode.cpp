@@ -12,6 +12,11 @@
 // on the rows beside it. Attention visits each query's visible keys in slot order and counts
 // them from zero, so a token-tree node (siblings masked between its ancestors) gets the
 // result of the same token decoded in turn.
+//
+// The vectorised row work (bf16_decode_rows.h) is compiled twice, for AVX-512 BF16 and for
+// AVX2 + FMA, and runs on the path the linear product takes (set_isa). The paths differ only
+// in their sums' grouping (16 or 8 lanes; pair products on AVX-512): the elementwise results
+// (exp included) are the same on both.
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -24,8 +29,6 @@
 #include <vector>
 
 namespace {
-
-#define SPECBENCH_AVX512_BF16 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl")))
 
 inline float bf16_to_float(uint16_t v) {
   uint32_t bits = static_cast<uint32_t>(v) << 16;
@@ -55,95 +58,183 @@ void check_bf16(const torch::Tensor& t, const char* name) {
               " must be a bf16 CPU tensor");
 }
 
-SPECBENCH_AVX512_BF16 inline __mmask16 lanes16(int64_t left) {
+// ---- AVX-512 BF16 ------------------------------------------------------------------
+namespace avx512 {
+
+#define SPECBENCH_TARGET __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl")))
+
+using Vec = __m512;
+constexpr int64_t kLanes = 16;
+
+SPECBENCH_TARGET inline __mmask16 lanes(int64_t left) {
   return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
 }
-
-SPECBENCH_AVX512_BF16 inline __m512 load_bf16(const uint16_t* p, __mmask16 mask) {
-  const __m512i raw = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+SPECBENCH_TARGET inline Vec widen(__m256i bf16) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16));
 }
-
-SPECBENCH_AVX512_BF16 inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
-
-// v rounded to bf16 (nearest even) and widened back.
-SPECBENCH_AVX512_BF16 inline __m512 round_bf16_ps(__m512 v) {
-  const __m512i raw = _mm512_cvtepu16_epi32(to_bf16(v));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+SPECBENCH_TARGET inline Vec load_bf16(const uint16_t* p, int64_t left) {
+  return widen(_mm256_maskz_loadu_epi16(lanes(left), p));
 }
-
-// exp(x) to about one float ulp: x = n ln2 + r, Cephes' polynomial for exp(r), times 2^n.
-SPECBENCH_AVX512_BF16 inline __m512 exp_ps(__m512 x) {
-  x = _mm512_min_ps(x, _mm512_set1_ps(88.3762626647949f));
-  x = _mm512_max_ps(x, _mm512_set1_ps(-103.972084045410f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(y, n);
+SPECBENCH_TARGET inline void store_bf16(uint16_t* p, Vec v, int64_t left) {
+  _mm256_mask_storeu_epi16(p, lanes(left), (__m256i)_mm512_cvtneps_pbh(v));
 }
-
-// Sum of squares of one row in a fixed order: 16 float lanes over the row, then a fixed tree.
-SPECBENCH_AVX512_BF16 float sum_of_squares(const uint16_t* x, int64_t n) {
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t i = 0; i < n; i += 16) {
-    const __m512 v = load_bf16(x + i, lanes16(n - i));
-    acc = _mm512_fmadd_ps(v, v, acc);
+SPECBENCH_TARGET inline Vec load_f32(const float* p, int64_t left) {
+  return _mm512_maskz_loadu_ps(lanes(left), p);
+}
+SPECBENCH_TARGET inline void store_f32(float* p, Vec v, int64_t left) {
+  _mm512_mask_storeu_ps(p, lanes(left), v);
+}
+SPECBENCH_TARGET inline Vec set1(float v) { return _mm512_set1_ps(v); }
+SPECBENCH_TARGET inline Vec zero() { return _mm512_setzero_ps(); }
+SPECBENCH_TARGET inline Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+SPECBENCH_TARGET inline Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+SPECBENCH_TARGET inline Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+SPECBENCH_TARGET inline Vec div(Vec a, Vec b) { return _mm512_div_ps(a, b); }
+SPECBENCH_TARGET inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+SPECBENCH_TARGET inline Vec fnmadd(Vec a, Vec b, Vec c) { return _mm512_fnmadd_ps(a, b, c); }
+SPECBENCH_TARGET inline Vec vmin(Vec a, Vec b) { return _mm512_min_ps(a, b); }
+SPECBENCH_TARGET inline Vec vmax(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+SPECBENCH_TARGET inline Vec round_nearest(Vec v) {
+  return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+SPECBENCH_TARGET inline Vec scale_pow2(Vec y, Vec n) { return _mm512_scalef_ps(y, n); }
+SPECBENCH_TARGET inline float reduce_add(Vec v) { return _mm512_reduce_add_ps(v); }
+SPECBENCH_TARGET inline Vec round_bf16_vec(Vec v) {
+  return widen((__m256i)_mm512_cvtneps_pbh(v));
+}
+// Pair dot products, 32 elements per instruction.
+SPECBENCH_TARGET inline float dot_bf16(const uint16_t* q, const uint16_t* k, int64_t dim) {
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t d = 0; d < dim; d += 32) {
+    const __mmask32 mask = dim - d >= 32 ? static_cast<__mmask32>(0xFFFFFFFFu)
+                                         : static_cast<__mmask32>((1u << (dim - d)) - 1);
+    const __m512i qv = _mm512_maskz_loadu_epi16(mask, q + d);
+    const __m512i kv = _mm512_maskz_loadu_epi16(mask, k + d);
+    sum = _mm512_dpbf16_ps(sum, (__m512bh)qv, (__m512bh)kv);
   }
-  return _mm512_reduce_add_ps(acc);
+  return _mm512_reduce_add_ps(sum);
 }
 
-// transformers' RMSNorm of one row: weight * bf16(x * rsqrt(mean(x^2) + eps)).
-SPECBENCH_AVX512_BF16 void norm_row(const uint16_t* x, const uint16_t* w, int64_t n, float eps,
-                                    uint16_t* out) {
-  const float mean = sum_of_squares(x, n) / static_cast<float>(n);
-  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(mean + eps));
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 mask = lanes16(n - i);
-    const __m512 normed = round_bf16_ps(_mm512_mul_ps(load_bf16(x + i, mask), scale));
-    _mm256_mask_storeu_epi16(out + i, mask,
-                             to_bf16(_mm512_mul_ps(load_bf16(w + i, mask), normed)));
+#include "bf16_decode_rows.h"
+#undef SPECBENCH_TARGET
+
+}  // namespace avx512
+
+// ---- AVX2 + FMA ----------------------------------------------------------------------
+namespace avx2 {
+
+#define SPECBENCH_TARGET __attribute__((target("avx2,fma")))
+
+using Vec = __m256;
+constexpr int64_t kLanes = 8;
+
+SPECBENCH_TARGET inline Vec widen(__m128i bf16) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bf16), 16));
+}
+// Eight bf16 (nearest even, a NaN quieted as float_to_bf16 does) of eight floats.
+SPECBENCH_TARGET inline __m128i narrow(Vec v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i bump = _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, bump), 16);
+  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  const __m256i out = _mm256_blendv_epi8(rounded, quiet, nan);
+  return _mm_packus_epi32(_mm256_castsi256_si128(out), _mm256_extracti128_si256(out, 1));
+}
+SPECBENCH_TARGET inline Vec load_bf16(const uint16_t* p, int64_t left) {
+  if (left >= 8) return widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  uint16_t part[8] = {};
+  std::memcpy(part, p, left * sizeof(uint16_t));
+  return widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(part)));
+}
+SPECBENCH_TARGET inline void store_bf16(uint16_t* p, Vec v, int64_t left) {
+  if (left >= 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow(v));
+    return;
   }
+  uint16_t part[8];
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(part), narrow(v));
+  std::memcpy(p, part, left * sizeof(uint16_t));
+}
+SPECBENCH_TARGET inline Vec load_f32(const float* p, int64_t left) {
+  if (left >= 8) return _mm256_loadu_ps(p);
+  float part[8] = {};
+  std::memcpy(part, p, left * sizeof(float));
+  return _mm256_loadu_ps(part);
+}
+SPECBENCH_TARGET inline void store_f32(float* p, Vec v, int64_t left) {
+  if (left >= 8) {
+    _mm256_storeu_ps(p, v);
+    return;
+  }
+  float part[8];
+  _mm256_storeu_ps(part, v);
+  std::memcpy(p, part, left * sizeof(float));
+}
+SPECBENCH_TARGET inline Vec set1(float v) { return _mm256_set1_ps(v); }
+SPECBENCH_TARGET inline Vec zero() { return _mm256_setzero_ps(); }
+SPECBENCH_TARGET inline Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+SPECBENCH_TARGET inline Vec sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+SPECBENCH_TARGET inline Vec mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+SPECBENCH_TARGET inline Vec div(Vec a, Vec b) { return _mm256_div_ps(a, b); }
+SPECBENCH_TARGET inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+SPECBENCH_TARGET inline Vec fnmadd(Vec a, Vec b, Vec c) { return _mm256_fnmadd_ps(a, b, c); }
+SPECBENCH_TARGET inline Vec vmin(Vec a, Vec b) { return _mm256_min_ps(a, b); }
+SPECBENCH_TARGET inline Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+SPECBENCH_TARGET inline Vec round_nearest(Vec v) {
+  return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+// y 2^n for integral n in [-150, 128] (exp_vec's range) with one rounding, as AVX-512's
+// scalef: two exact powers of two, each a normal float, the second product the only inexact
+// one (y is near 1, so y 2^(n/2) is normal and exact).
+SPECBENCH_TARGET inline Vec scale_pow2(Vec y, Vec n) {
+  const __m256i whole = _mm256_cvtps_epi32(n);
+  const __m256i first = _mm256_srai_epi32(whole, 1);
+  const __m256i second = _mm256_sub_epi32(whole, first);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const Vec a = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(first, bias), 23));
+  const Vec b = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(second, bias), 23));
+  return _mm256_mul_ps(_mm256_mul_ps(y, a), b);
+}
+SPECBENCH_TARGET inline float reduce_add(Vec v) {
+  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+  sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
+  return _mm_cvtss_f32(sum);
+}
+SPECBENCH_TARGET inline Vec round_bf16_vec(Vec v) { return widen(narrow(v)); }
+// Two accumulators over 8-element chunks (even and odd chunks), then their sum.
+SPECBENCH_TARGET inline float dot_bf16(const uint16_t* q, const uint16_t* k, int64_t dim) {
+  Vec even = zero(), odd = zero();
+  for (int64_t d = 0; d < dim; d += 16) {
+    even = fmadd(load_bf16(q + d, dim - d), load_bf16(k + d, dim - d), even);
+    if (d + 8 < dim)
+      odd = fmadd(load_bf16(q + d + 8, dim - d - 8), load_bf16(k + d + 8, dim - d - 8), odd);
+  }
+  return reduce_add(add(even, odd));
 }
 
-// x + y of bf16 rows, rounded as torch adds.
-SPECBENCH_AVX512_BF16 void add_row(const uint16_t* x, const uint16_t* y, int64_t n,
-                                   uint16_t* out) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 mask = lanes16(n - i);
-    _mm256_mask_storeu_epi16(out + i, mask,
-                             to_bf16(_mm512_add_ps(load_bf16(x + i, mask), load_bf16(y + i, mask))));
-  }
-}
+#include "bf16_decode_rows.h"
+#undef SPECBENCH_TARGET
 
-// bf16(bf16(silu(g)) * u) for n elements (torch's silu, then its product).
-SPECBENCH_AVX512_BF16 void silu_mul_span(const uint16_t* g, const uint16_t* u, int64_t n,
-                                         uint16_t* out) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 mask = lanes16(n - i);
-    const __m512 x = load_bf16(g + i, mask);
-    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x));
-    const __m512 act = round_bf16_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)));
-    _mm256_mask_storeu_epi16(out + i, mask, to_bf16(_mm512_mul_ps(act, load_bf16(u + i, mask))));
-  }
-}
+}  // namespace avx2
 
-// exp(x - best) of n scores in place (any order: each element alone).
-SPECBENCH_AVX512_BF16 void exp_shifted(float* x, int64_t n, float best) {
-  const __m512 shift = _mm512_set1_ps(best);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 mask = lanes16(n - i);
-    const __m512 v = _mm512_maskz_loadu_ps(mask, x + i);
-    _mm512_mask_storeu_ps(x + i, mask, exp_ps(_mm512_sub_ps(v, shift)));
-  }
+// The row functions of the path the linear product takes (set_isa): one path per process.
+struct RowFunctions {
+  void (*norm)(const uint16_t*, const uint16_t*, int64_t, float, uint16_t*);
+  void (*add)(const uint16_t*, const uint16_t*, int64_t, uint16_t*);
+  void (*silu_mul)(const uint16_t*, const uint16_t*, int64_t, uint16_t*);
+  void (*attend)(const uint16_t*, const uint16_t*, int64_t, const uint16_t*, int64_t,
+                 const int64_t*, int64_t, int64_t, float, float*, float*, uint16_t*);
+};
+
+const RowFunctions& row_functions() {
+  static const RowFunctions kAvx512{avx512::norm_row, avx512::add_row, avx512::silu_mul_span,
+                                    avx512::attend_row};
+  static const RowFunctions kAvx2{avx2::norm_row, avx2::add_row, avx2::silu_mul_span,
+                                  avx2::attend_row};
+  return isa_is_avx512_bf16() ? kAvx512 : kAvx2;
 }
 
 // transformers' q * cos + rotate_half(q) * sin for one head: each product and the sum
@@ -187,44 +278,6 @@ void rotate_heads(const uint16_t* qkv, const uint16_t* cos, const uint16_t* sin,
   });
 }
 
-// One query's attention over the visible slots of one key/value head (see the file comment).
-SPECBENCH_AVX512_BF16 void attend_row(const uint16_t* q, const uint16_t* keys, int64_t key_stride,
-                                      const uint16_t* values, int64_t value_stride,
-                                      const int64_t* slots, int64_t count, int64_t dim,
-                                      float scaling, float* scores, float* acc, uint16_t* out) {
-  float best = -INFINITY;
-  for (int64_t t = 0; t < count; ++t) {
-    const uint16_t* k = keys + slots[t] * key_stride;
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t d = 0; d < dim; d += 32) {
-      const __mmask32 mask = dim - d >= 32 ? static_cast<__mmask32>(0xFFFFFFFFu)
-                                           : static_cast<__mmask32>((1u << (dim - d)) - 1);
-      const __m512i qv = _mm512_maskz_loadu_epi16(mask, q + d);
-      const __m512i kv = _mm512_maskz_loadu_epi16(mask, k + d);
-      sum = _mm512_dpbf16_ps(sum, (__m512bh)qv, (__m512bh)kv);
-    }
-    // Rounded where eager attention rounds: the bf16 product, then its scaling.
-    const float score = round_bf16(round_bf16(_mm512_reduce_add_ps(sum)) * scaling);
-    scores[t] = score;
-    best = score > best ? score : best;
-  }
-  exp_shifted(scores, count, best);
-  float total = 0.0f;
-  for (int64_t t = 0; t < count; ++t) total += scores[t];  // in slot order
-  for (int64_t d = 0; d < dim; ++d) acc[d] = 0.0f;
-  for (int64_t t = 0; t < count; ++t) {
-    const __m512 p = _mm512_set1_ps(round_bf16(scores[t] / total));  // weights in bf16
-    const uint16_t* v = values + slots[t] * value_stride;
-    for (int64_t d = 0; d < dim; d += 16) {
-      const __mmask16 mask = lanes16(dim - d);
-      _mm512_mask_storeu_ps(acc + d, mask,
-                            _mm512_fmadd_ps(p, load_bf16(v + d, mask),
-                                            _mm512_maskz_loadu_ps(mask, acc + d)));
-    }
-  }
-  for (int64_t d = 0; d < dim; ++d) out[d] = float_to_bf16(acc[d]);
-}
-
 }  // namespace
 
 // transformers' RMSNorm: x [..., n] and weight [n], bf16.
@@ -240,7 +293,7 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   const uint16_t* wp = u16(w);
   uint16_t* op = u16_mut(out);
   for_rows(rows.size(0), [&](int64_t r) {
-    norm_row(xp + r * n, wp, n, static_cast<float>(eps), op + r * n);
+    row_functions().norm(xp + r * n, wp, n, static_cast<float>(eps), op + r * n);
   });
   return out.view(x.sizes());
 }
@@ -262,8 +315,8 @@ std::vector<torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Ten
   const uint16_t *ap = u16(a), *bp = u16(b), *wp = u16(w);
   uint16_t *sp = u16_mut(sum), *op = u16_mut(out);
   for_rows(a.size(0), [&](int64_t r) {
-    add_row(ap + r * n, bp + r * n, n, sp + r * n);
-    norm_row(sp + r * n, wp, n, static_cast<float>(eps), op + r * n);
+    row_functions().add(ap + r * n, bp + r * n, n, sp + r * n);
+    row_functions().norm(sp + r * n, wp, n, static_cast<float>(eps), op + r * n);
   });
   return {sum.view(x.sizes()), out.view(x.sizes())};
 }
@@ -286,8 +339,8 @@ torch::Tensor silu_mul(const torch::Tensor& gate_up) {
   at::parallel_for(0, rows.size(0) * spans, 1, [&](int64_t first, int64_t last) {
     for (int64_t task = first; task < last; ++task) {
       const int64_t r = task / spans, i0 = (task % spans) * kSpan;
-      silu_mul_span(gp + r * width + i0, gp + r * width + n + i0, std::min(kSpan, n - i0),
-                    op + r * n + i0);
+      row_functions().silu_mul(gp + r * width + i0, gp + r * width + n + i0,
+                               std::min(kSpan, n - i0), op + r * n + i0);
     }
   });
   return out.view(shape);
@@ -378,6 +431,7 @@ torch::Tensor attend(const torch::Tensor& query, const torch::Tensor& key,
   const uint16_t *qp = u16(q), *kp = u16(k), *vp = u16(v);
   uint16_t* op = u16_mut(out);
   const int64_t per_group = H / G;
+  const auto attend = row_functions().attend;
   // One task per (batch, query row): its visible slots once, then every head.
   at::parallel_for(0, B * M * H, 1, [&](int64_t first, int64_t last) {
     std::vector<int64_t> slots(L);
@@ -393,11 +447,11 @@ torch::Tensor attend(const torch::Tensor& query, const torch::Tensor& key,
           if (row == nullptr || row[j]) slots[count++] = j;
       }
       const int64_t g = h / per_group;
-      attend_row(qp + b * q.stride(0) + h * q.stride(1) + i * q.stride(2),
-                 kp + b * k.stride(0) + g * k.stride(1), k.stride(2),
-                 vp + b * v.stride(0) + g * v.stride(1), v.stride(2), slots.data(), count, D,
-                 static_cast<float>(scaling), scores.data(), acc.data(),
-                 op + ((b * M + i) * H + h) * D);
+      attend(qp + b * q.stride(0) + h * q.stride(1) + i * q.stride(2),
+             kp + b * k.stride(0) + g * k.stride(1), k.stride(2),
+             vp + b * v.stride(0) + g * v.stride(1), v.stride(2), slots.data(), count, D,
+             static_cast<float>(scaling), scores.data(), acc.data(),
+             op + ((b * M + i) * H + h) * D);
     }
   });
   return out;

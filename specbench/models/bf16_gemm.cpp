@@ -202,6 +202,7 @@ bool use_avx512_bf16 = false;
 }  // namespace
 
 void set_isa(bool avx512_bf16) { use_avx512_bf16 = avx512_bf16; }
+bool isa_is_avx512_bf16() { return use_avx512_bf16; }
 
 // The packed layout of ``weight`` [N, K] (K even; N padded to a multiple of 64 with zeros).
 torch::Tensor pack(const torch::Tensor& weight) {

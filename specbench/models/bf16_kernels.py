@@ -22,10 +22,9 @@ rotary embedding with the cache writes, grouped attention, the gated activation)
 The kernel is a small C++ extension compiled on first use with the machine's C++ compiler
 and ninja (about 25 s, once per torch build; cached in torch's extension folder,
 ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, shared by every process whatever
-its specbench cache). The linear product has two paths over one packed layout: AVX-512
-BF16, and AVX2 + FMA for CPUs without it (:func:`isa`; on an AVX2-only EPYC oneDNN's bf16
-product took 356 ms for a 1.5B step that transformers' own ``F.linear`` ran in 190 ms); the
-decoder-layer operations need AVX-512 BF16 (:func:`fused_unavailable_reason`). Where the
+its specbench cache). Every operation has two paths: AVX-512 BF16, and AVX2 + FMA for CPUs
+without it (:func:`isa`; on an AVX2-only EPYC oneDNN's bf16 product took 356 ms for a 1.5B
+step that transformers' own ``F.linear`` ran in 190 ms); a process runs one. Where the
 kernel cannot run at all (no AVX2, no compiler, a failed build) :func:`unavailable_reason`
 says why and the loader falls back to oneDNN, recording the reason in the model's
 description.
@@ -35,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -49,9 +49,11 @@ SOURCES = [
     Path(__file__).with_name(name)
     for name in ("bf16_gemm.cpp", "bf16_decode.cpp", "bf16_bindings.cpp")
 ]
+#: Headers the sources include: torch's extension cache hashes only ``SOURCES``, so their
+#: digest goes into the build flags (a changed header rebuilds the extension).
+HEADERS = [Path(__file__).with_name(name) for name in ("bf16_ops.h", "bf16_decode_rows.h")]
 
-#: The instruction sets of the linear product's two paths, and of the decoder-layer
-#: operations (AVX-512 BF16 only, for now).
+#: The instruction sets of the kernels' two paths.
 AVX512_BF16_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 AVX2_FLAGS = ("avx2", "fma")
 #: Set to ``avx2`` to take the AVX2 path on a CPU that has AVX-512 BF16 (to compare them).
@@ -86,24 +88,14 @@ def cpu_lacks(name: str) -> str | None:
 
 
 def isa() -> str:
-    """The linear product's instruction path in this process: ``avx512_bf16`` or ``avx2``."""
+    """The kernels' instruction path in this process: ``avx512_bf16`` or ``avx2``."""
     _extension()
     return _chosen_isa[0]
 
 
-def fused_unavailable_reason() -> str | None:
-    """Why the decoder-layer operations (``ops()``) cannot run here, or ``None``: they need
-    the kernel and its AVX-512 BF16 path."""
-    reason = unavailable_reason()
-    if reason is None and isa() != "avx512_bf16":
-        why = cpu_lacks("avx512_bf16") or f"{ISA_VARIABLE}=avx2"
-        reason = f"the fused decoder-layer operations need AVX-512 BF16 ({why})"
-    return reason
-
-
 @contextlib.contextmanager
 def use_isa(name: str) -> Iterator[None]:
-    """Run the linear product on path ``name`` inside the block (tests and benchmarks compare
+    """Run the kernels on path ``name`` inside the block (tests and benchmarks compare
     the paths on one CPU); raises :class:`KernelUnavailable` where the CPU lacks it."""
     extension = _extension()
     lacks = cpu_lacks(name)
@@ -147,15 +139,12 @@ def linear(
 
 def ops() -> Any:
     """The extension's decoder-layer functions (``rms_norm``, ``add_rms_norm``, ``silu_mul``,
-    ``rotary_write``, ``rotary_split``, ``attend``; ``bf16_decode.cpp`` documents each); raises
-    :class:`KernelUnavailable` where :func:`fused_unavailable_reason` would give a reason."""
-    reason = fused_unavailable_reason()
-    if reason is not None:
-        raise KernelUnavailable(reason)
+    ``rotary_write``, ``rotary_split``, ``attend``; ``bf16_decode.cpp`` documents each), on
+    the path :func:`isa` names; raises :class:`KernelUnavailable` where the kernel cannot run."""
     return _extension()
 
 
-#: The path the extension's linear product takes (one element, set when it loads).
+#: The path the extension's operations take (one element, set when it loads).
 _chosen_isa = ["avx2"]
 
 
@@ -188,7 +177,7 @@ def _build() -> Any:
                 sources=[str(source) for source in SOURCES],
                 # Generic code outside the kernel's functions: they carry their own target
                 # attributes, so the cached build runs on any CPU with AVX2_FLAGS.
-                extra_cflags=["-O3", "-fopenmp"],
+                extra_cflags=["-O3", "-fopenmp", f"-DSPECBENCH_HEADERS={_headers_digest()}"],
                 # libgomp by its soname: the process already has torch's, so both share one
                 # thread pool.
                 extra_ldflags=["-fopenmp"],
@@ -199,6 +188,13 @@ def _build() -> Any:
         raise KernelUnavailable(
             f"building the kernel failed: {lines[-1] if lines else type(error).__name__}"
         ) from error
+
+
+def _headers_digest() -> str:
+    digest = hashlib.sha256()
+    for header in HEADERS:
+        digest.update(header.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @contextlib.contextmanager

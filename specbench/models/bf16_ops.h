@@ -10,6 +10,7 @@
 torch::Tensor pack(const torch::Tensor& weight);
 // true: the AVX-512 BF16 path (the CPU must have it); false: AVX2 + FMA.
 void set_isa(bool avx512_bf16);
+bool isa_is_avx512_bf16();
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, int64_t out_features,
                      const c10::optional<torch::Tensor>& bias);
 
