@@ -92,7 +92,7 @@ def linear_kernel_field() -> Any:
         "auto",
         description=(
             "The kernel packed linear layers run (with prepack). specbench: specbench's own "
-            "bf16 kernel (CPUs with AVX-512 BF16; compiled on first use with the machine's C++ "
+            "bf16 kernel (CPUs with AVX-512 BF16 or AVX2; compiled on first use with the C++ "
             "compiler, about 25 s, then cached), the fastest here and batch-invariant by "
             "construction; onednn: oneDNN's packed kernels; auto: specbench's where it builds "
             "and runs, else onednn (the header says why)."
