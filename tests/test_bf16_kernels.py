@@ -7,6 +7,9 @@ cannot build the kernel; the loader tests run everywhere (they stand in for its 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from kernel_paths import ISAS
@@ -90,6 +93,26 @@ def test_empty_and_single_row_calls(isa: str) -> None:
 
 def _model(dtype: torch.dtype) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Linear(64, 8)).to(dtype)
+
+
+def test_every_included_header_is_in_the_build_flags_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's extension cache hashes the listed sources only: a header left out of
+    ``HEADERS`` could change without a rebuild, and the machine would keep running the old
+    code."""
+    included = {
+        name
+        for source in [*bf16_kernels.SOURCES, *bf16_kernels.HEADERS]
+        for name in re.findall(r'#include "([^"]+)"', source.read_text())
+    }
+    assert included == {header.name for header in bf16_kernels.HEADERS}
+    header = tmp_path / "rows.h"
+    header.write_text("int a;")
+    monkeypatch.setattr(bf16_kernels, "HEADERS", [header])
+    before = bf16_kernels._headers_digest()
+    header.write_text("int b;")
+    assert bf16_kernels._headers_digest() != before
 
 
 @needs_kernel
