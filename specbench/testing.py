@@ -8,6 +8,7 @@ runner builds it, and compare its greedy output with the baseline's token for to
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from specbench.decoding.sampling import SamplingParams
@@ -71,3 +72,11 @@ def process_alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def terminal_sigint() -> None:
+    """``preexec_fn`` for a child process a test interrupts with SIGINT: the default
+    disposition, as a terminal gives. A shell's background job (``nohup ... &``, many CI
+    runners) starts with SIGINT ignored and Python keeps it ignored, so without this the
+    child never sees the Ctrl-C and runs to its end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from specbench.cli.main import app
 from specbench.records import SampleRecord, SummaryRecord, read_records
+from specbench.testing import terminal_sigint
 
 runner = CliRunner()
 
@@ -167,9 +168,7 @@ def test_ctrl_c_keeps_records_and_the_printed_resume_command_works(tmp_path: Pat
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        # A shell's background job starts with SIGINT ignored, and Python keeps it so: give
-        # the child the default disposition, as a terminal would.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=terminal_sigint,
     )
     deadline = time.monotonic() + 60
     while _sample_lines(out) < 3 and time.monotonic() < deadline:

@@ -29,7 +29,7 @@ from specbench.presets.schema import load_preset
 from specbench.records import SampleRecord, read_records
 from specbench.report.results import load_results
 from specbench.report.tables import file_tables
-from specbench.testing import make_method, process_alive, request, toy_models
+from specbench.testing import make_method, process_alive, request, terminal_sigint, toy_models
 
 ALPHA = 0.01
 REPO = Path(__file__).resolve().parents[1]
@@ -434,8 +434,7 @@ def _start_run(tmp_path: Path, prompts: int) -> tuple[subprocess.Popen[str], Pat
         text=True,
         env={**os.environ, name: value},
         start_new_session=True,  # a terminal's Ctrl-C reaches the whole process group
-        # A shell's background job starts with SIGINT ignored: restore what a terminal gives.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=terminal_sigint,
     )
     return run, out, tag
 

@@ -33,7 +33,7 @@ from specbench.records import SampleRecord, SummaryRecord, read_records
 from specbench.report.results import load_results
 from specbench.report.tables import serving_data
 from specbench.run.runner import RunAborted, run_preset
-from specbench.testing import process_alive
+from specbench.testing import process_alive, terminal_sigint
 
 HERE = Path(__file__).parent
 
@@ -660,7 +660,9 @@ def test_ctrl_c_mid_level_keeps_the_finished_requests_and_resume_sends_the_rest(
     path = _preset(tmp_path, _server("s", url), prompts=8, levels="[2]", warmup=0)
     entry = "import sys; from specbench.cli.entry import main; sys.exit(main())"
     command = [sys.executable, "-c", entry, "run", "-p", str(path), "-o", str(out), "-q"]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=terminal_sigint
+    )
     deadline = time.monotonic() + 60
     while _get(f"{url}/debug/state")["done"] < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
