@@ -9,6 +9,8 @@ import pytest
 from specbench.models import bf16_kernels
 
 MISSING = bf16_kernels.unavailable_reason()
+#: For a test that needs the kernel on whichever path this CPU takes.
+needs_kernel = pytest.mark.skipif(MISSING is not None, reason=f"no bf16 kernel: {MISSING}")
 
 
 def path_missing(isa: str) -> str | None:

@@ -12,15 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_paths import ISAS
+from kernel_paths import ISAS, needs_kernel
 
 from specbench.errors import ModelLoadError
 from specbench.models import bf16_kernels
 from specbench.models.packed import PackedLinear, pack_linear_layers
-
-_MISSING = bf16_kernels.unavailable_reason()
-needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=f"no bf16 kernel: {_MISSING}")
-
 
 #: [out, in]: a block and a half of outputs, k not a multiple of the 256-wide pass; a
 #: Qwen2.5-0.5B key projection; a down projection's long k.

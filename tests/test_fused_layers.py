@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_paths import ISAS, MISSING
+from kernel_paths import ISAS, needs_kernel
 
 from specbench.models import bf16_kernels
 
 pytest.importorskip("transformers")
-
-needs_kernel = pytest.mark.skipif(MISSING is not None, reason=f"no bf16 kernel: {MISSING}")
 
 
 def _normal(*shape: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
