@@ -51,7 +51,7 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it(
     shape: tuple[int, int], isa: str
 ) -> None:
     """Bit for bit, every row of calls of 1 to 14 rows (past two of the kernel's 6-row tiles,
-    every remainder; the AVX2 path's 2-row tiles) at every offset, against the same row
+    every remainder; the AVX2 path's 4-row tiles) at every offset, against the same row
     computed alone.
 
     The first and last input of every row meet weights of +-2^14 that cancel: every sum then
@@ -85,6 +85,28 @@ def test_empty_and_single_row_calls(isa: str) -> None:
     assert bf16_kernels.linear(torch.ones(32, dtype=torch.bfloat16), packed, 64, None).shape == (
         64,
     )
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_an_input_of_another_size_is_refused(isa: str) -> None:
+    """(The AVX2 layout keeps k rounded up to 16, and tells an input's size to that.)"""
+    weight, _ = _weights(64, 300)
+    packed = bf16_kernels.pack(weight)
+    for size in (288, 306):
+        with pytest.raises(RuntimeError, match=f"x has {size} features"):
+            bf16_kernels.linear(torch.ones(1, size, dtype=torch.bfloat16), packed, 64, None)
+
+
+@needs_kernel
+def test_a_weight_in_the_other_paths_layout_is_refused_not_run() -> None:
+    """The paths pack differently; the AVX-512 code would fault on an AVX2 CPU, so a layout
+    runs on its own path only. The other layout is forged by its shape: one CPU here may
+    have a single path."""
+    own = bf16_kernels.pack(_weights(192, 32)[0])
+    other = (3, 16, 64, 2) if own.dim() == 5 else (3, 32, 2, 2, 16)
+    forged = torch.zeros(other, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"packed for the .* path but the kernels run on"):
+        bf16_kernels.linear(torch.ones(1, 32, dtype=torch.bfloat16), forged, 192, None)
 
 
 def _model(dtype: torch.dtype) -> torch.nn.Module:

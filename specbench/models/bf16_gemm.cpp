@@ -1,17 +1,16 @@
 // specbench's bf16 matrix product for CPU linear layers (see bf16_kernels.py).
 //
 // y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]), bf16 in and out, fp32 accumulation.
-// The weight is packed once as [N/64][K/2][64][2]: a block of 64 outputs streams as one
-// contiguous run. Two instruction paths read the same layout:
-// - AVX-512 BF16: one broadcast of x[k:k+2] times one zmm register of the block gives 16
-//   outputs' pair sums (the dot-product instruction);
-// - AVX2 + FMA (CPUs without AVX-512 BF16): a ymm register of the block holds 8 outputs'
-//   pairs; shifting and masking widen each half to fp32, and two FMAs add x[k] w[k] and then
-//   x[k + 1] w[k + 1].
-// On either path every output element is accumulated in the same order (k ascending, in one
-// fp32 lane) whatever the number of rows, the row tile or the thread that computes it, so a
-// row's result never depends on the other rows of the call: batch invariance by
-// construction. The two paths round differently from each other; a process uses one.
+// The weight is packed once, in the layout of the process's instruction path (`set_isa`):
+// - AVX-512 BF16: [N/64][K/2][64][2], a block of 64 outputs as one contiguous run; one
+//   broadcast of x[k:k+2] times one zmm register of the block gives 16 outputs' pair sums
+//   (the dot-product instruction), each output summed in one fp32 lane, k ascending;
+// - AVX2 + FMA (CPUs without AVX-512 BF16): groups of 3 outputs, k in chunks of 16 (see
+//   "AVX2 + FMA" below); each output summed in 8 fp32 lanes, then the lanes in a fixed tree.
+// On either path an output element is accumulated in the same order whatever the number of
+// rows, the row tile or the thread that computes it, so a row's result never depends on the
+// other rows of the call: batch invariance by construction. The two paths round differently
+// from each other; a process uses one.
 #include "bf16_ops.h"
 
 #include <ATen/Parallel.h>
@@ -95,58 +94,98 @@ constexpr Pass kPasses[kMaxRows + 1] = {
 // ---- AVX2 + FMA ----------------------------------------------------------------------
 #define SPECBENCH_AVX2 __attribute__((target("avx2,fma")))
 
-// k per pass when a call has several rows: a block's slice (16 KiB) stays in L1 while the
-// row tiles and both halves of the block read it.
-constexpr int64_t kKStepAvx2 = 128;
-constexpr int64_t kMaxRowsAvx2 = 2;  // 2 rows x 4 ymm outputs: 8 accumulators of 16 registers
+// The AVX2 layout: groups of 2 outputs, each [Kp/16][2][16] (Kp: K rounded up to 16, the
+// pad zero), 32 groups to a block of 64 outputs (as on the AVX-512 path: the unit threads
+// share out, and fused projections slice whole blocks). A ymm register of a group holds 8
+// pairs (k, k + 1) of one output; shifting and masking widen them to the 8 even and the 8
+// odd k of a chunk of 16. Each output is summed in 8 fp32 lanes (lane i: k = 16c + 2i,
+// then 16c + 2i + 1, chunk c ascending), then the lanes in one fixed tree.
+//
+// Why not the AVX-512 layout (64 outputs' pairs side by side, x broadcast): without a bf16
+// dot-product instruction each weight costs two FMAs per row, so a call of several rows is
+// bound by FMAs, and broadcast tiles keep too few independent sums for the FMA latency (a
+// 4-row call cost 1.5 one-row calls). Here x is the vector operand, read from L1, and one
+// pass over a group serves up to 4 rows: 2-4 rows cost about one row's weight stream
+// (measured on a Zen 3 EPYC).
+constexpr int64_t kGroup = 2;                     // outputs per group
+constexpr int64_t kGroups = kBlock / kGroup;      // groups per block
+constexpr int64_t kChunk = 16;                    // k per chunk (8 pairs)
+constexpr int64_t kMaxRowsAvx2 = 4;               // rows per pass over a group
 
-// Outputs [8 v0, 8 (v0 + Vecs)) of a block for `Rows` rows over k in [k0, k1).
-template <int Rows, int Vecs>
-SPECBENCH_AVX2 __attribute__((always_inline)) inline void pass_avx2(
-    const uint16_t* x, int64_t ldx, const uint16_t* block, int64_t k0, int64_t k1, int64_t v0,
-    float* acc_io, bool first) {
-  __m256 acc[Rows][Vecs];
+SPECBENCH_AVX2 inline float sum_lanes(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Outputs of `Groups` consecutive groups for `Rows` rows of widened x (see widen_avx2), into
+// out[r * kBlock + output]. XInRegisters: x's chunk is loaded once per chunk (few rows);
+// otherwise read by every FMA from L1, which leaves registers for 12 sums.
+template <int Rows, int Groups, bool XInRegisters>
+SPECBENCH_AVX2 void groups_avx2(const float* xw, int64_t Kp, const uint16_t* group, float* out) {
+  constexpr int Outputs = Groups * kGroup;
+  __m256 acc[Rows][Outputs];
   for (int r = 0; r < Rows; ++r)
-    for (int j = 0; j < Vecs; ++j)
-      acc[r][j] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc_io + r * kBlock + (v0 + j) * 8);
+    for (int o = 0; o < Outputs; ++o) acc[r][o] = _mm256_setzero_ps();
   const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
-  for (int64_t k = k0; k < k1; k += 2) {
-    const uint16_t* w = block + k * kBlock + v0 * 16;
-    if (Vecs == 8) {  // one row streaming whole blocks: fetch ahead as the AVX-512 path does
-      _mm_prefetch(reinterpret_cast<const char*>(w) + 4096, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w) + 4096 + 64, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w) + 4096 + 128, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w) + 4096 + 192, _MM_HINT_T0);
-    }
-    __m256 even[Rows], odd[Rows];
-    for (int r = 0; r < Rows; ++r) {
-      uint32_t pair;
-      __builtin_memcpy(&pair, x + r * ldx + k, sizeof(pair));
-      const uint32_t lo = pair << 16, hi = pair & 0xFFFF0000u;
-      float fl, fh;
-      __builtin_memcpy(&fl, &lo, sizeof(fl));
-      __builtin_memcpy(&fh, &hi, sizeof(fh));
-      even[r] = _mm256_set1_ps(fl);
-      odd[r] = _mm256_set1_ps(fh);
-    }
-    for (int j = 0; j < Vecs; ++j) {
-      const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * 16));
-      const __m256 w_even = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
-      const __m256 w_odd = _mm256_castsi256_ps(_mm256_and_si256(pairs, high));
+  const int64_t group_stride = Kp * kGroup;
+  for (int64_t c = 0; c < Kp / kChunk; ++c) {
+    const float* xc = xw + c * kChunk;
+    __m256 even[XInRegisters ? Rows : 1], odd[XInRegisters ? Rows : 1];
+    if (XInRegisters)
       for (int r = 0; r < Rows; ++r) {
-        acc[r][j] = _mm256_fmadd_ps(even[r], w_even, acc[r][j]);
-        acc[r][j] = _mm256_fmadd_ps(odd[r], w_odd, acc[r][j]);
+        even[r] = _mm256_loadu_ps(xc + r * Kp);
+        odd[r] = _mm256_loadu_ps(xc + r * Kp + 8);
+      }
+    for (int g = 0; g < Groups; ++g) {
+      const uint16_t* w = group + g * group_stride + c * kGroup * kChunk;
+      // A chunk of a group is one cache line: 24 chunks ahead in its linear stream.
+      _mm_prefetch(reinterpret_cast<const char*>(w) + 1536, _MM_HINT_T0);
+      for (int o = 0; o < kGroup; ++o) {
+        const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + o * 16));
+        const __m256 w_even = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
+        const __m256 w_odd = _mm256_castsi256_ps(_mm256_and_si256(pairs, high));
+        for (int r = 0; r < Rows; ++r) {
+          __m256& sum = acc[r][g * kGroup + o];
+          sum = _mm256_fmadd_ps(w_even, XInRegisters ? even[r] : _mm256_loadu_ps(xc + r * Kp), sum);
+          sum = _mm256_fmadd_ps(w_odd, XInRegisters ? odd[r] : _mm256_loadu_ps(xc + r * Kp + 8),
+                                sum);
+        }
       }
     }
   }
   for (int r = 0; r < Rows; ++r)
-    for (int j = 0; j < Vecs; ++j) _mm256_storeu_ps(acc_io + r * kBlock + (v0 + j) * 8, acc[r][j]);
+    for (int o = 0; o < Outputs; ++o) out[r * kBlock + o] = sum_lanes(acc[r][o]);
 }
 
-template <int Rows, int Vecs>
-SPECBENCH_AVX2 void run_pass_avx2(const uint16_t* x, int64_t ldx, const uint16_t* block,
-                                  int64_t k0, int64_t k1, int64_t v0, float* acc, bool first) {
-  pass_avx2<Rows, Vecs>(x, ldx, block, k0, k1, v0, acc, first);
+// One block's 64 outputs for all M rows, into acc (M x 64 floats): tiles of up to 4 rows,
+// each one pass over its groups (a group's slice stays in L1 or L2 for the next tile).
+// Every tile keeps at least 8 independent sums, the FMA latency times its throughput.
+SPECBENCH_AVX2 void block_avx2(const float* xw, int64_t M, int64_t Kp, const uint16_t* block,
+                               float* acc) {
+  const int64_t group_stride = Kp * kGroup;
+  for (int64_t m0 = 0; m0 < M; m0 += kMaxRowsAvx2) {
+    const float* x = xw + m0 * Kp;
+    float* out = acc + m0 * kBlock;
+    switch (std::min(kMaxRowsAvx2, M - m0)) {
+      case 1:
+        for (int64_t g = 0; g < kGroups; g += 4)
+          groups_avx2<1, 4, true>(x, Kp, block + g * group_stride, out + g * kGroup);
+        break;
+      case 2:
+        for (int64_t g = 0; g < kGroups; g += 2)
+          groups_avx2<2, 2, true>(x, Kp, block + g * group_stride, out + g * kGroup);
+        break;
+      case 3:
+        for (int64_t g = 0; g < kGroups; g += 2)
+          groups_avx2<3, 2, false>(x, Kp, block + g * group_stride, out + g * kGroup);
+        break;
+      default:
+        for (int64_t g = 0; g < kGroups; ++g)
+          groups_avx2<4, 1, false>(x, Kp, block + g * group_stride, out + g * kGroup);
+    }
+  }
 }
 
 // fp32 to bf16, rounding to nearest even as torch does (NaN stays a quiet NaN).
@@ -176,24 +215,23 @@ void store_scalar(const float* acc, int64_t rows, const uint16_t* bias, int64_t 
     }
 }
 
-// One block's outputs for all M rows on the AVX2 path, into acc (M x 64 floats).
-SPECBENCH_AVX2 void block_avx2(const uint16_t* x, int64_t M, int64_t K, const uint16_t* block,
-                               float* acc) {
-  if (M == 1) {  // decoding: the whole block in one linear stream
-    run_pass_avx2<1, 8>(x, K, block, 0, K, 0, acc, true);
-    return;
-  }
-  for (int64_t k0 = 0; k0 < K; k0 += kKStepAvx2) {
-    const int64_t k1 = std::min(K, k0 + kKStepAvx2);
-    for (int64_t m0 = 0; m0 < M; m0 += kMaxRowsAvx2)
-      for (int64_t v0 = 0; v0 < 8; v0 += 4) {
-        float* out = acc + m0 * kBlock;
-        if (M - m0 >= 2)
-          run_pass_avx2<2, 4>(x + m0 * K, K, block, k0, k1, v0, out, k0 == 0);
-        else
-          run_pass_avx2<1, 4>(x + m0 * K, K, block, k0, k1, v0, out, k0 == 0);
-      }
-  }
+// x's rows in fp32, each chunk of 16 as its 8 even k then its 8 odd k (the order of the
+// AVX2 layout's widened weights), Kp per row, the pad zero. The buffer is the calling
+// thread's, kept between calls (a fresh one of a long k, 4 x 8960 floats, comes from mmap
+// with page faults on every call), and aligned to a cache line: the kernel's 32-byte loads
+// of x then never straddle two lines (that doubled the cost of a 4-row product).
+const float* widen_avx2(const uint16_t* x, int64_t M, int64_t K, int64_t Kp) {
+  constexpr int64_t kLineFloats = 64 / sizeof(float);
+  thread_local std::vector<float> buffer;
+  buffer.assign(M * Kp + kLineFloats, 0.0f);
+  const auto address = reinterpret_cast<uintptr_t>(buffer.data());
+  float* widened = buffer.data() + (64 - address % 64) % 64 / sizeof(float);
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t i = k % kChunk;
+      widened[r * Kp + k - i + (i % 2) * 8 + i / 2] = from_bf16(x[r * K + k]);
+    }
+  return widened;
 }
 
 // Which path `linear` takes: AVX-512 BF16 where the CPU has it, unless set_isa chose AVX2.
@@ -204,11 +242,23 @@ bool use_avx512_bf16 = false;
 void set_isa(bool avx512_bf16) { use_avx512_bf16 = avx512_bf16; }
 bool isa_is_avx512_bf16() { return use_avx512_bf16; }
 
-// The packed layout of ``weight`` [N, K] (K even; N padded to a multiple of 64 with zeros).
+// ``weight`` [N, K] (K even) in the layout of the path `set_isa` chose, N padded to 64:
+// AVX-512 BF16 [N/64][K/2][64][2], AVX2 [N/64][32][Kp/16][2][16] (K padded to 16), the pad
+// zero. `linear` tells them apart by their number of dimensions.
 torch::Tensor pack(const torch::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kBFloat16, "a 2-d bf16 weight");
   const int64_t N = weight.size(0), K = weight.size(1);
   TORCH_CHECK(K % 2 == 0, "the input size must be even");
+  if (!use_avx512_bf16) {
+    const int64_t padded = (N + kBlock - 1) / kBlock * kBlock;
+    const int64_t Kp = (K + kChunk - 1) / kChunk * kChunk;
+    auto full = torch::zeros({padded, Kp}, weight.options());
+    full.narrow(0, 0, N).narrow(1, 0, K).copy_(weight);
+    return full.view({padded / kGroup, kGroup, Kp / kChunk, kChunk})
+        .permute({0, 2, 1, 3})
+        .contiguous()
+        .view({padded / kBlock, kGroups, Kp / kChunk, kGroup, kChunk});
+  }
   const int64_t padded = (N + kBlock - 1) / kBlock * kBlock;
   auto full = torch::zeros({padded, K}, weight.options());
   full.narrow(0, 0, N).copy_(weight);
@@ -220,8 +270,17 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, int64_
                      const c10::optional<torch::Tensor>& bias) {
   TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && packed.scalar_type() == torch::kBFloat16,
               "bf16 inputs");
-  const int64_t K = packed.size(1) * 2;
-  TORCH_CHECK(x.size(-1) == K, "x has ", x.size(-1), " features, the weight ", K);
+  const bool avx2_layout = packed.dim() == 5;
+  TORCH_CHECK(avx2_layout || packed.dim() == 4, "a weight packed by pack()");
+  // Each layout runs on its path only (the AVX-512 code would fault on an AVX2 CPU).
+  TORCH_CHECK(avx2_layout != use_avx512_bf16, "the weight was packed for the ",
+              avx2_layout ? "AVX2" : "AVX-512 BF16", " path but the kernels run on the ",
+              use_avx512_bf16 ? "AVX-512 BF16" : "AVX2", " path: pack it under the same path");
+  // The AVX2 layout keeps K rounded up to 16: x's K is the one that rounds to it.
+  const int64_t Kp = avx2_layout ? packed.size(2) * kChunk : packed.size(1) * 2;
+  const int64_t K = x.size(-1);
+  const bool fits = avx2_layout ? K % 2 == 0 && (K + kChunk - 1) / kChunk * kChunk == Kp : K == Kp;
+  TORCH_CHECK(fits, "x has ", K, " features, the weight ", Kp);
   const auto rows = x.reshape({-1, K}).contiguous();
   const int64_t M = rows.size(0), N = out_features;
   auto y = torch::empty({M, N}, x.options());
@@ -234,20 +293,26 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, int64_
   const auto* xp = reinterpret_cast<const uint16_t*>(rows.data_ptr());
   const auto* wp = reinterpret_cast<const uint16_t*>(packed.data_ptr());
   auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
-  // Passes change where a sum is kept between k ranges (registers or this buffer, both exact
-  // float32), never its order: a row's result is the same for any number of rows.
-  const int64_t step = M > kMaxRows ? kKStep : K;
-  const bool avx512 = use_avx512_bf16;
-  if (M > 0) {
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  if (M == 0) return y.view(shape);
+  if (avx2_layout) {
+    const float* xw = widen_avx2(xp, M, K, Kp);
+    at::parallel_for(0, packed.size(0), 1, [&](int64_t first, int64_t last) {
+      std::vector<float> acc(M * kBlock);
+      for (int64_t blk = first; blk < last; ++blk) {
+        block_avx2(xw, M, Kp, wp + blk * kBlock * Kp, acc.data());
+        store_scalar(acc.data(), M, b, blk * kBlock, N, yp);
+      }
+    });
+  } else {
+    // Passes change where a sum is kept between k ranges (registers or this buffer, both
+    // exact float32), never its order: a row's result is the same for any number of rows.
+    const int64_t step = M > kMaxRows ? kKStep : K;
     at::parallel_for(0, packed.size(0), 1, [&](int64_t first, int64_t last) {
       std::vector<float> acc(M * kBlock);
       for (int64_t blk = first; blk < last; ++blk) {
         const uint16_t* block = wp + blk * kBlock * K;
-        if (!avx512) {
-          block_avx2(xp, M, K, block, acc.data());
-          store_scalar(acc.data(), M, b, blk * kBlock, N, yp);
-          continue;
-        }
         for (int64_t k0 = 0; k0 < K; k0 += step) {
           const int64_t k1 = std::min(K, k0 + step);
           for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
@@ -259,7 +324,5 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, int64_
       }
     });
   }
-  auto shape = x.sizes().vec();
-  shape.back() = N;
   return y.view(shape);
 }
