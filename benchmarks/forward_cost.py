@@ -17,7 +17,9 @@ of a shared machine, where a bandwidth measured once at the start does not.
 
 ``--prepack specbench-torch-glue`` loads the model on specbench's linear kernel but keeps
 torch's layer operations around it (the fused decoder-layer operations left out): interleaved
-with ``specbench``, it prices the fused operations on this CPU.
+with ``specbench``, it prices the fused operations on this CPU. ``--prepack
+specbench-few-rows`` packs in the kernel's layout for calls of one or two rows (the spec's
+``linear_layout = "few-rows"``, a draft's default; ``specbench`` is a target's).
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def main() -> None:
         "--prepack",
         default="on",
         help="on (packed linear layers, the default kernel), specbench, onednn (that kernel), "
-        "specbench-torch-glue (specbench's linear kernel, torch's layer operations), off "
+        "specbench-torch-glue (specbench's linear kernel, torch's layer operations), "
+        "specbench-few-rows (its layout for one- or two-row calls), off "
         "(transformers' layers), or several comma-separated (timed interleaved).",
     )
     parser.add_argument(
@@ -122,8 +125,13 @@ def main() -> None:
         sessions = {}
         for prepack in args.prepack.split(","):
             glue = prepack == "specbench-torch-glue"
+            few_rows = prepack == "specbench-few-rows"
             kernel = (
-                "specbench" if glue else prepack if prepack in ("specbench", "onednn") else "auto"
+                "specbench"
+                if glue or few_rows
+                else prepack
+                if prepack in ("specbench", "onednn")
+                else "auto"
             )
             spec = HFModelSpec(
                 model=name,
@@ -133,7 +141,7 @@ def main() -> None:
                 linear_kernel=kernel,
             )
             with _torch_glue() if glue else contextlib.nullcontext():
-                model = load_hf_model(spec, resolve_model_source(name), name)
+                model = load_hf_model(spec, resolve_model_source(name), name, few_rows)
             for engine in engines:
                 sessions[(prepack, engine)] = (
                     model.new_session()

@@ -30,11 +30,18 @@ def _weights(out: int, inp: int) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, bias
 
 
+#: specbench's layouts: for calls of several rows (the default), for one or two (a draft's).
+LAYOUTS = pytest.mark.parametrize("few_rows", [False, True], ids=["several-rows", "few-rows"])
+
+
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_product_matches_a_float32_reference(shape: tuple[int, int], isa: str) -> None:
+@LAYOUTS
+def test_product_matches_a_float32_reference(
+    shape: tuple[int, int], isa: str, few_rows: bool
+) -> None:
     weight, bias = _weights(*shape)
-    packed = bf16_kernels.pack(weight)
+    packed = bf16_kernels.pack(weight, few_rows)
     x = torch.randn(2, 5, shape[1]).to(torch.bfloat16)
     got = bf16_kernels.linear(x, packed, shape[0], bias)
     reference = x.float() @ weight.float().T + bias.float()
@@ -47,8 +54,9 @@ def test_product_matches_a_float32_reference(shape: tuple[int, int], isa: str) -
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@LAYOUTS
 def test_a_rows_result_does_not_depend_on_the_rows_beside_it(
-    shape: tuple[int, int], isa: str
+    shape: tuple[int, int], isa: str, few_rows: bool
 ) -> None:
     """Bit for bit, every row of calls of 1 to 14 rows (past two of the kernel's 6-row tiles,
     every remainder; the AVX2 path's 4-row tiles) at every offset, against the same row
@@ -60,7 +68,7 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it(
     them a reordered float32 sum almost never changes a bfloat16 result)."""
     weight, bias = _weights(*shape)
     weight[:, 0], weight[:, -1] = 2.0**14, -(2.0**14)
-    packed = bf16_kernels.pack(weight)
+    packed = bf16_kernels.pack(weight, few_rows)
     x = torch.randn(14, shape[1]).to(torch.bfloat16)
     x[:, 0] = x[:, -1] = 1.0
     alone = torch.cat(
@@ -70,6 +78,27 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it(
         for rows in range(1, 15 - start):
             together = bf16_kernels.linear(x[start : start + rows], packed, shape[0], bias)
             assert torch.equal(together, alone[start : start + rows]), (start, rows)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_both_layouts_give_the_same_result_bit_for_bit(shape: tuple[int, int], isa: str) -> None:
+    """A draft packed for few rows and a target packed for several must agree with each
+    other (a self-speculation pair, exactness), whatever the rows per call: the layouts
+    change only the order the weights are read in, not the order of any sum. (Cancelling
+    weights as above, so a reordered sum would show.)"""
+    weight, bias = _weights(*shape)
+    weight[:, 0], weight[:, -1] = 2.0**14, -(2.0**14)
+    several, few = bf16_kernels.pack(weight), bf16_kernels.pack(weight, few_rows=True)
+    assert not bf16_kernels.packed_for_few_rows(several)
+    assert bf16_kernels.packed_for_few_rows(few) == (isa == "avx2")
+    x = torch.randn(14, shape[1]).to(torch.bfloat16)
+    x[:, 0] = x[:, -1] = 1.0
+    for rows in range(1, 15):
+        assert torch.equal(
+            bf16_kernels.linear(x[:rows], several, shape[0], bias),
+            bf16_kernels.linear(x[:rows], few, shape[0], bias),
+        ), rows
 
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)

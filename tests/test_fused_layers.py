@@ -182,3 +182,42 @@ def test_transformers_as_shipped_runs_its_own_norms_and_mlps(tiny_hf: dict) -> N
         names = {type(m).__name__ for m in model.model.modules()}
         assert {"Qwen2RMSNorm", "Qwen2MLP", "Qwen2Attention", "Linear"} <= names
     assert fused_modules() == before
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_a_draft_is_packed_for_few_rows_and_computes_what_a_target_does(
+    tiny_hf: dict, isa: str
+) -> None:
+    """The backend loads a draft (one- or two-row steps) in the kernel's layout for few rows
+    and a target in the one for several, fused projections included, and says which in the
+    model's info; the two compute the same logits bit for bit at every rows per call (a
+    self-speculation pair stays exact)."""
+    from specbench.models import bf16_kernels
+    from specbench.models.builtin_backends import HFBackend
+    from specbench.models.specs import HFModelSpec
+
+    folder = str(tiny_hf["qwen2"]["target"])
+    spec = HFModelSpec(model=folder, dtype="bfloat16", device="cpu", batch_invariant=True)
+    draft, target = HFBackend().load(spec, "draft"), HFBackend().load(spec, "target")
+    few = isa == "avx2"
+    assert draft.info["linear_kernel_layout"] == ("few rows" if few else "any rows")
+    assert target.info["linear_kernel_layout"] == ("several rows" if few else "any rows")
+    for layer in draft.model.model.layers:  # type: ignore[attr-defined]
+        for packed in (layer.self_attn.qkv, layer.mlp.gate_up, layer.mlp.down_proj.packed_weight):
+            assert bf16_kernels.packed_for_few_rows(packed.data) == few
+    tokens = tiny_hf["tokenizer"].encode("the quick brown fox jumps over the lazy dog again")
+    ends = [4, 5, 7, 11, len(tokens)]  # a prefill, then calls of 1, 2, 4 and several rows
+    assert ends[-1] > 11
+    logits: dict[str, list[torch.Tensor]] = {"draft": [], "target": []}
+    with torch.inference_mode():
+        for role, model in (("draft", draft), ("target", target)):
+            session, done = model.new_session(), 0
+            for end in ends:
+                logits[role].append(session.logits_from(tokens[:end], done))
+                done = end
+    assert all(torch.equal(a, b) for a, b in zip(logits["draft"], logits["target"], strict=True))
+    # linear_layout overrides the role's choice either way.
+    for layout, role, chosen in (("several-rows", "draft", False), ("few-rows", "target", True)):
+        model = HFBackend().load(spec.model_copy(update={"linear_layout": layout}), role)
+        qkv = model.model.model.layers[0].self_attn.qkv  # type: ignore[attr-defined]
+        assert bf16_kernels.packed_for_few_rows(qkv.data) == (chosen and few)

@@ -2,7 +2,8 @@
 #include "bf16_ops.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("pack", &pack, "pack a [N, K] bf16 weight");
+  module.def("pack", &pack, "pack a [N, K] bf16 weight", pybind11::arg("weight"),
+             pybind11::arg("few_rows") = false);
   module.def("linear", &linear, "x @ W.T + bias with a packed W");
   module.def("set_isa", &set_isa, "the linear product's path: AVX-512 BF16 (true) or AVX2");
   module.def("rms_norm", &rms_norm, "transformers' RMSNorm");

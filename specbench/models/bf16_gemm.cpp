@@ -98,12 +98,16 @@ constexpr Pass kPasses[kMaxRows + 1] = {
 // ---- AVX2 + FMA ----------------------------------------------------------------------
 #define SPECBENCH_AVX2 __attribute__((target("avx2,fma")))
 
-// The AVX2 layout: groups of 2 outputs, each [Kp/16][2][16] (Kp: K rounded up to 16, the
-// pad zero), 32 groups to a block of 64 outputs (as on the AVX-512 path: the unit threads
-// share out, and fused projections slice whole blocks). A ymm register of a group holds 8
-// pairs (k, k + 1) of one output; shifting and masking widen them to the 8 even and the 8
-// odd k of a chunk of 16. Each output is summed in 8 fp32 lanes (lane i: k = 16c + 2i,
-// then 16c + 2i + 1, chunk c ascending), then the lanes in one fixed tree.
+// The AVX2 layouts: tiles of `Tile` outputs (2 or 4), each [Kp/16][Tile][16] (Kp: K rounded
+// up to 16, the pad zero), 64 / Tile tiles to a block of 64 outputs (as on the AVX-512 path:
+// the unit threads share out, and fused projections slice whole blocks). A group is 2
+// outputs of a tile: per chunk of 16 k, 2 x 16 bf16, one cache line. A ymm register of a
+// group holds 8 pairs (k, k + 1) of one output; shifting and masking widen them to the 8 even
+// and the 8 odd k of the chunk. Each output is summed in 8 fp32 lanes (lane i: k = 16c + 2i,
+// then 16c + 2i + 1, chunk c ascending), then the lanes in one fixed tree: the same order in
+// both layouts, so they give the same results bit for bit; only the order of the weight
+// stream differs. Tiles of 2 serve calls of several rows (a verification), tiles of 4 calls
+// of one or two (a draft's steps); see block_avx2_rows and block_avx2_few.
 //
 // Why not the AVX-512 layout (64 outputs' pairs side by side, x broadcast): without a bf16
 // dot-product instruction each weight costs two FMAs per row, so a call of several rows is
@@ -123,17 +127,23 @@ SPECBENCH_AVX2 inline float sum_lanes(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Outputs of `Groups` consecutive groups for `Rows` rows of widened x (see widen_avx2), into
-// out[r * kBlock + output]. XInRegisters: x's chunk is loaded once per chunk (few rows);
-// otherwise read by every FMA from L1, which leaves registers for 12 sums.
-template <int Rows, int Groups, bool XInRegisters>
-SPECBENCH_AVX2 void groups_avx2(const float* xw, int64_t Kp, const uint16_t* group, float* out) {
+// Outputs of groups g0 .. g0 + Groups of a block (laid out in tiles of `Tile` outputs, see
+// `pack`) for `Rows` rows of widened x (see widen_avx2), into out[r * kBlock + output].
+// XInRegisters: x's chunk is loaded once per chunk (few rows); otherwise read by every FMA
+// from L1, which leaves registers for 12 sums.
+template <int Tile, int Rows, int Groups, bool XInRegisters>
+SPECBENCH_AVX2 void groups_avx2(const float* xw, int64_t Kp, const uint16_t* block, int64_t g0,
+                                float* out) {
   constexpr int Outputs = Groups * kGroup;
+  constexpr int64_t kTileGroups = Tile / kGroup;
   __m256 acc[Rows][Outputs];
   for (int r = 0; r < Rows; ++r)
     for (int o = 0; o < Outputs; ++o) acc[r][o] = _mm256_setzero_ps();
   const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
-  const int64_t group_stride = Kp * kGroup;
+  const uint16_t* first[Groups];  // each group's chunk 0
+  for (int g = 0; g < Groups; ++g)
+    first[g] = block + (g0 + g) / kTileGroups * Tile * Kp +
+               (g0 + g) % kTileGroups * kGroup * kChunk;
   for (int64_t c = 0; c < Kp / kChunk; ++c) {
     const float* xc = xw + c * kChunk;
     __m256 even[XInRegisters ? Rows : 1], odd[XInRegisters ? Rows : 1];
@@ -143,8 +153,8 @@ SPECBENCH_AVX2 void groups_avx2(const float* xw, int64_t Kp, const uint16_t* gro
         odd[r] = _mm256_loadu_ps(xc + r * Kp + 8);
       }
     for (int g = 0; g < Groups; ++g) {
-      const uint16_t* w = group + g * group_stride + c * kGroup * kChunk;
-      // A chunk of a group is one cache line: 24 chunks ahead in its linear stream.
+      const uint16_t* w = first[g] + c * Tile * kChunk;
+      // A chunk of a group is one cache line: 1.5 KiB ahead in its tile's linear stream.
       _mm_prefetch(reinterpret_cast<const char*>(w) + 1536, _MM_HINT_T0);
       for (int o = 0; o < kGroup; ++o) {
         const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + o * 16));
@@ -163,31 +173,64 @@ SPECBENCH_AVX2 void groups_avx2(const float* xw, int64_t Kp, const uint16_t* gro
     for (int o = 0; o < Outputs; ++o) out[r * kBlock + o] = sum_lanes(acc[r][o]);
 }
 
-// One block's 64 outputs for all M rows, into acc (M x 64 floats): tiles of up to 4 rows,
-// each one pass over its groups (a group's slice stays in L1 or L2 for the next tile).
-// Every tile keeps at least 8 independent sums, the FMA latency times its throughput.
-SPECBENCH_AVX2 void block_avx2(const float* xw, int64_t M, int64_t Kp, const uint16_t* block,
-                               float* acc) {
-  const int64_t group_stride = Kp * kGroup;
+// One block's 64 outputs for all M rows, into acc (M x 64 floats), in the layout of tiles of
+// 2 outputs (for calls of several rows): tiles of up to 4 rows, each one pass over its
+// groups; a 4-row pass reads one group, one linear stream (a group's slice stays in L1 or L2
+// for the next tile). Every tile keeps at least 8 independent sums, the FMA latency times
+// its throughput.
+SPECBENCH_AVX2 void block_avx2_rows(const float* xw, int64_t M, int64_t Kp,
+                                    const uint16_t* block, float* acc) {
   for (int64_t m0 = 0; m0 < M; m0 += kMaxRowsAvx2) {
     const float* x = xw + m0 * Kp;
     float* out = acc + m0 * kBlock;
     switch (std::min(kMaxRowsAvx2, M - m0)) {
       case 1:
         for (int64_t g = 0; g < kGroups; g += 4)
-          groups_avx2<1, 4, true>(x, Kp, block + g * group_stride, out + g * kGroup);
+          groups_avx2<2, 1, 4, true>(x, Kp, block, g, out + g * kGroup);
         break;
       case 2:
         for (int64_t g = 0; g < kGroups; g += 2)
-          groups_avx2<2, 2, true>(x, Kp, block + g * group_stride, out + g * kGroup);
+          groups_avx2<2, 2, 2, true>(x, Kp, block, g, out + g * kGroup);
         break;
       case 3:
         for (int64_t g = 0; g < kGroups; g += 2)
-          groups_avx2<3, 2, false>(x, Kp, block + g * group_stride, out + g * kGroup);
+          groups_avx2<2, 3, 2, false>(x, Kp, block, g, out + g * kGroup);
         break;
       default:
         for (int64_t g = 0; g < kGroups; ++g)
-          groups_avx2<4, 1, false>(x, Kp, block + g * group_stride, out + g * kGroup);
+          groups_avx2<2, 4, 1, false>(x, Kp, block, g, out + g * kGroup);
+    }
+  }
+}
+
+// The same in the layout of tiles of 4 outputs (for calls of one or two rows): a pass of 1
+// row reads 2 tiles, of 2 or 3 rows one tile, each one linear stream, where the layout of
+// 2 gives them 4 and 2 streams of a group each (short ones where K is small: 3.5 KiB at K =
+// 896). 4 rows take a 3-row pass over each tile and a 1-row pass over the pair from cache:
+// a 4-row pass over half a tile (every other line) streams far slower than over a group.
+SPECBENCH_AVX2 void block_avx2_few(const float* xw, int64_t M, int64_t Kp, const uint16_t* block,
+                                   float* acc) {
+  for (int64_t g = 0; g < kGroups; g += 4) {  // two tiles
+    for (int64_t m0 = 0; m0 < M; m0 += kMaxRowsAvx2) {
+      const float* x = xw + m0 * Kp;
+      float* out = acc + m0 * kBlock + g * kGroup;
+      switch (std::min(kMaxRowsAvx2, M - m0)) {
+        case 1:
+          groups_avx2<4, 1, 4, true>(x, Kp, block, g, out);
+          break;
+        case 2:
+          groups_avx2<4, 2, 2, true>(x, Kp, block, g, out);
+          groups_avx2<4, 2, 2, true>(x, Kp, block, g + 2, out + 2 * kGroup);
+          break;
+        case 3:
+          groups_avx2<4, 3, 2, false>(x, Kp, block, g, out);
+          groups_avx2<4, 3, 2, false>(x, Kp, block, g + 2, out + 2 * kGroup);
+          break;
+        default:
+          groups_avx2<4, 3, 2, false>(x, Kp, block, g, out);
+          groups_avx2<4, 3, 2, false>(x, Kp, block, g + 2, out + 2 * kGroup);
+          groups_avx2<4, 1, 4, true>(x + 3 * Kp, Kp, block, g, out + 3 * kBlock);
+      }
     }
   }
 }
@@ -248,9 +291,11 @@ void set_isa(bool avx512_bf16) { use_avx512_bf16 = avx512_bf16; }
 bool isa_is_avx512_bf16() { return use_avx512_bf16; }
 
 // ``weight`` [N, K] (K even) in the layout of the path `set_isa` chose, N padded to 64:
-// AVX-512 BF16 [N/64][K/2][64][2], AVX2 [N/64][32][Kp/16][2][16] (K padded to 16), the pad
-// zero. `linear` tells them apart by their number of dimensions.
-torch::Tensor pack(const torch::Tensor& weight) {
+// AVX-512 BF16 [N/64][K/2][64][2], AVX2 [N/64][64/T][Kp/16][T][16] (K padded to 16) with
+// tiles of T = 4 outputs for `few_rows` (calls of one or two rows), else 2; the pad zero.
+// `linear` tells the paths apart by the number of dimensions, the AVX2 tiles by T.
+// (The AVX-512 layout serves any number of rows: `few_rows` does not change it.)
+torch::Tensor pack(const torch::Tensor& weight, bool few_rows) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kBFloat16, "a 2-d bf16 weight");
   const int64_t N = weight.size(0), K = weight.size(1);
   TORCH_CHECK(K % 2 == 0, "the input size must be even");
@@ -259,10 +304,11 @@ torch::Tensor pack(const torch::Tensor& weight) {
     const int64_t Kp = round_up(K, kChunk);
     auto full = torch::zeros({padded, Kp}, weight.options());
     full.narrow(0, 0, N).narrow(1, 0, K).copy_(weight);
-    return full.view({padded / kGroup, kGroup, Kp / kChunk, kChunk})
+    const int64_t tile = few_rows ? 4 : 2;
+    return full.view({padded / tile, tile, Kp / kChunk, kChunk})
         .permute({0, 2, 1, 3})
         .contiguous()
-        .view({padded / kBlock, kGroups, Kp / kChunk, kGroup, kChunk});
+        .view({padded / kBlock, kBlock / tile, Kp / kChunk, tile, kChunk});
   }
   auto full = torch::zeros({padded, K}, weight.options());
   full.narrow(0, 0, N).copy_(weight);
@@ -275,7 +321,8 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, int64_
   TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && packed.scalar_type() == torch::kBFloat16,
               "bf16 inputs");
   const bool avx2_layout = packed.dim() == 5;
-  TORCH_CHECK(avx2_layout || packed.dim() == 4, "a weight packed by pack()");
+  TORCH_CHECK(packed.dim() == 4 || (avx2_layout && (packed.size(3) == 2 || packed.size(3) == 4)),
+              "a weight packed by pack()");
   // Each layout runs on its path only (the AVX-512 code would fault on an AVX2 CPU).
   TORCH_CHECK(avx2_layout != use_avx512_bf16, "the weight was packed for the ",
               avx2_layout ? "AVX2" : "AVX-512 BF16", " path but the kernels run on the ",
@@ -302,6 +349,7 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, int64_
   if (M == 0) return y.view(shape);
   if (avx2_layout) {
     const float* xw = widen_avx2(xp, M, K, Kp);
+    const auto block_avx2 = packed.size(3) == 4 ? block_avx2_few : block_avx2_rows;
     at::parallel_for(0, packed.size(0), 1, [&](int64_t first, int64_t last) {
       std::vector<float> acc(M * kBlock);
       for (int64_t blk = first; blk < last; ++blk) {

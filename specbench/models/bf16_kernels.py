@@ -122,11 +122,18 @@ def supports(weight: torch.Tensor) -> bool:
     )
 
 
-def pack(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` ``[out, in]`` in the kernel's blocked layout (a new tensor)."""
+def pack(weight: torch.Tensor, few_rows: bool = False) -> torch.Tensor:
+    """``weight`` ``[out, in]`` in the kernel's blocked layout (a new tensor). ``few_rows``:
+    laid out for calls of one or two rows (a draft model's steps) where the path has such a
+    layout (AVX2: faster for 1-3 rows, slower for 4; the results are the same bit for bit)."""
     with torch.no_grad():
-        packed: torch.Tensor = _extension().pack(weight.detach().contiguous())
+        packed: torch.Tensor = _extension().pack(weight.detach().contiguous(), few_rows)
     return packed
+
+
+def packed_for_few_rows(packed: torch.Tensor) -> bool:
+    """Whether ``packed`` (from :func:`pack`) is in the layout for one or two rows."""
+    return packed.dim() == 5 and packed.shape[3] == 4
 
 
 def linear(

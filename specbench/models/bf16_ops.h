@@ -7,7 +7,8 @@
 
 #include <vector>
 
-torch::Tensor pack(const torch::Tensor& weight);
+// few_rows: on the AVX2 path, the layout for calls of one or two rows (see bf16_gemm.cpp).
+torch::Tensor pack(const torch::Tensor& weight, bool few_rows);
 // true: the AVX-512 BF16 path (the CPU must have it); false: AVX2 + FMA.
 void set_isa(bool avx512_bf16);
 bool isa_is_avx512_bf16();

@@ -126,8 +126,9 @@ def dummy_config(spec: DummyModelSpec) -> Any:
     return config
 
 
-def load_dummy_model(spec: DummyModelSpec) -> HFLanguageModel:
-    """Random weights at the spec's shape, created on the device in the spec's dtype."""
+def load_dummy_model(spec: DummyModelSpec, few_rows: bool = False) -> HFLanguageModel:
+    """Random weights at the spec's shape, created on the device in the spec's dtype;
+    ``few_rows``: packed for calls of one or two rows (:func:`fast_kernels`)."""
     from specbench.models.hf.loading import resolve_device, resolve_dtype
 
     transformers = require_transformers()
@@ -145,7 +146,7 @@ def load_dummy_model(spec: DummyModelSpec) -> HFLanguageModel:
     finally:
         torch.set_default_dtype(default_dtype)
     model.eval()
-    kernels = fast_kernels(model, spec.batch_invariant, spec.prepack, spec.linear_kernel)
+    kernels = fast_kernels(model, spec.batch_invariant, spec.prepack, spec.linear_kernel, few_rows)
     tokenizer = dummy_tokenizer(spec)
     parameters = sum(p.numel() for p in model.parameters())
     info = {

@@ -62,10 +62,13 @@ class PackedWeight:
         return _onednn_linear(x, self.data, bias)
 
 
-def pack_weight(weight: torch.Tensor, kernel: Literal["specbench", "onednn"]) -> PackedWeight:
-    """``weight`` ``[out, in]`` reordered for ``kernel`` (see :func:`kernel_for`)."""
+def pack_weight(
+    weight: torch.Tensor, kernel: Literal["specbench", "onednn"], few_rows: bool = False
+) -> PackedWeight:
+    """``weight`` ``[out, in]`` reordered for ``kernel`` (see :func:`kernel_for`);
+    ``few_rows``: in specbench's layout for calls of one or two rows, where it has one."""
     if kernel == "specbench":
-        return PackedWeight("specbench", bf16_kernels.pack(weight), weight.shape[0])
+        return PackedWeight("specbench", bf16_kernels.pack(weight, few_rows), weight.shape[0])
     with torch.no_grad():
         data: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROW_FLOOR)
     return PackedWeight("onednn", data, weight.shape[0])
@@ -113,11 +116,16 @@ class PackedLinear(torch.nn.Linear):
 
 
 def pack_linear_layers(
-    model: torch.nn.Module, kinds: tuple[type, ...], requested: LinearKernel = "auto"
+    model: torch.nn.Module,
+    kinds: tuple[type, ...],
+    requested: LinearKernel = "auto",
+    few_rows: bool = False,
 ) -> dict[str, object]:
     """Give every layer of ``model`` whose type is exactly one of ``kinds`` a packed weight,
     in place, on the kernel ``requested``; what the run header records: the layers packed,
-    the kernels they run, and why ``auto`` did not take specbench's kernel where it did not.
+    the kernels they run, their layout, and why ``auto`` did not take specbench's kernel
+    where it did not. ``few_rows``: specbench's kernel lays the weights out for calls of one
+    or two rows (a draft's steps; :func:`specbench.models.bf16_kernels.pack`).
 
     Raises :class:`ModelLoadError` when ``requested`` is ``specbench`` and it cannot run here.
     """
@@ -145,7 +153,7 @@ def pack_linear_layers(
         kernel = kernel_for(module.weight, requested, unavailable)
         if kernel is None:
             continue
-        packed = pack_weight(module.weight, kernel)
+        packed = pack_weight(module.weight, kernel, few_rows)
         module.__class__ = PackedLinear
         cast(PackedLinear, module).packed_weight = packed
         kernels[kernel] = kernels.get(kernel, 0) + 1
@@ -155,9 +163,18 @@ def pack_linear_layers(
         "packed_row_floor": ROW_FLOOR if "onednn" in kernels else None,
         # The kernel's instruction path: its results differ between paths (not within one).
         "linear_kernel_isa": bf16_kernels.isa() if "specbench" in kernels else None,
+        # Same results either way; only the speed by rows per call differs.
+        "linear_kernel_layout": _layout_name(few_rows) if "specbench" in kernels else None,
         "linear_kernel_note": (
             f"specbench's bf16 kernel is not used: {unavailable}"
             if unavailable is not None
             else None
         ),
     }
+
+
+def _layout_name(few_rows: bool) -> str:
+    """The layout specbench's kernel packed in: the AVX-512 path has one for any rows."""
+    if bf16_kernels.isa() != "avx2":
+        return "any rows"
+    return "few rows" if few_rows else "several rows"

@@ -206,8 +206,12 @@ def fuse_projections(
     """One packed weight of ``projections`` (their outputs in order) on ``kernel``. On
     specbench's kernel, where each one's outputs fill whole blocks of 64 (the usual sizes),
     their own packed weights become views into it, so the fused copy costs no memory."""
+    # The layout of the projections' own packed weights (the fused one must match them).
+    few_rows = kernel == "specbench" and all(
+        bf16_kernels.packed_for_few_rows(p.packed_weight.data) for p in projections
+    )
     with torch.no_grad():
-        fused = pack_weight(torch.cat([p.weight for p in projections]), kernel)
+        fused = pack_weight(torch.cat([p.weight for p in projections]), kernel, few_rows)
     if kernel == "specbench" and all(p.out_features % 64 == 0 for p in projections):
         first = 0
         for p in projections:

@@ -102,8 +102,12 @@ def load_hf_tokenizer(
     return HFTokenizer(tokenizer, eos_extra)
 
 
-def load_hf_model(spec: HFModelSpec, source: str, name: str) -> HFLanguageModel:
-    """Load weights and tokenizer; ``source`` is a local folder or a hub id."""
+def load_hf_model(
+    spec: HFModelSpec, source: str, name: str, few_rows: bool = False
+) -> HFLanguageModel:
+    """Load weights and tokenizer; ``source`` is a local folder or a hub id. ``few_rows``:
+    the model's calls score one or two rows (a draft's steps): specbench's kernel lays its
+    weights out for that (:func:`fast_kernels`)."""
     transformers = require_transformers()
     device = resolve_device(spec)
     dtype = resolve_dtype(spec, device)
@@ -133,7 +137,7 @@ def load_hf_model(spec: HFModelSpec, source: str, name: str) -> HFLanguageModel:
         else getattr(model.config, "_attn_implementation", None)
     )
     kernels = fast_kernels(
-        model, spec.batch_invariant, spec.prepack and quant is None, spec.linear_kernel
+        model, spec.batch_invariant, spec.prepack and quant is None, spec.linear_kernel, few_rows
     )
     eos = model.generation_config.eos_token_id if model.generation_config else None
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
@@ -158,11 +162,13 @@ def fast_kernels(
     batch_invariant: bool,
     prepack: bool,
     linear_kernel: LinearKernel = "auto",
+    few_rows: bool = False,
 ) -> dict[str, Any]:
     """Make ``model`` batch-invariant and give its linear layers packed weights on
     ``linear_kernel``, as asked (in that order: packing replaces the row-stable layers with
     packed ones, which are row stable too), and its decoder layers the fused operations
-    where specbench's kernel runs them; what the run header records about it."""
+    where specbench's kernel runs them; what the run header records about it. ``few_rows``:
+    specbench's kernel packs for calls of one or two rows (the same results, bit for bit)."""
     from specbench.models.hf.fused_layers import fuse_decoder_layers
     from specbench.models.packed import pack_linear_layers
 
@@ -170,7 +176,7 @@ def fast_kernels(
         make_batch_invariant(model)
     if not prepack:
         return {"packed_linear_layers": 0, "packed_row_floor": None, "fused_layers": 0}
-    packed = pack_linear_layers(model, (torch.nn.Linear, RowStableLinear), linear_kernel)
+    packed = pack_linear_layers(model, (torch.nn.Linear, RowStableLinear), linear_kernel, few_rows)
     # Where the linear layers run specbench's kernel, the glue between them does too.
     return {**packed, "fused_layers": fuse_decoder_layers(model)}
 
