@@ -104,19 +104,14 @@ def linear_kernel_field() -> Any:
 LinearLayout = Literal["auto", "few-rows", "several-rows"]
 
 
-def linear_layout_field() -> Any:
-    """The ``linear_layout`` field of the transformers-based specs."""
-    return Field(
-        "auto",
-        description=(
-            "How specbench's kernel lays out packed weights on AVX2 CPUs (the AVX-512 path "
-            "has one layout for any rows). few-rows: for calls of one or two rows, a draft's "
-            "steps or plain decoding (7-20% faster there, a 4-row call about 12% slower; "
-            "Zen 3, BENCHMARKS.md); several-rows: for verification calls of 3 rows and more; "
-            "auto: few-rows for a draft, several-rows for a target. The results are the same "
-            "bit for bit."
-        ),
-    )
+#: What ``linear_layout`` chooses (the field of the transformers-based specs).
+LINEAR_LAYOUT_HELP = (
+    "How specbench's kernel lays out packed weights on AVX2 CPUs (the AVX-512 path has one "
+    "layout for any rows). few-rows: for calls of one or two rows, a draft's steps or plain "
+    "decoding (7-20% faster there, a 4-row call about 12% slower; Zen 3, BENCHMARKS.md); "
+    "several-rows: for verification calls of 3 rows and more; auto: few-rows for a draft, "
+    "several-rows for a target. The results are the same bit for bit."
+)
 
 
 def packs_for_few_rows(layout: LinearLayout, role: str) -> bool:
@@ -155,7 +150,7 @@ class HFModelSpec(ModelSpecBase):
     )
     prepack: bool = prepack_field()
     linear_kernel: LinearKernel = linear_kernel_field()
-    linear_layout: LinearLayout = linear_layout_field()
+    linear_layout: LinearLayout = Field("auto", description=LINEAR_LAYOUT_HELP)
     trust_remote_code: bool = False
 
     def requirements(self) -> list[tuple[str, str]]:
@@ -202,7 +197,7 @@ class DummyModelSpec(ModelSpecBase):
     batch_invariant: bool = False
     prepack: bool = prepack_field()
     linear_kernel: LinearKernel = linear_kernel_field()
-    linear_layout: LinearLayout = linear_layout_field()
+    linear_layout: LinearLayout = Field("auto", description=LINEAR_LAYOUT_HELP)
 
     def requirements(self) -> list[tuple[str, str]]:
         return [("transformers", "hf")]
