@@ -5,8 +5,9 @@
 // - AVX-512 BF16: [N/64][K/2][64][2], a block of 64 outputs as one contiguous run; one
 //   broadcast of x[k:k+2] times one zmm register of the block gives 16 outputs' pair sums
 //   (the dot-product instruction), each output summed in one fp32 lane, k ascending;
-// - AVX2 + FMA (CPUs without AVX-512 BF16): groups of 2 outputs, k in chunks of 16 (see
-//   "AVX2 + FMA" below); each output summed in 8 fp32 lanes, then the lanes in a fixed tree.
+// - AVX2 + FMA (CPUs without AVX-512 BF16): tiles of 2 outputs (for calls of several rows)
+//   or of 4 (`few_rows`: one or two), k in chunks of 16 (see "AVX2 + FMA" below); each
+//   output summed in 8 fp32 lanes, then the lanes in a fixed tree, in either layout.
 // On either path an output element is accumulated in the same order whatever the number of
 // rows, the row tile or the thread that computes it, so a row's result never depends on the
 // other rows of the call: batch invariance by construction. The two paths round differently
