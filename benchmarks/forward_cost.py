@@ -139,9 +139,10 @@ def main() -> None:
                 batch_invariant=mode == "batch-invariant",
                 prepack=prepack != "off",
                 linear_kernel=kernel,
+                linear_layout="few-rows" if few_rows else "auto",
             )
             with _torch_glue() if glue else contextlib.nullcontext():
-                model = load_hf_model(spec, resolve_model_source(name), name, few_rows)
+                model = load_hf_model(spec, resolve_model_source(name), name)
             for engine in engines:
                 sessions[(prepack, engine)] = (
                     model.new_session()

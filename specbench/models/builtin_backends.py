@@ -8,12 +8,7 @@ from typing import Any
 
 from specbench.models.backends import ModelBackend
 from specbench.models.base import LanguageModel, Tokenizer
-from specbench.models.specs import (
-    DummyModelSpec,
-    HFModelSpec,
-    ToyModelSpec,
-    packs_for_few_rows,
-)
+from specbench.models.specs import DummyModelSpec, HFModelSpec, ToyModelSpec
 from specbench.models.toy import ToyConfig, ToyLanguageModel, ToyTokenizer
 
 
@@ -58,8 +53,7 @@ class HFBackend(ModelBackend):
         from specbench.models.catalog import resolve_model_source
         from specbench.models.hf.loading import load_hf_model
 
-        few_rows = packs_for_few_rows(spec.linear_layout, role)
-        return load_hf_model(spec, resolve_model_source(spec.model), spec.model, few_rows)
+        return load_hf_model(spec, resolve_model_source(spec.model), spec.model, role)
 
     def load_tokenizer(self, spec: Any, local_only: bool = True) -> Tokenizer:
         from specbench.models.catalog import resolve_model_source
@@ -106,7 +100,7 @@ class DummyBackend(ModelBackend):
     def load(self, spec: Any, role: str) -> LanguageModel:
         from specbench.models.dummy import load_dummy_model
 
-        return load_dummy_model(spec, packs_for_few_rows(spec.linear_layout, role))
+        return load_dummy_model(spec, role)
 
     def load_tokenizer(self, spec: Any, local_only: bool = True) -> Tokenizer:
         from specbench.models.dummy import dummy_tokenizer

@@ -17,7 +17,7 @@ from specbench.models.hf.library import require_transformers
 from specbench.models.hf.loading import checked, fast_kernels
 from specbench.models.hf.model import HFLanguageModel
 from specbench.models.hf.tokenizer import HFTokenizer
-from specbench.models.specs import DummyModelSpec
+from specbench.models.specs import DummyModelSpec, packs_for_few_rows
 
 # Shapes of real checkpoints (from their config.json), keyed by a short name.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -126,9 +126,10 @@ def dummy_config(spec: DummyModelSpec) -> Any:
     return config
 
 
-def load_dummy_model(spec: DummyModelSpec, few_rows: bool = False) -> HFLanguageModel:
+def load_dummy_model(spec: DummyModelSpec, role: str = "target") -> HFLanguageModel:
     """Random weights at the spec's shape, created on the device in the spec's dtype;
-    ``few_rows``: packed for calls of one or two rows (:func:`fast_kernels`)."""
+    ``role`` chooses specbench's kernel layout as for
+    :func:`~specbench.models.hf.loading.load_hf_model`."""
     from specbench.models.hf.loading import resolve_device, resolve_dtype
 
     transformers = require_transformers()
@@ -146,6 +147,7 @@ def load_dummy_model(spec: DummyModelSpec, few_rows: bool = False) -> HFLanguage
     finally:
         torch.set_default_dtype(default_dtype)
     model.eval()
+    few_rows = packs_for_few_rows(spec.linear_layout, role)
     kernels = fast_kernels(model, spec.batch_invariant, spec.prepack, spec.linear_kernel, few_rows)
     tokenizer = dummy_tokenizer(spec)
     parameters = sum(p.numel() for p in model.parameters())

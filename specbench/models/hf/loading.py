@@ -25,6 +25,7 @@ from specbench.models.specs import (
     HFModelSpec,
     LinearKernel,
     QuantoSpec,
+    packs_for_few_rows,
 )
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -103,11 +104,11 @@ def load_hf_tokenizer(
 
 
 def load_hf_model(
-    spec: HFModelSpec, source: str, name: str, few_rows: bool = False
+    spec: HFModelSpec, source: str, name: str, role: str = "target"
 ) -> HFLanguageModel:
-    """Load weights and tokenizer; ``source`` is a local folder or a hub id. ``few_rows``:
-    the model's calls score one or two rows (a draft's steps): specbench's kernel lays its
-    weights out for that (:func:`fast_kernels`)."""
+    """Load weights and tokenizer; ``source`` is a local folder or a hub id. ``role``
+    (``target``, ``draft``) chooses specbench's kernel layout where ``spec.linear_layout``
+    is ``auto`` (:func:`~specbench.models.specs.packs_for_few_rows`)."""
     transformers = require_transformers()
     device = resolve_device(spec)
     dtype = resolve_dtype(spec, device)
@@ -137,7 +138,11 @@ def load_hf_model(
         else getattr(model.config, "_attn_implementation", None)
     )
     kernels = fast_kernels(
-        model, spec.batch_invariant, spec.prepack and quant is None, spec.linear_kernel, few_rows
+        model,
+        spec.batch_invariant,
+        spec.prepack and quant is None,
+        spec.linear_kernel,
+        packs_for_few_rows(spec.linear_layout, role),
     )
     eos = model.generation_config.eos_token_id if model.generation_config else None
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
