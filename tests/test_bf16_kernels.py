@@ -102,6 +102,22 @@ def test_both_layouts_give_the_same_result_bit_for_bit(shape: tuple[int, int], i
 
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_a_result_does_not_depend_on_an_earlier_calls_input(isa: str) -> None:
+    """The AVX2 path widens x into a buffer kept between calls, k padded to 16: an earlier
+    call's infinities where this call has only padding must not reach it (0 x inf = NaN)."""
+    weight, bias = _weights(64, 300)
+    packed = bf16_kernels.pack(weight)
+    x = torch.randn(3, 300).to(torch.bfloat16)
+    before = bf16_kernels.linear(x, packed, 64, bias)
+    wide, _ = _weights(64, 304)
+    poisoned = torch.randn(3, 304).to(torch.bfloat16)
+    poisoned[:, 300:] = float("inf")
+    bf16_kernels.linear(poisoned, bf16_kernels.pack(wide), 64, None)
+    after = bf16_kernels.linear(x, packed, 64, bias)
+    assert torch.isfinite(after).all() and torch.equal(after, before)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
 def test_empty_and_single_row_calls(isa: str) -> None:
     weight, _ = _weights(64, 32)
     packed = bf16_kernels.pack(weight)

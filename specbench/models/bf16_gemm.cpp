@@ -272,13 +272,15 @@ void store_scalar(const float* acc, int64_t rows, const uint16_t* bias, int64_t 
 const float* widen_avx2(const uint16_t* x, int64_t M, int64_t K, int64_t Kp) {
   constexpr int64_t kLineFloats = 64 / sizeof(float);
   thread_local std::vector<float> buffer;
-  buffer.assign(M * Kp + kLineFloats, 0.0f);
+  // Grown, never cleared: every element the kernel reads is written below, the pad too.
+  const auto size = static_cast<size_t>(M * Kp + kLineFloats);
+  if (buffer.size() < size) buffer.resize(size);
   const auto address = reinterpret_cast<uintptr_t>(buffer.data());
   float* widened = buffer.data() + (64 - address % 64) % 64 / sizeof(float);
   for (int64_t r = 0; r < M; ++r)
-    for (int64_t k = 0; k < K; ++k) {
+    for (int64_t k = 0; k < Kp; ++k) {
       const int64_t i = k % kChunk;
-      widened[r * Kp + k - i + (i % 2) * 8 + i / 2] = from_bf16(x[r * K + k]);
+      widened[r * Kp + k - i + (i % 2) * 8 + i / 2] = k < K ? from_bf16(x[r * K + k]) : 0.0f;
     }
   return widened;
 }
